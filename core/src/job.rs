@@ -1,0 +1,497 @@
+//! The job specification: what a data-science team asks the federation to train.
+//!
+//! A job file is TOML. Parsing rejects unknown fields and wrong types with the offending key
+//! and position; [`JobSpec::validate`] then checks ranges and combinations, naming the field.
+//! The validated spec is stored as JSON by the coordinator and never re-interpreted from text.
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::ModelSpec;
+
+/// A training job, as written in a job file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobSpec {
+    /// Human label, shown in listings.
+    pub name: String,
+    /// Name of the dataset workers must offer (e.g. `telco_churn`).
+    pub dataset: String,
+    /// Path of the dataset schema file, relative to the job file (read by the CLI).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema: Option<String>,
+    /// Seed for initialisation, participant selection and local shuffling.
+    #[serde(default = "defaults::seed")]
+    pub seed: u64,
+    /// Model family and shape.
+    pub model: ModelSpec,
+    /// Local training and round budget.
+    pub training: TrainingSpec,
+    /// Server-side aggregation strategy.
+    #[serde(default)]
+    pub strategy: StrategySpec,
+    /// Which workers take part in a round, and when a round gives up on them.
+    #[serde(default)]
+    pub selection: SelectionSpec,
+    /// Federated evaluation on each institution's test split.
+    #[serde(default)]
+    pub evaluation: EvaluationSpec,
+    /// Stop before the round budget when the evaluation metric stops improving.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub early_stopping: Option<EarlyStoppingSpec>,
+    /// How contributions are summed. Secure aggregation is the default; plain sums are for
+    /// debugging only and print a warning on the coordinator and every worker.
+    #[serde(default)]
+    pub insecure_plain_aggregation: bool,
+    /// Secure-aggregation parameters.
+    #[serde(default)]
+    pub secure_aggregation: SecureAggregationSpec,
+}
+
+/// Local training hyper-parameters and the round budget.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainingSpec {
+    /// Number of federated rounds.
+    pub rounds: u64,
+    /// Passes over the local training split per round.
+    #[serde(default = "defaults::local_epochs")]
+    pub local_epochs: usize,
+    /// Mini-batch size.
+    #[serde(default = "defaults::batch_size")]
+    pub batch_size: usize,
+    /// Local optimizer's learning rate.
+    pub learning_rate: f64,
+    /// Local optimizer.
+    #[serde(default)]
+    pub optimizer: LocalOptimizer,
+    /// Weight of positive examples in the loss (class-imbalance handling); 1 = unweighted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pos_weight: Option<f64>,
+}
+
+/// The optimizer a worker uses for its local epochs.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LocalOptimizer {
+    /// Plain SGD.
+    #[default]
+    Sgd,
+    /// SGD with momentum 0.9.
+    Momentum,
+    /// Adam (moments reset each round).
+    Adam,
+}
+
+/// Server-side strategy: how the averaged update becomes the next global model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum StrategySpec {
+    /// Sample-weighted average of updates (McMahan et al. 2017).
+    #[serde(rename = "fedavg")]
+    FedAvg {
+        /// Server learning rate applied to the averaged update (1 = plain FedAvg).
+        #[serde(default = "defaults::one")]
+        server_learning_rate: f64,
+    },
+    /// FedAvg with a proximal term μ/2·‖w − w_global‖² in each worker's local loss (Li et al. 2020).
+    #[serde(rename = "fedprox")]
+    FedProx {
+        /// Proximal weight μ, passed to workers.
+        mu: f64,
+        /// Server learning rate.
+        #[serde(default = "defaults::one")]
+        server_learning_rate: f64,
+    },
+    /// Adam on the server over the averaged update (Reddi et al. 2021).
+    #[serde(rename = "fedadam")]
+    FedAdam(AdaptiveSpec),
+    /// Yogi on the server over the averaged update (Reddi et al. 2021).
+    #[serde(rename = "fedyogi")]
+    FedYogi(AdaptiveSpec),
+}
+
+impl Default for StrategySpec {
+    fn default() -> Self {
+        StrategySpec::FedAvg { server_learning_rate: 1.0 }
+    }
+}
+
+impl StrategySpec {
+    /// The FedProx μ workers must apply (0 for every other strategy).
+    pub fn prox_mu(&self) -> f64 {
+        match self {
+            StrategySpec::FedProx { mu, .. } => *mu,
+            _ => 0.0,
+        }
+    }
+}
+
+/// Hyper-parameters of the adaptive server optimizers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdaptiveSpec {
+    /// Server learning rate η.
+    #[serde(default = "defaults::adaptive_lr")]
+    pub server_learning_rate: f64,
+    /// First-moment decay β₁.
+    #[serde(default = "defaults::beta1")]
+    pub beta1: f64,
+    /// Second-moment decay β₂.
+    #[serde(default = "defaults::beta2")]
+    pub beta2: f64,
+    /// Adaptivity τ (denominator offset).
+    #[serde(default = "defaults::tau")]
+    pub tau: f64,
+}
+
+/// Participant selection and round deadlines.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SelectionSpec {
+    /// Eligible connected workers needed before a round starts; also the fewest contributions
+    /// a round accepts. Never below 3 with secure aggregation (an institution must not be
+    /// singled out); a bank's worker may demand more.
+    #[serde(default = "defaults::min_workers")]
+    pub min_workers: usize,
+    /// Fraction of eligible workers selected each round (at least `min_workers` are taken).
+    #[serde(default = "defaults::one")]
+    pub fraction: f64,
+    /// Seconds a round waits for contributions before treating the missing ones as failed.
+    #[serde(default = "defaults::round_deadline_secs")]
+    pub round_deadline_secs: u64,
+    /// Seconds a job waits for enough eligible workers before each round (0 = forever).
+    #[serde(default)]
+    pub wait_for_workers_secs: u64,
+    /// Failed attempts of one round before the job fails.
+    #[serde(default = "defaults::max_round_attempts")]
+    pub max_round_attempts: u32,
+}
+
+impl Default for SelectionSpec {
+    fn default() -> Self {
+        Self {
+            min_workers: defaults::min_workers(),
+            fraction: 1.0,
+            round_deadline_secs: defaults::round_deadline_secs(),
+            wait_for_workers_secs: 0,
+            max_round_attempts: defaults::max_round_attempts(),
+        }
+    }
+}
+
+/// Federated evaluation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvaluationSpec {
+    /// Evaluate every this many rounds (the last round is always evaluated).
+    #[serde(default = "defaults::eval_every")]
+    pub every: u64,
+    /// Score buckets of the summed histograms AUC and KS are computed from.
+    #[serde(default = "defaults::score_buckets")]
+    pub score_buckets: u32,
+}
+
+impl Default for EvaluationSpec {
+    fn default() -> Self {
+        Self { every: 1, score_buckets: defaults::score_buckets() }
+    }
+}
+
+/// Early stopping on a federated metric.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EarlyStoppingSpec {
+    /// Metric to watch (higher is better for `auc`, `ks`, `accuracy`; lower for `log_loss`, `brier`).
+    #[serde(default = "defaults::early_metric")]
+    pub metric: String,
+    /// Evaluations without improvement before stopping.
+    pub patience: u64,
+    /// Smallest change that counts as an improvement.
+    #[serde(default)]
+    pub min_delta: f64,
+}
+
+/// Secure-aggregation parameters (Bonawitz et al. 2017; SecAgg+ graph from Bell et al. 2020).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecureAggregationSpec {
+    /// Bits of the ring Z_{2^b} masked values live in.
+    #[serde(default = "defaults::modulus_bits")]
+    pub modulus_bits: u32,
+    /// Shares needed to reconstruct a secret, as a fraction of participants (rounded up, ≥ 2).
+    #[serde(default = "defaults::threshold_fraction")]
+    pub threshold_fraction: f64,
+    /// Seconds each protocol stage waits before treating silent participants as dropped.
+    #[serde(default = "defaults::stage_timeout_secs")]
+    pub stage_timeout_secs: u64,
+    /// SecAgg+ neighbours per participant; 0 = complete graph (the default up to 64 participants).
+    #[serde(default)]
+    pub sparse_neighbours: u32,
+}
+
+impl Default for SecureAggregationSpec {
+    fn default() -> Self {
+        Self {
+            modulus_bits: defaults::modulus_bits(),
+            threshold_fraction: defaults::threshold_fraction(),
+            stage_timeout_secs: defaults::stage_timeout_secs(),
+            sparse_neighbours: 0,
+        }
+    }
+}
+
+/// Why a job file was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum JobError {
+    /// The text is not valid TOML, or a field is unknown, missing or of the wrong type.
+    #[error("job file: {0}")]
+    Parse(String),
+    /// A field has a value outside its allowed range.
+    #[error("job file: field `{field}`: {reason}")]
+    Invalid {
+        /// Dotted path of the field.
+        field: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+impl JobSpec {
+    /// Parses and validates a job file's text.
+    pub fn from_toml(text: &str) -> Result<Self, JobError> {
+        let spec: JobSpec = toml::from_str(text).map_err(|e| JobError::Parse(e.to_string()))?;
+        spec.validate()?;
+        Ok(spec)
+    }
+
+    /// Checks ranges and combinations, naming the first offending field.
+    pub fn validate(&self) -> Result<(), JobError> {
+        fn bad(field: &'static str, reason: impl Into<String>) -> Result<(), JobError> {
+            Err(JobError::Invalid { field, reason: reason.into() })
+        }
+        let positive = |x: f64| x.is_finite() && x > 0.0;
+        if self.name.trim().is_empty() {
+            return bad("name", "must not be empty");
+        }
+        if self.dataset.trim().is_empty() {
+            return bad("dataset", "must not be empty");
+        }
+        if let ModelSpec::Mlp { hidden } = &self.model {
+            if hidden.is_empty() || hidden.iter().any(|&h| h == 0 || h > 65_536) {
+                return bad("model.hidden", "needs at least one layer, each 1..=65536 wide");
+            }
+        }
+        let t = &self.training;
+        if t.rounds == 0 || t.rounds > 100_000 {
+            return bad("training.rounds", "must be in 1..=100000");
+        }
+        if t.local_epochs == 0 || t.local_epochs > 1000 {
+            return bad("training.local_epochs", "must be in 1..=1000");
+        }
+        if t.batch_size == 0 || t.batch_size > 1 << 20 {
+            return bad("training.batch_size", "must be in 1..=1048576");
+        }
+        if !positive(t.learning_rate) {
+            return bad("training.learning_rate", format!("must be a positive number, got {}", t.learning_rate));
+        }
+        if let Some(w) = t.pos_weight {
+            if !positive(w) {
+                return bad("training.pos_weight", format!("must be a positive number, got {w}"));
+            }
+        }
+        match &self.strategy {
+            StrategySpec::FedAvg { server_learning_rate } if !positive(*server_learning_rate) => {
+                return bad("strategy.server_learning_rate", "must be a positive number");
+            }
+            StrategySpec::FedProx { mu, server_learning_rate } => {
+                if !(mu.is_finite() && *mu >= 0.0) {
+                    return bad("strategy.mu", format!("must be ≥ 0, got {mu}"));
+                }
+                if !positive(*server_learning_rate) {
+                    return bad("strategy.server_learning_rate", "must be a positive number");
+                }
+            }
+            StrategySpec::FedAdam(a) | StrategySpec::FedYogi(a) => {
+                if !positive(a.server_learning_rate) {
+                    return bad("strategy.server_learning_rate", "must be a positive number");
+                }
+                if !(0.0..1.0).contains(&a.beta1) {
+                    return bad("strategy.beta1", "must be in [0, 1)");
+                }
+                if !(0.0..1.0).contains(&a.beta2) {
+                    return bad("strategy.beta2", "must be in [0, 1)");
+                }
+                if !positive(a.tau) {
+                    return bad("strategy.tau", "must be a positive number");
+                }
+            }
+            _ => {}
+        }
+        let s = &self.selection;
+        let floor = if self.insecure_plain_aggregation { 1 } else { 3 };
+        if s.min_workers < floor {
+            return bad(
+                "selection.min_workers",
+                format!("must be at least {floor} (secure aggregation needs three institutions so none can be singled out)"),
+            );
+        }
+        if !(s.fraction > 0.0 && s.fraction <= 1.0) {
+            return bad("selection.fraction", format!("must be in (0, 1], got {}", s.fraction));
+        }
+        if s.round_deadline_secs == 0 {
+            return bad("selection.round_deadline_secs", "must be at least 1");
+        }
+        if s.max_round_attempts == 0 {
+            return bad("selection.max_round_attempts", "must be at least 1");
+        }
+        if self.evaluation.every == 0 {
+            return bad("evaluation.every", "must be at least 1");
+        }
+        if !(2..=1_000_000).contains(&self.evaluation.score_buckets) {
+            return bad("evaluation.score_buckets", "must be in 2..=1000000");
+        }
+        if let Some(es) = &self.early_stopping {
+            if crate::metrics::higher_is_better(&es.metric).is_none() {
+                return bad("early_stopping.metric", format!("unknown metric `{}`", es.metric));
+            }
+            if es.patience == 0 {
+                return bad("early_stopping.patience", "must be at least 1");
+            }
+        }
+        let sa = &self.secure_aggregation;
+        if !(8..=64).contains(&sa.modulus_bits) {
+            return bad("secure_aggregation.modulus_bits", "must be in 8..=64");
+        }
+        if !(sa.threshold_fraction > 0.0 && sa.threshold_fraction <= 1.0) {
+            return bad("secure_aggregation.threshold_fraction", "must be in (0, 1]");
+        }
+        if sa.stage_timeout_secs == 0 {
+            return bad("secure_aggregation.stage_timeout_secs", "must be at least 1");
+        }
+        Ok(())
+    }
+
+    /// Whether round `round` (1-based) is evaluated.
+    pub fn evaluates(&self, round: u64) -> bool {
+        round % self.evaluation.every == 0 || round == self.training.rounds
+    }
+}
+
+mod defaults {
+    pub fn seed() -> u64 {
+        42
+    }
+    pub fn local_epochs() -> usize {
+        1
+    }
+    pub fn batch_size() -> usize {
+        64
+    }
+    pub fn one() -> f64 {
+        1.0
+    }
+    pub fn adaptive_lr() -> f64 {
+        0.01
+    }
+    pub fn beta1() -> f64 {
+        0.9
+    }
+    pub fn beta2() -> f64 {
+        0.99
+    }
+    pub fn tau() -> f64 {
+        1e-3
+    }
+    pub fn min_workers() -> usize {
+        3
+    }
+    pub fn round_deadline_secs() -> u64 {
+        300
+    }
+    pub fn max_round_attempts() -> u32 {
+        5
+    }
+    pub fn eval_every() -> u64 {
+        1
+    }
+    pub fn score_buckets() -> u32 {
+        10_000
+    }
+    pub fn early_metric() -> String {
+        "auc".into()
+    }
+    pub fn modulus_bits() -> u32 {
+        32
+    }
+    pub fn threshold_fraction() -> f64 {
+        2.0 / 3.0
+    }
+    pub fn stage_timeout_secs() -> u64 {
+        60
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+        name = "churn"
+        dataset = "telco_churn"
+        [model]
+        kind = "mlp"
+        hidden = [16]
+        [training]
+        rounds = 10
+        learning_rate = 0.05
+    "#;
+
+    #[test]
+    fn minimal_job_gets_secure_fedavg_defaults() {
+        let spec = JobSpec::from_toml(MINIMAL).expect("valid");
+        assert_eq!(spec.strategy, StrategySpec::FedAvg { server_learning_rate: 1.0 });
+        assert_eq!(spec.selection.min_workers, 3);
+        assert!(!spec.insecure_plain_aggregation);
+        assert_eq!(spec.secure_aggregation.modulus_bits, 32);
+        assert!(spec.evaluates(10));
+    }
+
+    #[test]
+    fn unknown_field_is_named() {
+        let err = JobSpec::from_toml(&format!("{MINIMAL}\nlearnin_rate = 1")).expect_err("unknown");
+        assert!(err.to_string().contains("learnin_rate"), "{err}");
+    }
+
+    #[test]
+    fn wrong_type_is_named() {
+        let text = MINIMAL.replace("rounds = 10", "rounds = \"ten\"");
+        let err = JobSpec::from_toml(&text).expect_err("type");
+        assert!(err.to_string().contains("rounds"), "{err}");
+    }
+
+    #[test]
+    fn out_of_range_value_names_the_field() {
+        let text = MINIMAL.replace("learning_rate = 0.05", "learning_rate = -1.0");
+        let err = JobSpec::from_toml(&text).expect_err("range");
+        assert!(err.to_string().contains("training.learning_rate"), "{err}");
+    }
+
+    #[test]
+    fn secure_jobs_need_three_institutions() {
+        let text = format!("{MINIMAL}\n[selection]\nmin_workers = 2\n");
+        let err = JobSpec::from_toml(&text).expect_err("floor");
+        assert!(err.to_string().contains("selection.min_workers"), "{err}");
+        let text = format!("insecure_plain_aggregation = true\n{MINIMAL}\n[selection]\nmin_workers = 2\n");
+        JobSpec::from_toml(&text).expect("plain debugging jobs may use two");
+    }
+
+    #[test]
+    fn strategies_parse_by_kind() {
+        let text = format!("{MINIMAL}\n[strategy]\nkind = \"fedyogi\"\nserver_learning_rate = 0.02\n");
+        let spec = JobSpec::from_toml(&text).expect("yogi");
+        assert!(matches!(spec.strategy, StrategySpec::FedYogi(AdaptiveSpec { server_learning_rate, .. }) if server_learning_rate == 0.02));
+        let text = format!("{MINIMAL}\n[strategy]\nkind = \"fedprox\"\nmu = 0.1\n");
+        assert_eq!(JobSpec::from_toml(&text).expect("prox").strategy.prox_mu(), 0.1);
+    }
+}

@@ -1,0 +1,18 @@
+//! Confide's shared vocabulary, free of libtorch so that the coordinator and CLI build in seconds.
+//!
+//! - [`model`]: model families, their parameter layouts, flat parameter vectors and the
+//!   safetensors checkpoint format every component exchanges.
+//! - [`job`]: the job specification a data-science team submits (TOML), validated field by field.
+//! - [`strategy`]: server-side optimizers (FedAvg, FedProx, FedAdam, FedYogi) applied to aggregated updates.
+//! - [`metrics`]: exact binary-classification metrics from summed score histograms.
+
+pub mod job;
+pub mod metrics;
+pub mod model;
+pub mod strategy;
+
+/// Hex-encoded SHA-256 of `bytes`: the content address of checkpoints and the schema fingerprint.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}

@@ -1,0 +1,336 @@
+//! Model families, their parameter layouts, and the checkpoint format.
+//!
+//! A model's parameters travel and rest as one flat `f32` vector in layout order; on disk and on
+//! the wire they are a safetensors file whose tensor names match the worker's libtorch variable
+//! names (`fc0.weight`, `fc0.bias`, ...). The coordinator initialises, aggregates and exports
+//! models through this module alone, so it never needs libtorch.
+
+use std::collections::HashMap;
+
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+/// A model family and its shape hyper-parameters, as named in a job file's `[model]` table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ModelSpec {
+    /// One linear layer and a sigmoid: `fc0: input -> 1`.
+    LogisticRegression,
+    /// Fully connected layers with ReLU: `fc0: input -> hidden[0]`, ..., `fcK: hidden[K-1] -> 1`.
+    Mlp {
+        /// Width of each hidden layer, input side first.
+        hidden: Vec<usize>,
+    },
+}
+
+impl ModelSpec {
+    /// Widths of the hidden layers (empty for logistic regression).
+    pub fn hidden(&self) -> &[usize] {
+        match self {
+            ModelSpec::LogisticRegression => &[],
+            ModelSpec::Mlp { hidden } => hidden,
+        }
+    }
+
+    /// The parameter layout for a model reading `input_dim` encoded features.
+    pub fn layout(&self, input_dim: usize) -> ParamLayout {
+        let mut tensors = Vec::new();
+        let mut fan_in = input_dim;
+        let widths = self.hidden().iter().copied().chain(std::iter::once(1));
+        for (i, out) in widths.enumerate() {
+            tensors.push(TensorSpec { name: format!("fc{i}.weight"), shape: vec![out, fan_in] });
+            tensors.push(TensorSpec { name: format!("fc{i}.bias"), shape: vec![out] });
+            fan_in = out;
+        }
+        ParamLayout { tensors }
+    }
+
+    /// A short human label (`logistic_regression`, `mlp[32,16]`).
+    pub fn label(&self) -> String {
+        match self {
+            ModelSpec::LogisticRegression => "logistic_regression".into(),
+            ModelSpec::Mlp { hidden } => format!(
+                "mlp[{}]",
+                hidden.iter().map(|h| h.to_string()).collect::<Vec<_>>().join(",")
+            ),
+        }
+    }
+}
+
+/// One named tensor of a layout.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TensorSpec {
+    /// Name shared by the checkpoint file and the worker's variable store.
+    pub name: String,
+    /// Row-major shape.
+    pub shape: Vec<usize>,
+}
+
+impl TensorSpec {
+    /// Number of scalars in the tensor.
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+}
+
+/// The ordered list of tensors that make up a model; the flat vector concatenates them in order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParamLayout {
+    /// Tensors in flat-vector order.
+    pub tensors: Vec<TensorSpec>,
+}
+
+impl ParamLayout {
+    /// Total number of scalars.
+    pub fn len(&self) -> usize {
+        self.tensors.iter().map(TensorSpec::numel).sum()
+    }
+
+    /// True when the layout has no scalars.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// `(spec, offset)` of every tensor in the flat vector.
+    pub fn offsets(&self) -> impl Iterator<Item = (&TensorSpec, usize)> {
+        self.tensors.iter().scan(0usize, |off, t| {
+            let start = *off;
+            *off += t.numel();
+            Some((t, start))
+        })
+    }
+}
+
+/// Errors reading or combining model parameters.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ModelError {
+    /// The bytes are not a valid safetensors file.
+    #[error("checkpoint is not a valid safetensors file: {0}")]
+    Format(String),
+    /// A tensor the layout needs is missing from the file.
+    #[error("checkpoint lacks tensor `{0}`")]
+    MissingTensor(String),
+    /// A tensor has another shape or dtype than the layout says.
+    #[error("tensor `{name}` has shape {found:?} ({dtype}), expected {expected:?} (F32)")]
+    Shape {
+        /// Tensor name.
+        name: String,
+        /// Shape in the file.
+        found: Vec<usize>,
+        /// Shape the layout requires.
+        expected: Vec<usize>,
+        /// Element type in the file.
+        dtype: String,
+    },
+    /// A flat vector does not have the layout's length.
+    #[error("parameter vector has {found} values, layout needs {expected}")]
+    Length {
+        /// Values given.
+        found: usize,
+        /// Values needed.
+        expected: usize,
+    },
+    /// A value is NaN or infinite.
+    #[error("parameter {index} is not finite ({value})")]
+    NotFinite {
+        /// Flat index of the value.
+        index: usize,
+        /// The offending value.
+        value: f32,
+    },
+}
+
+/// Metadata key under which checkpoints record their tensor order.
+pub const LAYOUT_ORDER_KEY: &str = "confide.layout";
+
+/// A model's parameters: a layout and one flat vector of values in layout order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelParams {
+    /// What the values mean.
+    pub layout: ParamLayout,
+    /// Values, tensors concatenated in layout order.
+    pub values: Vec<f32>,
+}
+
+impl ModelParams {
+    /// Wraps `values`, checking the length against the layout and that every value is finite.
+    pub fn new(layout: ParamLayout, values: Vec<f32>) -> Result<Self, ModelError> {
+        if values.len() != layout.len() {
+            return Err(ModelError::Length { found: values.len(), expected: layout.len() });
+        }
+        if let Some((index, &value)) = values.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+            return Err(ModelError::NotFinite { index, value });
+        }
+        Ok(Self { layout, values })
+    }
+
+    /// Deterministic initialisation from `seed`: Glorot-uniform weights, zero biases.
+    pub fn init(layout: ParamLayout, seed: u64) -> Self {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let mut values = Vec::with_capacity(layout.len());
+        for t in &layout.tensors {
+            if t.shape.len() == 2 {
+                let (fan_out, fan_in) = (t.shape[0] as f64, t.shape[1] as f64);
+                let bound = (6.0 / (fan_in + fan_out)).sqrt();
+                values.extend((0..t.numel()).map(|_| rng.random_range(-bound..bound) as f32));
+            } else {
+                values.extend(std::iter::repeat_n(0.0f32, t.numel()));
+            }
+        }
+        Self { layout, values }
+    }
+
+    /// Zeros in the given layout (server-optimizer moment buffers start here).
+    pub fn zeros(layout: ParamLayout) -> Self {
+        let n = layout.len();
+        Self { layout, values: vec![0.0; n] }
+    }
+
+    /// Values of one tensor, by name.
+    pub fn tensor(&self, name: &str) -> Option<&[f32]> {
+        self.layout
+            .offsets()
+            .find(|(t, _)| t.name == name)
+            .map(|(t, off)| &self.values[off..off + t.numel()])
+    }
+
+    /// Serialises to a safetensors file (little-endian F32 tensors named as in the layout),
+    /// with `metadata` stored in the file header.
+    /// The tensor order is recorded under the metadata key [`LAYOUT_ORDER_KEY`].
+    pub fn to_safetensors(&self, metadata: Option<HashMap<String, String>>) -> Vec<u8> {
+        use safetensors::tensor::{Dtype, TensorView};
+        let mut metadata = metadata.unwrap_or_default();
+        let order: Vec<&str> = self.layout.tensors.iter().map(|t| t.name.as_str()).collect();
+        metadata.insert(LAYOUT_ORDER_KEY.into(), order.join(","));
+        let bytes: Vec<u8> = self.values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let views: Vec<(String, TensorView<'_>)> = self
+            .layout
+            .offsets()
+            .filter_map(|(t, off)| {
+                let slice = &bytes[off * 4..(off + t.numel()) * 4];
+                TensorView::new(Dtype::F32, t.shape.clone(), slice).ok().map(|v| (t.name.clone(), v))
+            })
+            .collect();
+        // Serialisation of well-formed views into memory cannot fail; fall back to empty on the
+        // impossible path rather than panicking.
+        safetensors::serialize(views, Some(metadata)).unwrap_or_default()
+    }
+
+    /// Reads a safetensors file against an expected layout: every tensor must be present as F32
+    /// with the layout's shape, and every value finite. Extra tensors are ignored.
+    pub fn from_safetensors(bytes: &[u8], layout: &ParamLayout) -> Result<Self, ModelError> {
+        let file = safetensors::SafeTensors::deserialize(bytes)
+            .map_err(|e| ModelError::Format(e.to_string()))?;
+        let mut values = Vec::with_capacity(layout.len());
+        for t in &layout.tensors {
+            let view = file.tensor(&t.name).map_err(|_| ModelError::MissingTensor(t.name.clone()))?;
+            if view.dtype() != safetensors::Dtype::F32 || view.shape() != t.shape.as_slice() {
+                return Err(ModelError::Shape {
+                    name: t.name.clone(),
+                    found: view.shape().to_vec(),
+                    expected: t.shape.clone(),
+                    dtype: format!("{:?}", view.dtype()),
+                });
+            }
+            values.extend(
+                view.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+            );
+        }
+        Self::new(layout.clone(), values)
+    }
+
+    /// Reads any safetensors file of F32 tensors, taking the layout from the file itself: in the
+    /// order recorded by [`Self::to_safetensors`], else in natural name order (`fc2` before `fc10`).
+    pub fn read_safetensors_any(bytes: &[u8]) -> Result<Self, ModelError> {
+        let (_, header) = safetensors::SafeTensors::read_metadata(bytes)
+            .map_err(|e| ModelError::Format(e.to_string()))?;
+        let file = safetensors::SafeTensors::deserialize(bytes)
+            .map_err(|e| ModelError::Format(e.to_string()))?;
+        let recorded = header.metadata().as_ref().and_then(|m| m.get(LAYOUT_ORDER_KEY)).cloned();
+        let names: Vec<String> = match recorded {
+            Some(order) => order.split(',').map(str::to_string).collect(),
+            None => {
+                let mut names: Vec<String> = file.names().into_iter().map(|n| n.to_string()).collect();
+                names.sort_by(|a, b| natural_key(a).cmp(&natural_key(b)));
+                names
+            }
+        };
+        let mut tensors = Vec::new();
+        for name in names {
+            let view = file.tensor(&name).map_err(|_| ModelError::MissingTensor(name.clone()))?;
+            tensors.push(TensorSpec { name, shape: view.shape().to_vec() });
+        }
+        Self::from_safetensors(bytes, &ParamLayout { tensors })
+    }
+}
+
+/// Orders `fc10.weight` after `fc2.weight`.
+fn natural_key(name: &str) -> (String, u64, String) {
+    let prefix: String = name.chars().take_while(|c| !c.is_ascii_digit()).collect();
+    let rest = &name[prefix.len()..];
+    let digits: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
+    let tail = rest[digits.len()..].to_string();
+    (prefix, digits.parse().unwrap_or(0), tail)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mlp_layout_chains_widths_and_ends_in_one_logit() {
+        let layout = ModelSpec::Mlp { hidden: vec![8, 4] }.layout(10);
+        let shapes: Vec<_> = layout.tensors.iter().map(|t| (t.name.as_str(), t.shape.clone())).collect();
+        assert_eq!(
+            shapes,
+            vec![
+                ("fc0.weight", vec![8, 10]),
+                ("fc0.bias", vec![8]),
+                ("fc1.weight", vec![4, 8]),
+                ("fc1.bias", vec![4]),
+                ("fc2.weight", vec![1, 4]),
+                ("fc2.bias", vec![1]),
+            ]
+        );
+        assert_eq!(layout.len(), 80 + 8 + 32 + 4 + 4 + 1);
+    }
+
+    #[test]
+    fn logistic_regression_is_one_linear_layer() {
+        let layout = ModelSpec::LogisticRegression.layout(5);
+        assert_eq!(layout.len(), 6);
+        assert_eq!(layout.tensors[0].shape, vec![1, 5]);
+    }
+
+    #[test]
+    fn safetensors_round_trip_preserves_values_and_checks_shape() {
+        let layout = ModelSpec::Mlp { hidden: vec![3] }.layout(4);
+        let params = ModelParams::init(layout.clone(), 7);
+        let bytes = params.to_safetensors(None);
+        let back = ModelParams::from_safetensors(&bytes, &layout).expect("round trip");
+        assert_eq!(back, params);
+        assert_eq!(ModelParams::read_safetensors_any(&bytes).expect("any"), params);
+
+        let other = ModelSpec::Mlp { hidden: vec![3] }.layout(5);
+        assert!(matches!(
+            ModelParams::from_safetensors(&bytes, &other),
+            Err(ModelError::Shape { .. })
+        ));
+        assert!(matches!(ModelParams::from_safetensors(b"garbage", &layout), Err(ModelError::Format(_))));
+    }
+
+    #[test]
+    fn non_finite_values_are_rejected() {
+        let layout = ModelSpec::LogisticRegression.layout(1);
+        let err = ModelParams::new(layout, vec![0.0, f32::NAN]).expect_err("NaN must be refused");
+        assert!(matches!(err, ModelError::NotFinite { index: 1, .. }));
+    }
+
+    #[test]
+    fn init_is_deterministic_per_seed() {
+        let layout = ModelSpec::Mlp { hidden: vec![16] }.layout(12);
+        assert_eq!(ModelParams::init(layout.clone(), 1), ModelParams::init(layout.clone(), 1));
+        assert_ne!(ModelParams::init(layout.clone(), 1), ModelParams::init(layout, 2));
+    }
+}

@@ -1,0 +1,16 @@
+//! Confide's wire schema: the `confide.v1` protobuf package and its two gRPC services.
+//!
+//! - `Federation`: what a bank's worker calls. Workers always dial out; the coordinator hands
+//!   them tasks over the server stream of `Subscribe`, and large payloads (models, updates)
+//!   travel as chunked streams so they are not bound by the gRPC message limit.
+//! - `Admin`: what the data-science team's CLI calls to submit, watch, cancel and fetch jobs.
+
+#![allow(clippy::all, missing_docs)] // generated code
+
+/// Version 1 of the protocol.
+pub mod v1 {
+    tonic::include_proto!("confide.v1");
+}
+
+/// Size of one chunk of a streamed blob (model or contribution). Well under tonic's 4 MiB default.
+pub const CHUNK_SIZE: usize = 1 << 20;
