@@ -495,3 +495,38 @@ mod tests {
         assert_eq!(JobSpec::from_toml(&text).expect("prox").strategy.prox_mu(), 0.1);
     }
 }
+
+/// What a worker needs to train one round locally; sent as JSON inside each training task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalTraining {
+    /// Passes over the local training split.
+    pub epochs: usize,
+    /// Mini-batch size.
+    pub batch_size: usize,
+    /// Local learning rate.
+    pub learning_rate: f64,
+    /// Local optimizer.
+    pub optimizer: LocalOptimizer,
+    /// FedProx μ (0 = none).
+    pub prox_mu: f64,
+    /// Positive-class weight in the loss.
+    pub pos_weight: Option<f64>,
+    /// Seed for shuffling and dropout, distinct per job, round and institution.
+    pub seed: u64,
+}
+
+impl JobSpec {
+    /// The local-training configuration of `round` for the participant with index `participant`.
+    pub fn local_training(&self, round: u64, participant: u64) -> LocalTraining {
+        LocalTraining {
+            epochs: self.training.local_epochs,
+            batch_size: self.training.batch_size,
+            learning_rate: self.training.learning_rate,
+            optimizer: self.training.optimizer,
+            prox_mu: self.strategy.prox_mu(),
+            pos_weight: self.training.pos_weight,
+            seed: self.seed ^ round.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ participant.wrapping_mul(0xBF58_476D_1CE4_E5B9),
+        }
+    }
+}

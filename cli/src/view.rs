@@ -1,0 +1,146 @@
+//! How jobs look to a person: tables, summaries, JSON, and the live progress of `watch`.
+
+use std::fmt::Write;
+
+use confide_proto::v1::{self as pb, job_event::Kind};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::{Value, json};
+
+/// The metrics shown per round, in this order, when present.
+const SHOWN: [&str; 6] = ["auc", "ks", "log_loss", "accuracy", "train_loss", "contributors"];
+
+fn metrics_line(m: &std::collections::HashMap<String, f64>) -> String {
+    SHOWN.iter().filter_map(|k| m.get(*k).map(|v| format!("{k}={v:.4}"))).collect::<Vec<_>>().join("  ")
+}
+
+/// One line per job.
+pub fn job_table(jobs: &[pb::Job]) -> String {
+    let mut out = format!("{:<36}  {:<24} {:<10} {:>9}  {}\n", "ID", "NAME", "STATUS", "ROUNDS", "AUC");
+    for j in jobs {
+        let auc = j.rounds.iter().rev().find_map(|r| r.metrics.get("auc")).map_or("-".into(), |a| format!("{a:.4}"));
+        let _ = writeln!(
+            out,
+            "{:<36}  {:<24} {:<10} {:>4}/{:<4}  {auc}",
+            j.id,
+            j.name,
+            j.status,
+            j.rounds_completed,
+            j.rounds_total
+        );
+    }
+    out
+}
+
+/// A human summary of one job.
+pub fn job_text(j: &pb::Job) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "job      {} ({})", j.id, j.name);
+    let _ = writeln!(out, "status   {}", j.status);
+    let _ = writeln!(out, "rounds   {}/{}", j.rounds_completed, j.rounds_total);
+    if !j.error.is_empty() {
+        let _ = writeln!(out, "error    {}", j.error);
+    }
+    if !j.stop_reason.is_empty() {
+        let _ = writeln!(out, "stopped  {}", j.stop_reason);
+    }
+    if !j.model_hash.is_empty() {
+        let _ = writeln!(out, "model    {}", j.model_hash);
+    }
+    for r in &j.rounds {
+        let _ = writeln!(out, "  round {:>3}  {:>6.1}s  {}", r.round, r.duration_secs, metrics_line(&r.metrics));
+        for p in r.participants.iter().filter(|p| p.status != "contributed") {
+            let _ = writeln!(out, "             {} {}: {}", p.worker_id, p.status, p.reason);
+        }
+    }
+    out
+}
+
+fn round_json(r: &pb::RoundSummary) -> Value {
+    let metrics: serde_json::Map<String, Value> = r.metrics.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
+    json!({
+        "round": r.round,
+        "status": r.status,
+        "duration_secs": r.duration_secs,
+        "completed_at": r.completed_at,
+        "model_hash": r.model_hash,
+        "metrics": metrics,
+        "participants": r.participants.iter().map(|p| json!({"worker_id": p.worker_id, "status": p.status, "reason": p.reason})).collect::<Vec<_>>(),
+    })
+}
+
+/// The job as JSON, for scripts.
+pub fn job_json(j: &pb::Job) -> Value {
+    let spec: Value = serde_json::from_str(&j.spec_json).unwrap_or(Value::Null);
+    json!({
+        "id": j.id,
+        "name": j.name,
+        "status": j.status,
+        "error": if j.error.is_empty() { Value::Null } else { json!(j.error) },
+        "stop_reason": if j.stop_reason.is_empty() { Value::Null } else { json!(j.stop_reason) },
+        "rounds_completed": j.rounds_completed,
+        "rounds_total": j.rounds_total,
+        "created_at": j.created_at,
+        "updated_at": j.updated_at,
+        "model_hash": j.model_hash,
+        "spec": spec,
+        "rounds": j.rounds.iter().map(round_json).collect::<Vec<_>>(),
+    })
+}
+
+/// Prints a line above the bar, or plainly when the bar is hidden (output is not a terminal).
+fn say(bar: &ProgressBar, line: String) {
+    if bar.is_hidden() {
+        println!("{line}");
+    } else {
+        bar.println(line);
+    }
+}
+
+/// Follows a job: a progress bar over rounds, a line per completed round. Returns the exit code
+/// (0 completed, 1 failed or cancelled).
+pub async fn watch(mut stream: tonic::Streaming<pb::JobEvent>) -> anyhow::Result<u8> {
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} round {pos}/{len} [{bar:30}] {elapsed_precise} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar.enable_steady_tick(std::time::Duration::from_millis(200));
+    while let Some(ev) = stream.message().await? {
+        match ev.kind {
+            Some(Kind::RoundStarted(s)) => {
+                bar.set_length(s.rounds_total);
+                bar.set_message(format!("round {} training on {}", ev.round, s.participants.join(", ")));
+            }
+            Some(Kind::RoundCompleted(r)) => {
+                bar.set_position(r.round);
+                say(&bar, format!("round {:>3}  {:>6.1}s  {}", r.round, r.duration_secs, metrics_line(&r.metrics)));
+                for p in r.participants.iter().filter(|p| p.status != "contributed") {
+                    say(&bar, format!("           {} {}: {}", p.worker_id, p.status, p.reason));
+                }
+                bar.set_message(String::new());
+            }
+            Some(Kind::RoundFailed(f)) => say(&bar, format!("round {:>3}  attempt failed: {}", ev.round, f.reason)),
+            Some(Kind::ParticipantFailed(p)) => say(&bar, format!("           {} {}: {}", p.worker_id, p.status, p.reason)),
+            Some(Kind::JobFinished(job)) => {
+                bar.set_length(job.rounds_total);
+                bar.set_position(job.rounds_completed);
+                bar.finish_and_clear();
+                let auc = job.rounds.iter().rev().find_map(|r| r.metrics.get("auc"));
+                println!(
+                    "job {} {} after {} rounds{}{}{}",
+                    job.id,
+                    job.status,
+                    job.rounds_completed,
+                    auc.map_or(String::new(), |a| format!("; final federated test AUC {a:.4}")),
+                    if job.error.is_empty() { String::new() } else { format!("; error: {}", job.error) },
+                    if job.stop_reason.is_empty() { String::new() } else { format!("; {}", job.stop_reason) },
+                );
+                return Ok(if job.status == "completed" { 0 } else { 1 });
+            }
+            None => {}
+        }
+    }
+    bar.finish_and_clear();
+    anyhow::bail!("the coordinator closed the stream before the job ended")
+}

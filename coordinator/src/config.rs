@@ -1,0 +1,86 @@
+//! Coordinator configuration: a TOML file, overridden by command-line flags.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Settings of one coordinator process.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CoordinatorConfig {
+    /// Address to listen on for workers and the CLI.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Directory holding the state database and checkpoints.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// Largest contribution (serialised) a worker may submit, in bytes.
+    #[serde(default = "default_max_contribution_bytes")]
+    pub max_contribution_bytes: u64,
+    /// Largest single gRPC message accepted, in bytes (chunks are 1 MiB).
+    #[serde(default = "default_max_message_bytes")]
+    pub max_message_bytes: usize,
+    /// Concurrent streams allowed per connection.
+    #[serde(default = "default_max_concurrent_streams")]
+    pub max_concurrent_streams: u32,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 7070))
+}
+fn default_data_dir() -> PathBuf {
+    PathBuf::from(".data/coordinator")
+}
+fn default_max_contribution_bytes() -> u64 {
+    1 << 30
+}
+fn default_max_message_bytes() -> usize {
+    4 << 20
+}
+fn default_max_concurrent_streams() -> u32 {
+    64
+}
+
+impl Default for CoordinatorConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_listen(),
+            data_dir: default_data_dir(),
+            max_contribution_bytes: default_max_contribution_bytes(),
+            max_message_bytes: default_max_message_bytes(),
+            max_concurrent_streams: default_max_concurrent_streams(),
+        }
+    }
+}
+
+/// A configuration file could not be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: {source}")]
+    Read {
+        /// File.
+        path: PathBuf,
+        /// Underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid configuration.
+    #[error("{path}: {message}")]
+    Parse {
+        /// File.
+        path: PathBuf,
+        /// What is wrong, naming the field.
+        message: String,
+    },
+}
+
+impl CoordinatorConfig {
+    /// Reads a TOML configuration file.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.into(), message: e.to_string() })
+    }
+}

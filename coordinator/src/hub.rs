@@ -1,0 +1,250 @@
+//! Connected workers and the routes to them.
+//!
+//! A worker's `Subscribe` stream is the only way to reach it (banks accept no inbound
+//! connections). The hub keeps, per worker, the sending half of that stream and what the worker
+//! registered (datasets, capabilities, signing key), and routes each task's contributions to the
+//! job runner that owns the task.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use confide_proto::v1::{Capabilities, DatasetOffer, Task, contribution::Body};
+use tokio::sync::mpsc;
+
+/// What a worker registered.
+#[derive(Debug, Clone)]
+pub struct WorkerInfo {
+    /// Institution id.
+    pub id: String,
+    /// Datasets offered.
+    pub datasets: Vec<DatasetOffer>,
+    /// Hardware.
+    pub capabilities: Capabilities,
+    /// Ed25519 key the institution signs secure-aggregation advertisements with.
+    pub signing_public_key: Vec<u8>,
+    /// The bank's own floor on participants per round.
+    pub min_participants: u32,
+}
+
+impl WorkerInfo {
+    /// True when the worker offers `dataset` with schema `fingerprint`.
+    pub fn offers(&self, dataset: &str, fingerprint: &str) -> bool {
+        self.datasets.iter().any(|d| d.name == dataset && d.schema_fingerprint == fingerprint)
+    }
+}
+
+/// A contribution routed to the job runner that issued the task.
+#[derive(Debug)]
+pub struct Inbound {
+    /// The sender.
+    pub worker_id: String,
+    /// The task it answers.
+    pub task_id: String,
+    /// What it sent.
+    pub body: Body,
+    /// Where to report whether the contribution was accepted.
+    pub ack: tokio::sync::oneshot::Sender<Result<(), String>>,
+}
+
+/// An open task: which worker it was given to, and where its contributions go.
+#[derive(Debug, Clone)]
+struct OpenTask {
+    worker_id: String,
+    job_id: String,
+    round: u64,
+    inbox: mpsc::Sender<Inbound>,
+}
+
+#[derive(Debug)]
+struct Session {
+    generation: u64,
+    tx: mpsc::Sender<Result<Task, tonic::Status>>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    registered: HashMap<String, WorkerInfo>,
+    sessions: HashMap<String, Session>,
+    tasks: HashMap<String, OpenTask>,
+    next_generation: u64,
+}
+
+/// Registry of workers, their task streams, and open tasks. Cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub struct Hub {
+    inner: Arc<Mutex<Inner>>,
+    /// Wakes job runners waiting for workers whenever one connects.
+    connected: Arc<tokio::sync::Notify>,
+}
+
+/// Why a contribution could not be routed.
+#[derive(Debug, thiserror::Error, PartialEq)]
+#[non_exhaustive]
+pub enum RouteError {
+    /// No open task has this id (unknown, or its round is over).
+    #[error("task `{0}` is not open (unknown, or its round is over)")]
+    UnknownTask(String),
+    /// The task was given to another worker.
+    #[error("task `{task}` was not given to worker `{worker}`")]
+    WrongWorker {
+        /// Task id.
+        task: String,
+        /// Claimed sender.
+        worker: String,
+    },
+    /// Job or round in the header do not match the task.
+    #[error("task `{task}` belongs to job {job} round {round}, not the job and round in the header")]
+    WrongRound {
+        /// Task id.
+        task: String,
+        /// The task's job.
+        job: String,
+        /// The task's round.
+        round: u64,
+    },
+    /// The job runner is gone.
+    #[error("the job that issued task `{0}` is no longer running")]
+    Closed(String),
+}
+
+impl Hub {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records a worker's registration.
+    pub fn register(&self, info: WorkerInfo) {
+        self.lock().registered.insert(info.id.clone(), info);
+    }
+
+    /// True when the worker registered (in this coordinator's lifetime).
+    pub fn is_registered(&self, worker_id: &str) -> bool {
+        self.lock().registered.contains_key(worker_id)
+    }
+
+    /// Opens a task stream for a worker, replacing any older one. Returns its receiving half and
+    /// its generation (to tell a stale disconnect from the current session).
+    pub fn connect(&self, worker_id: &str) -> (mpsc::Receiver<Result<Task, tonic::Status>>, u64) {
+        let (tx, rx) = mpsc::channel(256);
+        let mut inner = self.lock();
+        inner.next_generation += 1;
+        let generation = inner.next_generation;
+        inner.sessions.insert(worker_id.to_string(), Session { generation, tx });
+        drop(inner);
+        self.connected.notify_waiters();
+        (rx, generation)
+    }
+
+    /// Workers with an open task stream, with what they registered.
+    pub fn connected(&self) -> Vec<WorkerInfo> {
+        let inner = self.lock();
+        let mut v: Vec<WorkerInfo> = inner
+            .sessions
+            .iter()
+            .filter(|(_, s)| !s.tx.is_closed())
+            .filter_map(|(id, _)| inner.registered.get(id).cloned())
+            .collect();
+        v.sort_by(|a, b| a.id.cmp(&b.id));
+        v
+    }
+
+    /// True when the worker's task stream is open.
+    pub fn is_connected(&self, worker_id: &str) -> bool {
+        self.lock().sessions.get(worker_id).is_some_and(|s| !s.tx.is_closed())
+    }
+
+    /// Completes when another worker connects (or after a short while, to re-check liveness).
+    pub async fn wait_for_change(&self) {
+        let notified = self.connected.notified();
+        let _ = tokio::time::timeout(std::time::Duration::from_millis(500), notified).await;
+    }
+
+    /// Sends a task down a worker's stream. False when the worker is not connected.
+    pub async fn send(&self, worker_id: &str, task: Task) -> bool {
+        let tx = self.lock().sessions.get(worker_id).map(|s| s.tx.clone());
+        match tx {
+            Some(tx) => tx.send(Ok(task)).await.is_ok(),
+            None => false,
+        }
+    }
+
+    /// Opens a task so its contributions reach `inbox`.
+    pub fn open_task(&self, task_id: &str, worker_id: &str, job_id: &str, round: u64, inbox: mpsc::Sender<Inbound>) {
+        self.lock().tasks.insert(
+            task_id.to_string(),
+            OpenTask { worker_id: worker_id.into(), job_id: job_id.into(), round, inbox },
+        );
+    }
+
+    /// Closes tasks; later contributions to them are refused.
+    pub fn close_tasks<'a>(&self, task_ids: impl IntoIterator<Item = &'a String>) {
+        let mut inner = self.lock();
+        for t in task_ids {
+            inner.tasks.remove(t);
+        }
+    }
+
+    /// Validates a contribution's header against the open task and returns the task's inbox.
+    pub fn route(&self, worker_id: &str, task_id: &str, job_id: &str, round: u64) -> Result<mpsc::Sender<Inbound>, RouteError> {
+        let inner = self.lock();
+        let task = inner.tasks.get(task_id).ok_or_else(|| RouteError::UnknownTask(task_id.into()))?;
+        if task.worker_id != worker_id {
+            return Err(RouteError::WrongWorker { task: task_id.into(), worker: worker_id.into() });
+        }
+        if task.job_id != job_id || task.round != round {
+            return Err(RouteError::WrongRound { task: task_id.into(), job: task.job_id.clone(), round: task.round });
+        }
+        if task.inbox.is_closed() {
+            return Err(RouteError::Closed(task_id.into()));
+        }
+        Ok(task.inbox.clone())
+    }
+
+    /// The generation of a worker's current session, if any.
+    pub fn generation(&self, worker_id: &str) -> Option<u64> {
+        self.lock().sessions.get(worker_id).map(|s| s.generation)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(id: &str) -> WorkerInfo {
+        WorkerInfo {
+            id: id.into(),
+            datasets: vec![DatasetOffer { name: "telco".into(), schema_fingerprint: "abc".into() }],
+            capabilities: Capabilities::default(),
+            signing_public_key: vec![],
+            min_participants: 3,
+        }
+    }
+
+    #[tokio::test]
+    async fn routes_only_to_the_assigned_worker_and_round() {
+        let hub = Hub::default();
+        hub.register(info("bank1"));
+        let (tx, _rx) = mpsc::channel(1);
+        hub.open_task("t1", "bank1", "job", 3, tx);
+        assert!(hub.route("bank1", "t1", "job", 3).is_ok());
+        assert_eq!(
+            hub.route("bank2", "t1", "job", 3).err(),
+            Some(RouteError::WrongWorker { task: "t1".into(), worker: "bank2".into() })
+        );
+        assert!(matches!(hub.route("bank1", "t1", "job", 2), Err(RouteError::WrongRound { .. })));
+        hub.close_tasks([&"t1".to_string()]);
+        assert_eq!(hub.route("bank1", "t1", "job", 3).err(), Some(RouteError::UnknownTask("t1".into())));
+    }
+
+    #[tokio::test]
+    async fn a_dropped_stream_means_disconnected() {
+        let hub = Hub::default();
+        hub.register(info("bank1"));
+        let (rx, _) = hub.connect("bank1");
+        assert_eq!(hub.connected().len(), 1);
+        assert!(hub.connected()[0].offers("telco", "abc"));
+        drop(rx);
+        assert!(hub.connected().is_empty());
+        assert!(!hub.send("bank1", Task::default()).await);
+    }
+}

@@ -1,0 +1,75 @@
+//! Confide's coordinator: it takes training jobs from the data-science team, schedules rounds,
+//! hands tasks to the banks' workers over the streams they open, sums their contributions
+//! (securely by default), applies the server optimizer and keeps every round durable.
+//!
+//! Layout: [`store`] (SQLite + checkpoints), [`hub`] (connected workers, task routing),
+//! [`round`] (pure phase and scheduling logic, and the tokio runner that drives a job),
+//! [`jobs`] (the running set and its API views), [`service`] (the two gRPC services).
+//! [`run`] serves until a shutdown future completes, so tests start it on `127.0.0.1:0`.
+
+pub mod config;
+pub mod hub;
+pub mod jobs;
+pub mod round;
+pub mod service;
+pub mod store;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use confide_proto::v1::{admin_server::AdminServer, federation_server::FederationServer};
+use tokio::net::TcpListener;
+
+pub use config::CoordinatorConfig;
+
+/// State shared by the services and job runners.
+#[derive(Debug)]
+pub struct Shared {
+    /// Durable state.
+    pub store: store::Store,
+    /// Connected workers and open tasks.
+    pub hub: hub::Hub,
+    /// Jobs running in this process.
+    pub jobs: jobs::Jobs,
+    /// Settings.
+    pub config: CoordinatorConfig,
+}
+
+/// Errors starting or running the coordinator.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RunError {
+    /// The state could not be opened.
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    /// The gRPC server failed.
+    #[error("gRPC server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Opens the store, resumes unfinished jobs and serves both services on `listener` until
+/// `shutdown` completes.
+pub async fn run(config: CoordinatorConfig, listener: TcpListener, shutdown: impl Future<Output = ()> + Send) -> Result<(), RunError> {
+    let store = store::Store::open(&config.data_dir)?;
+    let shared = Arc::new(Shared { store, hub: hub::Hub::default(), jobs: jobs::Jobs::default(), config });
+    let resumed = jobs::resume_all(&shared)?;
+    let addr = listener.local_addr().ok();
+    tracing::info!(?addr, resumed, data_dir = %shared.config.data_dir.display(), "coordinator listening");
+    let max = shared.config.max_message_bytes;
+    let federation = FederationServer::new(service::federation::FederationService::new(shared.clone()))
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
+    let admin = AdminServer::new(service::admin::AdminService::new(shared.clone()))
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
+    tonic::transport::Server::builder()
+        .concurrency_limit_per_connection(shared.config.max_concurrent_streams as usize)
+        .max_concurrent_streams(Some(shared.config.max_concurrent_streams))
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
+        .add_service(federation)
+        .add_service(admin)
+        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), shutdown)
+        .await?;
+    Ok(())
+}

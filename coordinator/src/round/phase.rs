@@ -1,0 +1,423 @@
+//! One aggregation phase of a round, as a pure state machine (no sockets, no clock).
+//!
+//! A phase hands one task to each selected worker and sums the vectors they contribute:
+//! preprocessing statistics, a weighted model update, or evaluation histograms. The driver
+//! feeds it what arrives ([`Phase::handle_contribution`], [`Phase::handle_disconnect`]) and the
+//! time ([`Phase::handle_timeout`] once [`Phase::poll_timeout`] has passed), sends whatever
+//! [`Phase::poll_transmit`] yields, and stops when [`Phase::outcome`] is ready.
+//!
+//! Summation is either secure (the default: a `confide_secagg::Server`, so the coordinator
+//! only ever learns the sum) or plain (debugging only).
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::Instant;
+
+use confide_proto::v1::{TaskFailure, contribution::Body};
+
+use crate::store::ParticipantRecord;
+
+/// How a selected worker stands in the phase.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ParticipantState {
+    /// Task sent, nothing received yet.
+    Pending,
+    /// Its contribution is in the sum.
+    Contributed,
+    /// It reported that it could not do the task.
+    Failed {
+        /// `data`, `training`, `policy`, ...
+        kind: String,
+        /// Its explanation.
+        reason: String,
+    },
+    /// It went silent, disconnected or missed the deadline.
+    Dropped {
+        /// What happened.
+        reason: String,
+    },
+}
+
+impl ParticipantState {
+    fn record(&self, worker_id: &str) -> ParticipantRecord {
+        let (status, reason) = match self {
+            ParticipantState::Pending => ("pending", String::new()),
+            ParticipantState::Contributed => ("contributed", String::new()),
+            ParticipantState::Failed { kind, reason } if kind == "policy" => ("refused", reason.clone()),
+            ParticipantState::Failed { kind, reason } => ("failed", format!("{kind}: {reason}")),
+            ParticipantState::Dropped { reason } => ("dropped", reason.clone()),
+        };
+        ParticipantRecord { worker_id: worker_id.to_string(), status: status.into(), reason }
+    }
+}
+
+/// Why a contribution was rejected. The worker is told; the phase is unaffected.
+#[derive(Debug, thiserror::Error, PartialEq)]
+#[non_exhaustive]
+pub enum PhaseError {
+    /// The sender was not selected for this phase.
+    #[error("worker `{0}` is not a participant of this phase")]
+    NotParticipant(String),
+    /// The sender already contributed or was already dropped.
+    #[error("worker `{0}` already finished this phase")]
+    AlreadyFinished(String),
+    /// The vector has the wrong length.
+    #[error("contribution has {found} values, the phase needs {expected}")]
+    Length {
+        /// Values received.
+        found: usize,
+        /// Values expected.
+        expected: usize,
+    },
+    /// A value is NaN or infinite.
+    #[error("contribution value {index} is not finite")]
+    NotFinite {
+        /// Index of the value.
+        index: usize,
+    },
+    /// A plain vector arrived in a secure phase, or the reverse.
+    #[error("contribution uses {found} aggregation, this phase uses {expected}")]
+    WrongMode {
+        /// What arrived.
+        found: &'static str,
+        /// What the phase runs.
+        expected: &'static str,
+    },
+    /// The phase is over.
+    #[error("the phase is already over")]
+    Over,
+    /// The secure-aggregation state machine refused the message.
+    #[error("secure aggregation: {0}")]
+    SecAgg(String),
+}
+
+/// Why a phase produced no sum.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PhaseFailure {
+    /// Human-readable reason, naming how many contributions arrived and what the others did.
+    pub reason: String,
+}
+
+/// The end of a phase.
+#[derive(Debug, Clone)]
+pub struct PhaseOutcome {
+    /// The summed vector, or why there is none.
+    pub sum: Result<Vec<f64>, PhaseFailure>,
+    /// Outcome per selected worker.
+    pub participants: Vec<ParticipantRecord>,
+}
+
+/// Plain summation (debugging only): the coordinator sees each vector.
+#[derive(Debug)]
+struct PlainSum {
+    acc: Vec<f64>,
+}
+
+/// How contributions are summed.
+#[derive(Debug)]
+enum Summation {
+    Plain(PlainSum),
+    Secure(Box<crate::round::secure::SecurePhase>),
+}
+
+/// One phase of a round; see the module docs for the calling order.
+#[derive(Debug)]
+pub struct Phase {
+    participants: BTreeMap<String, ParticipantState>,
+    vector_len: usize,
+    min_contributions: usize,
+    deadline: Instant,
+    summation: Summation,
+    outbox: VecDeque<(String, Vec<u8>)>,
+    outcome: Option<PhaseOutcome>,
+}
+
+impl Phase {
+    /// A plain-sum phase over `participants`, needing `min_contributions`, ending at `deadline`.
+    pub fn plain(participants: &[String], vector_len: usize, min_contributions: usize, deadline: Instant) -> Self {
+        Self::with(participants, vector_len, min_contributions, deadline, Summation::Plain(PlainSum { acc: vec![0.0; vector_len] }))
+    }
+
+    /// A secure-aggregation phase.
+    pub fn secure(
+        participants: &[String],
+        vector_len: usize,
+        min_contributions: usize,
+        deadline: Instant,
+        secure: crate::round::secure::SecurePhase,
+    ) -> Self {
+        let mut phase = Self::with(participants, vector_len, min_contributions, deadline, Summation::Secure(Box::new(secure)));
+        phase.pump_secure();
+        phase
+    }
+
+    fn with(participants: &[String], vector_len: usize, min_contributions: usize, deadline: Instant, summation: Summation) -> Self {
+        Self {
+            participants: participants.iter().map(|w| (w.clone(), ParticipantState::Pending)).collect(),
+            vector_len,
+            min_contributions,
+            deadline,
+            summation,
+            outbox: VecDeque::new(),
+            outcome: None,
+        }
+    }
+
+    /// Feeds one worker's contribution.
+    pub fn handle_contribution(&mut self, from: &str, body: Body, now: Instant) -> Result<(), PhaseError> {
+        if self.outcome.is_some() {
+            return Err(PhaseError::Over);
+        }
+        let state = self.participants.get(from).ok_or_else(|| PhaseError::NotParticipant(from.into()))?;
+        if *state != ParticipantState::Pending {
+            return Err(PhaseError::AlreadyFinished(from.into()));
+        }
+        let result = match body {
+            Body::Failure(TaskFailure { kind, reason }) => {
+                self.set(from, ParticipantState::Failed { kind, reason });
+                if let Summation::Secure(s) = &mut self.summation {
+                    s.drop_participant(from, now);
+                }
+                Ok(())
+            }
+            Body::Plain(v) => match &mut self.summation {
+                Summation::Plain(p) => {
+                    check_vector(&v.values, self.vector_len)?;
+                    for (a, x) in p.acc.iter_mut().zip(&v.values) {
+                        *a += x;
+                    }
+                    self.set(from, ParticipantState::Contributed);
+                    Ok(())
+                }
+                Summation::Secure(_) => Err(PhaseError::WrongMode { found: "plain", expected: "secure" }),
+            },
+            Body::Secagg(bytes) => match &mut self.summation {
+                Summation::Secure(s) => s.handle_message(from, &bytes, now),
+                Summation::Plain(_) => Err(PhaseError::WrongMode { found: "secure", expected: "plain" }),
+            },
+        };
+        self.pump_secure();
+        self.maybe_finish();
+        result
+    }
+
+    /// A worker's task stream closed: it can no longer take part.
+    pub fn handle_disconnect(&mut self, worker: &str, now: Instant) {
+        if self.participants.get(worker) == Some(&ParticipantState::Pending) {
+            self.set(worker, ParticipantState::Dropped { reason: "disconnected during the round".into() });
+            if let Summation::Secure(s) = &mut self.summation {
+                s.drop_participant(worker, now);
+            }
+            self.pump_secure();
+            self.maybe_finish();
+        }
+    }
+
+    /// When the driver must call [`Self::handle_timeout`] next.
+    pub fn poll_timeout(&self) -> Instant {
+        match &self.summation {
+            Summation::Secure(s) => s.poll_timeout().map_or(self.deadline, |t| t.min(self.deadline)),
+            Summation::Plain(_) => self.deadline,
+        }
+    }
+
+    /// Advances time: stage deadlines of secure aggregation, and the phase deadline.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.outcome.is_some() {
+            return;
+        }
+        if let Summation::Secure(s) = &mut self.summation {
+            s.handle_timeout(now);
+        }
+        if now >= self.deadline {
+            let late: Vec<String> = self.pending().collect();
+            for w in late {
+                self.set(&w, ParticipantState::Dropped { reason: "missed the round deadline".into() });
+            }
+            if let Summation::Secure(s) = &mut self.summation {
+                s.abort_at_deadline();
+            }
+        }
+        self.pump_secure();
+        self.maybe_finish();
+    }
+
+    /// Next message to relay to a worker (secure aggregation only).
+    pub fn poll_transmit(&mut self) -> Option<(String, Vec<u8>)> {
+        self.outbox.pop_front()
+    }
+
+    /// The outcome, once the phase is over.
+    pub fn outcome(&self) -> Option<&PhaseOutcome> {
+        self.outcome.as_ref()
+    }
+
+    /// Workers still expected to contribute.
+    pub fn pending(&self) -> impl Iterator<Item = String> + '_ {
+        self.participants.iter().filter(|(_, s)| **s == ParticipantState::Pending).map(|(w, _)| w.clone())
+    }
+
+    fn set(&mut self, worker: &str, state: ParticipantState) {
+        if let Some(s) = self.participants.get_mut(worker) {
+            *s = state;
+        }
+    }
+
+    fn records(&self) -> Vec<ParticipantRecord> {
+        self.participants.iter().map(|(w, s)| s.record(w)).collect()
+    }
+
+    fn pump_secure(&mut self) {
+        let Summation::Secure(s) = &mut self.summation else { return };
+        while let Some(t) = s.poll_transmit() {
+            self.outbox.push_back(t);
+        }
+        for (worker, reason) in s.take_dropped() {
+            if self.participants.get(&worker) == Some(&ParticipantState::Pending) {
+                self.participants.insert(worker, ParticipantState::Dropped { reason });
+            }
+        }
+        for worker in s.take_contributed() {
+            if self.participants.get(&worker) == Some(&ParticipantState::Pending) {
+                self.participants.insert(worker, ParticipantState::Contributed);
+            }
+        }
+    }
+
+    fn failure_summary(&self, contributed: usize) -> String {
+        let others: Vec<String> = self
+            .records()
+            .into_iter()
+            .filter(|r| r.status != "contributed")
+            .map(|r| format!("{} {}: {}", r.worker_id, r.status, r.reason))
+            .collect();
+        format!(
+            "{contributed} of {} selected workers contributed, {} needed{}{}",
+            self.participants.len(),
+            self.min_contributions,
+            if others.is_empty() { "" } else { "; " },
+            others.join("; ")
+        )
+    }
+
+    fn maybe_finish(&mut self) {
+        if self.outcome.is_some() {
+            return;
+        }
+        let contributed = self.participants.values().filter(|s| **s == ParticipantState::Contributed).count();
+        let pending = self.participants.values().filter(|s| **s == ParticipantState::Pending).count();
+        let sum = match &mut self.summation {
+            Summation::Plain(p) => {
+                if pending > 0 {
+                    return;
+                }
+                if contributed >= self.min_contributions {
+                    Ok(std::mem::take(&mut p.acc))
+                } else {
+                    Err(PhaseFailure { reason: String::new() })
+                }
+            }
+            Summation::Secure(s) => match s.take_result() {
+                None => return,
+                Some(Ok(sum)) if contributed >= self.min_contributions => Ok(sum),
+                Some(Ok(_)) => Err(PhaseFailure { reason: String::new() }),
+                Some(Err(reason)) => Err(PhaseFailure { reason }),
+            },
+        };
+        let sum = sum.map_err(|f| PhaseFailure {
+            reason: if f.reason.is_empty() { self.failure_summary(contributed) } else { format!("{} ({})", f.reason, self.failure_summary(contributed)) },
+        });
+        self.outcome = Some(PhaseOutcome { sum, participants: self.records() });
+    }
+}
+
+/// Checks a plain vector's length and finiteness.
+pub fn check_vector(values: &[f64], expected: usize) -> Result<(), PhaseError> {
+    if values.len() != expected {
+        return Err(PhaseError::Length { found: values.len(), expected });
+    }
+    if let Some(index) = values.iter().position(|x| !x.is_finite()) {
+        return Err(PhaseError::NotFinite { index });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use confide_proto::v1::PlainVector;
+    use std::time::Duration;
+
+    fn workers(n: usize) -> Vec<String> {
+        (1..=n).map(|i| format!("bank{i}")).collect()
+    }
+
+    fn plain(v: &[f64]) -> Body {
+        Body::Plain(PlainVector { values: v.to_vec() })
+    }
+
+    #[test]
+    fn sums_all_contributions_then_finishes() {
+        let t0 = Instant::now();
+        let mut phase = Phase::plain(&workers(3), 2, 3, t0 + Duration::from_secs(10));
+        phase.handle_contribution("bank1", plain(&[1.0, 2.0]), t0).expect("1");
+        phase.handle_contribution("bank2", plain(&[3.0, 4.0]), t0).expect("2");
+        assert!(phase.outcome().is_none());
+        phase.handle_contribution("bank3", plain(&[5.0, 6.0]), t0).expect("3");
+        let out = phase.outcome().expect("done");
+        assert_eq!(out.sum.as_ref().expect("sum"), &vec![9.0, 12.0]);
+        assert!(out.participants.iter().all(|p| p.status == "contributed"));
+    }
+
+    #[test]
+    fn bad_contributions_are_rejected_without_touching_the_sum() {
+        let t0 = Instant::now();
+        let mut phase = Phase::plain(&workers(2), 2, 2, t0 + Duration::from_secs(10));
+        assert_eq!(
+            phase.handle_contribution("bank1", plain(&[1.0]), t0),
+            Err(PhaseError::Length { found: 1, expected: 2 })
+        );
+        assert_eq!(phase.handle_contribution("bank1", plain(&[1.0, f64::NAN]), t0), Err(PhaseError::NotFinite { index: 1 }));
+        assert_eq!(
+            phase.handle_contribution("mallory", plain(&[1.0, 1.0]), t0),
+            Err(PhaseError::NotParticipant("mallory".into()))
+        );
+        phase.handle_contribution("bank1", plain(&[1.0, 1.0]), t0).expect("good one");
+        assert_eq!(phase.handle_contribution("bank1", plain(&[1.0, 1.0]), t0), Err(PhaseError::AlreadyFinished("bank1".into())));
+        phase.handle_contribution("bank2", plain(&[2.0, 2.0]), t0).expect("good two");
+        assert_eq!(phase.outcome().expect("done").sum.as_ref().expect("sum"), &vec![3.0, 3.0]);
+    }
+
+    #[test]
+    fn deadline_drops_the_silent_and_succeeds_if_enough_arrived() {
+        let t0 = Instant::now();
+        let deadline = t0 + Duration::from_secs(10);
+        let mut phase = Phase::plain(&workers(3), 1, 2, deadline);
+        phase.handle_contribution("bank1", plain(&[1.0]), t0).expect("1");
+        phase.handle_contribution("bank2", plain(&[1.0]), t0).expect("2");
+        phase.handle_timeout(t0 + Duration::from_secs(5));
+        assert!(phase.outcome().is_none(), "not yet at the deadline");
+        phase.handle_timeout(deadline);
+        let out = phase.outcome().expect("done");
+        assert_eq!(out.sum.as_ref().expect("sum"), &vec![2.0]);
+        let late = out.participants.iter().find(|p| p.worker_id == "bank3").expect("bank3");
+        assert_eq!(late.status, "dropped");
+    }
+
+    #[test]
+    fn too_few_contributions_fail_with_every_reason() {
+        let t0 = Instant::now();
+        let mut phase = Phase::plain(&workers(3), 1, 3, t0 + Duration::from_secs(10));
+        phase.handle_contribution("bank1", plain(&[1.0]), t0).expect("1");
+        phase
+            .handle_contribution(
+                "bank2",
+                Body::Failure(TaskFailure { kind: "data".into(), reason: "train.csv line 7, column tenure: not a number: 'x'".into() }),
+                t0,
+            )
+            .expect("failure report");
+        phase.handle_disconnect("bank3", t0);
+        let out = phase.outcome().expect("done");
+        let reason = &out.sum.as_ref().expect_err("must fail").reason;
+        assert!(reason.contains("1 of 3") && reason.contains("line 7") && reason.contains("disconnected"), "{reason}");
+    }
+}

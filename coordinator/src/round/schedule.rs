@@ -1,0 +1,110 @@
+//! Pure scheduling decisions: who takes part in a round, and when a job stops early.
+
+use std::collections::BTreeMap;
+
+use confide_core::job::{EarlyStoppingSpec, SelectionSpec};
+use confide_core::metrics::higher_is_better;
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+
+/// Picks a round's participants from the eligible workers: all of them at `fraction = 1`, else a
+/// seeded random `ceil(fraction · n)`, never fewer than `min_workers`. Deterministic in
+/// (seed, round, attempt), so a rerun round after a crash selects the same workers when they
+/// are all back. The result is sorted.
+pub fn select(eligible: &[String], spec: &SelectionSpec, seed: u64, round: u64, attempt: u32) -> Vec<String> {
+    let mut pool: Vec<String> = eligible.to_vec();
+    pool.sort();
+    let want = ((spec.fraction * pool.len() as f64).ceil() as usize).max(spec.min_workers).min(pool.len());
+    if want < pool.len() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ round.rotate_left(17) ^ u64::from(attempt).rotate_left(41));
+        pool.shuffle(&mut rng);
+        pool.truncate(want);
+        pool.sort();
+    }
+    pool
+}
+
+/// Tracks the watched metric and says when it has stopped improving.
+#[derive(Debug)]
+pub struct EarlyStopping {
+    spec: Option<EarlyStoppingSpec>,
+    best: Option<f64>,
+    since_best: u64,
+}
+
+impl EarlyStopping {
+    /// A tracker for the job's rule (None = never stop early).
+    pub fn new(spec: Option<EarlyStoppingSpec>) -> Self {
+        Self { spec, best: None, since_best: 0 }
+    }
+
+    /// Feeds one round's metrics (rounds without the metric are not evaluations and are skipped).
+    pub fn observe(&mut self, metrics: &BTreeMap<String, f64>) {
+        let Some(spec) = &self.spec else { return };
+        let Some(&value) = metrics.get(&spec.metric) else { return };
+        let higher = higher_is_better(&spec.metric).unwrap_or(true);
+        let improved = match self.best {
+            None => true,
+            Some(best) if higher => value > best + spec.min_delta,
+            Some(best) => value < best - spec.min_delta,
+        };
+        if improved {
+            self.best = Some(value);
+            self.since_best = 0;
+        } else {
+            self.since_best += 1;
+        }
+    }
+
+    /// Why to stop now, if the metric has not improved for `patience` evaluations.
+    pub fn should_stop(&self) -> Option<String> {
+        let spec = self.spec.as_ref()?;
+        (self.since_best >= spec.patience).then(|| {
+            format!(
+                "early stopping: {} did not improve by more than {} for {} evaluations (best {:.5})",
+                spec.metric,
+                spec.min_delta,
+                spec.patience,
+                self.best.unwrap_or(f64::NAN)
+            )
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(n: usize) -> Vec<String> {
+        (0..n).map(|i| format!("bank{i:02}")).collect()
+    }
+
+    #[test]
+    fn fraction_respects_the_floor_and_is_deterministic() {
+        let spec = SelectionSpec { fraction: 0.1, min_workers: 3, ..SelectionSpec::default() };
+        let a = select(&names(20), &spec, 7, 4, 1);
+        assert_eq!(a.len(), 3);
+        assert_eq!(a, select(&names(20), &spec, 7, 4, 1));
+        assert_ne!(a, select(&names(20), &spec, 7, 5, 1), "another round draws other banks");
+        let spec = SelectionSpec { fraction: 0.5, min_workers: 3, ..SelectionSpec::default() };
+        assert_eq!(select(&names(20), &spec, 7, 4, 1).len(), 10);
+        let spec = SelectionSpec::default();
+        assert_eq!(select(&names(4), &spec, 7, 4, 1), names(4));
+    }
+
+    #[test]
+    fn stops_after_patience_evaluations_without_improvement() {
+        let spec = EarlyStoppingSpec { metric: "auc".into(), patience: 2, min_delta: 0.001 };
+        let mut es = EarlyStopping::new(Some(spec));
+        for auc in [0.70, 0.75, 0.7505, 0.749] {
+            es.observe(&BTreeMap::from([("auc".to_string(), auc)]));
+        }
+        assert!(es.should_stop().is_some());
+        let mut lower = EarlyStopping::new(Some(EarlyStoppingSpec { metric: "log_loss".into(), patience: 1, min_delta: 0.0 }));
+        lower.observe(&BTreeMap::from([("log_loss".to_string(), 0.5)]));
+        lower.observe(&BTreeMap::from([("log_loss".to_string(), 0.4)]));
+        assert!(lower.should_stop().is_none());
+        lower.observe(&BTreeMap::from([("log_loss".to_string(), 0.45)]));
+        assert!(lower.should_stop().is_some());
+    }
+}

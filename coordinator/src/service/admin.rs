@@ -1,0 +1,144 @@
+//! The data-science team's gRPC service: submit, list, get, watch and cancel jobs; fetch models.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use confide_proto::v1::{self as pb, admin_server::Admin};
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+use crate::Shared;
+use crate::jobs::{self, SubmitError};
+use crate::service::federation::blob_stream;
+
+/// The `Admin` service.
+#[derive(Debug, Clone)]
+pub struct AdminService {
+    shared: Arc<Shared>,
+}
+
+impl AdminService {
+    /// A service over the coordinator's shared state.
+    pub fn new(shared: Arc<Shared>) -> Self {
+        Self { shared }
+    }
+
+    fn job(&self, id: &str) -> Result<crate::store::JobRecord, Status> {
+        self.shared
+            .store
+            .job(id)
+            .map_err(|e| Status::internal(e.to_string()))?
+            .ok_or_else(|| Status::not_found(format!("no job `{id}`")))
+    }
+
+    fn view(&self, job: &crate::store::JobRecord) -> Result<pb::Job, Status> {
+        jobs::job_proto(&self.shared, job).map_err(|e| Status::internal(e.to_string()))
+    }
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl Admin for AdminService {
+    async fn submit_job(&self, request: Request<pb::SubmitJobRequest>) -> Result<Response<pb::SubmitJobResponse>, Status> {
+        let r = request.into_inner();
+        let job_id = jobs::submit(&self.shared, &r.spec_toml, &r.schema_toml).map_err(|e| match e {
+            SubmitError::Store(e) => Status::internal(e.to_string()),
+            other => Status::invalid_argument(other.to_string()),
+        })?;
+        tracing::info!(job = %job_id, "job submitted");
+        Ok(Response::new(pb::SubmitJobResponse { job_id }))
+    }
+
+    async fn list_jobs(&self, _: Request<pb::ListJobsRequest>) -> Result<Response<pb::ListJobsResponse>, Status> {
+        let records = self.shared.store.jobs().map_err(|e| Status::internal(e.to_string()))?;
+        let jobs = records.iter().map(|j| self.view(j)).collect::<Result<_, _>>()?;
+        Ok(Response::new(pb::ListJobsResponse { jobs }))
+    }
+
+    async fn get_job(&self, request: Request<pb::GetJobRequest>) -> Result<Response<pb::Job>, Status> {
+        let job = self.job(&request.into_inner().job_id)?;
+        Ok(Response::new(self.view(&job)?))
+    }
+
+    type WatchJobStream = BoxStream<pb::JobEvent>;
+
+    async fn watch_job(&self, request: Request<pb::WatchJobRequest>) -> Result<Response<Self::WatchJobStream>, Status> {
+        let id = request.into_inner().job_id;
+        // Subscribe before reading history so no event falls between the two.
+        let mut live = self.shared.jobs.subscribe(&id);
+        let job = self.job(&id)?;
+        let view = self.view(&job)?;
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(async move {
+            let mut last_round = 0;
+            for r in &view.rounds {
+                last_round = r.round;
+                let ev = pb::JobEvent { job_id: id.clone(), round: r.round, kind: Some(pb::job_event::Kind::RoundCompleted(r.clone())) };
+                if tx.send(Ok(ev)).await.is_err() {
+                    return;
+                }
+            }
+            let finished = |job: pb::Job| pb::JobEvent { job_id: job.id.clone(), round: job.rounds_completed, kind: Some(pb::job_event::Kind::JobFinished(job)) };
+            let Some(live) = live.as_mut().filter(|_| !job.status.is_final()) else {
+                let _ = tx.send(Ok(finished(view))).await;
+                return;
+            };
+            loop {
+                match live.recv().await {
+                    Ok(ev) => {
+                        if let Some(pb::job_event::Kind::RoundCompleted(r)) = &ev.kind {
+                            if r.round <= last_round {
+                                continue;
+                            }
+                        }
+                        let end = matches!(ev.kind, Some(pb::job_event::Kind::JobFinished(_)));
+                        if tx.send(Ok(ev)).await.is_err() || end {
+                            return;
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::warn!(skipped = n, "watcher fell behind");
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+
+    async fn cancel_job(&self, request: Request<pb::CancelJobRequest>) -> Result<Response<pb::Job>, Status> {
+        let id = request.into_inner().job_id;
+        let job = jobs::cancel(&self.shared, &id)
+            .map_err(|e| Status::internal(e.to_string()))?
+            .ok_or_else(|| Status::not_found(format!("no job `{id}`")))?;
+        Ok(Response::new(self.view(&job)?))
+    }
+
+    type FetchModelStream = BoxStream<pb::BlobChunk>;
+
+    async fn fetch_model(&self, request: Request<pb::FetchModelRequest>) -> Result<Response<Self::FetchModelStream>, Status> {
+        let job = self.job(&request.into_inner().job_id)?;
+        let hash = job.model_hash.ok_or_else(|| Status::failed_precondition("the job has no model yet"))?;
+        Ok(Response::new(blob_stream(&self.shared, &hash)?))
+    }
+
+    async fn list_workers(&self, _: Request<pb::ListWorkersRequest>) -> Result<Response<pb::ListWorkersResponse>, Status> {
+        let records = self.shared.store.workers().map_err(|e| Status::internal(e.to_string()))?;
+        let connected = self.shared.hub.connected();
+        let workers = records
+            .into_iter()
+            .map(|w| {
+                let live = connected.iter().find(|c| c.id == w.id);
+                pb::WorkerInfo {
+                    connected: live.is_some(),
+                    datasets: live.map(|c| c.datasets.clone()).unwrap_or_default(),
+                    capabilities: live.map(|c| c.capabilities.clone()),
+                    last_seen: w.last_seen,
+                    worker_id: w.id,
+                }
+            })
+            .collect();
+        Ok(Response::new(pb::ListWorkersResponse { workers }))
+    }
+}

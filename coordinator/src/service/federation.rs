@@ -1,0 +1,176 @@
+//! The worker-facing gRPC service: registration, the task stream, model download and chunked
+//! contribution upload. Every field from the network is validated here before it reaches the
+//! hub or a job runner; nothing from a request is unwrapped.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use confide_proto::v1::{
+    self as pb, Contribution, DownloadModelRequest, RegisterRequest, RegisterResponse, SubmitAck, SubmitChunk,
+    SubscribeRequest, Task, federation_server::Federation, submit_chunk::Part,
+};
+use prost::Message;
+use tokio_stream::{Stream, wrappers::ReceiverStream};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::Shared;
+use crate::hub::{Inbound, WorkerInfo};
+
+/// Protocol version spoken by this coordinator.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The `Federation` service.
+#[derive(Debug, Clone)]
+pub struct FederationService {
+    shared: Arc<Shared>,
+}
+
+impl FederationService {
+    /// A service over the coordinator's shared state.
+    pub fn new(shared: Arc<Shared>) -> Self {
+        Self { shared }
+    }
+}
+
+/// Checks an institution id: 1–128 characters of `[A-Za-z0-9._-]`.
+pub fn validate_id(what: &str, id: &str) -> Result<(), Status> {
+    let ok = !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if ok { Ok(()) } else { Err(Status::invalid_argument(format!("{what} must be 1-128 characters of [A-Za-z0-9._-], got {id:?}"))) }
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+/// Streams a checkpoint in chunks, verifying its hash first.
+pub fn blob_stream(shared: &Shared, hash: &str) -> Result<BoxStream<pb::BlobChunk>, Status> {
+    let bytes = shared.store.checkpoints().get(hash).map_err(|e| match e {
+        crate::store::StoreError::BadHash(_) => Status::invalid_argument(e.to_string()),
+        crate::store::StoreError::Io { .. } => Status::not_found(format!("no checkpoint {hash}")),
+        other => Status::data_loss(other.to_string()),
+    })?;
+    let total = bytes.len() as u64;
+    let chunks: Vec<Result<pb::BlobChunk, Status>> = bytes
+        .chunks(confide_proto::CHUNK_SIZE)
+        .enumerate()
+        .map(|(i, c)| {
+            Ok(pb::BlobChunk { data: c.to_vec(), offset: (i * confide_proto::CHUNK_SIZE) as u64, total_size: total })
+        })
+        .collect();
+    Ok(Box::pin(tokio_stream::iter(chunks)))
+}
+
+#[tonic::async_trait]
+impl Federation for FederationService {
+    async fn register(&self, request: Request<RegisterRequest>) -> Result<Response<RegisterResponse>, Status> {
+        let r = request.into_inner();
+        validate_id("institution_id", &r.institution_id)?;
+        for d in &r.datasets {
+            if d.name.is_empty() || d.name.len() > 256 || d.schema_fingerprint.len() != 64 {
+                return Err(Status::invalid_argument(format!("dataset offer {:?} needs a name and a 64-hex-digit schema fingerprint", d.name)));
+            }
+        }
+        if !r.signing_public_key.is_empty() && r.signing_public_key.len() != 32 {
+            return Err(Status::invalid_argument("signing_public_key must be 32 bytes (Ed25519)"));
+        }
+        let capabilities = r.capabilities.unwrap_or_default();
+        let info_json = serde_json::json!({
+            "datasets": r.datasets.iter().map(|d| serde_json::json!({"name": d.name, "schema_fingerprint": d.schema_fingerprint})).collect::<Vec<_>>(),
+            "cuda": capabilities.cuda,
+            "cuda_devices": capabilities.cuda_devices,
+            "worker_version": capabilities.worker_version,
+            "min_participants": r.min_participants,
+        });
+        self.shared.store.upsert_worker(&r.institution_id, &info_json.to_string()).map_err(|e| Status::internal(e.to_string()))?;
+        self.shared.hub.register(WorkerInfo {
+            id: r.institution_id.clone(),
+            datasets: r.datasets,
+            capabilities,
+            signing_public_key: r.signing_public_key,
+            min_participants: r.min_participants,
+        });
+        tracing::info!(worker = %r.institution_id, "worker registered");
+        Ok(Response::new(RegisterResponse { worker_id: r.institution_id, protocol_version: PROTOCOL_VERSION }))
+    }
+
+    type SubscribeStream = ReceiverStream<Result<Task, Status>>;
+
+    async fn subscribe(&self, request: Request<SubscribeRequest>) -> Result<Response<Self::SubscribeStream>, Status> {
+        let worker_id = request.into_inner().worker_id;
+        validate_id("worker_id", &worker_id)?;
+        if !self.shared.hub.is_registered(&worker_id) {
+            return Err(Status::unauthenticated(format!("unknown worker `{worker_id}`: register first")));
+        }
+        let (rx, generation) = self.shared.hub.connect(&worker_id);
+        tracing::info!(worker = %worker_id, generation, "worker connected");
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    type DownloadModelStream = BoxStream<pb::BlobChunk>;
+
+    async fn download_model(
+        &self,
+        request: Request<DownloadModelRequest>,
+    ) -> Result<Response<Self::DownloadModelStream>, Status> {
+        let r = request.into_inner();
+        if !self.shared.hub.is_registered(&r.worker_id) {
+            return Err(Status::unauthenticated(format!("unknown worker `{}`: register first", r.worker_id)));
+        }
+        Ok(Response::new(blob_stream(&self.shared, &r.hash)?))
+    }
+
+    async fn submit(&self, request: Request<Streaming<SubmitChunk>>) -> Result<Response<SubmitAck>, Status> {
+        let mut stream = request.into_inner();
+        let header = match stream.message().await?.and_then(|c| c.part) {
+            Some(Part::Header(h)) => h,
+            Some(Part::Data(_)) => return Err(Status::invalid_argument("the first chunk of a submission must be its header")),
+            None => return Err(Status::invalid_argument("empty submission")),
+        };
+        if !self.shared.hub.is_registered(&header.worker_id) {
+            return Err(Status::unauthenticated(format!("unknown worker `{}`: register first", header.worker_id)));
+        }
+        let limit = self.shared.config.max_contribution_bytes;
+        if header.total_bytes > limit {
+            return Err(Status::resource_exhausted(format!(
+                "submission of {} bytes exceeds the limit of {limit} bytes",
+                header.total_bytes
+            )));
+        }
+        let inbox = self
+            .shared
+            .hub
+            .route(&header.worker_id, &header.task_id, &header.job_id, header.round)
+            .map_err(|e| Status::failed_precondition(e.to_string()))?;
+        let total = header.total_bytes as usize;
+        let mut buf = Vec::with_capacity(total.min(64 << 20));
+        while let Some(chunk) = stream.message().await? {
+            match chunk.part {
+                Some(Part::Data(d)) => {
+                    if buf.len() + d.len() > total {
+                        return Err(Status::invalid_argument(format!("more bytes than the {total} the header announced")));
+                    }
+                    buf.extend_from_slice(&d);
+                }
+                Some(Part::Header(_)) => return Err(Status::invalid_argument("a submission has exactly one header")),
+                None => return Err(Status::invalid_argument("empty chunk")),
+            }
+        }
+        if buf.len() != total {
+            return Err(Status::invalid_argument(format!("stream ended after {} of {total} announced bytes", buf.len())));
+        }
+        if confide_core::sha256_hex(&buf) != header.sha256 {
+            return Err(Status::data_loss("submission does not match the SHA-256 in its header"));
+        }
+        let contribution = Contribution::decode(buf.as_slice())
+            .map_err(|e| Status::invalid_argument(format!("undecodable contribution: {e}")))?;
+        let body = contribution.body.ok_or_else(|| Status::invalid_argument("contribution has no body"))?;
+        let (ack, ack_rx) = tokio::sync::oneshot::channel();
+        inbox
+            .send(Inbound { worker_id: header.worker_id, task_id: header.task_id, body, ack })
+            .await
+            .map_err(|_| Status::failed_precondition("the phase this task belonged to is over"))?;
+        match ack_rx.await {
+            Ok(Ok(())) => Ok(Response::new(SubmitAck { accepted: true, message: String::new() })),
+            Ok(Err(reason)) => Err(Status::invalid_argument(reason)),
+            Err(_) => Err(Status::failed_precondition("the phase this task belonged to is over")),
+        }
+    }
+}

@@ -1,0 +1,4 @@
+//! gRPC services: [`federation`] for bank workers, [`admin`] for the data-science team.
+
+pub mod admin;
+pub mod federation;

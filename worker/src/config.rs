@@ -1,0 +1,158 @@
+//! Worker configuration, written by the bank's operators: where the coordinator is, who this
+//! institution is, which local datasets it offers and under what policy.
+//!
+//! Relative paths are resolved against the configuration file's directory, so a bank can keep
+//! its config next to its data.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// One worker daemon's settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerConfig {
+    /// Coordinator URL, e.g. `http://127.0.0.1:7070`.
+    pub coordinator: String,
+    /// This institution's id (1–128 characters of `[A-Za-z0-9._-]`).
+    pub institution_id: String,
+    /// Directory for the identity key and the model cache.
+    pub data_dir: PathBuf,
+    /// Local datasets this worker may train on.
+    #[serde(default)]
+    pub datasets: Vec<DatasetConfig>,
+    /// What this bank allows.
+    #[serde(default)]
+    pub policy: PolicyConfig,
+    /// Compute settings.
+    #[serde(default)]
+    pub compute: ComputeConfig,
+}
+
+/// A local dataset: a schema and its train/test files.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatasetConfig {
+    /// Name jobs refer to.
+    pub name: String,
+    /// Schema file (TOML).
+    pub schema: PathBuf,
+    /// Training split (CSV).
+    pub train: PathBuf,
+    /// Held-out split (CSV) for federated evaluation.
+    pub test: PathBuf,
+}
+
+/// The bank's own rules, enforced by the worker.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// Fewest institutions a round may have for this worker to send anything (≥ 3).
+    #[serde(default = "default_min_participants")]
+    pub min_participants: u32,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        Self { min_participants: default_min_participants() }
+    }
+}
+
+fn default_min_participants() -> u32 {
+    3
+}
+
+/// Where and how to compute.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ComputeConfig {
+    /// `auto` (CUDA when available), `cpu` or `cuda`.
+    #[serde(default)]
+    pub device: DeviceChoice,
+    /// libtorch CPU threads (default 1: the tabular models are small).
+    #[serde(default)]
+    pub threads: Option<usize>,
+}
+
+/// Device selection.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeviceChoice {
+    /// CUDA when available, else CPU.
+    #[default]
+    Auto,
+    /// Always the CPU.
+    Cpu,
+    /// The first CUDA GPU (fails when there is none).
+    Cuda,
+}
+
+/// A configuration file could not be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: {source}")]
+    Read {
+        /// File.
+        path: PathBuf,
+        /// Underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid configuration.
+    #[error("{path}: {message}")]
+    Invalid {
+        /// File.
+        path: PathBuf,
+        /// What is wrong, naming the field.
+        message: String,
+    },
+}
+
+impl WorkerConfig {
+    /// Reads and validates a configuration file, resolving relative paths against its directory.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        let invalid = |message: String| ConfigError::Invalid { path: path.into(), message };
+        let mut cfg: WorkerConfig = toml::from_str(&text).map_err(|e| invalid(e.to_string()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        cfg.resolve(base);
+        cfg.validate().map_err(invalid)?;
+        Ok(cfg)
+    }
+
+    fn resolve(&mut self, base: &Path) {
+        let abs = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        abs(&mut self.data_dir);
+        for d in &mut self.datasets {
+            abs(&mut d.schema);
+            abs(&mut d.train);
+            abs(&mut d.test);
+        }
+    }
+
+    /// Checks values: id charset, URL scheme, unique dataset names, policy floor.
+    pub fn validate(&self) -> Result<(), String> {
+        let id = &self.institution_id;
+        if id.is_empty() || id.len() > 128 || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)) {
+            return Err(format!("field `institution_id`: must be 1-128 characters of [A-Za-z0-9._-], got {id:?}"));
+        }
+        if !(self.coordinator.starts_with("http://") || self.coordinator.starts_with("https://")) {
+            return Err(format!("field `coordinator`: must be an http:// or https:// URL, got {:?}", self.coordinator));
+        }
+        let mut names: Vec<&str> = self.datasets.iter().map(|d| d.name.as_str()).collect();
+        names.sort_unstable();
+        if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
+            return Err(format!("field `datasets`: dataset `{}` is listed twice", w[0]));
+        }
+        if self.policy.min_participants < 3 {
+            return Err("field `policy.min_participants`: must be at least 3 (a bank never joins a round where it could be singled out)".into());
+        }
+        Ok(())
+    }
+}

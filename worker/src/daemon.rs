@@ -1,0 +1,358 @@
+//! The worker daemon: dial out to the coordinator, register, take tasks from the stream it
+//! opened, compute contributions from local data and send them back — reconnecting with
+//! exponential backoff whenever the coordinator is unreachable or restarts.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use confide_core::job::LocalTraining;
+use confide_core::model::ModelSpec;
+use confide_datasets::Preprocessing;
+use confide_proto::v1::{
+    self as pb, Capabilities, Contribution, DatasetOffer, RegisterRequest, SubscribeRequest, TaskFailure,
+    contribution::Body, federation_client::FederationClient, task::Kind,
+};
+use tch::Device;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::config::{DeviceChoice, WorkerConfig};
+use crate::tasks::{self, Failure, LocalDataset, ModelInput};
+use crate::transport::{self, TaskAddress};
+
+/// Largest model a worker downloads.
+const MAX_MODEL_BYTES: u64 = 4 << 30;
+/// Checkpoints kept in memory (the current global and the one being evaluated).
+const MODEL_CACHE: usize = 4;
+
+/// The worker could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// A dataset's schema could not be loaded.
+    #[error("dataset `{name}`: {failure}")]
+    Dataset {
+        /// Dataset name.
+        name: String,
+        /// Why.
+        failure: Failure,
+    },
+    /// The identity key could not be loaded or created.
+    #[error(transparent)]
+    Identity(#[from] crate::identity::IdentityError),
+    /// CUDA was required but is not available.
+    #[error("compute.device = \"cuda\" but libtorch sees no CUDA device")]
+    NoCuda,
+}
+
+/// A running worker's state, shared by its task handlers.
+pub struct Worker {
+    config: WorkerConfig,
+    datasets: HashMap<String, Arc<LocalDataset>>,
+    identity: ed25519_dalek::SigningKey,
+    device: Device,
+    models: Mutex<Vec<(String, Arc<Vec<u8>>)>>,
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker").field("institution", &self.config.institution_id).field("device", &self.device).finish()
+    }
+}
+
+impl Worker {
+    /// Loads schemas and the identity key, and picks the device.
+    pub fn new(config: WorkerConfig) -> Result<Arc<Self>, StartError> {
+        let mut datasets = HashMap::new();
+        for d in &config.datasets {
+            let ds = LocalDataset::open(d.clone()).map_err(|failure| StartError::Dataset { name: d.name.clone(), failure })?;
+            datasets.insert(d.name.clone(), Arc::new(ds));
+        }
+        let identity = crate::identity::load_or_create(&config.data_dir)?;
+        if let Some(t) = config.compute.threads {
+            crate::ml::set_cpu_threads(t);
+        }
+        let device = match config.compute.device {
+            DeviceChoice::Auto => crate::ml::default_device(),
+            DeviceChoice::Cpu => Device::Cpu,
+            DeviceChoice::Cuda if tch::Cuda::is_available() => Device::Cuda(0),
+            DeviceChoice::Cuda => return Err(StartError::NoCuda),
+        };
+        Ok(Arc::new(Self { config, datasets, identity, device, models: Mutex::new(Vec::new()) }))
+    }
+
+    /// This institution's id.
+    pub fn id(&self) -> &str {
+        &self.config.institution_id
+    }
+
+    fn register_request(&self) -> RegisterRequest {
+        let cuda_devices = tch::Cuda::device_count().max(0) as u32;
+        RegisterRequest {
+            institution_id: self.config.institution_id.clone(),
+            datasets: self
+                .datasets
+                .values()
+                .map(|d| DatasetOffer { name: d.config.name.clone(), schema_fingerprint: d.fingerprint.clone() })
+                .collect(),
+            capabilities: Some(Capabilities {
+                cuda: matches!(self.device, Device::Cuda(_)),
+                cuda_devices,
+                worker_version: env!("CARGO_PKG_VERSION").into(),
+            }),
+            signing_public_key: self.identity.verifying_key().to_bytes().to_vec(),
+            min_participants: self.config.policy.min_participants,
+        }
+    }
+}
+
+/// Runs the worker until `shutdown` completes, reconnecting with backoff (0.5 s doubling to 30 s).
+pub async fn run(worker: Arc<Worker>, shutdown: impl Future<Output = ()>) {
+    tokio::pin!(shutdown);
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        let started = std::time::Instant::now();
+        tokio::select! {
+            _ = &mut shutdown => return,
+            r = session(&worker) => match r {
+                Ok(()) => tracing::warn!(worker = %worker.id(), "task stream closed by the coordinator; reconnecting"),
+                Err(e) => tracing::warn!(worker = %worker.id(), error = %e, retry_in = ?backoff, "coordinator unreachable"),
+            },
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            backoff = Duration::from_millis(500);
+        }
+        tokio::select! {
+            _ = &mut shutdown => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(30));
+    }
+}
+
+/// Handles of the tasks in progress: relay channel and cancellation.
+type Running = HashMap<String, (mpsc::Sender<Vec<u8>>, CancellationToken)>;
+
+async fn session(worker: &Arc<Worker>) -> Result<(), tonic::Status> {
+    let channel = Endpoint::from_shared(worker.config.coordinator.clone())
+        .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?
+        .connect_timeout(Duration::from_secs(5))
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(20))
+        .keep_alive_while_idle(true)
+        .connect()
+        .await
+        .map_err(|e| tonic::Status::unavailable(format!("connecting to {}: {e}", worker.config.coordinator)))?;
+    let mut client = FederationClient::new(channel).max_decoding_message_size(8 << 20);
+    let reply = client.register(worker.register_request()).await?.into_inner();
+    tracing::info!(worker = %reply.worker_id, protocol = reply.protocol_version, "registered with the coordinator");
+    let mut tasks = client.subscribe(SubscribeRequest { worker_id: reply.worker_id.clone() }).await?.into_inner();
+    let mut running: Running = HashMap::new();
+    let session_cancel = CancellationToken::new();
+    let _cancel_on_exit = session_cancel.clone().drop_guard();
+    while let Some(task) = tasks.message().await? {
+        running.retain(|_, (tx, _)| !tx.is_closed());
+        let pb::Task { task_id, job_id, round, kind } = task;
+        match kind {
+            Some(Kind::Secagg(relay)) => match running.get(&task_id) {
+                Some((tx, _)) => {
+                    let _ = tx.send(relay.message).await;
+                }
+                None => tracing::debug!(task = %task_id, "relay for a task not in progress"),
+            },
+            Some(Kind::Cancel(c)) => {
+                if let Some((_, cancel)) = running.remove(&task_id) {
+                    tracing::info!(task = %task_id, reason = %c.reason, "task cancelled by the coordinator");
+                    cancel.cancel();
+                }
+            }
+            Some(kind) => {
+                let (tx, rx) = mpsc::channel(64);
+                let cancel = session_cancel.child_token();
+                running.insert(task_id.clone(), (tx, cancel.clone()));
+                let addr = TaskAddress { worker_id: reply.worker_id.clone(), task_id, job_id, round };
+                let worker = worker.clone();
+                let client = client.clone();
+                tokio::spawn(async move {
+                    tokio::select! {
+                        _ = cancel.cancelled() => {}
+                        _ = handle_task(worker, client, addr, kind, rx) => {}
+                    }
+                });
+            }
+            None => tracing::warn!(task = %task_id, "task without a kind ignored"),
+        }
+    }
+    Ok(())
+}
+
+/// Does one task end to end: compute the vector, then aggregate it (or report the failure).
+async fn handle_task(
+    worker: Arc<Worker>,
+    mut client: FederationClient<Channel>,
+    addr: TaskAddress,
+    kind: Kind,
+    relays: mpsc::Receiver<Vec<u8>>,
+) {
+    let (computed, aggregation) = compute(&worker, &mut client, &addr, kind).await;
+    let result = match (computed, aggregation) {
+        (Err(f), _) => Err(f),
+        (Ok(_), None) => Err(Failure::new("protocol", "task carries no aggregation setup")),
+        (Ok(vector), Some(setup)) => {
+            if setup.insecure_plain {
+                tracing::warn!(job = %addr.job_id, round = addr.round, "INSECURE plain aggregation: this contribution is visible to the coordinator");
+                if vector.len() as u64 != setup.vector_len {
+                    Err(Failure::new("protocol", format!("computed {} values, the task expects {}", vector.len(), setup.vector_len)))
+                } else {
+                    let c = Contribution { body: Some(Body::Plain(pb::PlainVector { values: vector })) };
+                    transport::submit(&mut client, &addr, &c).await.map_err(|e| Failure::new("protocol", e))
+                }
+            } else {
+                crate::secure::contribute(&worker, &mut client, &addr, &setup, vector, relays).await
+            }
+        }
+    };
+    match result {
+        Ok(()) => tracing::info!(job = %addr.job_id, round = addr.round, task = %addr.task_id, "contribution accepted"),
+        Err(failure) => {
+            tracing::error!(job = %addr.job_id, round = addr.round, %failure, "task failed; reporting to the coordinator");
+            let c = Contribution {
+                body: Some(Body::Failure(TaskFailure { kind: failure.kind.into(), reason: failure.reason.clone() })),
+            };
+            if let Err(e) = transport::submit(&mut client, &addr, &c).await {
+                tracing::warn!(error = %e, "could not report the failure");
+            }
+        }
+    }
+}
+
+/// The task's vector and its aggregation setup.
+async fn compute(
+    worker: &Arc<Worker>,
+    client: &mut FederationClient<Channel>,
+    addr: &TaskAddress,
+    kind: Kind,
+) -> (Result<Vec<f64>, Failure>, Option<pb::AggregationSetup>) {
+    match kind {
+        Kind::Stats(t) => {
+            let r = match worker.dataset(t.dataset.as_ref()) {
+                Ok(ds) => blocking(move || ds.stats()).await,
+                Err(f) => Err(f),
+            };
+            (r, t.aggregation)
+        }
+        Kind::Train(t) => {
+            let r = async {
+                let ds = worker.dataset(t.dataset.as_ref())?;
+                let (spec, checkpoint) = worker.model(client, addr, t.model.as_ref()).await?;
+                let prep = parse_prep(&t.preprocessing_json)?;
+                let local: LocalTraining = serde_json::from_str(&t.train_config_json)
+                    .map_err(|e| Failure::new("protocol", format!("training config: {e}")))?;
+                let device = worker.device;
+                let prep_key = t.preprocessing_json.clone();
+                blocking(move || {
+                    let model = ModelInput { spec: &spec, checkpoint: &checkpoint, prep: &prep, prep_key: &prep_key };
+                    tasks::train_contribution(&ds, &model, &local, device)
+                })
+                .await
+            }
+            .await;
+            (r, t.aggregation)
+        }
+        Kind::Evaluate(t) => {
+            let r = async {
+                let ds = worker.dataset(t.dataset.as_ref())?;
+                let (spec, checkpoint) = worker.model(client, addr, t.model.as_ref()).await?;
+                let prep = parse_prep(&t.preprocessing_json)?;
+                let buckets = t.score_buckets as usize;
+                if !(2..=1_000_000).contains(&buckets) {
+                    return Err(Failure::new("protocol", format!("score_buckets {buckets} out of range")));
+                }
+                let device = worker.device;
+                let prep_key = t.preprocessing_json.clone();
+                blocking(move || {
+                    let model = ModelInput { spec: &spec, checkpoint: &checkpoint, prep: &prep, prep_key: &prep_key };
+                    tasks::eval_contribution(&ds, &model, buckets, device)
+                })
+                .await
+            }
+            .await;
+            (r, t.aggregation)
+        }
+        Kind::Secagg(_) | Kind::Cancel(_) => (Err(Failure::new("protocol", "not a task")), None),
+    }
+}
+
+fn parse_prep(json: &str) -> Result<Preprocessing, Failure> {
+    serde_json::from_str(json).map_err(|e| Failure::new("protocol", format!("preprocessing: {e}")))
+}
+
+/// Runs CPU/GPU-bound work off the async threads.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, Failure> + Send + 'static) -> Result<T, Failure> {
+    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| Err(Failure::new("internal", format!("task panicked: {e}"))))
+}
+
+impl Worker {
+    /// The local dataset a task names, if offered with the same schema.
+    fn dataset(&self, r: Option<&pb::DatasetRef>) -> Result<Arc<LocalDataset>, Failure> {
+        let r = r.ok_or_else(|| Failure::new("protocol", "task names no dataset"))?;
+        let ds = self
+            .datasets
+            .get(&r.name)
+            .ok_or_else(|| Failure::new("policy", format!("dataset `{}` is not offered by this institution", r.name)))?;
+        if ds.fingerprint != r.schema_fingerprint {
+            return Err(Failure::new(
+                "data",
+                format!("dataset `{}`: the job's schema differs from this institution's ({})", r.name, ds.config.schema.display()),
+            ));
+        }
+        Ok(ds.clone())
+    }
+
+    /// The task's model spec and checkpoint bytes, downloaded once per hash.
+    async fn model(
+        &self,
+        client: &mut FederationClient<Channel>,
+        addr: &TaskAddress,
+        r: Option<&pb::ModelRef>,
+    ) -> Result<(ModelSpec, Arc<Vec<u8>>), Failure> {
+        let r = r.ok_or_else(|| Failure::new("protocol", "task names no model"))?;
+        let spec: ModelSpec = serde_json::from_str(&r.spec_json).map_err(|e| Failure::new("protocol", format!("model spec: {e}")))?;
+        let cached = lock(&self.models).iter().find(|(h, _)| *h == r.hash).map(|(_, b)| b.clone());
+        let bytes = match cached {
+            Some(b) => b,
+            None => {
+                let limit = r.size_bytes.min(MAX_MODEL_BYTES);
+                let b = Arc::new(
+                    transport::download_model(client, &addr.worker_id, &r.hash, limit)
+                        .await
+                        .map_err(|e| Failure::new("protocol", e))?,
+                );
+                let mut models = lock(&self.models);
+                models.push((r.hash.clone(), b.clone()));
+                if models.len() > MODEL_CACHE {
+                    models.remove(0);
+                }
+                b
+            }
+        };
+        Ok((spec, bytes))
+    }
+
+    /// The institution's long-term signing key.
+    pub fn identity(&self) -> &ed25519_dalek::SigningKey {
+        &self.identity
+    }
+
+    /// The bank's minimum number of participants per round.
+    pub fn min_participants(&self) -> u32 {
+        self.config.policy.min_participants
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}

@@ -1,0 +1,52 @@
+//! The institution's long-term Ed25519 identity, kept in the worker's data directory.
+//!
+//! It signs this worker's secure-aggregation key advertisements, so peers can tell the
+//! coordinator did not substitute keys. Created on first start with the OS's randomness, stored
+//! with owner-only permissions, and never leaves the machine (only its public half is sent).
+
+use std::path::{Path, PathBuf};
+
+use ed25519_dalek::SigningKey;
+
+/// The identity file could not be read or created.
+#[derive(Debug, thiserror::Error)]
+#[error("identity key {path}: {message}")]
+pub struct IdentityError {
+    /// Key file.
+    pub path: PathBuf,
+    /// What went wrong.
+    pub message: String,
+}
+
+/// Loads `data_dir/identity.ed25519`, creating it on first use.
+pub fn load_or_create(data_dir: &Path) -> Result<SigningKey, IdentityError> {
+    let path = data_dir.join("identity.ed25519");
+    let err = |message: String| IdentityError { path: path.clone(), message };
+    if path.exists() {
+        let bytes = std::fs::read(&path).map_err(|e| err(e.to_string()))?;
+        let seed: [u8; 32] = bytes.as_slice().try_into().map_err(|_| err(format!("expected 32 bytes, found {}", bytes.len())))?;
+        return Ok(SigningKey::from_bytes(&seed));
+    }
+    std::fs::create_dir_all(data_dir).map_err(|e| err(e.to_string()))?;
+    let mut seed = [0u8; 32];
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut seed);
+    let key = SigningKey::from_bytes(&seed);
+    let tmp = path.with_extension("tmp");
+    write_private(&tmp, key.as_bytes()).map_err(|e| err(e.to_string()))?;
+    std::fs::rename(&tmp, &path).map_err(|e| err(e.to_string()))?;
+    Ok(key)
+}
+
+#[cfg(unix)]
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
+}
+
+#[cfg(not(unix))]
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    std::fs::write(path, bytes)
+}
