@@ -1,0 +1,23 @@
+//! Confide's dataset layer, free of libtorch so the coordinator and CLI can use it.
+//!
+//! - [`schema`]: the agreed description of a tabular dataset (TOML), its fingerprint, and the
+//!   names of the encoded features.
+//! - [`table`]: strict CSV loading against a schema into a [`RawTable`].
+//! - [`stats`]: additive per-institution statistics, the federation-wide [`Preprocessing`]
+//!   derived from their sum, and encoding into model inputs.
+//! - [`partition`]: splitting one CSV file into per-institution train/test folders.
+//!
+//! Schemas for the shared public datasets live in `datasets/schemas/`.
+
+pub mod error;
+pub mod partition;
+pub mod schema;
+pub mod stats;
+pub mod table;
+
+pub use error::DataError;
+pub use schema::{ColumnSpec, ColumnType, DatasetSchema, MissingPolicy, SchemaError, TargetSpec};
+pub use stats::{
+    ColumnTransform, Encoded, Preprocessing, StatsError, local_stats, stats_len, stats_names,
+};
+pub use table::{ColumnData, RawColumn, RawTable, load_csv, load_csv_from_reader};
