@@ -218,10 +218,17 @@ pub struct SecureAggregationSpec {
     /// Bits of the ring Z_{2^b} masked values live in.
     #[serde(default = "defaults::modulus_bits")]
     pub modulus_bits: u32,
-    /// Shares needed to reconstruct a secret, as a fraction of participants (rounded up, ≥ 2).
+    /// Shares needed to reconstruct a secret, as a fraction of participants:
+    /// `t = max(⌈fraction·n⌉, ⌊n/2⌋ + 1)` — always a majority, so the coordinator cannot
+    /// reconstruct both masks of anyone; `n − t` participants may drop out.
     #[serde(default = "defaults::threshold_fraction")]
     pub threshold_fraction: f64,
-    /// Seconds each protocol stage waits before treating silent participants as dropped.
+    /// Largest |w_local − w_global| per parameter a training contribution encodes; larger
+    /// differences are clipped (the fixed-point range is this times the federation's row count).
+    #[serde(default = "defaults::update_clip")]
+    pub update_clip: f64,
+    /// Seconds each protocol stage waits before treating silent participants as dropped. The
+    /// stage in which workers train must cover their local training time.
     #[serde(default = "defaults::stage_timeout_secs")]
     pub stage_timeout_secs: u64,
     /// SecAgg+ neighbours per participant; 0 = complete graph (the default up to 64 participants).
@@ -234,6 +241,7 @@ impl Default for SecureAggregationSpec {
         Self {
             modulus_bits: defaults::modulus_bits(),
             threshold_fraction: defaults::threshold_fraction(),
+            update_clip: defaults::update_clip(),
             stage_timeout_secs: defaults::stage_timeout_secs(),
             sparse_neighbours: 0,
         }
@@ -360,11 +368,14 @@ impl JobSpec {
             }
         }
         let sa = &self.secure_aggregation;
-        if !(8..=64).contains(&sa.modulus_bits) {
-            return bad("secure_aggregation.modulus_bits", "must be in 8..=64");
+        if !(16..=64).contains(&sa.modulus_bits) {
+            return bad("secure_aggregation.modulus_bits", "must be in 16..=64");
         }
         if !(sa.threshold_fraction > 0.0 && sa.threshold_fraction <= 1.0) {
             return bad("secure_aggregation.threshold_fraction", "must be in (0, 1]");
+        }
+        if !(sa.update_clip.is_finite() && sa.update_clip > 0.0) {
+            return bad("secure_aggregation.update_clip", "must be a positive number");
         }
         if sa.stage_timeout_secs == 0 {
             return bad("secure_aggregation.stage_timeout_secs", "must be at least 1");
@@ -425,7 +436,10 @@ mod defaults {
         32
     }
     pub fn threshold_fraction() -> f64 {
-        2.0 / 3.0
+        0.5
+    }
+    pub fn update_clip() -> f64 {
+        10.0
     }
     pub fn stage_timeout_secs() -> u64 {
         60

@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::config::{DeviceChoice, WorkerConfig};
+use crate::secure::OutOfRange;
 use crate::tasks::{self, Failure, LocalDataset, ModelInput};
 use crate::transport::{self, TaskAddress};
 
@@ -189,7 +190,7 @@ async fn session(worker: &Arc<Worker>) -> Result<(), tonic::Status> {
     Ok(())
 }
 
-/// Does one task end to end: compute the vector, then aggregate it (or report the failure).
+/// Does one task end to end: compute the vector, aggregate it (or report the failure).
 async fn handle_task(
     worker: Arc<Worker>,
     mut client: FederationClient<Channel>,
@@ -197,23 +198,31 @@ async fn handle_task(
     kind: Kind,
     relays: mpsc::Receiver<Vec<u8>>,
 ) {
-    let (computed, aggregation) = compute(&worker, &mut client, &addr, kind).await;
-    let result = match (computed, aggregation) {
-        (Err(f), _) => Err(f),
-        (Ok(_), None) => Err(Failure::new("protocol", "task carries no aggregation setup")),
-        (Ok(vector), Some(setup)) => {
-            if setup.insecure_plain {
-                tracing::warn!(job = %addr.job_id, round = addr.round, "INSECURE plain aggregation: this contribution is visible to the coordinator");
-                if vector.len() as u64 != setup.vector_len {
-                    Err(Failure::new("protocol", format!("computed {} values, the task expects {}", vector.len(), setup.vector_len)))
-                } else {
+    let (setup, out_of_range) = match &kind {
+        Kind::Stats(t) => (t.aggregation.clone(), OutOfRange::Fail),
+        Kind::Train(t) => (t.aggregation.clone(), OutOfRange::Clip),
+        Kind::Evaluate(t) => (t.aggregation.clone(), OutOfRange::Fail),
+        Kind::Secagg(_) | Kind::Cancel(_) => (None, OutOfRange::Fail),
+    };
+    let mut transfer = client.clone();
+    let computation = compute(&worker, &mut transfer, &addr, kind);
+    let result = match setup {
+        None => Err(Failure::new("protocol", "task carries no aggregation setup")),
+        Some(setup) if setup.insecure_plain => {
+            tracing::warn!(job = %addr.job_id, round = addr.round, "INSECURE plain aggregation: this contribution is visible to the coordinator");
+            match computation.await {
+                Err(f) => Err(f),
+                Ok(vector) if vector.len() as u64 != setup.vector_len => Err(Failure::new(
+                    "protocol",
+                    format!("computed {} values, the task expects {}", vector.len(), setup.vector_len),
+                )),
+                Ok(vector) => {
                     let c = Contribution { body: Some(Body::Plain(pb::PlainVector { values: vector })) };
                     transport::submit(&mut client, &addr, &c).await.map_err(|e| Failure::new("protocol", e))
                 }
-            } else {
-                crate::secure::contribute(&worker, &mut client, &addr, &setup, vector, relays).await
             }
         }
+        Some(setup) => crate::secure::contribute(&worker, &mut client, &addr, &setup, computation, out_of_range, relays).await,
     };
     match result {
         Ok(()) => tracing::info!(job = %addr.job_id, round = addr.round, task = %addr.task_id, "contribution accepted"),
@@ -229,60 +238,49 @@ async fn handle_task(
     }
 }
 
-/// The task's vector and its aggregation setup.
+/// The task's contribution vector, computed from local data.
 async fn compute(
     worker: &Arc<Worker>,
     client: &mut FederationClient<Channel>,
     addr: &TaskAddress,
     kind: Kind,
-) -> (Result<Vec<f64>, Failure>, Option<pb::AggregationSetup>) {
+) -> Result<Vec<f64>, Failure> {
     match kind {
         Kind::Stats(t) => {
-            let r = match worker.dataset(t.dataset.as_ref()) {
-                Ok(ds) => blocking(move || ds.stats()).await,
-                Err(f) => Err(f),
-            };
-            (r, t.aggregation)
+            let ds = worker.dataset(t.dataset.as_ref())?;
+            blocking(move || ds.stats()).await
         }
         Kind::Train(t) => {
-            let r = async {
-                let ds = worker.dataset(t.dataset.as_ref())?;
-                let (spec, checkpoint) = worker.model(client, addr, t.model.as_ref()).await?;
-                let prep = parse_prep(&t.preprocessing_json)?;
-                let local: LocalTraining = serde_json::from_str(&t.train_config_json)
-                    .map_err(|e| Failure::new("protocol", format!("training config: {e}")))?;
-                let device = worker.device;
-                let prep_key = t.preprocessing_json.clone();
-                blocking(move || {
-                    let model = ModelInput { spec: &spec, checkpoint: &checkpoint, prep: &prep, prep_key: &prep_key };
-                    tasks::train_contribution(&ds, &model, &local, device)
-                })
-                .await
-            }
-            .await;
-            (r, t.aggregation)
+            let ds = worker.dataset(t.dataset.as_ref())?;
+            let (spec, checkpoint) = worker.model(client, addr, t.model.as_ref()).await?;
+            let prep = parse_prep(&t.preprocessing_json)?;
+            let local: LocalTraining = serde_json::from_str(&t.train_config_json)
+                .map_err(|e| Failure::new("protocol", format!("training config: {e}")))?;
+            let device = worker.device;
+            let prep_key = t.preprocessing_json;
+            blocking(move || {
+                let model = ModelInput { spec: &spec, checkpoint: &checkpoint, prep: &prep, prep_key: &prep_key };
+                tasks::train_contribution(&ds, &model, &local, device)
+            })
+            .await
         }
         Kind::Evaluate(t) => {
-            let r = async {
-                let ds = worker.dataset(t.dataset.as_ref())?;
-                let (spec, checkpoint) = worker.model(client, addr, t.model.as_ref()).await?;
-                let prep = parse_prep(&t.preprocessing_json)?;
-                let buckets = t.score_buckets as usize;
-                if !(2..=1_000_000).contains(&buckets) {
-                    return Err(Failure::new("protocol", format!("score_buckets {buckets} out of range")));
-                }
-                let device = worker.device;
-                let prep_key = t.preprocessing_json.clone();
-                blocking(move || {
-                    let model = ModelInput { spec: &spec, checkpoint: &checkpoint, prep: &prep, prep_key: &prep_key };
-                    tasks::eval_contribution(&ds, &model, buckets, device)
-                })
-                .await
+            let ds = worker.dataset(t.dataset.as_ref())?;
+            let (spec, checkpoint) = worker.model(client, addr, t.model.as_ref()).await?;
+            let prep = parse_prep(&t.preprocessing_json)?;
+            let buckets = t.score_buckets as usize;
+            if !(2..=1_000_000).contains(&buckets) {
+                return Err(Failure::new("protocol", format!("score_buckets {buckets} out of range")));
             }
-            .await;
-            (r, t.aggregation)
+            let device = worker.device;
+            let prep_key = t.preprocessing_json;
+            blocking(move || {
+                let model = ModelInput { spec: &spec, checkpoint: &checkpoint, prep: &prep, prep_key: &prep_key };
+                tasks::eval_contribution(&ds, &model, buckets, device)
+            })
+            .await
         }
-        Kind::Secagg(_) | Kind::Cancel(_) => (Err(Failure::new("protocol", "not a task")), None),
+        Kind::Secagg(_) | Kind::Cancel(_) => Err(Failure::new("protocol", "not a task")),
     }
 }
 

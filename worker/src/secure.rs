@@ -1,22 +1,105 @@
 //! The worker's side of secure aggregation: drives a `confide_secagg::Client` with the
-//! coordinator's relayed messages. (Filled in once `confide-secagg` lands.)
+//! coordinator's relayed messages while the local contribution is being computed.
+//!
+//! The client advertises its keys as soon as the task arrives (so key exchange overlaps local
+//! training), masks the vector once it is ready, and sends unmasking shares only if the bank's
+//! policy holds: at least `min_participants` institutions (the larger of the job's and this
+//! bank's own floor), never fewer.
 
-use confide_proto::v1::{self as pb, federation_client::FederationClient};
+use std::future::Future;
+use std::time::Instant;
+
+use confide_proto::v1::{self as pb, Contribution, contribution::Body, federation_client::FederationClient};
+use confide_secagg::{Client, ClientEvent, ClientMessage, ClientPolicy, ServerMessage};
 use tokio::sync::mpsc;
 use tonic::transport::Channel;
 
 use crate::daemon::Worker;
 use crate::tasks::Failure;
-use crate::transport::TaskAddress;
+use crate::transport::{self, TaskAddress};
 
-/// Contributes `vector` through secure aggregation.
+/// What to do with values outside the session's fixed-point range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutOfRange {
+    /// Clip them (model updates: bounded-update FedAvg; the count is logged).
+    Clip,
+    /// Refuse the task (statistics and metrics must be exact).
+    Fail,
+}
+
+async fn send(client: &mut FederationClient<Channel>, addr: &TaskAddress, msg: ClientMessage) -> Result<(), Failure> {
+    let c = Contribution { body: Some(Body::Secagg(msg.encode())) };
+    transport::submit(client, addr, &c).await.map_err(|e| Failure::new("protocol", e))
+}
+
+/// Contributes the vector `compute` yields through secure aggregation.
 pub async fn contribute(
-    _worker: &Worker,
-    _client: &mut FederationClient<Channel>,
-    _addr: &TaskAddress,
-    _setup: &pb::AggregationSetup,
-    _vector: Vec<f64>,
-    _relays: mpsc::Receiver<Vec<u8>>,
+    worker: &Worker,
+    client: &mut FederationClient<Channel>,
+    addr: &TaskAddress,
+    setup: &pb::AggregationSetup,
+    compute: impl Future<Output = Result<Vec<f64>, Failure>>,
+    out_of_range: OutOfRange,
+    mut relays: mpsc::Receiver<Vec<u8>>,
 ) -> Result<(), Failure> {
-    Err(Failure::new("protocol", "secure aggregation is not built yet"))
+    let secure = setup.secure.as_ref().ok_or_else(|| Failure::new("protocol", "secure aggregation setup missing"))?;
+    let params = confide_proto::secagg::params_from(secure, addr.round, setup.vector_len).map_err(|e| Failure::new("protocol", e))?;
+    let min = worker.min_participants().max(secure.min_participants) as usize;
+    if params.participants.len() < min {
+        return Err(Failure::new(
+            "policy",
+            format!("{} institutions in this round; this bank requires at least {min}", params.participants.len()),
+        ));
+    }
+    let clip = params.encoding.clip;
+    let mut seed = [0u8; 32];
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut seed);
+    let mut sa = Client::new(params, secure.participant_id, worker.identity().clone(), ClientPolicy { min_participants: min }, seed)
+        .map_err(|e| Failure::new("protocol", e))?;
+
+    tokio::pin!(compute);
+    let mut computing = true;
+    loop {
+        while let Some(msg) = sa.poll_transmit() {
+            send(client, addr, msg).await?;
+        }
+        while let Some(ev) = sa.poll_event() {
+            match ev {
+                ClientEvent::Done => return Ok(()),
+                ClientEvent::Refused(r) => return Err(Failure::new("policy", format!("refused to continue secure aggregation: {r}"))),
+                ClientEvent::Failed(e) => return Err(Failure::new("protocol", e)),
+                ClientEvent::Aborted(stage) => {
+                    return Err(Failure::new("protocol", format!("the coordinator aborted secure aggregation at {stage:?}")));
+                }
+                _ => {}
+            }
+        }
+        tokio::select! {
+            vector = &mut compute, if computing => {
+                computing = false;
+                let mut vector = vector?;
+                let outside = vector.iter().filter(|v| v.abs() > clip).count();
+                if outside > 0 {
+                    match out_of_range {
+                        OutOfRange::Clip => {
+                            tracing::warn!(job = %addr.job_id, round = addr.round, outside, clip, "clipping update values to the secure-aggregation range");
+                            vector.iter_mut().for_each(|v| *v = v.clamp(-clip, clip));
+                        }
+                        OutOfRange::Fail => {
+                            let worst = vector.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+                            return Err(Failure::new("data", format!(
+                                "{outside} aggregate values exceed the secure-aggregation range ±{clip:e} (largest {worst:e}); rescale the data"
+                            )));
+                        }
+                    }
+                }
+                sa.set_input(&vector).map_err(|e| Failure::new("protocol", e))?;
+            }
+            relay = relays.recv() => {
+                let bytes = relay.ok_or_else(|| Failure::new("protocol", "task stream closed during secure aggregation"))?;
+                let msg = ServerMessage::decode(&bytes).map_err(|e| Failure::new("protocol", e))?;
+                sa.handle_message(msg, Instant::now()).map_err(|e| Failure::new("protocol", e))?;
+            }
+        }
+    }
 }

@@ -129,7 +129,13 @@ pub struct Phase {
     summation: Summation,
     outbox: VecDeque<(String, Vec<u8>)>,
     outcome: Option<PhaseOutcome>,
+    /// Secure aggregation failed while some participants were still silent: the reason, and
+    /// until when to wait for their failure reports.
+    failed_early: Option<(String, Instant)>,
 }
+
+/// How long a failed secure phase waits for silent participants to report why.
+const FAILURE_REPORT_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
 
 impl Phase {
     /// A plain-sum phase over `participants`, needing `min_contributions`, ending at `deadline`.
@@ -159,6 +165,7 @@ impl Phase {
             summation,
             outbox: VecDeque::new(),
             outcome: None,
+            failed_early: None,
         }
     }
 
@@ -196,7 +203,7 @@ impl Phase {
             },
         };
         self.pump_secure();
-        self.maybe_finish();
+        self.maybe_finish(now);
         result
     }
 
@@ -208,12 +215,15 @@ impl Phase {
                 s.drop_participant(worker, now);
             }
             self.pump_secure();
-            self.maybe_finish();
+            self.maybe_finish(now);
         }
     }
 
     /// When the driver must call [`Self::handle_timeout`] next.
     pub fn poll_timeout(&self) -> Instant {
+        if let Some((_, until)) = &self.failed_early {
+            return (*until).min(self.deadline);
+        }
         match &self.summation {
             Summation::Secure(s) => s.poll_timeout().map_or(self.deadline, |t| t.min(self.deadline)),
             Summation::Plain(_) => self.deadline,
@@ -228,17 +238,19 @@ impl Phase {
         if let Summation::Secure(s) = &mut self.summation {
             s.handle_timeout(now);
         }
-        if now >= self.deadline {
+        let draining_over = self.failed_early.as_ref().is_some_and(|(_, until)| now >= *until);
+        if now >= self.deadline || draining_over {
+            let reason = if draining_over { "silent when secure aggregation aborted" } else { "missed the round deadline" };
             let late: Vec<String> = self.pending().collect();
             for w in late {
-                self.set(&w, ParticipantState::Dropped { reason: "missed the round deadline".into() });
+                self.set(&w, ParticipantState::Dropped { reason: reason.into() });
             }
             if let Summation::Secure(s) = &mut self.summation {
                 s.abort_at_deadline();
             }
         }
         self.pump_secure();
-        self.maybe_finish();
+        self.maybe_finish(now);
     }
 
     /// Next message to relay to a worker (secure aggregation only).
@@ -299,8 +311,21 @@ impl Phase {
         )
     }
 
-    fn maybe_finish(&mut self) {
+    fn maybe_finish(&mut self, now: Instant) {
         if self.outcome.is_some() {
+            return;
+        }
+        if let Some((reason, _)) = &self.failed_early {
+            // Secure aggregation already failed; wait (briefly) for the silent participants'
+            // own failure reports, so the job records why they failed rather than "dropped".
+            if self.pending().next().is_none() {
+                let reason = reason.clone();
+                let contributed = self.participants.values().filter(|s| **s == ParticipantState::Contributed).count();
+                self.outcome = Some(PhaseOutcome {
+                    sum: Err(PhaseFailure { reason: format!("{reason} ({})", self.failure_summary(contributed)) }),
+                    participants: self.records(),
+                });
+            }
             return;
         }
         let contributed = self.participants.values().filter(|s| **s == ParticipantState::Contributed).count();
@@ -320,6 +345,10 @@ impl Phase {
                 None => return,
                 Some(Ok(sum)) if contributed >= self.min_contributions => Ok(sum),
                 Some(Ok(_)) => Err(PhaseFailure { reason: String::new() }),
+                Some(Err(reason)) if pending > 0 => {
+                    self.failed_early = Some((reason, now + FAILURE_REPORT_GRACE));
+                    return self.maybe_finish(now);
+                }
                 Some(Err(reason)) => Err(PhaseFailure { reason }),
             },
         };

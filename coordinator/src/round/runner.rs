@@ -124,7 +124,7 @@ async fn drive(shared: &Arc<Shared>, job_id: &str, cancel: &CancellationToken) -
                 participants: participants.clone(),
                 rounds_total: ctx.spec.training.rounds,
             }));
-            match ctx.run_round(round, &participants, &mut global, &mut optimizer, &prep_json, job.model_hash.as_deref()).await? {
+            match ctx.run_round(round, &participants, &mut global, &mut optimizer, &prep, &prep_json, job.model_hash.as_deref()).await? {
                 RoundResult::Cancelled => return Ok(Finished::Cancelled),
                 RoundResult::Failed { reason, participants } => {
                     tracing::warn!(job = %job_id, round, attempt, %reason, "round attempt failed");
@@ -285,6 +285,7 @@ impl JobCtx<'_> {
         participants: &[String],
         global: &mut ModelParams,
         optimizer: &mut ServerOptimizer,
+        prep: &Preprocessing,
         prep_json: &str,
         head_hash: Option<&str>,
     ) -> Result<RoundResult, String> {
@@ -295,7 +296,7 @@ impl JobCtx<'_> {
         let order: HashMap<&str, u64> = participants.iter().enumerate().map(|(i, w)| (w.as_str(), i as u64)).collect();
         let spec = &self.spec;
         let train = self
-            .run_phase(round, participants, n_params + TRAIN_EXTRAS, secure::Encoding::WeightedUpdate, |worker, aggregation| {
+            .run_phase(round, participants, n_params + TRAIN_EXTRAS, secure::Encoding::WeightedUpdate { rows: prep.rows }, |worker, aggregation| {
                 let index = order.get(worker).copied().unwrap_or_default();
                 Kind::Train(pb::TrainTask {
                     dataset: Some(dataset.clone()),
@@ -381,7 +382,7 @@ impl JobCtx<'_> {
                 .collect();
         } else {
             let workers = shared.hub.connected();
-            let (secure_phase, s) = secure::SecurePhase::new(&self.spec, participants, &workers, vector_len, encoding, Instant::now())
+            let (secure_phase, s) = secure::SecurePhase::new(&self.spec, participants, &workers, vector_len, encoding, round, Instant::now())
                 .map_err(|e| format!("secure aggregation setup: {e}"))?;
             setups = s;
             phase = Phase::secure(participants, vector_len, min, deadline, secure_phase);

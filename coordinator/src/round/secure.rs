@@ -1,10 +1,21 @@
-//! Adapter between a [`super::phase::Phase`] and the secure-aggregation server state machine.
-//! (Filled in once `confide-secagg` lands.)
+//! Adapter between a [`super::phase::Phase`] and the secure-aggregation server state machine
+//! (`confide_secagg::Server`): maps institutions to participant ids, chooses each phase's
+//! fixed-point encoding, relays protocol messages, and turns the server's events into
+//! participant outcomes and the phase's sum. Pure: time comes in as arguments.
+//!
+//! Encodings: statistics and evaluation vectors are small and hold large counts and sums, so
+//! they use a 64-bit ring with a fixed resolution; model updates use the job's modulus (32 bits
+//! by default) with a range of `rows × update_clip`, which keeps the weighted mean's error near
+//! `10·m²/2^31` per parameter for `m` contributors.
 
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Instant;
 
 use confide_core::job::JobSpec;
 use confide_proto::v1 as pb;
+use confide_secagg::{
+    ClientMessage, FixedPoint, Graph, ParticipantId, Server, ServerEvent, SessionParams, Stage,
+};
 
 use super::phase::PhaseError;
 use crate::hub::WorkerInfo;
@@ -12,49 +23,260 @@ use crate::hub::WorkerInfo;
 /// What a phase's vector holds, which decides its fixed-point encoding.
 #[derive(Debug, Clone, Copy)]
 pub enum Encoding {
-    /// Preprocessing sums, sums of squares and counts.
+    /// Preprocessing counts, sums and sums of squares.
     Statistics,
-    /// Sample-weighted model update followed by Σ weight and Σ weight·loss.
-    WeightedUpdate,
+    /// Sample-weighted model update, then Σ weight and Σ weight·loss; `rows` is the
+    /// federation's row count (an upper bound on any institution's weight).
+    WeightedUpdate {
+        /// Rows across the federation.
+        rows: u64,
+    },
     /// Histogram counts and metric sums.
     Counts,
 }
 
+/// Resolution (1/scale) of the 64-bit encodings.
+const STATISTICS_SCALE: f64 = 256.0;
+const COUNTS_SCALE: f64 = 65_536.0;
+
+impl Encoding {
+    /// Modulus bits and fixed-point encoding for `n` participants.
+    fn fixed_point(self, spec: &JobSpec, n: usize) -> (u32, FixedPoint) {
+        // Largest clip for which n·⌈clip·scale⌉ stays below 2^62 (half the 64-bit headroom).
+        let wide = |scale: f64| FixedPoint { clip: 2f64.powi(62) / (n.max(1) as f64) / scale, scale };
+        match self {
+            Encoding::Statistics => (64, wide(STATISTICS_SCALE)),
+            Encoding::Counts => (64, wide(COUNTS_SCALE)),
+            Encoding::WeightedUpdate { rows } => {
+                let bits = spec.secure_aggregation.modulus_bits;
+                let clip = rows.max(1) as f64 * spec.secure_aggregation.update_clip;
+                (bits, FixedPoint { clip, scale: SessionParams::max_scale(n, clip, bits) })
+            }
+        }
+    }
+}
+
+/// The threshold for `holders` share holders: a majority, and at least `fraction·holders`.
+pub fn threshold(holders: usize, fraction: f64) -> usize {
+    let by_fraction = (fraction * holders as f64).ceil() as usize;
+    by_fraction.max(holders / 2 + 1).clamp(2.min(holders), holders)
+}
+
 /// Secure summation of one phase.
-#[derive(Debug)]
-pub struct SecurePhase {}
+pub struct SecurePhase {
+    server: Server,
+    worker_of: BTreeMap<ParticipantId, String>,
+    id_of: BTreeMap<String, ParticipantId>,
+    stage: Stage,
+    /// Participants whose message for the current stage arrived.
+    responded: BTreeSet<ParticipantId>,
+    /// Participants the driver knows are gone (failed, disconnected).
+    gone: BTreeSet<ParticipantId>,
+    /// Participants the server dropped.
+    dropped: BTreeSet<ParticipantId>,
+    outbox: VecDeque<(String, Vec<u8>)>,
+    new_dropped: Vec<(String, String)>,
+    contributed: Vec<String>,
+    result: Option<Result<Vec<f64>, String>>,
+}
+
+impl std::fmt::Debug for SecurePhase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecurePhase").field("stage", &self.stage).field("participants", &self.worker_of).finish()
+    }
+}
 
 impl SecurePhase {
-    /// Sets up the server side and one [`pb::AggregationSetup`] per participant.
+    /// Sets up the server for `participants` (sorted ids 1..=n) and one
+    /// [`pb::AggregationSetup`] per participant. Fails when a participant has no registered
+    /// signing key, or the parameters break a protocol rule.
     pub fn new(
-        _spec: &JobSpec,
-        _participants: &[String],
-        _workers: &[WorkerInfo],
-        _vector_len: usize,
-        _encoding: Encoding,
-        _now: Instant,
+        spec: &JobSpec,
+        participants: &[String],
+        workers: &[WorkerInfo],
+        vector_len: usize,
+        encoding: Encoding,
+        round: u64,
+        now: Instant,
     ) -> Result<(Self, Vec<(String, pb::AggregationSetup)>), String> {
-        Err("secure aggregation is not built yet".into())
+        let mut sorted: Vec<&String> = participants.iter().collect();
+        sorted.sort();
+        let mut keys = BTreeMap::new();
+        let mut worker_of = BTreeMap::new();
+        for (i, w) in sorted.iter().enumerate() {
+            let id = i as ParticipantId + 1;
+            let info = workers.iter().find(|x| &x.id == *w).ok_or_else(|| format!("worker `{w}` is not connected"))?;
+            let bytes: [u8; 32] = info
+                .signing_public_key
+                .as_slice()
+                .try_into()
+                .map_err(|_| format!("worker `{w}` registered no Ed25519 signing key"))?;
+            let key = ed25519_dalek::VerifyingKey::from_bytes(&bytes).map_err(|_| format!("worker `{w}` registered an invalid signing key"))?;
+            keys.insert(id, key);
+            worker_of.insert(id, (*w).clone());
+        }
+        let n = keys.len();
+        let graph = match spec.secure_aggregation.sparse_neighbours {
+            0 if n <= confide_secagg::params::COMPLETE_GRAPH_LIMIT => Graph::Complete,
+            0 => Graph::Sparse { k: Graph::recommended_degree(n) },
+            k => Graph::Sparse { k: k as usize },
+        };
+        let (modulus_bits, fixed) = encoding.fixed_point(spec, n);
+        let mut session_id = [0u8; 32];
+        rand::Rng::fill(&mut rand::rng(), &mut session_id);
+        let mut params = SessionParams {
+            session_id,
+            round,
+            participants: keys,
+            threshold: 0,
+            vector_len,
+            modulus_bits,
+            encoding: fixed,
+            graph,
+            stage_timeout: std::time::Duration::from_secs(spec.secure_aggregation.stage_timeout_secs),
+        };
+        params.threshold = threshold(params.holders(), spec.secure_aggregation.threshold_fraction);
+        let server = Server::new(params.clone(), now).map_err(|e| e.to_string())?;
+        let min = spec.selection.min_workers as u32;
+        let setups = worker_of
+            .iter()
+            .map(|(id, w)| {
+                let secure = confide_proto::secagg::setup_for(&params, *id, &worker_of, min);
+                (w.clone(), pb::AggregationSetup { insecure_plain: false, vector_len: vector_len as u64, secure: Some(secure) })
+            })
+            .collect();
+        let id_of = worker_of.iter().map(|(id, w)| (w.clone(), *id)).collect();
+        let phase = Self {
+            server,
+            worker_of,
+            id_of,
+            stage: Stage::AdvertiseKeys,
+            responded: BTreeSet::new(),
+            gone: BTreeSet::new(),
+            dropped: BTreeSet::new(),
+            outbox: VecDeque::new(),
+            new_dropped: Vec::new(),
+            contributed: Vec::new(),
+            result: None,
+        };
+        Ok((phase, setups))
     }
-    pub fn handle_message(&mut self, _from: &str, _bytes: &[u8], _now: Instant) -> Result<(), PhaseError> {
-        Err(PhaseError::Over)
+
+    /// Feeds one protocol message from `from`.
+    pub fn handle_message(&mut self, from: &str, bytes: &[u8], now: Instant) -> Result<(), PhaseError> {
+        let id = *self.id_of.get(from).ok_or_else(|| PhaseError::NotParticipant(from.into()))?;
+        let msg = ClientMessage::decode(bytes).map_err(|e| PhaseError::SecAgg(e.to_string()))?;
+        let result = self.server.handle_message(id, msg, now).map_err(|e| PhaseError::SecAgg(e.to_string()));
+        if result.is_ok() {
+            self.responded.insert(id);
+        }
+        self.pump(now);
+        result
     }
-    pub fn drop_participant(&mut self, _worker: &str, _now: Instant) {}
+
+    /// The driver learned that `worker` is gone (it reported a failure or disconnected).
+    pub fn drop_participant(&mut self, worker: &str, now: Instant) {
+        if let Some(id) = self.id_of.get(worker) {
+            self.gone.insert(*id);
+            self.pump(now);
+        }
+    }
+
+    /// When the server's current stage times out.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        None
+        self.server.poll_timeout()
     }
-    pub fn handle_timeout(&mut self, _now: Instant) {}
-    pub fn abort_at_deadline(&mut self) {}
+
+    /// Advances the server's clock.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.server.handle_timeout(now);
+        self.pump(now);
+    }
+
+    /// The phase deadline passed before the protocol finished: nothing is revealed.
+    pub fn abort_at_deadline(&mut self) {
+        if self.result.is_none() {
+            self.result = Some(Err(format!("round deadline passed during secure aggregation ({:?})", self.stage)));
+        }
+    }
+
+    /// Next message to relay: (worker, encoded `ServerMessage`).
     pub fn poll_transmit(&mut self) -> Option<(String, Vec<u8>)> {
-        None
+        self.outbox.pop_front()
     }
+
+    /// Participants the server dropped since the last call, with the reason.
     pub fn take_dropped(&mut self) -> Vec<(String, String)> {
-        Vec::new()
+        std::mem::take(&mut self.new_dropped)
     }
+
+    /// Participants whose input is in the sum (once finished).
     pub fn take_contributed(&mut self) -> Vec<String> {
-        Vec::new()
+        std::mem::take(&mut self.contributed)
     }
+
+    /// The sum, or why there is none, once the protocol ended.
     pub fn take_result(&mut self) -> Option<Result<Vec<f64>, String>> {
-        None
+        self.result.take()
+    }
+
+    /// Drains the server, then closes the current stage early when everyone still expected
+    /// has answered and only participants known to be gone are missing (instead of waiting for
+    /// the stage timeout).
+    fn pump(&mut self, now: Instant) {
+        loop {
+            while let Some((id, msg)) = self.server.poll_transmit() {
+                if let Some(w) = self.worker_of.get(&id) {
+                    self.outbox.push_back((w.clone(), msg.encode()));
+                }
+            }
+            while let Some(ev) = self.server.poll_event() {
+                match ev {
+                    ServerEvent::StageAdvanced(stage) => {
+                        self.stage = stage;
+                        self.responded.clear();
+                    }
+                    ServerEvent::Dropped { id, stage } => {
+                        self.dropped.insert(id);
+                        if let Some(w) = self.worker_of.get(&id) {
+                            self.new_dropped.push((w.clone(), format!("dropped from secure aggregation at {stage:?}")));
+                        }
+                    }
+                    ServerEvent::Finished(out) => {
+                        self.contributed = out.survivors.iter().filter_map(|id| self.worker_of.get(id).cloned()).collect();
+                        self.result = Some(Ok(out.sum));
+                    }
+                    ServerEvent::Aborted(reason) => {
+                        self.result = Some(Err(format!("secure aggregation aborted, nothing revealed: {reason}")));
+                    }
+                    _ => {}
+                }
+            }
+            if matches!(self.stage, Stage::Finished | Stage::Aborted) {
+                return;
+            }
+            let expected: Vec<ParticipantId> =
+                self.worker_of.keys().copied().filter(|id| !self.dropped.contains(id)).collect();
+            let missing: Vec<&ParticipantId> = expected.iter().filter(|id| !self.responded.contains(id)).collect();
+            let only_gone_missing = !missing.is_empty() && missing.iter().all(|id| self.gone.contains(id));
+            match self.server.poll_timeout() {
+                Some(deadline) if only_gone_missing => self.server.handle_timeout(deadline.max(now)),
+                _ => return,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn threshold_is_a_majority_and_tolerates_dropouts() {
+        assert_eq!(threshold(3, 0.5), 2);
+        assert_eq!(threshold(5, 0.5), 3);
+        assert_eq!(threshold(10, 0.5), 6);
+        assert_eq!(threshold(10, 0.9), 9);
+        assert_eq!(threshold(4, 0.5), 3);
     }
 }

@@ -14,6 +14,9 @@ struct Args {
     /// Worker configuration file (TOML).
     #[arg(long, short)]
     config: PathBuf,
+    /// Coordinator URL, overriding the configuration file's `coordinator`.
+    #[arg(long)]
+    coordinator: Option<String>,
 }
 
 #[tokio::main]
@@ -23,7 +26,16 @@ async fn main() -> ExitCode {
         .init();
     let args = Args::parse();
     let config = match WorkerConfig::from_file(&args.config) {
-        Ok(c) => c,
+        Ok(mut c) => {
+            if let Some(url) = args.coordinator {
+                c.coordinator = url;
+            }
+            if let Err(e) = c.validate() {
+                eprintln!("confide-worker: {e}");
+                return ExitCode::from(2);
+            }
+            c
+        }
         Err(e) => {
             eprintln!("confide-worker: {e}");
             return ExitCode::from(2);

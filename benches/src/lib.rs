@@ -1,0 +1,5 @@
+//! Benchmarks for Confide. Shared setup code lives here (one module per benchmarked crate); the
+//! criterion benches are in `benches/`, one-shot timing binaries in `src/bin/`, and measured
+//! numbers in `RESULTS.md`.
+
+pub mod secagg;

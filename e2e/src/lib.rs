@@ -1,0 +1,268 @@
+//! A test harness that runs a real federation: `confide-coordinator`, `confide-worker` and
+//! `confide` processes talking gRPC on 127.0.0.1, each with its own files in a temporary
+//! directory. Processes are killed (SIGKILL) when the harness is dropped.
+//!
+//! The binaries are taken from the same target directory as the test executable; build them
+//! first with `cargo build --workspace --bins` (the project's test script does).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// `../shared/datasets` beside the repository.
+pub fn shared_datasets() -> PathBuf {
+    repo_root().join("../shared/datasets")
+}
+
+/// The Telco churn CSV and the repository's schema for it.
+pub fn telco() -> (PathBuf, PathBuf) {
+    (
+        shared_datasets().join("telco_churn/WA_Fn-UseC_-Telco-Customer-Churn.csv"),
+        repo_root().join("datasets/schemas/telco_churn.toml"),
+    )
+}
+
+/// Path of a workspace binary next to the running test executable.
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe.parent().and_then(Path::parent).expect("target directory");
+    let path = dir.join(name);
+    assert!(path.exists(), "{} is missing: run `cargo build --workspace --bins` before the end-to-end tests", path.display());
+    path
+}
+
+/// Splits the Telco data into `n` IID institutions under `out` (bank1..bankN, train/test).
+pub fn partition_telco(out: &Path, n: usize, seed: u64) -> PathBuf {
+    let (csv, schema_path) = telco();
+    let schema = confide_datasets::DatasetSchema::from_file(&schema_path).expect("schema");
+    let cfg = confide_datasets::partition::PartitionConfig {
+        institutions: Some(n),
+        seed,
+        ..Default::default()
+    };
+    confide_datasets::partition::partition_csv(&csv, &schema, out, &cfg, true).expect("partition");
+    out.to_path_buf()
+}
+
+/// A running local federation.
+pub struct Cluster {
+    /// Scratch directory holding every process's files.
+    pub dir: tempfile::TempDir,
+    coordinator: Option<Child>,
+    /// The coordinator's address (`127.0.0.1:port`), stable across restarts.
+    pub addr: String,
+    workers: BTreeMap<String, Child>,
+}
+
+impl Cluster {
+    /// Starts a coordinator on a free port.
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut c = Self { dir, coordinator: None, addr: "127.0.0.1:0".into(), workers: BTreeMap::new() };
+        c.start_coordinator();
+        c
+    }
+
+    /// The coordinator's URL.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn log(&self, name: &str) -> std::fs::File {
+        std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join(format!("{name}.log"))).expect("log file")
+    }
+
+    /// The accumulated log of a process (`coordinator`, or a worker id).
+    pub fn read_log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("{name}.log"))).unwrap_or_default()
+    }
+
+    /// (Re)starts the coordinator on the same address and data directory.
+    pub fn start_coordinator(&mut self) {
+        let addr_file = self.dir.path().join("coordinator.addr");
+        let _ = std::fs::remove_file(&addr_file);
+        let child = Command::new(binary("confide-coordinator"))
+            .args(["--listen", &self.addr, "--data-dir"])
+            .arg(self.dir.path().join("coordinator"))
+            .arg("--addr-file")
+            .arg(&addr_file)
+            .env("RUST_LOG", "info")
+            .stdout(self.log("coordinator"))
+            .stderr(self.log("coordinator"))
+            .spawn()
+            .expect("spawn coordinator");
+        self.coordinator = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(a) = std::fs::read_to_string(&addr_file) {
+                self.addr = a.trim().to_string();
+                return;
+            }
+            assert!(Instant::now() < deadline, "coordinator did not start:\n{}", self.read_log("coordinator"));
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGKILLs the coordinator.
+    pub fn kill_coordinator(&mut self) {
+        if let Some(mut c) = self.coordinator.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts a worker for institution `id` offering the Telco data in `partition/id`.
+    pub fn add_telco_worker(&mut self, id: &str, partition: &Path) {
+        let (_, schema) = telco();
+        let bank = partition.join(id);
+        self.add_worker(id, &[("telco_churn", &schema, &bank.join("train.csv"), &bank.join("test.csv"))], "");
+    }
+
+    /// Starts a worker with the given datasets (name, schema, train, test) and extra TOML.
+    pub fn add_worker(&mut self, id: &str, datasets: &[(&str, &Path, &Path, &Path)], extra_toml: &str) {
+        let config = self.write_worker_config(id, datasets, extra_toml);
+        self.spawn_worker(id, &config);
+    }
+
+    /// Writes a worker configuration file and returns its path.
+    pub fn write_worker_config(&self, id: &str, datasets: &[(&str, &Path, &Path, &Path)], extra_toml: &str) -> PathBuf {
+        let mut toml = format!(
+            "coordinator = \"{}\"\ninstitution_id = \"{id}\"\ndata_dir = \"{}\"\n{extra_toml}\n[compute]\ndevice = \"cpu\"\nthreads = 1\n",
+            self.url(),
+            self.dir.path().join(id).display()
+        );
+        for (name, schema, train, test) in datasets {
+            toml.push_str(&format!(
+                "\n[[datasets]]\nname = \"{name}\"\nschema = \"{}\"\ntrain = \"{}\"\ntest = \"{}\"\n",
+                schema.display(),
+                train.display(),
+                test.display()
+            ));
+        }
+        let path = self.dir.path().join(format!("{id}.toml"));
+        std::fs::write(&path, toml).expect("worker config");
+        path
+    }
+
+    /// Starts (or restarts) a worker from its configuration file.
+    pub fn spawn_worker(&mut self, id: &str, config: &Path) {
+        let child = Command::new(binary("confide-worker"))
+            .arg("--config")
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .stdout(self.log(id))
+            .stderr(self.log(id))
+            .spawn()
+            .expect("spawn worker");
+        self.workers.insert(id.to_string(), child);
+    }
+
+    /// SIGKILLs a worker.
+    pub fn kill_worker(&mut self, id: &str) {
+        if let Some(mut c) = self.workers.remove(id) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Runs the `confide` CLI against this coordinator.
+    pub fn confide(&self, args: &[&str]) -> Output {
+        Command::new(binary("confide"))
+            .args(args)
+            .env("CONFIDE_COORDINATOR", self.url())
+            .stdin(Stdio::null())
+            .output()
+            .expect("run confide")
+    }
+
+    /// Writes a job file (its `schema` pointing at the Telco schema) and submits it; returns the id.
+    pub fn submit(&self, job_toml: &str) -> String {
+        let path = self.dir.path().join(format!("job-{}.toml", std::process::id() ^ rand_suffix()));
+        std::fs::write(&path, job_toml).expect("job file");
+        let out = self.confide(&["job", "submit", path.to_str().expect("utf-8 path")]);
+        assert!(out.status.success(), "submit failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// `confide job get ID --json`.
+    pub fn job(&self, id: &str) -> Value {
+        let out = self.confide(&["job", "get", id, "--json"]);
+        assert!(out.status.success(), "job get failed: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).expect("job JSON")
+    }
+
+    /// Polls until `pred(job)` holds, failing with the logs after `timeout`.
+    pub fn wait_for(&self, id: &str, timeout: Duration, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let out = self.confide(&["job", "get", id, "--json"]);
+            if out.status.success() {
+                let job: Value = serde_json::from_slice(&out.stdout).expect("job JSON");
+                if pred(&job) {
+                    return job;
+                }
+                if Instant::now() > deadline {
+                    panic!("timed out waiting for {what}; job: {job:#}\n{}", self.logs());
+                }
+            } else if Instant::now() > deadline {
+                panic!("timed out waiting for {what}: {}\n{}", String::from_utf8_lossy(&out.stderr), self.logs());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Waits until the job reaches a final status and returns it.
+    pub fn wait_finished(&self, id: &str, timeout: Duration) -> Value {
+        self.wait_for(id, timeout, "the job to finish", |j| {
+            matches!(j["status"].as_str(), Some("completed" | "failed" | "cancelled"))
+        })
+    }
+
+    /// All process logs, for failure messages.
+    pub fn logs(&self) -> String {
+        let mut s = format!("--- coordinator ---\n{}", tail(&self.read_log("coordinator")));
+        for id in self.workers.keys() {
+            s.push_str(&format!("--- {id} ---\n{}", tail(&self.read_log(id))));
+        }
+        s
+    }
+}
+
+fn tail(s: &str) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n") + "\n"
+}
+
+fn rand_suffix() -> u32 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(1);
+    N.fetch_add(1, Ordering::Relaxed) << 16
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let ids: Vec<String> = self.workers.keys().cloned().collect();
+        for id in ids {
+            self.kill_worker(&id);
+        }
+        self.kill_coordinator();
+    }
+}
+
+/// A Telco churn job file with the given extra lines appended to the `[training]` table header
+/// section; `schema` points at the repository's schema by absolute path.
+pub fn telco_job(name: &str, model: &str, rounds: u64, extra: &str) -> String {
+    let (_, schema) = telco();
+    format!(
+        "name = \"{name}\"\ndataset = \"telco_churn\"\nschema = \"{}\"\nseed = 7\n{extra}\n[model]\n{model}\n\n[training]\nrounds = {rounds}\nlocal_epochs = 1\nbatch_size = 32\nlearning_rate = 0.05\noptimizer = \"momentum\"\n",
+        schema.display()
+    )
+}

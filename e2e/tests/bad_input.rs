@@ -1,0 +1,202 @@
+//! Bad input is refused with a clear error and loses nothing: malformed job files, broken
+//! local data (missing column, NaN, non-numeric value), and contributions that do not fit.
+
+use std::path::Path;
+use std::time::Duration;
+
+use confide_e2e::{Cluster, partition_telco, telco, telco_job};
+use confide_proto::v1::{
+    self as pb, Contribution, PlainVector, RegisterRequest, SubmitChunk, SubmitHeader, SubscribeRequest, contribution::Body,
+    federation_client::FederationClient, submit_chunk::Part, task::Kind,
+};
+use prost::Message;
+
+#[test]
+fn malformed_job_files_are_refused_naming_the_field() {
+    let cluster = Cluster::start();
+    let cases = [
+        ("rounds = 8", "rounds = \"eight\"", "rounds"),
+        ("learning_rate = 0.05", "learning_rate = -3.0", "training.learning_rate"),
+        ("seed = 7", "seed = 7\nlearnig_rate = 1", "learnig_rate"),
+        ("kind = \"logistic_regression\"", "kind = \"random_forest\"", "random_forest"),
+    ];
+    for (from, to, field) in cases {
+        let text = telco_job("bad", "kind = \"logistic_regression\"", 8, "").replace(from, to);
+        let path = cluster.dir.path().join("bad.toml");
+        std::fs::write(&path, text).expect("write");
+        let out = cluster.confide(&["job", "submit", path.to_str().expect("utf-8")]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "bad job file must exit 2: {err}");
+        assert!(err.contains(field) && err.contains("bad.toml"), "error must name the file and `{field}`: {err}");
+    }
+    let missing_schema = telco_job("bad", "kind = \"logistic_regression\"", 8, "").replace("schema = ", "# schema = ");
+    std::fs::write(cluster.dir.path().join("bad.toml"), missing_schema).expect("write");
+    let out = cluster.confide(&["job", "submit", cluster.dir.path().join("bad.toml").to_str().expect("utf-8")]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("schema"));
+    // Nothing was stored.
+    let list = cluster.confide(&["job", "list"]);
+    assert_eq!(String::from_utf8_lossy(&list.stdout).lines().count(), 1, "only the header line");
+}
+
+/// Rewrites one data line of a CSV with `edit` applied to the cell of `column`.
+fn corrupt(path: &Path, line: usize, column: &str, edit: impl Fn(&str) -> String) {
+    let text = std::fs::read_to_string(path).expect("read");
+    let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+    let header: Vec<&str> = lines[0].split(',').collect();
+    let col = header.iter().position(|h| *h == column).expect("column");
+    let mut cells: Vec<String> = lines[line - 1].split(',').map(str::to_string).collect();
+    cells[col] = edit(&cells[col]);
+    lines[line - 1] = cells.join(",");
+    std::fs::write(path, lines.join("\n") + "\n").expect("write");
+}
+
+fn drop_column(path: &Path, column: &str) {
+    let text = std::fs::read_to_string(path).expect("read");
+    let header: Vec<&str> = text.lines().next().expect("header").split(',').collect();
+    let col = header.iter().position(|h| *h == column).expect("column");
+    let out: Vec<String> = text
+        .lines()
+        .map(|l| l.split(',').enumerate().filter(|(i, _)| *i != col).map(|(_, c)| c).collect::<Vec<_>>().join(","))
+        .collect();
+    std::fs::write(path, out.join("\n") + "\n").expect("write");
+}
+
+#[test]
+fn broken_local_data_is_reported_with_file_and_line_and_recorded() {
+    let mut cluster = Cluster::start();
+    let partition = partition_telco(&cluster.dir.path().join("partition"), 3, 5);
+    drop_column(&partition.join("bank1/train.csv"), "tenure");
+    corrupt(&partition.join("bank2/train.csv"), 12, "MonthlyCharges", |_| "NaN".into());
+    corrupt(&partition.join("bank3/train.csv"), 30, "tenure", |_| "twelve".into());
+    for bank in ["bank1", "bank2", "bank3"] {
+        cluster.add_telco_worker(bank, &partition);
+    }
+    let job_toml = telco_job("broken-data", "kind = \"logistic_regression\"", 3, "")
+        .replace("[training]", "[selection]\nmax_round_attempts = 1\n\n[training]");
+    let job = cluster.submit(&job_toml);
+    let done = cluster.wait_finished(&job, Duration::from_secs(120));
+    assert_eq!(done["status"], "failed", "{done:#}");
+    let error = done["error"].as_str().expect("error");
+    assert!(error.contains("bank1/train.csv") && error.contains("tenure"), "missing column named: {error}");
+    assert!(error.contains("bank2/train.csv:12") && error.contains("MonthlyCharges"), "NaN located by file:line and column: {error}");
+    assert!(error.contains("bank3/train.csv:30") && error.contains("twelve"), "bad value located: {error}");
+    // The human view says why, too.
+    let text = String::from_utf8_lossy(&cluster.confide(&["job", "get", &job]).stdout).to_string();
+    assert!(text.contains("failed") && text.contains("train.csv:12"), "{text}");
+
+    // Nothing is lost: fix the data, and a new job on the same coordinator and workers completes.
+    let fresh = partition_telco(&cluster.dir.path().join("partition-fixed"), 3, 5);
+    for bank in ["bank1", "bank2", "bank3"] {
+        for split in ["train.csv", "test.csv"] {
+            std::fs::copy(fresh.join(bank).join(split), partition.join(bank).join(split)).expect("restore");
+        }
+    }
+    let job2 = cluster.submit(&telco_job("fixed-data", "kind = \"logistic_regression\"", 2, ""));
+    let done2 = cluster.wait_finished(&job2, Duration::from_secs(120));
+    assert_eq!(done2["status"], "completed", "{done2:#}\n{}", cluster.logs());
+}
+
+async fn submit_raw(client: &mut FederationClient<tonic::transport::Channel>, header: SubmitHeader, payload: Vec<u8>) -> Result<pb::SubmitAck, tonic::Status> {
+    let mut chunks = vec![SubmitChunk { part: Some(Part::Header(header)) }];
+    chunks.extend(payload.chunks(1 << 20).map(|c| SubmitChunk { part: Some(Part::Data(c.to_vec())) }));
+    client.submit(tokio_stream::iter(chunks)).await.map(|r| r.into_inner())
+}
+
+fn header_for(task: &pb::Task, worker: &str, payload: &[u8]) -> SubmitHeader {
+    SubmitHeader {
+        worker_id: worker.into(),
+        task_id: task.task_id.clone(),
+        job_id: task.job_id.clone(),
+        round: task.round,
+        total_bytes: payload.len() as u64,
+        sha256: confide_core::sha256_hex(payload),
+    }
+}
+
+/// A hand-driven participant sends contributions of the wrong shape, with NaN, for the wrong
+/// round, oversized, and before registering: each is refused with a clear status, and the job
+/// still completes with the two honest workers (plain aggregation, which allows two).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_contributions_are_refused_and_the_round_survives() {
+    let mut cluster = Cluster::start();
+    let partition = partition_telco(&cluster.dir.path().join("partition"), 3, 9);
+    cluster.add_telco_worker("bank1", &partition);
+    cluster.add_telco_worker("bank2", &partition);
+    let mut client = FederationClient::connect(cluster.url()).await.expect("connect");
+
+    // Unregistered senders are refused outright.
+    let payload = Contribution { body: Some(Body::Plain(PlainVector { values: vec![1.0] })) }.encode_to_vec();
+    let fake = pb::Task { task_id: "t".into(), job_id: "j".into(), round: 1, kind: None };
+    let err = submit_raw(&mut client, header_for(&fake, "mallory", &payload), payload.clone()).await.expect_err("unknown worker");
+    assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err}");
+
+    let (_, schema) = telco();
+    let fingerprint = confide_datasets::DatasetSchema::from_file(&schema).expect("schema").fingerprint();
+    client
+        .register(RegisterRequest {
+            institution_id: "mallory".into(),
+            datasets: vec![pb::DatasetOffer { name: "telco_churn".into(), schema_fingerprint: fingerprint }],
+            capabilities: None,
+            signing_public_key: vec![],
+            min_participants: 3,
+        })
+        .await
+        .expect("register");
+    let mut tasks = client.subscribe(SubscribeRequest { worker_id: "mallory".into() }).await.expect("subscribe").into_inner();
+
+    let job_toml = telco_job("hostile", "kind = \"logistic_regression\"", 2, "insecure_plain_aggregation = true")
+        .replace("[training]", "[selection]\nmin_workers = 2\nround_deadline_secs = 5\n\n[training]");
+    let job = cluster.submit(&job_toml);
+
+    let task = tasks.message().await.expect("stream").expect("a task");
+    let Some(Kind::Stats(stats)) = &task.kind else { panic!("first task is the statistics phase: {task:?}") };
+    let len = stats.aggregation.as_ref().expect("setup").vector_len as usize;
+
+    let send = |values: Vec<f64>| Contribution { body: Some(Body::Plain(PlainVector { values })) }.encode_to_vec();
+    // Wrong shape.
+    let p = send(vec![1.0; len + 1]);
+    let err = submit_raw(&mut client, header_for(&task, "mallory", &p), p).await.expect_err("shape");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().contains(&format!("needs {len}")), "{err}");
+    // NaN.
+    let mut v = vec![1.0; len];
+    v[3] = f64::NAN;
+    let p = send(v);
+    let err = submit_raw(&mut client, header_for(&task, "mallory", &p), p).await.expect_err("NaN");
+    assert!(err.message().contains("not finite"), "{err}");
+    // Wrong round.
+    let p = send(vec![1.0; len]);
+    let mut h = header_for(&task, "mallory", &p);
+    h.round += 7;
+    let err = submit_raw(&mut client, h, p.clone()).await.expect_err("round");
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err}");
+    // Someone else's task id.
+    let mut h = header_for(&task, "mallory", &p);
+    h.task_id = "not-a-task".into();
+    assert_eq!(submit_raw(&mut client, h, p.clone()).await.expect_err("task").code(), tonic::Code::FailedPrecondition);
+    // Oversized announcement.
+    let mut h = header_for(&task, "mallory", &p);
+    h.total_bytes = 1 << 40;
+    assert_eq!(submit_raw(&mut client, h, p.clone()).await.expect_err("size").code(), tonic::Code::ResourceExhausted);
+    // A single message over the gRPC limit.
+    let big = SubmitChunk { part: Some(Part::Data(vec![0u8; 5 << 20])) };
+    let err = client
+        .submit(tokio_stream::iter(vec![SubmitChunk { part: Some(Part::Header(header_for(&task, "mallory", &p))) }, big]))
+        .await
+        .expect_err("oversized message");
+    assert!(matches!(err.code(), tonic::Code::ResourceExhausted | tonic::Code::OutOfRange | tonic::Code::Internal), "{err}");
+    // Announced size and content disagree.
+    let mut h = header_for(&task, "mallory", &p);
+    h.sha256 = "0".repeat(64);
+    assert_eq!(submit_raw(&mut client, h, p.clone()).await.expect_err("hash").code(), tonic::Code::DataLoss);
+
+    // Mallory then goes silent; the honest banks carry the job through the deadline.
+    drop(tasks);
+    let done = tokio::task::spawn_blocking(move || {
+        let done = cluster.wait_finished(&job, Duration::from_secs(120));
+        (done, cluster.logs())
+    })
+    .await
+    .expect("join");
+    assert_eq!(done.0["status"], "completed", "{:#}\n{}", done.0, done.1);
+}

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# The main job: a local federation on loopback — one coordinator and three bank workers, each
+# holding its own partition of the Telco churn data (../shared/datasets/telco_churn) — trains
+# the churn MLP of examples/local_federation/churn_job.toml with secure aggregation, printing
+# each round's federated metrics and the final test AUC.
+#
+# Installs libtorch into .venv on first use, builds, and cleans up its processes on exit.
+# Everything it writes goes to .data/demo (git-ignored).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash scripts/setup.sh
+cargo build --workspace --bins
+bin=target/debug
+demo=.data/demo
+data=../shared/datasets/telco_churn/WA_Fn-UseC_-Telco-Customer-Churn.csv
+if [ ! -f "$data" ]; then
+  echo "demo: $data not found: the shared datasets must sit beside the repository (../shared)" >&2
+  exit 1
+fi
+
+rm -rf "$demo"
+mkdir -p "$demo"
+"$bin/confide-partition" --input "$data" --schema datasets/schemas/telco_churn.toml \
+  --out "$demo/partitions" --institutions 3 --scheme iid --seed 42
+
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+}
+trap cleanup EXIT
+
+# Port 0: the coordinator picks a free port and writes it to a file.
+"$bin/confide-coordinator" --config examples/local_federation/coordinator.toml \
+  --listen 127.0.0.1:0 --addr-file "$demo/coordinator.addr" >"$demo/coordinator.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 100); do [ -s "$demo/coordinator.addr" ] && break; sleep 0.1; done
+url="http://$(cat "$demo/coordinator.addr")"
+echo "demo: coordinator at $url (log: $demo/coordinator.log)"
+
+for bank in bank1 bank2 bank3; do
+  "$bin/confide-worker" --config "examples/local_federation/$bank.toml" --coordinator "$url" \
+    >"$demo/$bank.log" 2>&1 &
+  pids+=($!)
+done
+echo "demo: workers bank1, bank2, bank3 started (logs: $demo/bank*.log)"
+
+export CONFIDE_COORDINATOR="$url"
+job=$("$bin/confide" job submit examples/local_federation/churn_job.toml)
+echo "demo: submitted job $job"
+"$bin/confide" job watch "$job"
+"$bin/confide" job get "$job" --json >"$demo/job.json"
+echo "demo: the job as JSON is in $demo/job.json; the model: $bin/confide model pull $job"
