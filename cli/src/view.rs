@@ -48,7 +48,7 @@ pub fn job_text(j: &pb::Job) -> String {
     }
     for r in &j.rounds {
         let _ = writeln!(out, "  round {:>3}  {:>6.1}s  {}", r.round, r.duration_secs, metrics_line(&r.metrics));
-        for p in r.participants.iter().filter(|p| p.status != "contributed") {
+        for p in r.participants.iter().filter(|p| p.status != "contributed" || !p.reason.is_empty()) {
             let _ = writeln!(out, "             {} {}: {}", p.worker_id, p.status, p.reason);
         }
     }
@@ -115,7 +115,7 @@ pub async fn watch(mut stream: tonic::Streaming<pb::JobEvent>) -> anyhow::Result
             Some(Kind::RoundCompleted(r)) => {
                 bar.set_position(r.round);
                 say(&bar, format!("round {:>3}  {:>6.1}s  {}", r.round, r.duration_secs, metrics_line(&r.metrics)));
-                for p in r.participants.iter().filter(|p| p.status != "contributed") {
+                for p in r.participants.iter().filter(|p| p.status != "contributed" || !p.reason.is_empty()) {
                     say(&bar, format!("           {} {}: {}", p.worker_id, p.status, p.reason));
                 }
                 bar.set_message(String::new());

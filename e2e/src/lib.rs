@@ -121,15 +121,15 @@ impl Cluster {
 
     /// Starts a worker for institution `id` offering the Telco data in `partition/id`.
     pub fn add_telco_worker(&mut self, id: &str, partition: &Path) {
-        let (_, schema) = telco();
-        let bank = partition.join(id);
-        self.add_worker(id, &[("telco_churn", &schema, &bank.join("train.csv"), &bank.join("test.csv"))], "");
+        self.add_telco_worker_with_env(id, partition, &[]);
     }
 
-    /// Starts a worker with the given datasets (name, schema, train, test) and extra TOML.
-    pub fn add_worker(&mut self, id: &str, datasets: &[(&str, &Path, &Path, &Path)], extra_toml: &str) {
-        let config = self.write_worker_config(id, datasets, extra_toml);
-        self.spawn_worker(id, &config);
+    /// Like [`Self::add_telco_worker`], with extra environment variables (e.g. a crash drill).
+    pub fn add_telco_worker_with_env(&mut self, id: &str, partition: &Path, env: &[(&str, &str)]) {
+        let (_, schema) = telco();
+        let bank = partition.join(id);
+        let config = self.write_worker_config(id, &[("telco_churn", &schema, &bank.join("train.csv"), &bank.join("test.csv"))], "");
+        self.spawn_worker_with_env(id, &config, env);
     }
 
     /// Writes a worker configuration file and returns its path.
@@ -154,9 +154,15 @@ impl Cluster {
 
     /// Starts (or restarts) a worker from its configuration file.
     pub fn spawn_worker(&mut self, id: &str, config: &Path) {
+        self.spawn_worker_with_env(id, config, &[]);
+    }
+
+    /// Starts a worker with extra environment variables.
+    pub fn spawn_worker_with_env(&mut self, id: &str, config: &Path, env: &[(&str, &str)]) {
         let child = Command::new(binary("confide-worker"))
             .arg("--config")
             .arg(config)
+            .envs(env.iter().copied())
             .env("RUST_LOG", "info")
             .stdout(self.log(id))
             .stderr(self.log(id))
@@ -190,6 +196,20 @@ impl Cluster {
         let out = self.confide(&["job", "submit", path.to_str().expect("utf-8 path")]);
         assert!(out.status.success(), "submit failed: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// Waits until `n` workers are connected (`confide workers`).
+    pub fn wait_workers(&self, n: usize, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let out = self.confide(&["workers"]);
+            let connected = String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.contains(" connected ")).count();
+            if connected >= n {
+                return;
+            }
+            assert!(Instant::now() < deadline, "only {connected} of {n} workers connected\n{}", self.logs());
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// `confide job get ID --json`.

@@ -608,17 +608,25 @@ impl CollectUnmask {
         let params = &ctx.params;
         let bits = params.modulus_bits;
         let threshold = params.threshold;
-        let rebuild = |shares: Option<&ShareList>, owner: ParticipantId| {
+        let mut bases: BTreeMap<Vec<ParticipantId>, Vec<Scalar>> = BTreeMap::new();
+        let mut rebuild = |shares: Option<&ShareList>, owner: ParticipantId| {
             let shares = shares.map(Vec::as_slice).unwrap_or_default();
-            if shares.len() < threshold {
+            // Any `t` shares determine the polynomial; more only cost interpolation time.
+            let Some(shares) = shares.get(..threshold) else {
                 return Err(AbortReason::NotEnoughShares {
                     owner,
                     have: shares.len(),
                     threshold,
                 });
+            };
+            let holders: Vec<ParticipantId> = shares.iter().map(|(h, _)| *h).collect();
+            if !bases.contains_key(&holders) {
+                let basis = crypto::lagrange_at_zero(&holders)
+                    .ok_or_else(|| AbortReason::SecretSharing("repeated or zero share holder".into()))?;
+                bases.insert(holders.clone(), basis);
             }
-            // Any `t` shares determine the polynomial; more only cost interpolation time.
-            crypto::combine(shares.get(..threshold).unwrap_or(shares)).map_err(AbortReason::SecretSharing)
+            let basis = bases.get(&holders).map(Vec::as_slice).unwrap_or_default();
+            Ok(crypto::combine_with(basis, shares))
         };
         for &v in &self.dropped {
             let secret = rebuild(self.mask_key_shares.get(&v), v)?;

@@ -56,6 +56,7 @@ pub struct Worker {
     identity: ed25519_dalek::SigningKey,
     device: Device,
     models: Mutex<Vec<(String, Arc<Vec<u8>>)>>,
+    fault: Option<crate::fault::Fault>,
 }
 
 impl std::fmt::Debug for Worker {
@@ -82,7 +83,7 @@ impl Worker {
             DeviceChoice::Cuda if tch::Cuda::is_available() => Device::Cuda(0),
             DeviceChoice::Cuda => return Err(StartError::NoCuda),
         };
-        Ok(Arc::new(Self { config, datasets, identity, device, models: Mutex::new(Vec::new()) }))
+        Ok(Arc::new(Self { config, datasets, identity, device, models: Mutex::new(Vec::new()), fault: crate::fault::Fault::from_env() }))
     }
 
     /// This institution's id.
@@ -198,11 +199,11 @@ async fn handle_task(
     kind: Kind,
     relays: mpsc::Receiver<Vec<u8>>,
 ) {
-    let (setup, out_of_range) = match &kind {
-        Kind::Stats(t) => (t.aggregation.clone(), OutOfRange::Fail),
-        Kind::Train(t) => (t.aggregation.clone(), OutOfRange::Clip),
-        Kind::Evaluate(t) => (t.aggregation.clone(), OutOfRange::Fail),
-        Kind::Secagg(_) | Kind::Cancel(_) => (None, OutOfRange::Fail),
+    let (setup, out_of_range, task) = match &kind {
+        Kind::Stats(t) => (t.aggregation.clone(), OutOfRange::Fail, "stats"),
+        Kind::Train(t) => (t.aggregation.clone(), OutOfRange::Clip, "train"),
+        Kind::Evaluate(t) => (t.aggregation.clone(), OutOfRange::Fail, "evaluate"),
+        Kind::Secagg(_) | Kind::Cancel(_) => (None, OutOfRange::Fail, "none"),
     };
     let mut transfer = client.clone();
     let computation = compute(&worker, &mut transfer, &addr, kind);
@@ -222,7 +223,7 @@ async fn handle_task(
                 }
             }
         }
-        Some(setup) => crate::secure::contribute(&worker, &mut client, &addr, &setup, computation, out_of_range, relays).await,
+        Some(setup) => crate::secure::contribute(&worker, &mut client, &addr, &setup, computation, out_of_range, task, relays).await,
     };
     match result {
         Ok(()) => tracing::info!(job = %addr.job_id, round = addr.round, task = %addr.task_id, "contribution accepted"),
@@ -343,6 +344,11 @@ impl Worker {
     /// The institution's long-term signing key.
     pub fn identity(&self) -> &ed25519_dalek::SigningKey {
         &self.identity
+    }
+
+    /// The crash drill configured for this process, if any.
+    pub fn fault(&self) -> Option<&crate::fault::Fault> {
+        self.fault.as_ref()
     }
 
     /// The bank's minimum number of participants per round.

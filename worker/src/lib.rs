@@ -8,11 +8,13 @@
 //! - [`transport`]: chunked model download and contribution upload.
 //! - [`secure`]: the worker's side of secure aggregation.
 //! - [`identity`]: the institution's long-term Ed25519 key.
+//! - [`fault`]: crash drills for rehearsing dropouts.
 //! - [`ml`]: model construction, local training (FedAvg/FedProx), prediction and additive
 //!   evaluation statistics.
 
 pub mod config;
 pub mod daemon;
+pub mod fault;
 pub mod identity;
 pub mod ml;
 pub mod secure;

@@ -40,6 +40,7 @@ pub async fn contribute(
     setup: &pb::AggregationSetup,
     compute: impl Future<Output = Result<Vec<f64>, Failure>>,
     out_of_range: OutOfRange,
+    task: &str,
     mut relays: mpsc::Receiver<Vec<u8>>,
 ) -> Result<(), Failure> {
     let secure = setup.secure.as_ref().ok_or_else(|| Failure::new("protocol", "secure aggregation setup missing"))?;
@@ -61,7 +62,14 @@ pub async fn contribute(
     let mut computing = true;
     loop {
         while let Some(msg) = sa.poll_transmit() {
+            let kind = msg.payload.kind();
+            if let Some(f) = worker.fault() {
+                f.check(task, kind, false);
+            }
             send(client, addr, msg).await?;
+            if let Some(f) = worker.fault() {
+                f.check(task, kind, true);
+            }
         }
         while let Some(ev) = sa.poll_event() {
             match ev {

@@ -288,8 +288,9 @@ impl Phase {
                 self.participants.insert(worker, ParticipantState::Dropped { reason });
             }
         }
+        // A survivor's input is in the sum even if it disconnected or failed afterwards.
         for worker in s.take_contributed() {
-            if self.participants.get(&worker) == Some(&ParticipantState::Pending) {
+            if self.participants.contains_key(&worker) {
                 self.participants.insert(worker, ParticipantState::Contributed);
             }
         }

@@ -372,20 +372,38 @@ impl JobCtx<'_> {
         let deadline = Instant::now() + Duration::from_secs(self.spec.selection.round_deadline_secs);
         let min = self.spec.selection.min_workers.min(participants.len());
         let (inbox_tx, mut inbox) = mpsc::channel::<Inbound>(64);
+        // Workers that vanished since selection are out before the phase starts.
+        let (present, absent): (Vec<String>, Vec<String>) = participants.iter().cloned().partition(|w| shared.hub.is_connected(w));
         let mut phase;
         let setups: Vec<(String, pb::AggregationSetup)>;
         if self.spec.insecure_plain_aggregation {
             phase = Phase::plain(participants, vector_len, min, deadline);
-            setups = participants
+            setups = present
                 .iter()
                 .map(|w| (w.clone(), pb::AggregationSetup { insecure_plain: true, vector_len: vector_len as u64, secure: None }))
                 .collect();
+        } else if present.len() < 2 {
+            return Ok(Some(PhaseOutcome {
+                sum: Err(super::phase::PhaseFailure { reason: format!("only {} selected workers still connected", present.len()) }),
+                participants: absent.iter().map(|w| ParticipantRecord { worker_id: w.clone(), status: "dropped".into(), reason: "disconnected before the phase".into() }).collect(),
+            }));
         } else {
             let workers = shared.hub.connected();
-            let (secure_phase, s) = secure::SecurePhase::new(&self.spec, participants, &workers, vector_len, encoding, round, Instant::now())
-                .map_err(|e| format!("secure aggregation setup: {e}"))?;
-            setups = s;
-            phase = Phase::secure(participants, vector_len, min, deadline, secure_phase);
+            match secure::SecurePhase::new(&self.spec, &present, &workers, vector_len, encoding, round, Instant::now()) {
+                Ok((secure_phase, s)) => {
+                    setups = s;
+                    phase = Phase::secure(participants, vector_len, min, deadline, secure_phase);
+                }
+                Err(e) => {
+                    return Ok(Some(PhaseOutcome {
+                        sum: Err(super::phase::PhaseFailure { reason: format!("secure aggregation setup: {e}") }),
+                        participants: participants.iter().map(|w| ParticipantRecord { worker_id: w.clone(), status: "failed".into(), reason: e.clone() }).collect(),
+                    }));
+                }
+            }
+        }
+        for w in &absent {
+            phase.handle_disconnect(w, Instant::now());
         }
         let mut task_of: HashMap<String, String> = HashMap::new();
         for (worker, setup) in setups {
@@ -456,14 +474,14 @@ impl JobCtx<'_> {
     }
 }
 
-/// Combines train and evaluation outcomes: a worker that contributed to training but failed
-/// evaluation is reported with the evaluation failure.
+/// Combines train and evaluation outcomes: the status is the training one (whether the
+/// worker's update is in the model); an evaluation failure is added as the reason.
 fn merge(train: Vec<ParticipantRecord>, eval: Vec<ParticipantRecord>) -> Vec<ParticipantRecord> {
     train
         .into_iter()
         .map(|t| match eval.iter().find(|e| e.worker_id == t.worker_id) {
             Some(e) if e.status != "contributed" && t.status == "contributed" => {
-                ParticipantRecord { status: e.status.clone(), reason: format!("evaluation: {}", e.reason), ..t }
+                ParticipantRecord { reason: format!("evaluation {}: {}", e.status, e.reason), ..t }
             }
             _ => t,
         })
