@@ -1,0 +1,61 @@
+//! The data-science workflow around jobs: several jobs with different server strategies run
+//! at once on the same banks, and a cancelled job stops and says so.
+
+use std::time::Duration;
+
+use confide_e2e::{Cluster, partition_telco, telco_job};
+
+#[test]
+fn concurrent_jobs_with_fedprox_fedadam_and_fedyogi_all_complete() {
+    let mut cluster = Cluster::start();
+    let partition = partition_telco(&cluster.dir.path().join("partition"), 3, 17);
+    for bank in ["bank1", "bank2", "bank3"] {
+        cluster.add_telco_worker(bank, &partition);
+    }
+    let strategies = [
+        ("prox", "[strategy]\nkind = \"fedprox\"\nmu = 0.1\n"),
+        ("adam", "[strategy]\nkind = \"fedadam\"\nserver_learning_rate = 0.05\n"),
+        ("yogi", "[strategy]\nkind = \"fedyogi\"\nserver_learning_rate = 0.05\n"),
+    ];
+    let jobs: Vec<(String, String)> = strategies
+        .iter()
+        .map(|(name, strategy)| {
+            let toml = format!("{}\n{strategy}", telco_job(name, "kind = \"logistic_regression\"", 4, ""));
+            (name.to_string(), cluster.submit(&toml))
+        })
+        .collect();
+    for (name, id) in &jobs {
+        let done = cluster.wait_finished(id, Duration::from_secs(180));
+        assert_eq!(done["status"], "completed", "{name}: {done:#}\n{}", cluster.logs());
+        assert_eq!(done["rounds"].as_array().map(Vec::len), Some(4), "{name}");
+        let auc = done["rounds"][3]["metrics"]["auc"].as_f64().expect("auc");
+        assert!(auc > 0.75, "{name} learned: AUC {auc}");
+        assert_eq!(done["spec"]["strategy"]["kind"], *name.replace("prox", "fedprox").replace("adam", "fedadam").replace("yogi", "fedyogi"));
+    }
+}
+
+#[test]
+fn a_cancelled_job_stops_and_reports_it() {
+    let mut cluster = Cluster::start();
+    let partition = partition_telco(&cluster.dir.path().join("partition"), 3, 19);
+    for bank in ["bank1", "bank2", "bank3"] {
+        cluster.add_telco_worker(bank, &partition);
+    }
+    let job = cluster.submit(&telco_job("long", "kind = \"mlp\"\nhidden = [16]", 500, ""));
+    cluster.wait_for(&job, Duration::from_secs(120), "a first round", |j| j["rounds_completed"].as_u64().unwrap_or(0) >= 1);
+    let out = cluster.confide(&["job", "cancel", &job]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let done = cluster.wait_finished(&job, Duration::from_secs(30));
+    assert_eq!(done["status"], "cancelled");
+    let stopped_at = done["rounds_completed"].as_u64().expect("rounds");
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(cluster.job(&job)["rounds_completed"].as_u64(), Some(stopped_at), "no round runs after cancelling");
+    // Watching a finished job replays its rounds and ends with exit code 1 (not completed).
+    let watch = cluster.confide(&["job", "watch", &job]);
+    assert_eq!(watch.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&watch.stdout).contains("cancelled"));
+    // Unknown ids are a clear error.
+    let out = cluster.confide(&["job", "get", "no-such-job"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no job `no-such-job`"));
+}
