@@ -19,7 +19,11 @@ fn main() {
         return;
     };
     let root = PathBuf::from(libtorch);
-    let root = if root.is_absolute() { root } else { workspace_root().join(root) };
+    let root = if root.is_absolute() {
+        root
+    } else {
+        workspace_root().join(root)
+    };
     let lib = root.join("lib");
     let lib = lib.canonicalize().unwrap_or(lib);
     println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());
@@ -27,6 +31,8 @@ fn main() {
 
 /// The workspace root: the manifest directory's parent (this crate lives at `<root>/worker`).
 fn workspace_root() -> PathBuf {
-    let manifest = std::env::var_os("CARGO_MANIFEST_DIR").map(PathBuf::from).unwrap_or_default();
+    let manifest = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_default();
     manifest.parent().map(Path::to_path_buf).unwrap_or(manifest)
 }

@@ -6,7 +6,8 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use confide_benches::secagg::{
-    complete_params, dropouts, masking_round, time_client_masking, time_server_unmasking, unmasking_round,
+    complete_params, dropouts, masking_round, time_client_masking, time_server_unmasking,
+    unmasking_round,
 };
 use confide_secagg::crypto::{add_mask, raw_keystream};
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};

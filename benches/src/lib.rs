@@ -3,3 +3,4 @@
 //! numbers in `RESULTS.md`.
 
 pub mod secagg;
+pub mod sim;

@@ -135,6 +135,11 @@ impl Hub {
         (rx, generation)
     }
 
+    /// Closes every worker's task stream (coordinator shutdown; workers reconnect later).
+    pub fn disconnect_all(&self) {
+        self.lock().sessions.clear();
+    }
+
     /// Workers with an open task stream, with what they registered.
     pub fn connected(&self) -> Vec<WorkerInfo> {
         let inner = self.lock();

@@ -73,6 +73,14 @@ impl Jobs {
         self.lock().get(job_id).map(|r| r.cancel.cancel()).is_some()
     }
 
+    /// Stops every runner in this process without changing the jobs' stored status, so they
+    /// resume when the coordinator starts again (shutdown).
+    pub fn stop_all(&self) {
+        for r in self.lock().values() {
+            r.cancel.cancel();
+        }
+    }
+
     fn insert(&self, job_id: &str) -> Option<CancellationToken> {
         let mut running = self.lock();
         if running.contains_key(job_id) {

@@ -62,6 +62,14 @@ pub async fn run(config: CoordinatorConfig, listener: TcpListener, shutdown: imp
     let admin = AdminServer::new(service::admin::AdminService::new(shared.clone()))
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
+    // On shutdown, stop the runners (their jobs resume on the next start) and close the workers'
+    // task streams, so the server's graceful shutdown is not held open by long-lived streams.
+    let stopping = shared.clone();
+    let shutdown = async move {
+        shutdown.await;
+        stopping.jobs.stop_all();
+        stopping.hub.disconnect_all();
+    };
     tonic::transport::Server::builder()
         .concurrency_limit_per_connection(shared.config.max_concurrent_streams as usize)
         .max_concurrent_streams(Some(shared.config.max_concurrent_streams))

@@ -59,3 +59,21 @@ fn a_cancelled_job_stops_and_reports_it() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no job `no-such-job`"));
 }
+
+#[test]
+fn early_stopping_ends_the_job_before_its_round_budget_and_says_why() {
+    let mut cluster = Cluster::start();
+    let partition = partition_telco(&cluster.dir.path().join("partition"), 3, 23);
+    for bank in ["bank1", "bank2", "bank3"] {
+        cluster.add_telco_worker(bank, &partition);
+    }
+    // No round can improve AUC by a whole unit, so the job stops after `patience` evaluations.
+    let job = cluster.submit(&format!(
+        "{}\n[early_stopping]\nmetric = \"auc\"\npatience = 2\nmin_delta = 1.0\n",
+        telco_job("early", "kind = \"logistic_regression\"", 50, "")
+    ));
+    let done = cluster.wait_finished(&job, Duration::from_secs(120));
+    assert_eq!(done["status"], "completed", "{done:#}");
+    assert_eq!(done["rounds_completed"].as_u64(), Some(3), "first evaluation sets the best, two more without improvement stop it");
+    assert!(done["stop_reason"].as_str().unwrap_or("").contains("early stopping"), "{done:#}");
+}

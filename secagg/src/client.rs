@@ -293,15 +293,7 @@ impl Client {
     /// [`Client::poll_timeout`]).
     pub fn handle_message(&mut self, msg: ServerMessage, now: Instant) -> Result<(), Error> {
         let params = &self.ctx.params;
-        if msg.session_id != params.session_id {
-            return Err(Error::WrongSession);
-        }
-        if msg.round != params.round {
-            return Err(Error::WrongRound {
-                expected: params.round,
-                got: msg.round,
-            });
-        }
+        params.check_session(&msg.session_id, msg.round)?;
         if msg.recipient != self.ctx.me {
             return Err(Error::WrongRecipient {
                 recipient: msg.recipient,

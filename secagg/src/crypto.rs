@@ -457,7 +457,10 @@ pub(crate) fn lagrange_at_zero(holders: &[ParticipantId]) -> Option<Vec<Scalar>>
     if sorted.first().is_none_or(|&x| x == 0) || sorted.windows(2).any(|w| w.first() == w.last()) {
         return None;
     }
-    let xs: Vec<Scalar> = holders.iter().map(|&x| Scalar::from(u64::from(x))).collect();
+    let xs: Vec<Scalar> = holders
+        .iter()
+        .map(|&x| Scalar::from(u64::from(x)))
+        .collect();
     let mut numerators = Vec::with_capacity(xs.len());
     let mut denominators = Vec::with_capacity(xs.len());
     for (i, xi) in xs.iter().enumerate() {
@@ -473,11 +476,20 @@ pub(crate) fn lagrange_at_zero(holders: &[ParticipantId]) -> Option<Vec<Scalar>>
     }
     // Nonzero: the ids are distinct, nonzero and far below the group order.
     Scalar::batch_invert(&mut denominators);
-    Some(numerators.iter().zip(&denominators).map(|(n, d)| n * d).collect())
+    Some(
+        numerators
+            .iter()
+            .zip(&denominators)
+            .map(|(n, d)| n * d)
+            .collect(),
+    )
 }
 
 /// Σ λ_i·y_i: the secret from shares whose holders match the coefficients' holder set, in order.
-pub(crate) fn combine_with(coefficients: &[Scalar], shares: &[(ParticipantId, Zeroizing<Scalar>)]) -> Zeroizing<Scalar> {
+pub(crate) fn combine_with(
+    coefficients: &[Scalar],
+    shares: &[(ParticipantId, Zeroizing<Scalar>)],
+) -> Zeroizing<Scalar> {
     let mut secret = Zeroizing::new(Scalar::ZERO);
     for (l, (_, y)) in coefficients.iter().zip(shares) {
         *secret += l * **y;

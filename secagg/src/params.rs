@@ -286,6 +286,24 @@ impl SessionParams {
         Ok(())
     }
 
+    /// Fails unless a message names this session and round.
+    pub(crate) fn check_session(
+        &self,
+        session_id: &[u8; 32],
+        round: u64,
+    ) -> Result<(), crate::Error> {
+        if *session_id != self.session_id {
+            return Err(crate::Error::WrongSession);
+        }
+        if round != self.round {
+            return Err(crate::Error::WrongRound {
+                expected: self.round,
+                got: round,
+            });
+        }
+        Ok(())
+    }
+
     /// The participant ids as a set.
     pub(crate) fn ids(&self) -> BTreeSet<ParticipantId> {
         self.participants.keys().copied().collect()

@@ -238,15 +238,7 @@ impl Server {
         now: Instant,
     ) -> Result<(), Error> {
         let params = &self.ctx.params;
-        if msg.session_id != params.session_id {
-            return Err(Error::WrongSession);
-        }
-        if msg.round != params.round {
-            return Err(Error::WrongRound {
-                expected: params.round,
-                got: msg.round,
-            });
-        }
+        params.check_session(&msg.session_id, msg.round)?;
         if !params.participants.contains_key(&from) {
             return Err(Error::UnknownParticipant(from));
         }
@@ -621,8 +613,9 @@ impl CollectUnmask {
             };
             let holders: Vec<ParticipantId> = shares.iter().map(|(h, _)| *h).collect();
             if !bases.contains_key(&holders) {
-                let basis = crypto::lagrange_at_zero(&holders)
-                    .ok_or_else(|| AbortReason::SecretSharing("repeated or zero share holder".into()))?;
+                let basis = crypto::lagrange_at_zero(&holders).ok_or_else(|| {
+                    AbortReason::SecretSharing("repeated or zero share holder".into())
+                })?;
                 bases.insert(holders.clone(), basis);
             }
             let basis = bases.get(&holders).map(Vec::as_slice).unwrap_or_default();

@@ -223,7 +223,7 @@ async fn handle_task(
                 }
             }
         }
-        Some(setup) => crate::secure::contribute(&worker, &mut client, &addr, &setup, computation, out_of_range, task, relays).await,
+        Some(setup) => crate::secure::contribute(worker.contributor(), &mut client, &addr, &setup, computation, out_of_range, task, relays).await,
     };
     match result {
         Ok(()) => tracing::info!(job = %addr.job_id, round = addr.round, task = %addr.task_id, "contribution accepted"),
@@ -341,19 +341,13 @@ impl Worker {
         Ok((spec, bytes))
     }
 
-    /// The institution's long-term signing key.
-    pub fn identity(&self) -> &ed25519_dalek::SigningKey {
-        &self.identity
-    }
-
-    /// The crash drill configured for this process, if any.
-    pub fn fault(&self) -> Option<&crate::fault::Fault> {
-        self.fault.as_ref()
-    }
-
-    /// The bank's minimum number of participants per round.
-    pub fn min_participants(&self) -> u32 {
-        self.config.policy.min_participants
+    /// This institution as a secure-aggregation contributor.
+    pub fn contributor(&self) -> crate::secure::Contributor<'_> {
+        crate::secure::Contributor {
+            identity: &self.identity,
+            min_participants: self.config.policy.min_participants,
+            fault: self.fault.as_ref(),
+        }
     }
 }
 

@@ -14,7 +14,7 @@ use confide_secagg::{Client, ClientEvent, ClientMessage, ClientPolicy, ServerMes
 use tokio::sync::mpsc;
 use tonic::transport::Channel;
 
-use crate::daemon::Worker;
+use crate::fault::Fault;
 use crate::tasks::Failure;
 use crate::transport::{self, TaskAddress};
 
@@ -32,9 +32,21 @@ async fn send(client: &mut FederationClient<Channel>, addr: &TaskAddress, msg: C
     transport::submit(client, addr, &c).await.map_err(|e| Failure::new("protocol", e))
 }
 
+/// Who is contributing: the institution's identity and its own rules.
+#[derive(Debug, Clone, Copy)]
+pub struct Contributor<'a> {
+    /// The institution's long-term signing key.
+    pub identity: &'a ed25519_dalek::SigningKey,
+    /// The bank's floor on participants per round.
+    pub min_participants: u32,
+    /// A crash drill, if configured.
+    pub fault: Option<&'a Fault>,
+}
+
 /// Contributes the vector `compute` yields through secure aggregation.
+#[allow(clippy::too_many_arguments)] // each argument is a distinct input of one protocol run
 pub async fn contribute(
-    worker: &Worker,
+    me: Contributor<'_>,
     client: &mut FederationClient<Channel>,
     addr: &TaskAddress,
     setup: &pb::AggregationSetup,
@@ -45,7 +57,7 @@ pub async fn contribute(
 ) -> Result<(), Failure> {
     let secure = setup.secure.as_ref().ok_or_else(|| Failure::new("protocol", "secure aggregation setup missing"))?;
     let params = confide_proto::secagg::params_from(secure, addr.round, setup.vector_len).map_err(|e| Failure::new("protocol", e))?;
-    let min = worker.min_participants().max(secure.min_participants) as usize;
+    let min = me.min_participants.max(secure.min_participants) as usize;
     if params.participants.len() < min {
         return Err(Failure::new(
             "policy",
@@ -55,7 +67,7 @@ pub async fn contribute(
     let clip = params.encoding.clip;
     let mut seed = [0u8; 32];
     rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut seed);
-    let mut sa = Client::new(params, secure.participant_id, worker.identity().clone(), ClientPolicy { min_participants: min }, seed)
+    let mut sa = Client::new(params, secure.participant_id, me.identity.clone(), ClientPolicy { min_participants: min }, seed)
         .map_err(|e| Failure::new("protocol", e))?;
 
     tokio::pin!(compute);
@@ -63,11 +75,11 @@ pub async fn contribute(
     loop {
         while let Some(msg) = sa.poll_transmit() {
             let kind = msg.payload.kind();
-            if let Some(f) = worker.fault() {
+            if let Some(f) = me.fault {
                 f.check(task, kind, false);
             }
             send(client, addr, msg).await?;
-            if let Some(f) = worker.fault() {
+            if let Some(f) = me.fault {
                 f.check(task, kind, true);
             }
         }

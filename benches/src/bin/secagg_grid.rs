@@ -9,15 +9,18 @@
 use std::time::Instant;
 
 use confide_benches::secagg::{
-    complete_params, dropouts, masking_round, sparse_params, time_client_masking, time_server_unmasking,
-    unmasking_round,
+    complete_params, dropouts, masking_round, sparse_params, time_client_masking,
+    time_server_unmasking, unmasking_round,
 };
 use confide_secagg::{Graph, SessionParams};
 
 fn main() {
     let mut args = std::env::args().skip(1);
     let max_n: u32 = args.next().and_then(|a| a.parse().ok()).unwrap_or(500);
-    let max_d: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(1_000_000);
+    let max_d: usize = args
+        .next()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(1_000_000);
     let budget_gb: f64 = std::env::var("SECAGG_GRID_BUDGET_GB")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -25,7 +28,10 @@ fn main() {
     println!("| graph | n | d | dropout | client masking (s) | server unmasking (s) | setup (s) |");
     println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
     for n in [10u32, 100, 500].into_iter().filter(|&n| n <= max_n) {
-        for d in [100_000usize, 1_000_000].into_iter().filter(|&d| d <= max_d) {
+        for d in [100_000usize, 1_000_000]
+            .into_iter()
+            .filter(|&d| d <= max_d)
+        {
             run_point("complete", complete_params(n, d), budget_gb);
             if n == 500 {
                 let k = Graph::recommended_degree(n as usize);
@@ -58,7 +64,11 @@ fn run_point(label: &str, params: SessionParams, budget_gb: f64) {
         let dropped = dropouts(n, frac);
         let survivors = f64::from(n) - dropped.len() as f64;
         let needed_gb = survivors * per_client_gb;
-        let client_cell = if pct == 0 { format!("{client:.3}") } else { "〃".into() };
+        let client_cell = if pct == 0 {
+            format!("{client:.3}")
+        } else {
+            "〃".into()
+        };
         if needed_gb > budget_gb {
             println!(
                 "| {label} | {n} | {d} | {pct} % | {client_cell} | not measured (setup needs ~{needed_gb:.0} GB of keystream) | {setup_s:.1} |"

@@ -43,7 +43,7 @@ pub async fn run(shared: &Arc<Shared>, job_id: &str, cancel: CancellationToken) 
             r
         }
         Ok(Finished::Cancelled) => {
-            tracing::info!(job = %job_id, "job cancelled");
+            tracing::info!(job = %job_id, "job runner stopped (job cancelled, or coordinator shutting down)");
             Ok(())
         }
         Err(e) => {
@@ -54,7 +54,7 @@ pub async fn run(shared: &Arc<Shared>, job_id: &str, cancel: CancellationToken) 
     if let Err(e) = status {
         tracing::error!(job = %job_id, error = %e, "could not record the job's end");
     }
-    if let Ok(Some(job)) = shared.store.job(job_id) {
+    if let Ok(Some(job)) = shared.store.job(job_id).map(|j| j.filter(|j| j.status.is_final())) {
         if let Ok(view) = crate::jobs::job_proto(shared, &job) {
             shared.jobs.publish(pb::JobEvent {
                 job_id: job_id.into(),
