@@ -54,33 +54,11 @@ impl Default for CoordinatorConfig {
     }
 }
 
-/// A configuration file could not be used.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum ConfigError {
-    /// The file could not be read.
-    #[error("{path}: {source}")]
-    Read {
-        /// File.
-        path: PathBuf,
-        /// Underlying error.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The file is not valid configuration.
-    #[error("{path}: {message}")]
-    Parse {
-        /// File.
-        path: PathBuf,
-        /// What is wrong, naming the field.
-        message: String,
-    },
-}
+pub use confide_core::config_file::ConfigError;
 
 impl CoordinatorConfig {
     /// Reads a TOML configuration file.
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
-        toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.into(), message: e.to_string() })
+        confide_core::config_file::read_toml(path)
     }
 }

@@ -2,10 +2,12 @@
 //!
 //! - [`model`]: model families, their parameter layouts, flat parameter vectors and the
 //!   safetensors checkpoint format every component exchanges.
+//! - [`config_file`]: reading TOML configuration files with errors naming file and field.
 //! - [`job`]: the job specification a data-science team submits (TOML), validated field by field.
 //! - [`strategy`]: server-side optimizers (FedAvg, FedProx, FedAdam, FedYogi) applied to aggregated updates.
 //! - [`metrics`]: exact binary-classification metrics from summed score histograms.
 
+pub mod config_file;
 pub mod job;
 pub mod metrics;
 pub mod model;

@@ -45,6 +45,14 @@ impl ModelSpec {
         ParamLayout { tensors }
     }
 
+    /// The family's name as written in job files and bank policies (`logistic_regression`, `mlp`).
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            ModelSpec::LogisticRegression => "logistic_regression",
+            ModelSpec::Mlp { .. } => "mlp",
+        }
+    }
+
     /// A short human label (`logistic_regression`, `mlp[32,16]`).
     pub fn label(&self) -> String {
         match self {

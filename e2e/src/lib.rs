@@ -71,6 +71,17 @@ impl Cluster {
         c
     }
 
+    /// A coordinator and `banks` Telco workers (`bank1`..), each on its own IID partition.
+    /// Returns the cluster and the partition directory.
+    pub fn telco_federation(banks: usize, seed: u64) -> (Self, PathBuf) {
+        let mut cluster = Self::start();
+        let partition = partition_telco(&cluster.dir.path().join("partition"), banks, seed);
+        for i in 1..=banks {
+            cluster.add_telco_worker(&format!("bank{i}"), &partition);
+        }
+        (cluster, partition)
+    }
+
     /// The coordinator's URL.
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)

@@ -3,15 +3,11 @@
 
 use std::time::Duration;
 
-use confide_e2e::{Cluster, partition_telco, telco_job};
+use confide_e2e::{Cluster, telco_job};
 
 #[test]
 fn concurrent_jobs_with_fedprox_fedadam_and_fedyogi_all_complete() {
-    let mut cluster = Cluster::start();
-    let partition = partition_telco(&cluster.dir.path().join("partition"), 3, 17);
-    for bank in ["bank1", "bank2", "bank3"] {
-        cluster.add_telco_worker(bank, &partition);
-    }
+    let (cluster, _) = Cluster::telco_federation(3, 17);
     let strategies = [
         ("prox", "[strategy]\nkind = \"fedprox\"\nmu = 0.1\n"),
         ("adam", "[strategy]\nkind = \"fedadam\"\nserver_learning_rate = 0.05\n"),
@@ -36,11 +32,7 @@ fn concurrent_jobs_with_fedprox_fedadam_and_fedyogi_all_complete() {
 
 #[test]
 fn a_cancelled_job_stops_and_reports_it() {
-    let mut cluster = Cluster::start();
-    let partition = partition_telco(&cluster.dir.path().join("partition"), 3, 19);
-    for bank in ["bank1", "bank2", "bank3"] {
-        cluster.add_telco_worker(bank, &partition);
-    }
+    let (cluster, _) = Cluster::telco_federation(3, 19);
     let job = cluster.submit(&telco_job("long", "kind = \"mlp\"\nhidden = [16]", 500, ""));
     cluster.wait_for(&job, Duration::from_secs(120), "a first round", |j| j["rounds_completed"].as_u64().unwrap_or(0) >= 1);
     let out = cluster.confide(&["job", "cancel", &job]);
@@ -62,11 +54,7 @@ fn a_cancelled_job_stops_and_reports_it() {
 
 #[test]
 fn early_stopping_ends_the_job_before_its_round_budget_and_says_why() {
-    let mut cluster = Cluster::start();
-    let partition = partition_telco(&cluster.dir.path().join("partition"), 3, 23);
-    for bank in ["bank1", "bank2", "bank3"] {
-        cluster.add_telco_worker(bank, &partition);
-    }
+    let (cluster, _) = Cluster::telco_federation(3, 23);
     // No round can improve AUC by a whole unit, so the job stops after `patience` evaluations.
     let job = cluster.submit(&format!(
         "{}\n[early_stopping]\nmetric = \"auc\"\npatience = 2\nmin_delta = 1.0\n",
@@ -76,4 +64,30 @@ fn early_stopping_ends_the_job_before_its_round_budget_and_says_why() {
     assert_eq!(done["status"], "completed", "{done:#}");
     assert_eq!(done["rounds_completed"].as_u64(), Some(3), "first evaluation sets the best, two more without improvement stop it");
     assert!(done["stop_reason"].as_str().unwrap_or("").contains("early stopping"), "{done:#}");
+}
+
+#[test]
+fn a_bank_policy_refusal_is_reported_and_the_round_goes_on_without_it() {
+    let (mut cluster, partition) = Cluster::telco_federation(3, 29);
+    // A fourth bank that allows at most two rounds of any job.
+    let bank4 = partition.join("../partition4");
+    confide_e2e::partition_telco(&bank4, 4, 29);
+    let (_, schema) = confide_e2e::telco();
+    let dir = bank4.join("bank4");
+    let config = cluster.write_worker_config(
+        "bank4",
+        &[("telco_churn", &schema, &dir.join("train.csv"), &dir.join("test.csv"))],
+        "[policy]\nmax_rounds_per_job = 2\n",
+    );
+    cluster.spawn_worker("bank4", &config);
+    cluster.wait_workers(4, Duration::from_secs(30));
+    let job = cluster.submit(&telco_job("policy", "kind = \"logistic_regression\"", 3, ""));
+    let done = cluster.wait_finished(&job, Duration::from_secs(120));
+    assert_eq!(done["status"], "completed", "{done:#}\n{}", cluster.logs());
+    let round3 = &done["rounds"][2]["participants"];
+    let bank4_outcome = round3.as_array().and_then(|ps| ps.iter().find(|p| p["worker_id"] == "bank4")).expect("bank4 selected");
+    assert_eq!(bank4_outcome["status"], "refused", "{round3:#}");
+    assert!(bank4_outcome["reason"].as_str().unwrap_or("").contains("at most 2 rounds"), "{bank4_outcome:#}");
+    let text = String::from_utf8_lossy(&cluster.confide(&["job", "get", &job]).stdout).to_string();
+    assert!(text.contains("bank4 refused"), "{text}");
 }

@@ -4,15 +4,11 @@
 
 use std::time::Duration;
 
-use confide_e2e::{Cluster, partition_telco, telco_job};
+use confide_e2e::{Cluster, telco_job};
 
 #[test]
 fn coordinator_killed_mid_round_resumes_without_losing_rounds() {
-    let mut cluster = Cluster::start();
-    let partition = partition_telco(&cluster.dir.path().join("partition"), 3, 3);
-    for bank in ["bank1", "bank2", "bank3"] {
-        cluster.add_telco_worker(bank, &partition);
-    }
+    let (mut cluster, _) = Cluster::telco_federation(3, 3);
     // Several local epochs of an MLP make each round long enough to be interrupted.
     let rounds = 6;
     let job_toml = telco_job("resume-e2e", "kind = \"mlp\"\nhidden = [64, 32]", rounds, "")

@@ -50,11 +50,20 @@ pub struct PolicyConfig {
     /// Fewest institutions a round may have for this worker to send anything (≥ 3).
     #[serde(default = "default_min_participants")]
     pub min_participants: u32,
+    /// Model kinds this bank lets its data train (`logistic_regression`, `mlp`); empty = all.
+    #[serde(default)]
+    pub allowed_models: Vec<String>,
+    /// Training rounds this bank contributes to any one job (0 = no limit).
+    #[serde(default)]
+    pub max_rounds_per_job: u64,
+    /// Distinct jobs this bank takes part in per rolling 24 hours (0 = no limit).
+    #[serde(default)]
+    pub max_jobs_per_day: u32,
 }
 
 impl Default for PolicyConfig {
     fn default() -> Self {
-        Self { min_participants: default_min_participants() }
+        Self { min_participants: default_min_participants(), allowed_models: Vec::new(), max_rounds_per_job: 0, max_jobs_per_day: 0 }
     }
 }
 
@@ -87,35 +96,13 @@ pub enum DeviceChoice {
     Cuda,
 }
 
-/// A configuration file could not be used.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum ConfigError {
-    /// The file could not be read.
-    #[error("{path}: {source}")]
-    Read {
-        /// File.
-        path: PathBuf,
-        /// Underlying error.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The file is not valid configuration.
-    #[error("{path}: {message}")]
-    Invalid {
-        /// File.
-        path: PathBuf,
-        /// What is wrong, naming the field.
-        message: String,
-    },
-}
+pub use confide_core::config_file::ConfigError;
 
 impl WorkerConfig {
     /// Reads and validates a configuration file, resolving relative paths against its directory.
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        let mut cfg: WorkerConfig = confide_core::config_file::read_toml(path)?;
         let invalid = |message: String| ConfigError::Invalid { path: path.into(), message };
-        let mut cfg: WorkerConfig = toml::from_str(&text).map_err(|e| invalid(e.to_string()))?;
         let base = path.parent().unwrap_or(Path::new("."));
         cfg.resolve(base);
         cfg.validate().map_err(invalid)?;
@@ -149,6 +136,10 @@ impl WorkerConfig {
         names.sort_unstable();
         if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
             return Err(format!("field `datasets`: dataset `{}` is listed twice", w[0]));
+        }
+        const MODELS: [&str; 2] = ["logistic_regression", "mlp"];
+        if let Some(m) = self.policy.allowed_models.iter().find(|m| !MODELS.contains(&m.as_str())) {
+            return Err(format!("field `policy.allowed_models`: unknown model kind `{m}` (known: {})", MODELS.join(", ")));
         }
         if self.policy.min_participants < 3 {
             return Err("field `policy.min_participants`: must be at least 3 (a bank never joins a round where it could be singled out)".into());

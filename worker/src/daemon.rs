@@ -44,6 +44,9 @@ pub enum StartError {
     /// The identity key could not be loaded or created.
     #[error(transparent)]
     Identity(#[from] crate::identity::IdentityError),
+    /// The bank's policy state could not be loaded.
+    #[error("policy: {0}")]
+    Policy(Failure),
     /// CUDA was required but is not available.
     #[error("compute.device = \"cuda\" but libtorch sees no CUDA device")]
     NoCuda,
@@ -57,6 +60,7 @@ pub struct Worker {
     device: Device,
     models: Mutex<Vec<(String, Arc<Vec<u8>>)>>,
     fault: Option<crate::fault::Fault>,
+    policy: crate::policy::Policy,
 }
 
 impl std::fmt::Debug for Worker {
@@ -83,7 +87,9 @@ impl Worker {
             DeviceChoice::Cuda if tch::Cuda::is_available() => Device::Cuda(0),
             DeviceChoice::Cuda => return Err(StartError::NoCuda),
         };
-        Ok(Arc::new(Self { config, datasets, identity, device, models: Mutex::new(Vec::new()), fault: crate::fault::Fault::from_env() }))
+        let policy = crate::policy::Policy::load(config.policy.clone(), &config.data_dir).map_err(StartError::Policy)?;
+        let fault = crate::fault::Fault::from_env();
+        Ok(Arc::new(Self { config, datasets, identity, device, models: Mutex::new(Vec::new()), fault, policy }))
     }
 
     /// This institution's id.
@@ -206,8 +212,10 @@ async fn handle_task(
         Kind::Secagg(_) | Kind::Cancel(_) => (None, OutOfRange::Fail, "none"),
     };
     let mut transfer = client.clone();
+    let admitted = worker.admit(&addr, &kind);
     let computation = compute(&worker, &mut transfer, &addr, kind);
     let result = match setup {
+        _ if admitted.is_err() => admitted,
         None => Err(Failure::new("protocol", "task carries no aggregation setup")),
         Some(setup) if setup.insecure_plain => {
             tracing::warn!(job = %addr.job_id, round = addr.round, "INSECURE plain aggregation: this contribution is visible to the coordinator");
@@ -295,6 +303,21 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, Failure> + Se
 }
 
 impl Worker {
+    /// Applies the bank's policy to a task before anything is computed or sent for it.
+    fn admit(&self, addr: &TaskAddress, kind: &Kind) -> Result<(), Failure> {
+        match kind {
+            Kind::Train(t) => {
+                let spec: ModelSpec = t
+                    .model
+                    .as_ref()
+                    .and_then(|m| serde_json::from_str(&m.spec_json).ok())
+                    .ok_or_else(|| Failure::new("protocol", "training task without a readable model spec"))?;
+                self.policy.admit_training(&addr.job_id, addr.round, spec.kind_name())
+            }
+            _ => self.policy.admit_job(&addr.job_id),
+        }
+    }
+
     /// The local dataset a task names, if offered with the same schema.
     fn dataset(&self, r: Option<&pb::DatasetRef>) -> Result<Arc<LocalDataset>, Failure> {
         let r = r.ok_or_else(|| Failure::new("protocol", "task names no dataset"))?;

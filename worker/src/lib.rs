@@ -4,6 +4,7 @@
 //!
 //! - [`config`]: the bank's configuration file (datasets, policy, compute).
 //! - [`daemon`]: connection, registration, the task stream and reconnection with backoff.
+//! - [`policy`]: the bank's own rules (models, rounds per job, jobs per day).
 //! - [`tasks`]: what each task computes from local data.
 //! - [`transport`]: chunked model download and contribution upload.
 //! - [`secure`]: the worker's side of secure aggregation.
@@ -17,6 +18,7 @@ pub mod daemon;
 pub mod fault;
 pub mod identity;
 pub mod ml;
+pub mod policy;
 pub mod secure;
 pub mod tasks;
 pub mod transport;

@@ -1,0 +1,157 @@
+//! The bank's own rules, enforced by its worker whatever the coordinator asks: which datasets
+//! (only those configured are offered at all), which model kinds, how many rounds per job and
+//! how many jobs per day — plus the minimum number of institutions per round, enforced by the
+//! secure-aggregation client. A refused task is reported to the coordinator as a `policy`
+//! failure, which the job's owner sees as `refused` with this module's reason.
+//!
+//! Usage counters survive restarts: they live in `data_dir/policy_usage.json`, written
+//! atomically.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::PolicyConfig;
+use crate::tasks::Failure;
+
+const DAY_SECS: u64 = 24 * 3600;
+
+/// What this worker has agreed to so far.
+#[derive(Debug, Default, Clone, Serialize, Deserialize, PartialEq)]
+struct Usage {
+    /// Per job: first-seen time (Unix seconds) and training rounds contributed to.
+    jobs: BTreeMap<String, JobUsage>,
+}
+
+#[derive(Debug, Default, Clone, Serialize, Deserialize, PartialEq)]
+struct JobUsage {
+    first_seen: u64,
+    rounds: Vec<u64>,
+}
+
+/// Enforces a [`PolicyConfig`].
+#[derive(Debug)]
+pub struct Policy {
+    config: PolicyConfig,
+    path: PathBuf,
+    usage: Mutex<Usage>,
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+impl Policy {
+    /// Loads the usage counters from `data_dir` (a missing file starts empty; an unreadable one
+    /// is an error, so a bank's limits cannot be reset by corrupting the file).
+    pub fn load(config: PolicyConfig, data_dir: &Path) -> Result<Self, Failure> {
+        let path = data_dir.join("policy_usage.json");
+        let usage = match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|e| Failure::new("policy", format!("{}: unreadable usage record: {e}", path.display())))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Usage::default(),
+            Err(e) => return Err(Failure::new("policy", format!("{}: {e}", path.display()))),
+        };
+        Ok(Self { config, path, usage: Mutex::new(usage) })
+    }
+
+    /// Checks a training task for `job` round `round` of model kind `model`, and records it.
+    pub fn admit_training(&self, job: &str, round: u64, model: &str) -> Result<(), Failure> {
+        if !self.config.allowed_models.is_empty() && !self.config.allowed_models.iter().any(|m| m == model) {
+            return Err(Failure::new("policy", format!("model kind `{model}` is not allowed by this bank (allowed: {})", self.config.allowed_models.join(", "))));
+        }
+        self.admit(job, Some(round))
+    }
+
+    /// Checks any task of `job` (statistics, evaluation) against the jobs-per-day limit.
+    pub fn admit_job(&self, job: &str) -> Result<(), Failure> {
+        self.admit(job, None)
+    }
+
+    fn admit(&self, job: &str, round: Option<u64>) -> Result<(), Failure> {
+        let now = now_secs();
+        let mut usage = self.usage.lock().unwrap_or_else(|p| p.into_inner());
+        let before = usage.clone();
+        if !usage.jobs.contains_key(job) {
+            let recent = usage.jobs.values().filter(|j| now.saturating_sub(j.first_seen) < DAY_SECS).count();
+            let max = self.config.max_jobs_per_day;
+            if max > 0 && recent >= max as usize {
+                return Err(Failure::new("policy", format!("this bank takes part in at most {max} jobs per 24 hours")));
+            }
+            usage.jobs.insert(job.to_string(), JobUsage { first_seen: now, rounds: Vec::new() });
+        }
+        if let (Some(round), Some(entry)) = (round, usage.jobs.get_mut(job)) {
+            if !entry.rounds.contains(&round) {
+                let max = self.config.max_rounds_per_job;
+                if max > 0 && entry.rounds.len() as u64 >= max {
+                    return Err(Failure::new("policy", format!("this bank contributes to at most {max} rounds of a job")));
+                }
+                entry.rounds.push(round);
+            }
+        }
+        if *usage != before {
+            self.save(&usage)?;
+        }
+        Ok(())
+    }
+
+    fn save(&self, usage: &Usage) -> Result<(), Failure> {
+        let io = |e: std::io::Error| Failure::new("internal", format!("{}: {e}", self.path.display()));
+        let bytes = serde_json::to_vec_pretty(usage).map_err(|e| Failure::new("internal", e))?;
+        let tmp = self.path.with_extension("tmp");
+        if let Some(dir) = self.path.parent() {
+            std::fs::create_dir_all(dir).map_err(io)?;
+        }
+        std::fs::write(&tmp, bytes).map_err(io)?;
+        std::fs::rename(&tmp, &self.path).map_err(io)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(dir: &Path, f: impl FnOnce(&mut PolicyConfig)) -> Policy {
+        let mut config = PolicyConfig::default();
+        f(&mut config);
+        Policy::load(config, dir).expect("load")
+    }
+
+    #[test]
+    fn limits_rounds_per_job_and_survives_restarts() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = policy(dir.path(), |c| c.max_rounds_per_job = 2);
+        p.admit_training("j", 1, "mlp").expect("1");
+        p.admit_training("j", 1, "mlp").expect("a rerun round counts once");
+        p.admit_training("j", 2, "mlp").expect("2");
+        drop(p);
+        let p = policy(dir.path(), |c| c.max_rounds_per_job = 2);
+        let err = p.admit_training("j", 3, "mlp").expect_err("third round");
+        assert_eq!(err.kind, "policy");
+        assert!(err.reason.contains("at most 2 rounds"), "{err}");
+        p.admit_training("other", 1, "mlp").expect("another job has its own budget");
+    }
+
+    #[test]
+    fn limits_jobs_per_day_and_model_kinds() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = policy(dir.path(), |c| {
+            c.max_jobs_per_day = 1;
+            c.allowed_models = vec!["logistic_regression".into()];
+        });
+        p.admit_job("a").expect("first job");
+        p.admit_training("a", 1, "logistic_regression").expect("allowed model");
+        assert!(p.admit_training("a", 2, "mlp").expect_err("mlp refused").reason.contains("not allowed"));
+        assert!(p.admit_job("b").expect_err("second job today").reason.contains("at most 1 jobs"));
+    }
+
+    #[test]
+    fn a_corrupted_usage_file_is_an_error_not_a_reset() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("policy_usage.json"), b"{not json").expect("write");
+        assert!(Policy::load(PolicyConfig::default(), dir.path()).is_err());
+    }
+}
