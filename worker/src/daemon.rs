@@ -117,20 +117,21 @@ impl Worker {
     }
 }
 
-/// Runs the worker until `shutdown` completes, reconnecting with backoff (0.5 s doubling to 30 s).
+/// Runs the worker until `shutdown` completes, reconnecting with backoff (0.5 s doubling to
+/// 30 s; back to 0.5 s once a connection got as far as registering).
 pub async fn run(worker: Arc<Worker>, shutdown: impl Future<Output = ()>) {
     tokio::pin!(shutdown);
     let mut backoff = Duration::from_millis(500);
     loop {
-        let started = std::time::Instant::now();
+        let mut registered = false;
         tokio::select! {
             _ = &mut shutdown => return,
-            r = session(&worker) => match r {
+            r = session(&worker, &mut registered) => match r {
                 Ok(()) => tracing::warn!(worker = %worker.id(), "task stream closed by the coordinator; reconnecting"),
                 Err(e) => tracing::warn!(worker = %worker.id(), error = %e, retry_in = ?backoff, "coordinator unreachable"),
             },
         }
-        if started.elapsed() > Duration::from_secs(30) {
+        if registered {
             backoff = Duration::from_millis(500);
         }
         tokio::select! {
@@ -144,7 +145,7 @@ pub async fn run(worker: Arc<Worker>, shutdown: impl Future<Output = ()>) {
 /// Handles of the tasks in progress: relay channel and cancellation.
 type Running = HashMap<String, (mpsc::Sender<Vec<u8>>, CancellationToken)>;
 
-async fn session(worker: &Arc<Worker>) -> Result<(), tonic::Status> {
+async fn session(worker: &Arc<Worker>, registered: &mut bool) -> Result<(), tonic::Status> {
     let channel = Endpoint::from_shared(worker.config.coordinator.clone())
         .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?
         .connect_timeout(Duration::from_secs(5))
@@ -157,6 +158,7 @@ async fn session(worker: &Arc<Worker>) -> Result<(), tonic::Status> {
     let mut client = FederationClient::new(channel).max_decoding_message_size(8 << 20);
     let reply = client.register(worker.register_request()).await?.into_inner();
     tracing::info!(worker = %reply.worker_id, protocol = reply.protocol_version, "registered with the coordinator");
+    *registered = true;
     let mut tasks = client.subscribe(SubscribeRequest { worker_id: reply.worker_id.clone() }).await?.into_inner();
     let mut running: Running = HashMap::new();
     let session_cancel = CancellationToken::new();

@@ -76,11 +76,11 @@ pub async fn contribute(
         while let Some(msg) = sa.poll_transmit() {
             let kind = msg.payload.kind();
             if let Some(f) = me.fault {
-                f.check(task, kind, false);
+                f.check(task, kind, false).await;
             }
             send(client, addr, msg).await?;
             if let Some(f) = me.fault {
-                f.check(task, kind, true);
+                f.check(task, kind, true).await;
             }
         }
         while let Some(ev) = sa.poll_event() {

@@ -406,10 +406,13 @@ impl JobCtx<'_> {
             phase.handle_disconnect(w, Instant::now());
         }
         let mut task_of: HashMap<String, String> = HashMap::new();
+        // The task-stream session each task went to: a worker that reconnects has lost its tasks.
+        let mut session_of: HashMap<String, Option<u64>> = HashMap::new();
         for (worker, setup) in setups {
             let task_id = uuid::Uuid::new_v4().to_string();
             shared.hub.open_task(&task_id, &worker, self.id, round, inbox_tx.clone());
             task_of.insert(worker.clone(), task_id.clone());
+            session_of.insert(worker.clone(), shared.hub.generation(&worker));
             let task = pb::Task { task_id, job_id: self.id.into(), round, kind: Some(make_task(&worker, setup)) };
             if !shared.hub.send(&worker, task).await {
                 phase.handle_disconnect(&worker, Instant::now());
@@ -449,7 +452,10 @@ impl JobCtx<'_> {
                 },
                 _ = tokio::time::sleep_until(wake) => phase.handle_timeout(Instant::now()),
                 _ = liveness.tick() => {
-                    let gone: Vec<String> = phase.pending().filter(|w| !shared.hub.is_connected(w)).collect();
+                    let gone: Vec<String> = phase
+                        .pending()
+                        .filter(|w| !shared.hub.is_connected(w) || session_of.get(w).copied().flatten() != shared.hub.generation(w))
+                        .collect();
                     for w in gone {
                         phase.handle_disconnect(&w, Instant::now());
                     }

@@ -1,0 +1,105 @@
+//! Survival with real processes on loopback: a coordinator SIGKILLed at random points of a job
+//! ten times, a worker SIGKILLed mid-round and restarted, a worker that stalls past the stage
+//! deadline. No completed round is lost, and rounds complete through dropout handling.
+
+use std::time::Duration;
+
+use confide_e2e::{Cluster, telco_job};
+use serde_json::Value;
+
+fn statuses(round: &Value) -> Vec<(String, String)> {
+    round["participants"]
+        .as_array()
+        .map(|ps| ps.iter().map(|p| (p["worker_id"].as_str().unwrap_or("").to_string(), p["status"].as_str().unwrap_or("").to_string())).collect())
+        .unwrap_or_default()
+}
+
+/// Every round exactly once, in order, with an intact checkpoint.
+fn assert_rounds_intact(cluster: &Cluster, job: &Value, rounds: u64) {
+    let list = job["rounds"].as_array().expect("rounds");
+    assert_eq!(list.len() as u64, rounds, "{job:#}");
+    for (i, r) in list.iter().enumerate() {
+        assert_eq!(r["round"].as_u64(), Some(i as u64 + 1));
+        let hash = r["model_hash"].as_str().expect("hash");
+        let bytes = std::fs::read(cluster.dir.path().join("coordinator/checkpoints").join(format!("{hash}.safetensors"))).expect("checkpoint");
+        assert_eq!(confide_core::sha256_hex(&bytes), hash);
+    }
+}
+
+#[test]
+fn coordinator_sigkilled_ten_times_in_one_job_still_completes_it() {
+    let (mut cluster, _) = Cluster::telco_federation(3, 31);
+    let rounds = 12;
+    let job = cluster.submit(&telco_job("crashy", "kind = \"mlp\"\nhidden = [32]", rounds, "").replace("local_epochs = 1", "local_epochs = 2"));
+    // Pseudo-random kill points (fixed seed, so a failure reproduces): 150-950 ms apart.
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut committed: Vec<(u64, String)> = Vec::new();
+    for _ in 0..10 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        std::thread::sleep(Duration::from_millis(150 + x % 800));
+        cluster.kill_coordinator();
+        cluster.start_coordinator();
+        let now = cluster.job(&job);
+        for r in now["rounds"].as_array().expect("rounds") {
+            let entry = (r["round"].as_u64().unwrap_or(0), r["model_hash"].as_str().unwrap_or("").to_string());
+            if let Some(seen) = committed.iter().find(|(n, _)| *n == entry.0) {
+                assert_eq!(seen, &entry, "a committed round changed after a crash");
+            } else {
+                committed.push(entry);
+            }
+        }
+        if now["status"] == "completed" {
+            break;
+        }
+    }
+    let done = cluster.wait_finished(&job, Duration::from_secs(300));
+    assert_eq!(done["status"], "completed", "{done:#}\n{}", cluster.logs());
+    assert_rounds_intact(&cluster, &done, rounds);
+    for (round, hash) in &committed {
+        assert_eq!(done["rounds"][(*round - 1) as usize]["model_hash"].as_str(), Some(hash.as_str()));
+    }
+}
+
+#[test]
+fn a_worker_sigkilled_mid_round_is_dropped_and_rejoins_after_restart() {
+    let (mut cluster, partition) = Cluster::telco_federation(3, 37);
+    confide_e2e::partition_telco(&partition.join("../extra"), 4, 37);
+    cluster.add_telco_worker("bank4", &partition.join("../extra"));
+    cluster.wait_workers(4, Duration::from_secs(30));
+    let rounds = 6;
+    let job = cluster.submit(&telco_job("worker-crash", "kind = \"mlp\"\nhidden = [32]", rounds, "").replace("local_epochs = 1", "local_epochs = 3"));
+    cluster.wait_for(&job, Duration::from_secs(120), "round 1", |j| j["rounds_completed"].as_u64().unwrap_or(0) >= 1);
+    cluster.kill_worker("bank4");
+    std::thread::sleep(Duration::from_millis(300));
+    let config = cluster.dir.path().join("bank4.toml");
+    cluster.spawn_worker("bank4", &config);
+    let done = cluster.wait_finished(&job, Duration::from_secs(240));
+    assert_eq!(done["status"], "completed", "{done:#}\n{}", cluster.logs());
+    assert_rounds_intact(&cluster, &done, rounds);
+    let per_round: Vec<Vec<(String, String)>> = done["rounds"].as_array().expect("rounds").iter().map(statuses).collect();
+    let bank4 = |r: &Vec<(String, String)>| r.iter().find(|(w, _)| w == "bank4").map(|(_, s)| s.clone());
+    let missed = per_round.iter().position(|r| bank4(r).as_deref() != Some("contributed")).expect("bank4 missed a round after the kill");
+    assert!(
+        per_round[missed + 1..].iter().any(|r| bank4(r).as_deref() == Some("contributed")),
+        "bank4 rejoined a later round: {per_round:?}"
+    );
+}
+
+#[test]
+fn a_worker_that_stalls_past_the_stage_deadline_is_dropped_and_the_round_completes() {
+    let (mut cluster, partition) = Cluster::telco_federation(3, 41);
+    confide_e2e::partition_telco(&partition.join("../extra"), 4, 41);
+    cluster.add_telco_worker_with_env("bank4", &partition.join("../extra"), &[("CONFIDE_FAULT", "stall-before-masked-input:train")]);
+    cluster.wait_workers(4, Duration::from_secs(30));
+    let job = cluster.submit(&format!(
+        "{}\n[secure_aggregation]\nstage_timeout_secs = 3\n",
+        telco_job("stall", "kind = \"logistic_regression\"", 2, "")
+    ));
+    let done = cluster.wait_finished(&job, Duration::from_secs(120));
+    assert_eq!(done["status"], "completed", "{done:#}\n{}", cluster.logs());
+    let round1 = statuses(&done["rounds"][0]);
+    assert!(round1.contains(&("bank4".to_string(), "dropped".to_string())), "{round1:?}");
+    assert_eq!(round1.iter().filter(|(_, s)| s == "contributed").count(), 3, "{round1:?}");
+}
