@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use confide_core::metrics::EvalContribution;
 use confide_proto::v1::{
-    self as pb, Contribution, DatasetOffer, RegisterRequest, SubscribeRequest, contribution::Body,
+    self as pb, Contribution, admin_client::AdminClient, DatasetOffer, RegisterRequest, SubscribeRequest, contribution::Body,
     federation_client::FederationClient, task::Kind,
 };
 use confide_worker::secure::{Contributor, OutOfRange};
@@ -201,4 +201,69 @@ fn synthetic_update(len: usize, round: u64) -> Vec<f64> {
     v.push(n);
     v.push(n * 0.5);
     v
+}
+
+/// The Telco schema text and its rows' statistics, for simulated institutions.
+pub struct TelcoFixture {
+    /// Schema TOML.
+    pub schema_toml: String,
+    /// Parsed schema.
+    pub schema: confide_datasets::DatasetSchema,
+    /// Additive statistics of the whole file.
+    pub stats: Arc<Vec<f64>>,
+}
+
+impl TelcoFixture {
+    /// Loads `../shared/datasets/telco_churn` and the repository's schema.
+    pub fn load() -> Result<Self, Box<dyn std::error::Error>> {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let csv = root.join("../shared/datasets/telco_churn/WA_Fn-UseC_-Telco-Customer-Churn.csv");
+        let schema_toml = std::fs::read_to_string(root.join("datasets/schemas/telco_churn.toml"))?;
+        let schema = confide_datasets::DatasetSchema::parse(&schema_toml, "telco schema")?;
+        let table = confide_datasets::load_csv(&csv, &schema)?;
+        let stats = Arc::new(confide_datasets::local_stats(&table, &schema));
+        Ok(Self { schema_toml, schema, stats })
+    }
+
+    /// Starts `n` simulated institutions against the coordinator at `url`.
+    pub fn spawn_sims(&self, url: &str, n: usize) {
+        for i in 0..n {
+            let w = Arc::new(SimWorker::new(&format!("sim{i:04}"), i as u64 + 1, &self.schema.name, &self.schema.fingerprint(), self.stats.clone()));
+            let url = url.to_string();
+            tokio::spawn(async move { w.run(url).await });
+        }
+    }
+
+    /// A job file training an MLP of ≈ `d` parameters on this schema for `rounds` rounds among
+    /// `n` institutions, evaluating only the last round.
+    pub fn job_toml(&self, n: usize, d: usize, rounds: u64, plain: bool) -> String {
+        let hidden = (d.saturating_sub(1) / (self.schema.input_dim() + 2)).max(1);
+        format!(
+            "name = \"bench\"\ndataset = \"{}\"\ninsecure_plain_aggregation = {plain}\n[model]\nkind = \"mlp\"\nhidden = [{hidden}]\n\
+             [training]\nrounds = {rounds}\nlearning_rate = 0.01\n[selection]\nmin_workers = {n}\nround_deadline_secs = 1200\n\
+             [evaluation]\nevery = 1000000\n[secure_aggregation]\nstage_timeout_secs = 600\n",
+            self.schema.name
+        )
+    }
+}
+
+/// Submits a job and polls until it ends, printing progress to stderr.
+pub async fn submit_and_wait(url: &str, spec_toml: String, schema_toml: String) -> Result<pb::Job, Box<dyn std::error::Error>> {
+    let mut admin = AdminClient::connect(url.to_string()).await?;
+    let job_id = admin.submit_job(pb::SubmitJobRequest { spec_toml, schema_toml }).await?.into_inner().job_id;
+    loop {
+        let job = admin.get_job(pb::GetJobRequest { job_id: job_id.clone() }).await?.into_inner();
+        if matches!(job.status.as_str(), "completed" | "failed" | "cancelled") {
+            eprintln!();
+            return Ok(job);
+        }
+        eprint!("\rjob {}: round {}/{} {}", job.status, job.rounds_completed, job.rounds_total, job.error);
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+/// Median of a non-empty list (0 when empty).
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
 }

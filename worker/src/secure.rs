@@ -65,6 +65,10 @@ pub async fn contribute(
         ));
     }
     let clip = params.encoding.clip;
+    // The round-level floor was checked above on the whole participant list; the client's own
+    // checks count share holders (a SecAgg+ neighbourhood of k + 1 under a sparse graph), so
+    // they get the floor capped at that size.
+    let min = min.min(params.holders());
     let mut seed = [0u8; 32];
     rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut seed);
     let mut sa = Client::new(params, secure.participant_id, me.identity.clone(), ClientPolicy { min_participants: min }, seed)
