@@ -285,11 +285,10 @@ impl JobSpec {
         if self.dataset.trim().is_empty() {
             return bad("dataset", "must not be empty");
         }
-        if let ModelSpec::Mlp { hidden } = &self.model {
-            if hidden.is_empty() || hidden.iter().any(|&h| h == 0 || h > 65_536) {
+        if let ModelSpec::Mlp { hidden } = &self.model
+            && (hidden.is_empty() || hidden.iter().any(|&h| h == 0 || h > 65_536)) {
                 return bad("model.hidden", "needs at least one layer, each 1..=65536 wide");
             }
-        }
         let t = &self.training;
         if t.rounds == 0 || t.rounds > 100_000 {
             return bad("training.rounds", "must be in 1..=100000");
@@ -303,11 +302,10 @@ impl JobSpec {
         if !positive(t.learning_rate) {
             return bad("training.learning_rate", format!("must be a positive number, got {}", t.learning_rate));
         }
-        if let Some(w) = t.pos_weight {
-            if !positive(w) {
+        if let Some(w) = t.pos_weight
+            && !positive(w) {
                 return bad("training.pos_weight", format!("must be a positive number, got {w}"));
             }
-        }
         match &self.strategy {
             StrategySpec::FedAvg { server_learning_rate } if !positive(*server_learning_rate) => {
                 return bad("strategy.server_learning_rate", "must be a positive number");
@@ -385,7 +383,7 @@ impl JobSpec {
 
     /// Whether round `round` (1-based) is evaluated.
     pub fn evaluates(&self, round: u64) -> bool {
-        round % self.evaluation.every == 0 || round == self.training.rounds
+        round.is_multiple_of(self.evaluation.every) || round == self.training.rounds
     }
 }
 

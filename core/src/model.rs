@@ -260,7 +260,7 @@ impl ModelParams {
             Some(order) => order.split(',').map(str::to_string).collect(),
             None => {
                 let mut names: Vec<String> = file.names().into_iter().map(|n| n.to_string()).collect();
-                names.sort_by(|a, b| natural_key(a).cmp(&natural_key(b)));
+                names.sort_by_key(|a| natural_key(a));
                 names
             }
         };

@@ -83,15 +83,14 @@ impl Policy {
             }
             usage.jobs.insert(job.to_string(), JobUsage { first_seen: now, rounds: Vec::new() });
         }
-        if let (Some(round), Some(entry)) = (round, usage.jobs.get_mut(job)) {
-            if !entry.rounds.contains(&round) {
+        if let (Some(round), Some(entry)) = (round, usage.jobs.get_mut(job))
+            && !entry.rounds.contains(&round) {
                 let max = self.config.max_rounds_per_job;
                 if max > 0 && entry.rounds.len() as u64 >= max {
                     return Err(Failure::new("policy", format!("this bank contributes to at most {max} rounds of a job")));
                 }
                 entry.rounds.push(round);
             }
-        }
         if *usage != before {
             self.save(&usage)?;
         }

@@ -54,15 +54,14 @@ pub async fn run(shared: &Arc<Shared>, job_id: &str, cancel: CancellationToken) 
     if let Err(e) = status {
         tracing::error!(job = %job_id, error = %e, "could not record the job's end");
     }
-    if let Ok(Some(job)) = shared.store.job(job_id).map(|j| j.filter(|j| j.status.is_final())) {
-        if let Ok(view) = crate::jobs::job_proto(shared, &job) {
+    if let Ok(Some(job)) = shared.store.job(job_id).map(|j| j.filter(|j| j.status.is_final()))
+        && let Ok(view) = crate::jobs::job_proto(shared, &job) {
             shared.jobs.publish(pb::JobEvent {
                 job_id: job_id.into(),
                 round: job.rounds_completed,
                 kind: Some(pb::job_event::Kind::JobFinished(view)),
             });
         }
-    }
 }
 
 /// Everything fixed for the job's lifetime.
@@ -104,8 +103,8 @@ async fn drive(shared: &Arc<Shared>, job_id: &str, cancel: &CancellationToken) -
             (job, prep)
         }
     };
-    let prep_json = serde_json::to_string(&prep).map_err(|e| e.to_string())?;
     let layout = ctx.spec.model.layout(prep.input_dim());
+    let prepared = Prepared { json: serde_json::to_string(&prep).map_err(|e| e.to_string())?, rows: prep.rows };
     let (mut global, mut optimizer) = ctx.load_head(&job, &layout)?;
     let mut early = EarlyStopping::new(ctx.spec.early_stopping.clone());
     for past in shared.store.rounds(job_id).map_err(|e| e.to_string())? {
@@ -124,7 +123,7 @@ async fn drive(shared: &Arc<Shared>, job_id: &str, cancel: &CancellationToken) -
                 participants: participants.clone(),
                 rounds_total: ctx.spec.training.rounds,
             }));
-            match ctx.run_round(round, &participants, &mut global, &mut optimizer, &prep, &prep_json, job.model_hash.as_deref()).await? {
+            match ctx.run_round(round, &participants, &mut global, &mut optimizer, &prepared, job.model_hash.as_deref()).await? {
                 RoundResult::Cancelled => return Ok(Finished::Cancelled),
                 RoundResult::Failed { reason, participants } => {
                     tracing::warn!(job = %job_id, round, attempt, %reason, "round attempt failed");
@@ -165,6 +164,14 @@ async fn drive(shared: &Arc<Shared>, job_id: &str, cancel: &CancellationToken) -
         }
     }
     Ok(Finished::Completed(None))
+}
+
+/// The federation's preprocessing, as shipped in every task.
+struct Prepared {
+    /// Serialised once per job.
+    json: String,
+    /// Rows across the federation (bounds any institution's update weight).
+    rows: u64,
 }
 
 enum RoundResult {
@@ -285,10 +292,10 @@ impl JobCtx<'_> {
         participants: &[String],
         global: &mut ModelParams,
         optimizer: &mut ServerOptimizer,
-        prep: &Preprocessing,
-        prep_json: &str,
+        prep: &Prepared,
         head_hash: Option<&str>,
     ) -> Result<RoundResult, String> {
+        let prep_json = prep.json.as_str();
         let head_hash = head_hash.ok_or("job has no model checkpoint")?;
         let model = self.model_ref(head_hash)?;
         let dataset = self.dataset_ref();

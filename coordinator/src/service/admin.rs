@@ -87,11 +87,10 @@ impl Admin for AdminService {
             loop {
                 match live.recv().await {
                     Ok(ev) => {
-                        if let Some(pb::job_event::Kind::RoundCompleted(r)) = &ev.kind {
-                            if r.round <= last_round {
+                        if let Some(pb::job_event::Kind::RoundCompleted(r)) = &ev.kind
+                            && r.round <= last_round {
                                 continue;
                             }
-                        }
                         let end = matches!(ev.kind, Some(pb::job_event::Kind::JobFinished(_)));
                         if tx.send(Ok(ev)).await.is_err() || end {
                             return;
