@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The main job: a local federation on loopback — one coordinator and three bank workers, each
 # holding its own partition of the Telco churn data (../shared/datasets/telco_churn) — trains
-# the churn MLP of examples/local_federation/churn_job.toml with secure aggregation, printing
-# each round's federated metrics and the final test AUC.
+# the churn MLP of examples/local_federation/churn_job.toml with secure aggregation over mutual
+# TLS, printing each round's federated metrics and the final test AUC.
 #
 # Installs libtorch into .venv on first use, builds, and cleans up its processes on exit.
 # Everything it writes goes to .data/demo (git-ignored).
@@ -24,6 +24,17 @@ mkdir -p "$demo"
 "$bin/confide-partition" --input "$data" --schema datasets/schemas/telco_churn.toml \
   --out "$demo/partitions" --institutions 3 --scheme iid --seed 42
 
+# The federation's PKI: a CA, the coordinator's certificate, one per bank, one for the analyst.
+pki="$demo/pki"
+"$bin/confide" certs init --dir "$pki" >/dev/null
+"$bin/confide" certs issue --ca-dir "$pki" --role coordinator --name coordinator \
+  --san 127.0.0.1 --san localhost --out "$pki" >/dev/null
+for bank in bank1 bank2 bank3; do
+  "$bin/confide" certs issue --ca-dir "$pki" --role institution --name "$bank" --out "$pki" >/dev/null
+done
+"$bin/confide" certs issue --ca-dir "$pki" --role admin --name analyst --out "$pki" >/dev/null
+echo "demo: federation PKI in $pki (CA, coordinator, bank1-3, admin 'analyst')"
+
 pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
@@ -36,7 +47,7 @@ trap cleanup EXIT
   --listen 127.0.0.1:0 --addr-file "$demo/coordinator.addr" >"$demo/coordinator.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 100); do [ -s "$demo/coordinator.addr" ] && break; sleep 0.1; done
-url="http://$(cat "$demo/coordinator.addr")"
+url="https://$(cat "$demo/coordinator.addr")"
 echo "demo: coordinator at $url (log: $demo/coordinator.log)"
 
 for bank in bank1 bank2 bank3; do
@@ -46,7 +57,7 @@ for bank in bank1 bank2 bank3; do
 done
 echo "demo: workers bank1, bank2, bank3 started (logs: $demo/bank*.log)"
 
-export CONFIDE_COORDINATOR="$url"
+export CONFIDE_COORDINATOR="$url" CONFIDE_CA="$pki/ca.pem" CONFIDE_CERT="$pki/analyst.pem" CONFIDE_KEY="$pki/analyst.key"
 job=$("$bin/confide" job submit examples/local_federation/churn_job.toml)
 echo "demo: submitted job $job"
 "$bin/confide" job watch "$job"

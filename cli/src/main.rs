@@ -19,9 +19,19 @@ use tonic::transport::Channel;
 #[derive(Debug, Parser)]
 #[command(name = "confide", version)]
 struct Cli {
-    /// Coordinator URL.
-    #[arg(long, global = true, env = "CONFIDE_COORDINATOR", default_value = "http://127.0.0.1:7070")]
+    /// Coordinator URL (https:// with the admin certificate below; http:// only against an
+    /// --insecure-dev coordinator).
+    #[arg(long, global = true, env = "CONFIDE_COORDINATOR", default_value = "https://127.0.0.1:7070")]
     coordinator: String,
+    /// Federation CA certificate (PEM).
+    #[arg(long, global = true, env = "CONFIDE_CA")]
+    ca: Option<PathBuf>,
+    /// Your admin certificate (PEM), issued by `confide certs issue --role admin`.
+    #[arg(long, global = true, env = "CONFIDE_CERT")]
+    cert: Option<PathBuf>,
+    /// Your admin certificate's key (PEM).
+    #[arg(long, global = true, env = "CONFIDE_KEY")]
+    key: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -36,6 +46,48 @@ enum Command {
     Model(ModelCommand),
     /// Registered workers (institutions).
     Workers,
+    /// The federation's certificates.
+    #[command(subcommand)]
+    Certs(CertsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum CertsCommand {
+    /// Create the federation CA (`ca.pem`, `ca.key`) in a directory.
+    Init {
+        /// Directory for the CA (keep `ca.key` offline).
+        #[arg(long)]
+        dir: PathBuf,
+        /// Validity in days.
+        #[arg(long, default_value_t = 3650)]
+        days: i64,
+    },
+    /// Issue a certificate signed by the CA; prints its SHA-256 fingerprint (for revocation).
+    Issue {
+        /// Directory holding `ca.pem` and `ca.key`.
+        #[arg(long)]
+        ca_dir: PathBuf,
+        /// `coordinator`, `institution` (a bank's worker) or `admin` (the data-science team).
+        #[arg(long)]
+        role: String,
+        /// The holder's name: the institution id, the admin's name, or `coordinator`.
+        #[arg(long)]
+        name: String,
+        /// Extra host names or IP addresses the holder serves on (coordinators), repeatable.
+        #[arg(long)]
+        san: Vec<String>,
+        /// Validity in days.
+        #[arg(long, default_value_t = 365)]
+        days: i64,
+        /// Output directory for `<name>.pem` and `<name>.key`.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Print a certificate's SHA-256 fingerprint (for the coordinator's `revoked` list).
+    Fingerprint {
+        /// Certificate (PEM).
+        cert: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -107,9 +159,26 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn connect(url: &str) -> Result<AdminClient<Channel>, Failure> {
-    let channel = tonic::transport::Endpoint::from_shared(url.to_string())
-        .map_err(|e| bad_input(anyhow!("--coordinator {url:?}: {e}")))?
+async fn connect(cli: &Cli) -> Result<AdminClient<Channel>, Failure> {
+    let url = &cli.coordinator;
+    let mut endpoint = tonic::transport::Endpoint::from_shared(url.to_string())
+        .map_err(|e| bad_input(anyhow!("--coordinator {url:?}: {e}")))?;
+    match (&cli.ca, &cli.cert, &cli.key) {
+        (Some(ca), Some(cert), Some(key)) => {
+            let files = confide_tls::TlsFiles { ca: ca.clone(), cert: cert.clone(), key: key.clone() };
+            let host = endpoint.uri().host().unwrap_or_default().to_string();
+            let tls = confide_tls::client_config(&files, &host).map_err(|e| bad_input(e.into()))?;
+            endpoint = endpoint.tls_config(tls).map_err(|e| bad_input(e.into()))?;
+        }
+        (None, None, None) if url.starts_with("http://") => {}
+        (None, None, None) => {
+            return Err(bad_input(anyhow!(
+                "{url} needs an admin certificate: give --ca, --cert and --key (or CONFIDE_CA, CONFIDE_CERT, CONFIDE_KEY)"
+            )));
+        }
+        _ => return Err(bad_input(anyhow!("--ca, --cert and --key go together"))),
+    }
+    let channel = endpoint
         .connect_timeout(std::time::Duration::from_secs(5))
         .connect()
         .await
@@ -139,20 +208,42 @@ fn read_job(path: &Path) -> Result<(String, String), Failure> {
 }
 
 async fn run(cli: Cli) -> Result<u8, Failure> {
+    match &cli.command {
+        Command::Certs(CertsCommand::Init { dir, days }) => {
+            confide_tls::init_ca(dir, *days)?;
+            println!("{}", dir.join("ca.pem").display());
+            return Ok(0);
+        }
+        Command::Certs(CertsCommand::Issue { ca_dir, role, name, san, days, out }) => {
+            let role = confide_tls::Role::parse(role)
+                .ok_or_else(|| bad_input(anyhow!("--role must be coordinator, institution or admin, got {role:?}")))?;
+            let fingerprint = confide_tls::issue(ca_dir, role, name, san, *days, out).map_err(|e| bad_input(e.into()))?;
+            println!("{fingerprint}");
+            return Ok(0);
+        }
+        Command::Certs(CertsCommand::Fingerprint { cert }) => {
+            println!("{}", confide_tls::fingerprint_of(cert).map_err(|e| bad_input(e.into()))?);
+            return Ok(0);
+        }
+        _ => {}
+    }
+    // A job file is checked before anything is sent, so its mistakes are reported even offline.
+    let job_file = match &cli.command {
+        Command::Job(JobCommand::Submit { file }) => Some(read_job(file)?),
+        _ => None,
+    };
+    let mut client = connect(&cli).await?;
     match cli.command {
-        Command::Job(JobCommand::Submit { file }) => {
-            let (spec_toml, schema_toml) = read_job(&file)?;
-            let mut client = connect(&cli.coordinator).await?;
+        Command::Job(JobCommand::Submit { .. }) => {
+            let (spec_toml, schema_toml) = job_file.unwrap_or_default();
             let reply = client.submit_job(pb::SubmitJobRequest { spec_toml, schema_toml }).await.map_err(status_error)?;
             println!("{}", reply.into_inner().job_id);
         }
         Command::Job(JobCommand::List) => {
-            let mut client = connect(&cli.coordinator).await?;
             let jobs = client.list_jobs(pb::ListJobsRequest {}).await.map_err(status_error)?.into_inner().jobs;
             print!("{}", view::job_table(&jobs));
         }
         Command::Job(JobCommand::Get { id, json }) => {
-            let mut client = connect(&cli.coordinator).await?;
             let job = client.get_job(pb::GetJobRequest { job_id: id }).await.map_err(status_error)?.into_inner();
             if json {
                 println!("{}", serde_json::to_string_pretty(&view::job_json(&job))?);
@@ -161,17 +252,14 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             }
         }
         Command::Job(JobCommand::Watch { id }) => {
-            let mut client = connect(&cli.coordinator).await?;
             let stream = client.watch_job(pb::WatchJobRequest { job_id: id }).await.map_err(status_error)?.into_inner();
             return view::watch(stream).await.map_err(Failure::from);
         }
         Command::Job(JobCommand::Cancel { id }) => {
-            let mut client = connect(&cli.coordinator).await?;
             let job = client.cancel_job(pb::CancelJobRequest { job_id: id }).await.map_err(status_error)?.into_inner();
             println!("{} {}", job.id, job.status);
         }
         Command::Model(ModelCommand::Pull { id, output }) => {
-            let mut client = connect(&cli.coordinator).await?;
             let mut stream =
                 client.fetch_model(pb::FetchModelRequest { job_id: id.clone() }).await.map_err(status_error)?.into_inner();
             let mut bytes = Vec::new();
@@ -185,8 +273,8 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             std::fs::write(&path, &bytes).with_context(|| format!("writing {}", path.display()))?;
             println!("{} ({} bytes, sha256 {})", path.display(), bytes.len(), confide_core::sha256_hex(&bytes));
         }
+        Command::Certs(_) => {}
         Command::Workers => {
-            let mut client = connect(&cli.coordinator).await?;
             let workers = client.list_workers(pb::ListWorkersRequest {}).await.map_err(status_error)?.into_inner().workers;
             for w in workers {
                 let datasets: Vec<&str> = w.datasets.iter().map(|d| d.name.as_str()).collect();

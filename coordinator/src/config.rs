@@ -24,6 +24,17 @@ pub struct CoordinatorConfig {
     /// Concurrent streams allowed per connection.
     #[serde(default = "default_max_concurrent_streams")]
     pub max_concurrent_streams: u32,
+    /// Mutual TLS: the federation CA, this coordinator's certificate and key. Required unless
+    /// started with `--insecure-dev`.
+    #[serde(default)]
+    pub tls: Option<confide_tls::TlsFiles>,
+    /// SHA-256 fingerprints of revoked certificates (as printed by `confide certs issue`).
+    #[serde(default)]
+    pub revoked: Vec<String>,
+    /// Plaintext without client authentication, for development only (`--insecure-dev`; never
+    /// read from the file).
+    #[serde(skip)]
+    pub insecure_dev: bool,
 }
 
 fn default_listen() -> SocketAddr {
@@ -50,6 +61,9 @@ impl Default for CoordinatorConfig {
             max_contribution_bytes: default_max_contribution_bytes(),
             max_message_bytes: default_max_message_bytes(),
             max_concurrent_streams: default_max_concurrent_streams(),
+            tls: None,
+            revoked: Vec::new(),
+            insecure_dev: false,
         }
     }
 }
@@ -57,8 +71,16 @@ impl Default for CoordinatorConfig {
 pub use confide_core::config_file::ConfigError;
 
 impl CoordinatorConfig {
-    /// Reads a TOML configuration file.
+    /// Reads a TOML configuration file; relative paths are resolved against its directory.
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        confide_core::config_file::read_toml(path)
+        let mut cfg: Self = confide_core::config_file::read_toml(path)?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        if cfg.data_dir.is_relative() {
+            cfg.data_dir = base.join(&cfg.data_dir);
+        }
+        if let Some(tls) = &mut cfg.tls {
+            tls.resolve(base);
+        }
+        Ok(cfg)
     }
 }

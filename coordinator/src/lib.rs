@@ -45,11 +45,24 @@ pub enum RunError {
     /// The gRPC server failed.
     #[error("gRPC server: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// TLS is not configured, or its files are unusable.
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 /// Opens the store, resumes unfinished jobs and serves both services on `listener` until
 /// `shutdown` completes.
 pub async fn run(config: CoordinatorConfig, listener: TcpListener, shutdown: impl Future<Output = ()> + Send) -> Result<(), RunError> {
+    let tls = match (&config.tls, config.insecure_dev) {
+        (Some(files), _) => Some(confide_tls::server_config(files).map_err(|e| RunError::Tls(e.to_string()))?),
+        (None, true) => {
+            tracing::warn!("INSECURE development mode: plaintext gRPC, no client certificates; never use with real data");
+            None
+        }
+        (None, false) => {
+            return Err(RunError::Tls("mutual TLS is required: configure [tls] (ca, cert, key), or pass --insecure-dev for a plaintext development coordinator".into()));
+        }
+    };
     let store = store::Store::open(&config.data_dir)?;
     let shared = Arc::new(Shared { store, hub: hub::Hub::default(), jobs: jobs::Jobs::default(), config });
     let resumed = jobs::resume_all(&shared)?;
@@ -70,7 +83,11 @@ pub async fn run(config: CoordinatorConfig, listener: TcpListener, shutdown: imp
         stopping.jobs.stop_all();
         stopping.hub.disconnect_all();
     };
-    tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls)?;
+    }
+    builder
         .concurrency_limit_per_connection(shared.config.max_concurrent_streams as usize)
         .max_concurrent_streams(Some(shared.config.max_concurrent_streams))
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)))

@@ -60,15 +60,61 @@ pub struct Cluster {
     /// The coordinator's address (`127.0.0.1:port`), stable across restarts.
     pub addr: String,
     workers: BTreeMap<String, Child>,
+    /// Plaintext development mode (`--insecure-dev`) instead of mutual TLS.
+    insecure: bool,
+    /// Certificate fingerprints the coordinator refuses (applied at its next start).
+    pub revoked: Vec<String>,
 }
 
 impl Cluster {
-    /// Starts a coordinator on a free port.
+    /// Starts a coordinator with mutual TLS on a free port; the federation's PKI (CA,
+    /// coordinator and admin certificates) is made with `confide certs`.
     pub fn start() -> Self {
+        Self::start_with(false)
+    }
+
+    /// Starts a plaintext `--insecure-dev` coordinator (for tests that inspect the bytes on the
+    /// wire, which TLS would hide).
+    pub fn start_insecure() -> Self {
+        Self::start_with(true)
+    }
+
+    fn start_with(insecure: bool) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut c = Self { dir, coordinator: None, addr: "127.0.0.1:0".into(), workers: BTreeMap::new() };
+        let mut c = Self { dir, coordinator: None, addr: "127.0.0.1:0".into(), workers: BTreeMap::new(), insecure, revoked: Vec::new() };
+        if !insecure {
+            let pki = c.pki();
+            c.certs(&["init", "--dir", &pki]);
+            c.issue("coordinator", "coordinator", &["--san", "127.0.0.1", "--san", "localhost"]);
+            c.issue("admin", "tester", &[]);
+        }
         c.start_coordinator();
         c
+    }
+
+    /// The PKI directory (CA and every issued certificate).
+    pub fn pki(&self) -> String {
+        self.dir.path().join("pki").display().to_string()
+    }
+
+    fn certs(&self, args: &[&str]) -> String {
+        let out = Command::new(binary("confide")).arg("certs").args(args).output().expect("run confide certs");
+        assert!(out.status.success(), "confide certs {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// Issues a certificate (`role`, `name`) in the PKI directory; returns its fingerprint.
+    pub fn issue(&self, role: &str, name: &str, extra: &[&str]) -> String {
+        let pki = self.pki();
+        let mut args = vec!["issue", "--ca-dir", &pki, "--role", role, "--name", name, "--out", &pki];
+        args.extend_from_slice(extra);
+        self.certs(&args)
+    }
+
+    /// (ca, cert, key) paths of a holder's TLS files.
+    pub fn tls_files(&self, name: &str) -> (PathBuf, PathBuf, PathBuf) {
+        let pki = self.dir.path().join("pki");
+        (pki.join("ca.pem"), pki.join(format!("{name}.pem")), pki.join(format!("{name}.key")))
     }
 
     /// A coordinator and `banks` Telco workers (`bank1`..), each on its own IID partition.
@@ -84,7 +130,7 @@ impl Cluster {
 
     /// The coordinator's URL.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("{}://{}", if self.insecure { "http" } else { "https" }, self.addr)
     }
 
     fn log(&self, name: &str) -> std::fs::File {
@@ -100,7 +146,20 @@ impl Cluster {
     pub fn start_coordinator(&mut self) {
         let addr_file = self.dir.path().join("coordinator.addr");
         let _ = std::fs::remove_file(&addr_file);
-        let child = Command::new(binary("confide-coordinator"))
+        let config = self.dir.path().join("coordinator.toml");
+        let mut toml = format!("revoked = {:?}\n", self.revoked);
+        if !self.insecure {
+            let (ca, cert, key) = self.tls_files("coordinator");
+            toml.push_str(&format!("[tls]\nca = {:?}\ncert = {:?}\nkey = {:?}\n", ca, cert, key));
+        }
+        std::fs::write(&config, toml).expect("coordinator config");
+        let mut cmd = Command::new(binary("confide-coordinator"));
+        if self.insecure {
+            cmd.arg("--insecure-dev");
+        }
+        let child = cmd
+            .arg("--config")
+            .arg(&config)
             .args(["--listen", &self.addr, "--data-dir"])
             .arg(self.dir.path().join("coordinator"))
             .arg("--addr-file")
@@ -143,13 +202,21 @@ impl Cluster {
         self.spawn_worker_with_env(id, &config, env);
     }
 
-    /// Writes a worker configuration file and returns its path.
+    /// Writes a worker configuration file (issuing the institution's certificate) and returns
+    /// its path.
     pub fn write_worker_config(&self, id: &str, datasets: &[(&str, &Path, &Path, &Path)], extra_toml: &str) -> PathBuf {
         let mut toml = format!(
             "coordinator = \"{}\"\ninstitution_id = \"{id}\"\ndata_dir = \"{}\"\n{extra_toml}\n[compute]\ndevice = \"cpu\"\nthreads = 1\n",
             self.url(),
             self.dir.path().join(id).display()
         );
+        if !self.insecure {
+            if !self.tls_files(id).1.exists() {
+                self.issue("institution", id, &[]);
+            }
+            let (ca, cert, key) = self.tls_files(id);
+            toml.push_str(&format!("\n[tls]\nca = {:?}\ncert = {:?}\nkey = {:?}\n", ca, cert, key));
+        }
         for (name, schema, train, test) in datasets {
             toml.push_str(&format!(
                 "\n[[datasets]]\nname = \"{name}\"\nschema = \"{}\"\ntrain = \"{}\"\ntest = \"{}\"\n",
@@ -170,7 +237,11 @@ impl Cluster {
 
     /// Starts a worker with extra environment variables.
     pub fn spawn_worker_with_env(&mut self, id: &str, config: &Path, env: &[(&str, &str)]) {
-        let child = Command::new(binary("confide-worker"))
+        let mut cmd = Command::new(binary("confide-worker"));
+        if self.insecure {
+            cmd.arg("--insecure-dev");
+        }
+        let child = cmd
             .arg("--config")
             .arg(config)
             .envs(env.iter().copied())
@@ -190,14 +261,31 @@ impl Cluster {
         }
     }
 
-    /// Runs the `confide` CLI against this coordinator.
+    /// Runs the `confide` CLI against this coordinator, as the admin `tester`.
     pub fn confide(&self, args: &[&str]) -> Output {
-        Command::new(binary("confide"))
-            .args(args)
-            .env("CONFIDE_COORDINATOR", self.url())
-            .stdin(Stdio::null())
-            .output()
-            .expect("run confide")
+        self.confide_as("tester", args)
+    }
+
+    /// Runs the `confide` CLI with `name`'s certificate.
+    pub fn confide_as(&self, name: &str, args: &[&str]) -> Output {
+        let mut cmd = Command::new(binary("confide"));
+        cmd.args(args).env("CONFIDE_COORDINATOR", self.url()).stdin(Stdio::null());
+        if !self.insecure {
+            let (ca, cert, key) = self.tls_files(name);
+            cmd.env("CONFIDE_CA", ca).env("CONFIDE_CERT", cert).env("CONFIDE_KEY", key);
+        }
+        cmd.output().expect("run confide")
+    }
+
+    /// A gRPC channel to the coordinator presenting `name`'s certificate (plaintext when insecure).
+    pub async fn channel_as(&self, name: &str) -> tonic::transport::Channel {
+        let mut endpoint = tonic::transport::Endpoint::from_shared(self.url()).expect("url");
+        if !self.insecure {
+            let (ca, cert, key) = self.tls_files(name);
+            let files = confide_tls::TlsFiles { ca, cert, key };
+            endpoint = endpoint.tls_config(confide_tls::client_config(&files, "127.0.0.1").expect("tls")).expect("tls config");
+        }
+        endpoint.connect().await.expect("connect")
     }
 
     /// Writes a job file (its `schema` pointing at the Telco schema) and submits it; returns the id.

@@ -122,7 +122,8 @@ async fn malformed_contributions_are_refused_and_the_round_survives() {
     let partition = partition_telco(&cluster.dir.path().join("partition"), 3, 9);
     cluster.add_telco_worker("bank1", &partition);
     cluster.add_telco_worker("bank2", &partition);
-    let mut client = FederationClient::connect(cluster.url()).await.expect("connect");
+    cluster.issue("institution", "mallory", &[]);
+    let mut client = FederationClient::new(cluster.channel_as("mallory").await);
 
     // Unregistered senders are refused outright.
     let payload = Contribution { body: Some(Body::Plain(PlainVector { values: vec![1.0] })) }.encode_to_vec();

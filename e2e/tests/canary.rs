@@ -64,7 +64,9 @@ fn plant(path: &std::path::Path, tag: &str) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_canary_from_the_data_appears_in_any_byte_the_worker_sends() {
-    let mut cluster = Cluster::start();
+    // Plaintext on purpose: the point is to read every byte the worker sends, which mutual TLS
+    // (the default everywhere else) would encrypt.
+    let mut cluster = Cluster::start_insecure();
     let partition = partition_telco(&cluster.dir.path().join("partition"), 3, 11);
     let mut canaries = plant(&partition.join("bank1/train.csv"), "TR");
     canaries.extend(plant(&partition.join("bank1/test.csv"), "TE"));

@@ -27,6 +27,13 @@ pub struct WorkerConfig {
     /// Compute settings.
     #[serde(default)]
     pub compute: ComputeConfig,
+    /// Mutual TLS: the federation CA, this institution's certificate and key (whose Ed25519 key
+    /// also signs its secure-aggregation advertisements). Required unless `--insecure-dev`.
+    #[serde(default)]
+    pub tls: Option<confide_tls::TlsFiles>,
+    /// Plaintext, unauthenticated development mode (`--insecure-dev`; never read from the file).
+    #[serde(skip)]
+    pub insecure_dev: bool,
 }
 
 /// A local dataset: a schema and its train/test files.
@@ -100,12 +107,11 @@ pub use confide_core::config_file::ConfigError;
 
 impl WorkerConfig {
     /// Reads and validates a configuration file, resolving relative paths against its directory.
+    /// Validation (see [`Self::validate`]) is left to the caller, after command-line overrides.
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
         let mut cfg: WorkerConfig = confide_core::config_file::read_toml(path)?;
-        let invalid = |message: String| ConfigError::Invalid { path: path.into(), message };
         let base = path.parent().unwrap_or(Path::new("."));
         cfg.resolve(base);
-        cfg.validate().map_err(invalid)?;
         Ok(cfg)
     }
 
@@ -116,6 +122,9 @@ impl WorkerConfig {
             }
         };
         abs(&mut self.data_dir);
+        if let Some(tls) = &mut self.tls {
+            tls.resolve(base);
+        }
         for d in &mut self.datasets {
             abs(&mut d.schema);
             abs(&mut d.train);
@@ -129,8 +138,17 @@ impl WorkerConfig {
         if id.is_empty() || id.len() > 128 || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)) {
             return Err(format!("field `institution_id`: must be 1-128 characters of [A-Za-z0-9._-], got {id:?}"));
         }
-        if !(self.coordinator.starts_with("http://") || self.coordinator.starts_with("https://")) {
-            return Err(format!("field `coordinator`: must be an http:// or https:// URL, got {:?}", self.coordinator));
+        match (&self.tls, self.insecure_dev) {
+            (Some(_), _) if !self.coordinator.starts_with("https://") => {
+                return Err(format!("field `coordinator`: with [tls] the URL must be https://, got {:?}", self.coordinator));
+            }
+            (None, false) => {
+                return Err("field `tls`: mutual TLS is required (ca, cert, key); --insecure-dev allows plaintext for development".into());
+            }
+            (None, true) if !self.coordinator.starts_with("http://") => {
+                return Err(format!("field `coordinator`: without TLS the URL must be http://, got {:?}", self.coordinator));
+            }
+            _ => {}
         }
         let mut names: Vec<&str> = self.datasets.iter().map(|d| d.name.as_str()).collect();
         names.sort_unstable();

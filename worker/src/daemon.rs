@@ -44,6 +44,9 @@ pub enum StartError {
     /// The identity key could not be loaded or created.
     #[error(transparent)]
     Identity(#[from] crate::identity::IdentityError),
+    /// The TLS files are unusable.
+    #[error("tls: {0}")]
+    Tls(#[from] confide_tls::TlsError),
     /// The bank's policy state could not be loaded.
     #[error("policy: {0}")]
     Policy(Failure),
@@ -77,7 +80,12 @@ impl Worker {
             let ds = LocalDataset::open(d.clone()).map_err(|failure| StartError::Dataset { name: d.name.clone(), failure })?;
             datasets.insert(d.name.clone(), Arc::new(ds));
         }
-        let identity = crate::identity::load_or_create(&config.data_dir)?;
+        // With TLS the certificate's key is the identity (bound by the federation CA); the
+        // generated key file is for development without TLS.
+        let identity = match &config.tls {
+            Some(tls) => tls.signing_key()?,
+            None => crate::identity::load_or_create(&config.data_dir)?,
+        };
         if let Some(t) = config.compute.threads {
             crate::ml::set_cpu_threads(t);
         }
@@ -146,8 +154,14 @@ pub async fn run(worker: Arc<Worker>, shutdown: impl Future<Output = ()>) {
 type Running = HashMap<String, (mpsc::Sender<Vec<u8>>, CancellationToken)>;
 
 async fn session(worker: &Arc<Worker>, registered: &mut bool) -> Result<(), tonic::Status> {
-    let channel = Endpoint::from_shared(worker.config.coordinator.clone())
-        .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?
+    let mut endpoint =
+        Endpoint::from_shared(worker.config.coordinator.clone()).map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
+    if let Some(files) = &worker.config.tls {
+        let host = endpoint.uri().host().unwrap_or_default().to_string();
+        let tls = confide_tls::client_config(files, &host).map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
+        endpoint = endpoint.tls_config(tls).map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
+    }
+    let channel = endpoint
         .connect_timeout(Duration::from_secs(5))
         .http2_keep_alive_interval(Duration::from_secs(10))
         .keep_alive_timeout(Duration::from_secs(20))

@@ -11,7 +11,8 @@ use confide_benches::sim::{TelcoFixture, median, submit_and_wait};
 
 async fn run_job(fixture: &TelcoFixture, n: usize, d: usize, rounds: u64, plain: bool) -> Result<Vec<f64>, Box<dyn std::error::Error>> {
     let dir = tempfile::tempdir()?;
-    let config = confide_coordinator::CoordinatorConfig { data_dir: dir.path().join("coordinator"), ..Default::default() };
+    // Plaintext: this measures aggregation, not TLS (the load bench runs with mutual TLS).
+    let config = confide_coordinator::CoordinatorConfig { data_dir: dir.path().join("coordinator"), insecure_dev: true, ..Default::default() };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}", listener.local_addr()?);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

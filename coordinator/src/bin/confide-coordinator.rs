@@ -24,6 +24,9 @@ struct Args {
     /// Write the bound address to this file once listening (for scripts using port 0).
     #[arg(long)]
     addr_file: Option<PathBuf>,
+    /// Serve plaintext gRPC without client certificates. Development only: prints a warning.
+    #[arg(long)]
+    insecure_dev: bool,
 }
 
 #[tokio::main]
@@ -50,6 +53,10 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     }
     if let Some(dir) = args.data_dir {
         config.data_dir = dir;
+    }
+    config.insecure_dev = args.insecure_dev;
+    if args.insecure_dev {
+        eprintln!("confide-coordinator: WARNING: --insecure-dev: plaintext, unauthenticated connections (development only)");
     }
     let listener = tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
     let addr = listener.local_addr()?;

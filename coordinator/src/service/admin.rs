@@ -9,6 +9,7 @@ use tonic::{Request, Response, Status};
 
 use crate::Shared;
 use crate::jobs::{self, SubmitError};
+use crate::service::auth;
 use crate::service::federation::blob_stream;
 
 /// The `Admin` service.
@@ -21,6 +22,10 @@ impl AdminService {
     /// A service over the coordinator's shared state.
     pub fn new(shared: Arc<Shared>) -> Self {
         Self { shared }
+    }
+
+    fn authorize<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        auth::require_admin(&auth::caller(&self.shared, request)?)
     }
 
     fn job(&self, id: &str) -> Result<crate::store::JobRecord, Status> {
@@ -41,6 +46,7 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'stati
 #[tonic::async_trait]
 impl Admin for AdminService {
     async fn submit_job(&self, request: Request<pb::SubmitJobRequest>) -> Result<Response<pb::SubmitJobResponse>, Status> {
+        self.authorize(&request)?;
         let r = request.into_inner();
         let job_id = jobs::submit(&self.shared, &r.spec_toml, &r.schema_toml).map_err(|e| match e {
             SubmitError::Store(e) => Status::internal(e.to_string()),
@@ -50,13 +56,15 @@ impl Admin for AdminService {
         Ok(Response::new(pb::SubmitJobResponse { job_id }))
     }
 
-    async fn list_jobs(&self, _: Request<pb::ListJobsRequest>) -> Result<Response<pb::ListJobsResponse>, Status> {
+    async fn list_jobs(&self, request: Request<pb::ListJobsRequest>) -> Result<Response<pb::ListJobsResponse>, Status> {
+        self.authorize(&request)?;
         let records = self.shared.store.jobs().map_err(|e| Status::internal(e.to_string()))?;
         let jobs = records.iter().map(|j| self.view(j)).collect::<Result<_, _>>()?;
         Ok(Response::new(pb::ListJobsResponse { jobs }))
     }
 
     async fn get_job(&self, request: Request<pb::GetJobRequest>) -> Result<Response<pb::Job>, Status> {
+        self.authorize(&request)?;
         let job = self.job(&request.into_inner().job_id)?;
         Ok(Response::new(self.view(&job)?))
     }
@@ -64,6 +72,7 @@ impl Admin for AdminService {
     type WatchJobStream = BoxStream<pb::JobEvent>;
 
     async fn watch_job(&self, request: Request<pb::WatchJobRequest>) -> Result<Response<Self::WatchJobStream>, Status> {
+        self.authorize(&request)?;
         let id = request.into_inner().job_id;
         // Subscribe before reading history so no event falls between the two.
         let mut live = self.shared.jobs.subscribe(&id);
@@ -107,6 +116,7 @@ impl Admin for AdminService {
     }
 
     async fn cancel_job(&self, request: Request<pb::CancelJobRequest>) -> Result<Response<pb::Job>, Status> {
+        self.authorize(&request)?;
         let id = request.into_inner().job_id;
         let job = jobs::cancel(&self.shared, &id)
             .map_err(|e| Status::internal(e.to_string()))?
@@ -117,12 +127,14 @@ impl Admin for AdminService {
     type FetchModelStream = BoxStream<pb::BlobChunk>;
 
     async fn fetch_model(&self, request: Request<pb::FetchModelRequest>) -> Result<Response<Self::FetchModelStream>, Status> {
+        self.authorize(&request)?;
         let job = self.job(&request.into_inner().job_id)?;
         let hash = job.model_hash.ok_or_else(|| Status::failed_precondition("the job has no model yet"))?;
         Ok(Response::new(blob_stream(&self.shared, &hash)?))
     }
 
-    async fn list_workers(&self, _: Request<pb::ListWorkersRequest>) -> Result<Response<pb::ListWorkersResponse>, Status> {
+    async fn list_workers(&self, request: Request<pb::ListWorkersRequest>) -> Result<Response<pb::ListWorkersResponse>, Status> {
+        self.authorize(&request)?;
         let records = self.shared.store.workers().map_err(|e| Status::internal(e.to_string()))?;
         let connected = self.shared.hub.connected();
         let workers = records

@@ -15,6 +15,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::Shared;
 use crate::hub::{Inbound, WorkerInfo};
+use crate::service::auth::{self, Caller};
 
 /// Protocol version spoken by this coordinator.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -61,8 +62,18 @@ pub fn blob_stream(shared: &Shared, hash: &str) -> Result<BoxStream<pb::BlobChun
 #[tonic::async_trait]
 impl Federation for FederationService {
     async fn register(&self, request: Request<RegisterRequest>) -> Result<Response<RegisterResponse>, Status> {
-        let r = request.into_inner();
+        let caller = auth::caller(&self.shared, &request)?;
+        let mut r = request.into_inner();
         validate_id("institution_id", &r.institution_id)?;
+        auth::require_institution(&caller, &r.institution_id)?;
+        if let Caller::Verified(peer) = &caller {
+            // The certificate's key is the institution's signing key: a claimed one must match.
+            let key = peer.ed25519.ok_or_else(|| Status::permission_denied("institution certificates must carry an Ed25519 key"))?;
+            if !r.signing_public_key.is_empty() && r.signing_public_key != key {
+                return Err(Status::invalid_argument("signing_public_key differs from the key in the client certificate"));
+            }
+            r.signing_public_key = key.to_vec();
+        }
         for d in &r.datasets {
             if d.name.is_empty() || d.name.len() > 256 || d.schema_fingerprint.len() != 64 {
                 return Err(Status::invalid_argument(format!("dataset offer {:?} needs a name and a 64-hex-digit schema fingerprint", d.name)));
@@ -94,8 +105,10 @@ impl Federation for FederationService {
     type SubscribeStream = ReceiverStream<Result<Task, Status>>;
 
     async fn subscribe(&self, request: Request<SubscribeRequest>) -> Result<Response<Self::SubscribeStream>, Status> {
+        let caller = auth::caller(&self.shared, &request)?;
         let worker_id = request.into_inner().worker_id;
         validate_id("worker_id", &worker_id)?;
+        auth::require_institution(&caller, &worker_id)?;
         if !self.shared.hub.is_registered(&worker_id) {
             return Err(Status::unauthenticated(format!("unknown worker `{worker_id}`: register first")));
         }
@@ -110,7 +123,9 @@ impl Federation for FederationService {
         &self,
         request: Request<DownloadModelRequest>,
     ) -> Result<Response<Self::DownloadModelStream>, Status> {
+        let caller = auth::caller(&self.shared, &request)?;
         let r = request.into_inner();
+        auth::require_institution(&caller, &r.worker_id)?;
         if !self.shared.hub.is_registered(&r.worker_id) {
             return Err(Status::unauthenticated(format!("unknown worker `{}`: register first", r.worker_id)));
         }
@@ -118,12 +133,14 @@ impl Federation for FederationService {
     }
 
     async fn submit(&self, request: Request<Streaming<SubmitChunk>>) -> Result<Response<SubmitAck>, Status> {
+        let caller = auth::caller(&self.shared, &request)?;
         let mut stream = request.into_inner();
         let header = match stream.message().await?.and_then(|c| c.part) {
             Some(Part::Header(h)) => h,
             Some(Part::Data(_)) => return Err(Status::invalid_argument("the first chunk of a submission must be its header")),
             None => return Err(Status::invalid_argument("empty submission")),
         };
+        auth::require_institution(&caller, &header.worker_id)?;
         if !self.shared.hub.is_registered(&header.worker_id) {
             return Err(Status::unauthenticated(format!("unknown worker `{}`: register first", header.worker_id)));
         }

@@ -1,4 +1,6 @@
-//! gRPC services: [`federation`] for bank workers, [`admin`] for the data-science team.
+//! gRPC services: [`federation`] for bank workers, [`admin`] for the data-science team, and
+//! [`auth`], who the caller is.
 
 pub mod admin;
+pub mod auth;
 pub mod federation;

@@ -17,6 +17,9 @@ struct Args {
     /// Coordinator URL, overriding the configuration file's `coordinator`.
     #[arg(long)]
     coordinator: Option<String>,
+    /// Connect in plaintext without a certificate. Development only: prints a warning.
+    #[arg(long)]
+    insecure_dev: bool,
 }
 
 #[tokio::main]
@@ -30,8 +33,12 @@ async fn main() -> ExitCode {
             if let Some(url) = args.coordinator {
                 c.coordinator = url;
             }
+            c.insecure_dev = args.insecure_dev && c.tls.is_none();
+            if c.insecure_dev {
+                eprintln!("confide-worker: WARNING: --insecure-dev: plaintext, unauthenticated connection (development only)");
+            }
             if let Err(e) = c.validate() {
-                eprintln!("confide-worker: {e}");
+                eprintln!("confide-worker: {}: {e}", args.config.display());
                 return ExitCode::from(2);
             }
             c
