@@ -25,36 +25,42 @@ pub struct SimWorker {
     /// Additive statistics of its (real) training rows, contributed in the statistics phase.
     stats: Arc<Vec<f64>>,
     offer: DatasetOffer,
+    tls: Option<confide_tls::TlsFiles>,
 }
 
 impl SimWorker {
     /// A simulated institution offering `dataset` with `fingerprint`, whose statistics phase
-    /// contributes `stats`.
+    /// contributes `stats`. With `tls` it connects with that certificate, whose key is its
+    /// signing key; without, it uses a key derived from `seed` (plaintext coordinators only).
     pub fn new(
         id: &str,
         seed: u64,
         dataset: &str,
         fingerprint: &str,
         stats: Arc<Vec<f64>>,
-    ) -> Self {
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-        let mut secret = [0u8; 32];
-        rng.fill(&mut secret);
-        Self {
-            id: id.into(),
-            key: ed25519_dalek::SigningKey::from_bytes(&secret),
-            stats,
-            offer: DatasetOffer {
-                name: dataset.into(),
-                schema_fingerprint: fingerprint.into(),
-            },
-        }
+        tls: Option<confide_tls::TlsFiles>,
+    ) -> Result<Self, confide_tls::TlsError> {
+        let key = match &tls {
+            Some(files) => files.signing_key()?,
+            None => {
+                let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+                let mut secret = [0u8; 32];
+                rng.fill(&mut secret);
+                ed25519_dalek::SigningKey::from_bytes(&secret)
+            }
+        };
+        let offer = DatasetOffer { name: dataset.into(), schema_fingerprint: fingerprint.into() };
+        Ok(Self { id: id.into(), key, stats, offer, tls })
     }
 
     /// Registers, subscribes and serves tasks until the stream ends.
     pub async fn run(self: Arc<Self>, url: String) -> Result<(), tonic::Status> {
-        let channel = tonic::transport::Endpoint::from_shared(url)
-            .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?
+        let mut endpoint = tonic::transport::Endpoint::from_shared(url).map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
+        if let Some(files) = &self.tls {
+            let tls = confide_tls::client_config(files, "127.0.0.1").map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
+            endpoint = endpoint.tls_config(tls).map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
+        }
+        let channel = endpoint
             .connect()
             .await
             .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
@@ -225,13 +231,28 @@ impl TelcoFixture {
         Ok(Self { schema_toml, schema, stats })
     }
 
-    /// Starts `n` simulated institutions against the coordinator at `url`.
-    pub fn spawn_sims(&self, url: &str, n: usize) {
+    /// Starts `n` simulated institutions against the coordinator at `url`; with `pki` (a CA
+    /// directory) each gets its own institution certificate issued there.
+    pub fn spawn_sims(&self, url: &str, n: usize, pki: Option<&std::path::Path>) -> Result<(), Box<dyn std::error::Error>> {
         for i in 0..n {
-            let w = Arc::new(SimWorker::new(&format!("sim{i:04}"), i as u64 + 1, &self.schema.name, &self.schema.fingerprint(), self.stats.clone()));
+            let id = format!("sim{i:04}");
+            let tls = match pki {
+                Some(dir) => {
+                    confide_tls::issue(dir, confide_tls::Role::Institution, &id, &[], 1, dir)?;
+                    Some(confide_tls::TlsFiles { ca: dir.join("ca.pem"), cert: dir.join(format!("{id}.pem")), key: dir.join(format!("{id}.key")) })
+                }
+                None => None,
+            };
+            let w = Arc::new(SimWorker::new(&id, i as u64 + 1, &self.schema.name, &self.schema.fingerprint(), self.stats.clone(), tls)?);
             let url = url.to_string();
-            tokio::spawn(async move { w.run(url).await });
+            tokio::spawn(async move {
+                let id = w.id.clone();
+                if let Err(e) = w.run(url).await {
+                    eprintln!("{id}: {e}");
+                }
+            });
         }
+        Ok(())
     }
 
     /// A job file training an MLP of ≈ `d` parameters on this schema for `rounds` rounds among
@@ -247,9 +268,19 @@ impl TelcoFixture {
     }
 }
 
-/// Submits a job and polls until it ends, printing progress to stderr.
-pub async fn submit_and_wait(url: &str, spec_toml: String, schema_toml: String) -> Result<pb::Job, Box<dyn std::error::Error>> {
-    let mut admin = AdminClient::connect(url.to_string()).await?;
+/// Submits a job and polls until it ends, printing progress to stderr. `admin` is the admin's
+/// TLS files (None against a plaintext coordinator).
+pub async fn submit_and_wait(
+    url: &str,
+    admin: Option<&confide_tls::TlsFiles>,
+    spec_toml: String,
+    schema_toml: String,
+) -> Result<pb::Job, Box<dyn std::error::Error>> {
+    let mut endpoint = tonic::transport::Endpoint::from_shared(url.to_string())?;
+    if let Some(files) = admin {
+        endpoint = endpoint.tls_config(confide_tls::client_config(files, "127.0.0.1")?)?;
+    }
+    let mut admin = AdminClient::new(endpoint.connect().await?);
     let job_id = admin.submit_job(pb::SubmitJobRequest { spec_toml, schema_toml }).await?.into_inner().job_id;
     loop {
         let job = admin.get_job(pb::GetJobRequest { job_id: job_id.clone() }).await?.into_inner();

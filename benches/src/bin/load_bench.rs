@@ -1,7 +1,7 @@
-//! Load: N simulated institutions (default 200) in this process, connected over real gRPC to
-//! a real `confide-coordinator` process, running securely aggregated rounds of a model with
-//! ≈ d parameters (default 10^5). Reports round times and the coordinator's peak RSS (VmHWM).
-//! (Plain TCP for now: mutual TLS is not built yet.)
+//! Load: N simulated institutions (default 200) in this process, each with its own institution
+//! certificate, connected over gRPC with mutual TLS to a real `confide-coordinator` process,
+//! running securely aggregated rounds of a model with ≈ d parameters (default 10^5). Reports
+//! round times and the coordinator's peak RSS (VmHWM).
 //!
 //! `cargo run --release -p confide-benches --bin load_bench -- [N] [d] [rounds]`
 
@@ -26,7 +26,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let exe = std::env::current_exe()?;
     let coordinator = exe.parent().ok_or("no target dir")?.join("confide-coordinator");
     let addr_file = dir.path().join("addr");
+    let pki = dir.path().join("pki");
+    confide_tls::init_ca(&pki, 1)?;
+    confide_tls::issue(&pki, confide_tls::Role::Coordinator, "coordinator", &["127.0.0.1".into()], 1, &pki)?;
+    confide_tls::issue(&pki, confide_tls::Role::Admin, "bench", &[], 1, &pki)?;
+    let files = |name: &str| confide_tls::TlsFiles { ca: pki.join("ca.pem"), cert: pki.join(format!("{name}.pem")), key: pki.join(format!("{name}.key")) };
+    let config = dir.path().join("coordinator.toml");
+    let c = files("coordinator");
+    std::fs::write(&config, format!("[tls]\nca = {:?}\ncert = {:?}\nkey = {:?}\n", c.ca, c.cert, c.key))?;
     let mut child = Command::new(&coordinator)
+        .arg("--config")
+        .arg(&config)
         .args(["--listen", "127.0.0.1:0", "--data-dir"])
         .arg(dir.path().join("coordinator"))
         .arg("--addr-file")
@@ -41,9 +51,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    let url = format!("http://{}", addr.trim());
-    fixture.spawn_sims(&url, n);
-    let job = submit_and_wait(&url, fixture.job_toml(n, d, rounds, false), fixture.schema_toml.clone()).await;
+    let url = format!("https://{}", addr.trim());
+    fixture.spawn_sims(&url, n, Some(&pki))?;
+    let job = submit_and_wait(&url, Some(&files("bench")), fixture.job_toml(n, d, rounds, false), fixture.schema_toml.clone()).await;
     let rss = peak_rss_kib(child.id());
     let _ = child.kill();
     let _ = child.wait();

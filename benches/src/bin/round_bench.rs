@@ -20,8 +20,8 @@ async fn run_job(fixture: &TelcoFixture, n: usize, d: usize, rounds: u64, plain:
         let _ = stop_rx.await;
     }));
     tokio::time::sleep(Duration::from_millis(200)).await;
-    fixture.spawn_sims(&url, n);
-    let job = submit_and_wait(&url, fixture.job_toml(n, d, rounds, plain), fixture.schema_toml.clone()).await?;
+    fixture.spawn_sims(&url, n, None)?;
+    let job = submit_and_wait(&url, None, fixture.job_toml(n, d, rounds, plain), fixture.schema_toml.clone()).await?;
     let _ = stop_tx.send(());
     let _ = server.await;
     if job.status != "completed" {

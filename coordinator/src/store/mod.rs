@@ -541,6 +541,17 @@ mod tests {
     }
 
     #[test]
+    fn a_database_locked_by_another_process_is_a_clear_error_not_a_hang() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        drop(Store::open(dir.path()).expect("create"));
+        let other = Connection::open(dir.path().join("state.sqlite3")).expect("open");
+        other.execute_batch("PRAGMA locking_mode = EXCLUSIVE; BEGIN EXCLUSIVE;").expect("lock");
+        let err = Store::open(dir.path()).expect_err("locked");
+        let msg = err.to_string();
+        assert!(msg.contains("state.sqlite3") && msg.contains("locked"), "{msg}");
+    }
+
+    #[test]
     fn failed_attempts_are_kept_apart_from_completed_rounds() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(dir.path()).expect("open");
