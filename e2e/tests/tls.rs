@@ -39,6 +39,16 @@ fn a_certificate_from_another_ca_is_refused() {
     assert!(cluster.confide(&["job", "list"]).status.success());
 }
 
+#[test]
+fn an_expired_certificate_is_refused() {
+    let cluster = Cluster::start();
+    cluster.issue("admin", "former", &["--days", "0"]);
+    std::thread::sleep(Duration::from_millis(1500));
+    let out = cluster.confide_as("former", &["job", "list"]);
+    assert!(!out.status.success(), "an expired certificate must not get in");
+    assert!(cluster.confide(&["job", "list"]).status.success(), "a valid one still does");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn roles_and_names_come_from_the_certificate() {
     let cluster = Cluster::start();
