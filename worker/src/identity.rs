@@ -1,8 +1,10 @@
-//! The institution's long-term Ed25519 identity, kept in the worker's data directory.
+//! A development identity: the Ed25519 key a worker signs its secure-aggregation key
+//! advertisements with when it runs without TLS (`--insecure-dev`).
 //!
-//! It signs this worker's secure-aggregation key advertisements, so peers can tell the
-//! coordinator did not substitute keys. Created on first start with the OS's randomness, stored
-//! with owner-only permissions, and never leaves the machine (only its public half is sent).
+//! With mutual TLS (the normal case) the institution's certificate key is that identity, bound
+//! by the federation CA (see `confide_tls`). This file-based key is created on first start with
+//! the OS's randomness, stored with owner-only permissions in the data directory, and never
+//! leaves the machine (only its public half is sent).
 
 use std::path::{Path, PathBuf};
 
