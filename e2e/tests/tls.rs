@@ -96,3 +96,28 @@ fn a_revoked_certificate_is_refused_and_the_federation_goes_on_without_it() {
     assert!(done["error"].as_str().unwrap_or("").contains("only 2 eligible workers"), "{done:#}");
 }
 
+
+#[test]
+fn plaintext_needs_the_explicit_insecure_dev_flag_and_warns() {
+    // Without [tls] and without --insecure-dev the coordinator refuses to start, saying why.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = std::process::Command::new(confide_e2e::binary("confide-coordinator"))
+        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .expect("coordinator");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("mutual TLS is required"), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // With it, a development federation runs in plaintext, and every side says so.
+    let mut cluster = Cluster::start_insecure();
+    let parts = confide_e2e::partition_telco(&cluster.dir.path().join("partition"), 3, 47);
+    for bank in ["bank1", "bank2", "bank3"] {
+        cluster.add_telco_worker(bank, &parts);
+    }
+    let job = cluster.submit(&telco_job("dev", "kind = \"logistic_regression\"", 1, ""));
+    let done = cluster.wait_finished(&job, Duration::from_secs(60));
+    assert_eq!(done["status"], "completed", "{done:#}");
+    assert!(cluster.read_log("coordinator").contains("INSECURE development mode"));
+    assert!(cluster.read_log("bank1").contains("--insecure-dev"));
+}
