@@ -28,6 +28,9 @@ pub struct CoordinatorConfig {
     /// started with `--insecure-dev`.
     #[serde(default)]
     pub tls: Option<confide_tls::TlsFiles>,
+    /// Address for the Prometheus metrics endpoint (`GET /metrics`), off when absent.
+    #[serde(default)]
+    pub metrics_listen: Option<SocketAddr>,
     /// SHA-256 fingerprints of revoked certificates (as printed by `confide certs issue`).
     #[serde(default)]
     pub revoked: Vec<String>,
@@ -62,6 +65,7 @@ impl Default for CoordinatorConfig {
             max_message_bytes: default_max_message_bytes(),
             max_concurrent_streams: default_max_concurrent_streams(),
             tls: None,
+            metrics_listen: None,
             revoked: Vec::new(),
             insecure_dev: false,
         }

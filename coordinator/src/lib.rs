@@ -4,7 +4,8 @@
 //!
 //! Layout: [`store`] (SQLite + checkpoints), [`hub`] (connected workers, task routing),
 //! [`round`] (pure phase and scheduling logic, and the tokio runner that drives a job),
-//! [`jobs`] (the running set and its API views), [`service`] (the two gRPC services).
+//! [`jobs`] (the running set and its API views), [`service`] (the two gRPC services),
+//! [`telemetry`] (Prometheus metrics).
 //! [`run`] serves until a shutdown future completes, so tests start it on `127.0.0.1:0`.
 
 pub mod config;
@@ -13,6 +14,7 @@ pub mod jobs;
 pub mod round;
 pub mod service;
 pub mod store;
+pub mod telemetry;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -33,6 +35,8 @@ pub struct Shared {
     pub jobs: jobs::Jobs,
     /// Settings.
     pub config: CoordinatorConfig,
+    /// Operational metrics.
+    pub metrics: Arc<telemetry::Metrics>,
 }
 
 /// Errors starting or running the coordinator.
@@ -45,6 +49,9 @@ pub enum RunError {
     /// The gRPC server failed.
     #[error("gRPC server: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// The metrics listener could not be bound.
+    #[error("metrics listener: {0}")]
+    Metrics(std::io::Error),
     /// TLS is not configured, or its files are unusable.
     #[error("TLS: {0}")]
     Tls(String),
@@ -64,7 +71,19 @@ pub async fn run(config: CoordinatorConfig, listener: TcpListener, shutdown: imp
         }
     };
     let store = store::Store::open(&config.data_dir)?;
-    let shared = Arc::new(Shared { store, hub: hub::Hub::default(), jobs: jobs::Jobs::default(), config });
+    let metrics = Arc::new(telemetry::Metrics::default());
+    let shared = Arc::new(Shared { store, hub: hub::Hub::default(), jobs: jobs::Jobs::default(), config, metrics });
+    let stop_metrics = tokio_util::sync::CancellationToken::new();
+    if let Some(addr) = shared.config.metrics_listen {
+        let listener = TcpListener::bind(addr).await.map_err(RunError::Metrics)?;
+        tracing::info!(addr = ?listener.local_addr().ok(), "Prometheus metrics at /metrics");
+        let serve = telemetry::serve(shared.metrics.clone(), shared.hub.clone(), listener, stop_metrics.clone().cancelled_owned());
+        tokio::spawn(async move {
+            if let Err(e) = serve.await {
+                tracing::error!(error = %e, "metrics listener failed");
+            }
+        });
+    }
     let resumed = jobs::resume_all(&shared)?;
     let addr = listener.local_addr().ok();
     tracing::info!(?addr, resumed, data_dir = %shared.config.data_dir.display(), "coordinator listening");
@@ -80,6 +99,7 @@ pub async fn run(config: CoordinatorConfig, listener: TcpListener, shutdown: imp
     let stopping = shared.clone();
     let shutdown = async move {
         shutdown.await;
+        stop_metrics.cancel();
         stopping.jobs.stop_all();
         stopping.hub.disconnect_all();
     };

@@ -64,6 +64,8 @@ pub struct Cluster {
     insecure: bool,
     /// Certificate fingerprints the coordinator refuses (applied at its next start).
     pub revoked: Vec<String>,
+    /// Where the coordinator serves Prometheus metrics.
+    pub metrics_addr: String,
 }
 
 impl Cluster {
@@ -81,7 +83,20 @@ impl Cluster {
 
     fn start_with(insecure: bool) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut c = Self { dir, coordinator: None, addr: "127.0.0.1:0".into(), workers: BTreeMap::new(), insecure, revoked: Vec::new() };
+        // A free port for the metrics endpoint (the gRPC port is chosen by the coordinator).
+        let metrics_addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.to_string())
+            .expect("free port");
+        let mut c = Self {
+            dir,
+            coordinator: None,
+            addr: "127.0.0.1:0".into(),
+            workers: BTreeMap::new(),
+            insecure,
+            revoked: Vec::new(),
+            metrics_addr,
+        };
         if !insecure {
             let pki = c.pki();
             c.certs(&["init", "--dir", &pki]);
@@ -160,7 +175,7 @@ impl Cluster {
         let child = cmd
             .arg("--config")
             .arg(&config)
-            .args(["--listen", &self.addr, "--data-dir"])
+            .args(["--listen", &self.addr, "--metrics-listen", &self.metrics_addr, "--data-dir"])
             .arg(self.dir.path().join("coordinator"))
             .arg("--addr-file")
             .arg(&addr_file)
@@ -309,6 +324,17 @@ impl Cluster {
             assert!(Instant::now() < deadline, "only {connected} of {n} workers connected\n{}", self.logs());
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// The coordinator's Prometheus metrics (`GET /metrics`).
+    pub fn scrape_metrics(&self) -> String {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(&self.metrics_addr).expect("metrics endpoint");
+        stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").expect("request");
+        let mut response = String::new();
+        stream.read_to_string(&mut response).expect("response");
+        assert!(response.starts_with("HTTP/1.0 200") || response.starts_with("HTTP/1.1 200"), "{response}");
+        response
     }
 
     /// `confide job get ID --json`.

@@ -114,4 +114,21 @@ fn watch_streams_every_round_and_get_reports_completion() {
     assert!(text.contains("completed after 3 rounds"), "{text}");
     let list = cluster.confide(&["job", "list"]);
     assert!(String::from_utf8_lossy(&list.stdout).contains(&job));
+
+    // Operators see the same through Prometheus.
+    let metrics = cluster.scrape_metrics();
+    for line in [
+        "confide_rounds_completed_total 3",
+        "confide_round_duration_seconds_count 3",
+        "confide_round_participants_total{status=\"contributed\"} 9",
+        "confide_workers_connected 3",
+    ] {
+        assert!(metrics.contains(line), "missing `{line}` in:\n{metrics}");
+    }
+    let bytes_in: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("confide_contribution_bytes_received_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("bytes received");
+    assert!(bytes_in > 0.0);
 }

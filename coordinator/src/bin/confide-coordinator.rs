@@ -24,6 +24,9 @@ struct Args {
     /// Write the bound address to this file once listening (for scripts using port 0).
     #[arg(long)]
     addr_file: Option<PathBuf>,
+    /// Serve Prometheus metrics on this address (GET /metrics).
+    #[arg(long)]
+    metrics_listen: Option<SocketAddr>,
     /// Serve plaintext gRPC without client certificates. Development only: prints a warning.
     #[arg(long)]
     insecure_dev: bool,
@@ -55,6 +58,9 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         config.data_dir = dir;
     }
     config.insecure_dev = args.insecure_dev;
+    if let Some(addr) = args.metrics_listen {
+        config.metrics_listen = Some(addr);
+    }
     if args.insecure_dev {
         eprintln!("confide-coordinator: WARNING: --insecure-dev: plaintext, unauthenticated connections (development only)");
     }

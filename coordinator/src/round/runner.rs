@@ -128,6 +128,7 @@ async fn drive(shared: &Arc<Shared>, job_id: &str, cancel: &CancellationToken) -
                 RoundResult::Failed { reason, participants } => {
                     tracing::warn!(job = %job_id, round, attempt, %reason, "round attempt failed");
                     shared.store.record_failed_attempt(job_id, round, attempt, &participants).map_err(|e| e.to_string())?;
+                    shared.metrics.round_attempts_failed.inc();
                     ctx.publish(round, pb::job_event::Kind::RoundFailed(pb::RoundAttemptFailed { reason: reason.clone() }));
                     if attempt >= ctx.spec.selection.max_round_attempts {
                         return Err(format!("round {round} failed {attempt} times; last: {reason}"));
@@ -151,6 +152,11 @@ async fn drive(shared: &Arc<Shared>, job_id: &str, cancel: &CancellationToken) -
                         participants,
                     };
                     shared.store.complete_round(job_id, attempt, &record).map_err(|e| e.to_string())?;
+                    shared.metrics.rounds_completed.inc();
+                    shared.metrics.round_duration.observe(record.duration_secs);
+                    for p in &record.participants {
+                        shared.metrics.participants.get_or_create(&crate::telemetry::OutcomeLabels { status: p.status.clone() }).inc();
+                    }
                     tracing::info!(job = %job_id, round, secs = record.duration_secs, metrics = ?record.metrics, "round completed");
                     early.observe(&record.metrics);
                     ctx.publish(round, pb::job_event::Kind::RoundCompleted(crate::jobs::round_proto(&record)));

@@ -49,6 +49,7 @@ pub fn blob_stream(shared: &Shared, hash: &str) -> Result<BoxStream<pb::BlobChun
         other => Status::data_loss(other.to_string()),
     })?;
     let total = bytes.len() as u64;
+    shared.metrics.bytes_out.inc_by(total);
     let chunks: Vec<Result<pb::BlobChunk, Status>> = bytes
         .chunks(confide_proto::CHUNK_SIZE)
         .enumerate()
@@ -173,6 +174,7 @@ impl Federation for FederationService {
         if buf.len() != total {
             return Err(Status::invalid_argument(format!("stream ended after {} of {total} announced bytes", buf.len())));
         }
+        self.shared.metrics.bytes_in.inc_by(buf.len() as u64);
         if confide_core::sha256_hex(&buf) != header.sha256 {
             return Err(Status::data_loss("submission does not match the SHA-256 in its header"));
         }
