@@ -173,6 +173,7 @@ impl SimWorker {
                 identity: &self.key,
                 min_participants: 3,
                 fault: None,
+                federation_ca: self.tls.as_ref().map(|t| t.ca.as_path()),
             };
             let policy = if task == "train" {
                 OutOfRange::Clip

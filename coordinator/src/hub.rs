@@ -24,6 +24,8 @@ pub struct WorkerInfo {
     pub signing_public_key: Vec<u8>,
     /// The bank's own floor on participants per round.
     pub min_participants: u32,
+    /// Its client certificate (DER; empty in `--insecure-dev` mode), forwarded to peers.
+    pub certificate: Vec<u8>,
 }
 
 impl WorkerInfo {
@@ -222,6 +224,7 @@ mod tests {
             capabilities: Capabilities::default(),
             signing_public_key: vec![],
             min_participants: 3,
+            certificate: vec![],
         }
     }
 

@@ -21,11 +21,12 @@ pub enum SetupError {
     Config(#[from] confide_secagg::ConfigError),
 }
 
-/// Builds the wire setup for participant `me` from the session's parameters.
+/// Builds the wire setup for participant `me` from the session's parameters, with each
+/// participant's institution id and certificate (empty without TLS).
 pub fn setup_for(
     params: &SessionParams,
     me: ParticipantId,
-    institutions: &BTreeMap<ParticipantId, String>,
+    institutions: &BTreeMap<ParticipantId, (String, Vec<u8>)>,
     min_participants: u32,
 ) -> v1::SecureAggregationSetup {
     v1::SecureAggregationSetup {
@@ -43,10 +44,9 @@ pub fn setup_for(
         peers: params
             .participants
             .iter()
-            .map(|(id, key)| v1::SecAggPeer {
-                participant_id: *id,
-                institution_id: institutions.get(id).cloned().unwrap_or_default(),
-                verifying_key: key.to_bytes().to_vec(),
+            .map(|(id, key)| {
+                let (institution_id, certificate) = institutions.get(id).cloned().unwrap_or_default();
+                v1::SecAggPeer { participant_id: *id, institution_id, verifying_key: key.to_bytes().to_vec(), certificate }
             })
             .collect(),
         min_participants,

@@ -135,11 +135,16 @@ pub fn issue(ca_dir: &Path, role: Role, name: &str, sans: &[String], days: i64, 
     Ok(confide_core::sha256_hex(cert.der()))
 }
 
-/// SHA-256 fingerprint of the certificate in a PEM file (what revocation lists name).
-pub fn fingerprint_of(pem_path: &Path) -> Result<String, TlsError> {
+/// The DER bytes of the certificate in a PEM file.
+pub fn certificate_der(pem_path: &Path) -> Result<Vec<u8>, TlsError> {
     let pem = read(pem_path)?;
     let (_, parsed) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).map_err(cert_err)?;
-    Ok(confide_core::sha256_hex(&parsed.contents))
+    Ok(parsed.contents)
+}
+
+/// SHA-256 fingerprint of the certificate in a PEM file (what revocation lists name).
+pub fn fingerprint_of(pem_path: &Path) -> Result<String, TlsError> {
+    Ok(confide_core::sha256_hex(&certificate_der(pem_path)?))
 }
 
 /// The files that make up a holder's TLS identity.
@@ -202,6 +207,8 @@ pub struct Peer {
     pub fingerprint: String,
     /// The certificate's Ed25519 public key.
     pub ed25519: Option<[u8; 32]>,
+    /// The certificate itself (DER), forwarded to peers so they can check key bindings.
+    pub der: Vec<u8>,
 }
 
 impl Peer {
@@ -215,8 +222,30 @@ impl Peer {
         let ed25519 = (spki.algorithm.algorithm.to_id_string() == "1.3.101.112")
             .then(|| spki.subject_public_key.data.as_ref().try_into().ok())
             .flatten();
-        Ok(Self { name, role, fingerprint: confide_core::sha256_hex(der), ed25519 })
+        Ok(Self { name, role, fingerprint: confide_core::sha256_hex(der), ed25519, der: der.to_vec() })
     }
+}
+
+/// Checks that `cert_der` is a currently valid institution certificate for `institution`,
+/// signed by the federation CA in `ca_pem`, and returns the Ed25519 key it binds. Workers run
+/// this on every peer key the coordinator hands them, so a coordinator cannot substitute a
+/// peer's secure-aggregation key without forging a CA-signed certificate.
+pub fn verify_institution_key(ca_pem: &Path, cert_der: &[u8], institution: &str) -> Result<[u8; 32], TlsError> {
+    let pem = read(ca_pem)?;
+    let (_, ca_pem_parsed) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).map_err(cert_err)?;
+    let (_, ca) = x509_parser::parse_x509_certificate(&ca_pem_parsed.contents).map_err(cert_err)?;
+    let (_, cert) = x509_parser::parse_x509_certificate(cert_der)
+        .map_err(|e| TlsError::Certificate(format!("{institution}: unreadable certificate: {e}")))?;
+    cert.verify_signature(Some(ca.public_key()))
+        .map_err(|_| TlsError::Certificate(format!("{institution}: certificate not signed by the federation CA")))?;
+    if !cert.validity().is_valid() {
+        return Err(TlsError::Certificate(format!("{institution}: certificate expired or not yet valid")));
+    }
+    let peer = Peer::from_der(cert_der)?;
+    if peer.role != Some(Role::Institution) || peer.name != institution {
+        return Err(TlsError::Certificate(format!("certificate names `{}`, not institution `{institution}`", peer.name)));
+    }
+    peer.ed25519.ok_or_else(|| TlsError::Certificate(format!("{institution}: certificate has no Ed25519 key")))
 }
 
 #[cfg(test)]
@@ -239,5 +268,17 @@ mod tests {
         let key = files.signing_key().expect("key");
         assert_eq!(Some(key.verifying_key().to_bytes()), peer.ed25519, "the certificate binds the signing key");
         assert!(matches!(issue(dir.path(), Role::Admin, "../evil", &[], 30, dir.path()), Err(TlsError::BadName(_))));
+
+        // Peers can check the binding against the CA.
+        let ca = dir.path().join("ca.pem");
+        assert_eq!(verify_institution_key(&ca, &der, "bank1").expect("bound"), key.verifying_key().to_bytes());
+        assert!(verify_institution_key(&ca, &der, "bank2").is_err(), "another institution's name");
+        let other = tempfile::tempdir().expect("tempdir");
+        init_ca(other.path(), 30).expect("other ca");
+        assert!(verify_institution_key(&other.path().join("ca.pem"), &der, "bank1").is_err(), "another CA");
+        issue(dir.path(), Role::Admin, "alice", &[], 30, dir.path()).expect("admin");
+        let admin_pem = std::fs::read_to_string(dir.path().join("alice.pem")).expect("pem");
+        let admin_der = x509_parser::pem::parse_x509_pem(admin_pem.as_bytes()).expect("pem").1.contents;
+        assert!(verify_institution_key(&ca, &admin_der, "alice").is_err(), "not an institution certificate");
     }
 }

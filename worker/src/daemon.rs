@@ -386,6 +386,7 @@ impl Worker {
             identity: &self.identity,
             min_participants: self.config.policy.min_participants,
             fault: self.fault.as_ref(),
+            federation_ca: self.config.tls.as_ref().map(|t| t.ca.as_path()),
         }
     }
 }

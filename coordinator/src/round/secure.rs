@@ -103,6 +103,7 @@ impl SecurePhase {
         sorted.sort();
         let mut keys = BTreeMap::new();
         let mut worker_of = BTreeMap::new();
+        let mut identities = BTreeMap::new();
         for (i, w) in sorted.iter().enumerate() {
             let id = i as ParticipantId + 1;
             let info = workers.iter().find(|x| &x.id == *w).ok_or_else(|| format!("worker `{w}` is not connected"))?;
@@ -114,6 +115,7 @@ impl SecurePhase {
             let key = ed25519_dalek::VerifyingKey::from_bytes(&bytes).map_err(|_| format!("worker `{w}` registered an invalid signing key"))?;
             keys.insert(id, key);
             worker_of.insert(id, (*w).clone());
+            identities.insert(id, ((*w).clone(), info.certificate.clone()));
         }
         let n = keys.len();
         let graph = match spec.secure_aggregation.sparse_neighbours {
@@ -141,7 +143,7 @@ impl SecurePhase {
         let setups = worker_of
             .iter()
             .map(|(id, w)| {
-                let secure = confide_proto::secagg::setup_for(&params, *id, &worker_of, min);
+                let secure = confide_proto::secagg::setup_for(&params, *id, &identities, min);
                 (w.clone(), pb::AggregationSetup { insecure_plain: false, vector_len: vector_len as u64, secure: Some(secure) })
             })
             .collect();

@@ -98,6 +98,10 @@ impl Federation for FederationService {
             capabilities,
             signing_public_key: r.signing_public_key,
             min_participants: r.min_participants,
+            certificate: match &caller {
+                Caller::Verified(peer) => peer.der.clone(),
+                Caller::Insecure => Vec::new(),
+            },
         });
         tracing::info!(worker = %r.institution_id, "worker registered");
         Ok(Response::new(RegisterResponse { worker_id: r.institution_id, protocol_version: PROTOCOL_VERSION }))
