@@ -7,4 +7,4 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 # The end-to-end tests start the real binaries, so build them first.
 cargo build --workspace --bins
-cargo test --workspace
+cargo test --workspace --no-fail-fast

@@ -62,6 +62,16 @@ pub fn check_peer_bindings(ca: &std::path::Path, secure: &pb::SecureAggregationS
     Ok(())
 }
 
+/// When the protocol ends early while the local computation still runs, the computation's own
+/// failure (a data error naming file and line, say) is the more useful report: wait briefly
+/// for it, and fall back to the protocol's reason.
+async fn prefer_local_failure(compute: std::pin::Pin<&mut impl Future<Output = Result<Vec<f64>, Failure>>>, ended: Failure) -> Failure {
+    match tokio::time::timeout(std::time::Duration::from_secs(2), compute).await {
+        Ok(Err(local)) => local,
+        _ => ended,
+    }
+}
+
 /// Contributes the vector `compute` yields through secure aggregation.
 #[allow(clippy::too_many_arguments)] // each argument is a distinct input of one protocol run
 pub async fn contribute(
@@ -110,15 +120,14 @@ pub async fn contribute(
             }
         }
         while let Some(ev) = sa.poll_event() {
-            match ev {
+            let ended = match ev {
                 ClientEvent::Done => return Ok(()),
-                ClientEvent::Refused(r) => return Err(Failure::new("policy", format!("refused to continue secure aggregation: {r}"))),
-                ClientEvent::Failed(e) => return Err(Failure::new("protocol", e)),
-                ClientEvent::Aborted(stage) => {
-                    return Err(Failure::new("protocol", format!("the coordinator aborted secure aggregation at {stage:?}")));
-                }
-                _ => {}
-            }
+                ClientEvent::Refused(r) => Failure::new("policy", format!("refused to continue secure aggregation: {r}")),
+                ClientEvent::Failed(e) => Failure::new("protocol", e),
+                ClientEvent::Aborted(stage) => Failure::new("protocol", format!("the coordinator aborted secure aggregation at {stage:?}")),
+                _ => continue,
+            };
+            return Err(if computing { prefer_local_failure(compute.as_mut(), ended).await } else { ended });
         }
         tokio::select! {
             vector = &mut compute, if computing => {
