@@ -43,7 +43,7 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'stati
 
 /// Streams a checkpoint in chunks, verifying its hash first.
 pub fn blob_stream(shared: &Shared, hash: &str) -> Result<BoxStream<pb::BlobChunk>, Status> {
-    let bytes = shared.store.checkpoints().get(hash).map_err(|e| match e {
+    let bytes = shared.store.checkpoints().get_shared(hash).map_err(|e| match e {
         crate::store::StoreError::BadHash(_) => Status::invalid_argument(e.to_string()),
         crate::store::StoreError::Io { .. } => Status::not_found(format!("no checkpoint {hash}")),
         other => Status::data_loss(other.to_string()),

@@ -13,7 +13,16 @@ use super::StoreError;
 #[derive(Debug, Clone)]
 pub struct CheckpointDir {
     dir: PathBuf,
+    /// The most recently read checkpoints, verified: every selected worker downloads the same
+    /// global model each round, so it is read and hashed once, not once per worker.
+    recent: std::sync::Arc<std::sync::Mutex<Vec<(String, Blob)>>>,
 }
+
+/// Checkpoint bytes shared between concurrent downloads.
+pub type Blob = std::sync::Arc<Vec<u8>>;
+
+/// Verified checkpoints kept in memory.
+const RECENT: usize = 4;
 
 fn valid_hash(hash: &str) -> bool {
     hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
@@ -29,7 +38,7 @@ impl CheckpointDir {
                 let _ = std::fs::remove_file(entry.path());
             }
         }
-        Ok(Self { dir: dir.to_path_buf() })
+        Ok(Self { dir: dir.to_path_buf(), recent: Default::default() })
     }
 
     /// Path of the checkpoint with `hash`.
@@ -61,6 +70,21 @@ impl CheckpointDir {
         Ok(hash)
     }
 
+    /// Reads a checkpoint and verifies its content hash, serving recently read ones from memory.
+    pub fn get_shared(&self, hash: &str) -> Result<Blob, StoreError> {
+        let lock = || self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, bytes)) = lock().iter().find(|(h, _)| h == hash) {
+            return Ok(bytes.clone());
+        }
+        let bytes = std::sync::Arc::new(self.get(hash)?);
+        let mut recent = lock();
+        recent.push((hash.to_string(), bytes.clone()));
+        if recent.len() > RECENT {
+            recent.remove(0);
+        }
+        Ok(bytes)
+    }
+
     /// Reads a checkpoint and verifies its content hash.
     pub fn get(&self, hash: &str) -> Result<Vec<u8>, StoreError> {
         let path = self.path(hash)?;
@@ -87,6 +111,17 @@ mod tests {
 
         std::fs::write(cp.path(&hash).expect("path"), b"tampered").expect("tamper");
         assert!(matches!(cp.get(&hash), Err(StoreError::Corrupted { .. })));
+    }
+
+    #[test]
+    fn repeated_reads_are_served_from_memory_once_verified() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cp = CheckpointDir::open(dir.path()).expect("open");
+        let hash = cp.put(b"global model").expect("put");
+        let first = cp.get_shared(&hash).expect("first read verifies");
+        std::fs::remove_file(cp.path(&hash).expect("path")).expect("remove");
+        let second = cp.get_shared(&hash).expect("served from memory");
+        assert!(std::sync::Arc::ptr_eq(&first, &second));
     }
 
     #[test]
