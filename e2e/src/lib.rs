@@ -42,13 +42,24 @@ pub fn binary(name: &str) -> PathBuf {
 /// Splits the Telco data into `n` IID institutions under `out` (bank1..bankN, train/test).
 pub fn partition_telco(out: &Path, n: usize, seed: u64) -> PathBuf {
     let (csv, schema_path) = telco();
-    let schema = confide_datasets::DatasetSchema::from_file(&schema_path).expect("schema");
     let cfg = confide_datasets::partition::PartitionConfig {
         institutions: Some(n),
         seed,
         ..Default::default()
     };
-    confide_datasets::partition::partition_csv(&csv, &schema, out, &cfg, true).expect("partition");
+    partition_dataset(&csv, &schema_path, out, &cfg)
+}
+
+/// Splits `csv` (following the schema at `schema_path`) into institutions under `out`
+/// (one folder each with train.csv/test.csv) and returns `out`.
+pub fn partition_dataset(
+    csv: &Path,
+    schema_path: &Path,
+    out: &Path,
+    cfg: &confide_datasets::partition::PartitionConfig,
+) -> PathBuf {
+    let schema = confide_datasets::DatasetSchema::from_file(schema_path).expect("schema");
+    confide_datasets::partition::partition_csv(csv, &schema, out, cfg, true).expect("partition");
     out.to_path_buf()
 }
 
@@ -217,6 +228,13 @@ impl Cluster {
         self.spawn_worker_with_env(id, &config, env);
     }
 
+    /// Starts a worker for institution `id` offering dataset `name` (schema at `schema`) from the
+    /// folder `partition/<folder>` written by [`partition_dataset`].
+    pub fn add_dataset_worker(&mut self, id: &str, name: &str, schema: &Path, folder: &Path) {
+        let config = self.write_worker_config(id, &[(name, schema, &folder.join("train.csv"), &folder.join("test.csv"))], "");
+        self.spawn_worker(id, &config);
+    }
+
     /// Writes a worker configuration file (issuing the institution's certificate) and returns
     /// its path.
     pub fn write_worker_config(&self, id: &str, datasets: &[(&str, &Path, &Path, &Path)], extra_toml: &str) -> PathBuf {
@@ -307,6 +325,12 @@ impl Cluster {
     pub fn submit(&self, job_toml: &str) -> String {
         let path = self.dir.path().join(format!("job-{}.toml", std::process::id() ^ rand_suffix()));
         std::fs::write(&path, job_toml).expect("job file");
+        self.submit_file(&path)
+    }
+
+    /// Submits a job file as it is (relative paths in it resolve against its folder) and
+    /// returns the job id.
+    pub fn submit_file(&self, path: &Path) -> String {
         let out = self.confide(&["job", "submit", path.to_str().expect("utf-8 path")]);
         assert!(out.status.success(), "submit failed: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stdout).trim().to_string()
