@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use confide_core::job::JobSpec;
+use confide_core::model::ModelSpec;
 use confide_datasets::DatasetSchema;
 use confide_proto::v1::{self as pb, JobEvent};
 use tokio::sync::broadcast;
@@ -34,6 +35,9 @@ pub enum SubmitError {
         /// Dataset in the schema.
         schema: String,
     },
+    /// The custom model's files are unusable, or files came with a built-in model.
+    #[error("{0}")]
+    Model(String),
     /// The state could not be written.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -97,12 +101,47 @@ impl Jobs {
     }
 }
 
+/// The files a job's model comes with (a TorchScript module and its initial parameters).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ModelFiles<'a> {
+    /// The scripted module (`torch.jit.save` output).
+    pub module: &'a [u8],
+    /// Initial parameters (safetensors).
+    pub parameters: &'a [u8],
+}
+
 /// Validates and stores a job, then starts it. Returns the job id.
-pub fn submit(shared: &Arc<Shared>, spec_toml: &str, schema_toml: &str) -> Result<String, SubmitError> {
-    let spec = JobSpec::from_toml(spec_toml)?;
+///
+/// A `torchscript` model's module and initial parameters are validated and stored
+/// content-addressed; the stored spec names them by hash and records their layout.
+pub fn submit(shared: &Arc<Shared>, spec_toml: &str, schema_toml: &str, files: ModelFiles<'_>) -> Result<String, SubmitError> {
+    let mut spec = JobSpec::from_toml(spec_toml)?;
     let schema = DatasetSchema::parse(schema_toml, "submitted schema").map_err(|e| SubmitError::Schema(e.to_string()))?;
     if schema.name != spec.dataset {
         return Err(SubmitError::DatasetMismatch { job: spec.dataset.clone(), schema: schema.name.clone() });
+    }
+    match &mut spec.model {
+        ModelSpec::TorchScript(ts) => {
+            let params = ts.resolve(files.module, files.parameters).map_err(|e| SubmitError::Model(e.to_string()))?;
+            if let Some(dim) = ts.input_dim
+                && dim != schema.input_dim()
+            {
+                return Err(SubmitError::Model(format!(
+                    "torchscript model: the module was built for {dim} inputs, the schema encodes {} (`confide schema width` prints it)",
+                    schema.input_dim()
+                )));
+            }
+            let checkpoints = shared.store.checkpoints();
+            checkpoints.put(files.module)?;
+            ts.parameters_sha256 = Some(checkpoints.put(&params.to_safetensors(None))?);
+        }
+        _ if !files.module.is_empty() || !files.parameters.is_empty() => {
+            return Err(SubmitError::Model(format!(
+                "model files were sent with a `{}` model; only `kind = \"torchscript\"` takes a module and parameters",
+                spec.model.kind_name()
+            )));
+        }
+        _ => {}
     }
     let id = uuid::Uuid::new_v4().to_string();
     let spec_json = serde_json::to_string(&spec).map_err(|e| SubmitError::Schema(e.to_string()))?;

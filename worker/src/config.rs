@@ -57,9 +57,16 @@ pub struct PolicyConfig {
     /// Fewest institutions a round may have for this worker to send anything (≥ 3).
     #[serde(default = "default_min_participants")]
     pub min_participants: u32,
-    /// Model kinds this bank lets its data train (`logistic_regression`, `mlp`); empty = all.
+    /// Model kinds this bank lets its data train (`logistic_regression`, `mlp`, `torchscript`);
+    /// empty = every built-in kind. Custom `torchscript` models run code written outside the
+    /// bank, so they are refused unless listed here explicitly.
     #[serde(default)]
     pub allowed_models: Vec<String>,
+    /// SHA-256 hashes of the TorchScript modules this bank accepts (as printed by
+    /// `make_model.py` and shown in the job's spec); empty = any module, once `torchscript` is
+    /// allowed.
+    #[serde(default)]
+    pub allowed_torchscript_sha256: Vec<String>,
     /// Training rounds this bank contributes to any one job (0 = no limit).
     #[serde(default)]
     pub max_rounds_per_job: u64,
@@ -70,7 +77,13 @@ pub struct PolicyConfig {
 
 impl Default for PolicyConfig {
     fn default() -> Self {
-        Self { min_participants: default_min_participants(), allowed_models: Vec::new(), max_rounds_per_job: 0, max_jobs_per_day: 0 }
+        Self {
+            min_participants: default_min_participants(),
+            allowed_models: Vec::new(),
+            allowed_torchscript_sha256: Vec::new(),
+            max_rounds_per_job: 0,
+            max_jobs_per_day: 0,
+        }
     }
 }
 
