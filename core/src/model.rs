@@ -58,6 +58,9 @@ pub struct TorchScriptSpec {
     pub layout: ParamLayout,
 }
 
+/// Every model kind's name, as [`ModelSpec::kind_name`] gives it (bank policies list these).
+pub const MODEL_KINDS: &[&str] = &["logistic_regression", "mlp", "torchscript"];
+
 impl ModelSpec {
     /// Widths of the hidden layers (empty for logistic regression).
     pub fn hidden(&self) -> &[usize] {
@@ -445,6 +448,21 @@ mod tests {
             ]
         );
         assert_eq!(layout.len(), 80 + 8 + 32 + 4 + 4 + 1);
+    }
+
+    #[test]
+    fn every_kind_name_is_listed_for_bank_policies() {
+        let ts = ModelSpec::TorchScript(TorchScriptSpec {
+            module: "m.pt".into(),
+            parameters: "p.safetensors".into(),
+            module_sha256: None,
+            parameters_sha256: None,
+            input_dim: None,
+            layout: ParamLayout::default(),
+        });
+        for spec in [ModelSpec::LogisticRegression, ModelSpec::Mlp { hidden: vec![2] }, ts] {
+            assert!(MODEL_KINDS.contains(&spec.kind_name()), "{}", spec.kind_name());
+        }
     }
 
     #[test]

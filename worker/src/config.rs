@@ -168,9 +168,12 @@ impl WorkerConfig {
         if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
             return Err(format!("field `datasets`: dataset `{}` is listed twice", w[0]));
         }
-        const MODELS: [&str; 2] = ["logistic_regression", "mlp"];
+        const MODELS: &[&str] = confide_core::model::MODEL_KINDS;
         if let Some(m) = self.policy.allowed_models.iter().find(|m| !MODELS.contains(&m.as_str())) {
             return Err(format!("field `policy.allowed_models`: unknown model kind `{m}` (known: {})", MODELS.join(", ")));
+        }
+        if let Some(h) = self.policy.allowed_torchscript_sha256.iter().find(|h| !(h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))) {
+            return Err(format!("field `policy.allowed_torchscript_sha256`: {h:?} is not a SHA-256 (64 hexadecimal digits)"));
         }
         if self.policy.min_participants < 3 {
             return Err("field `policy.min_participants`: must be at least 3 (a bank never joins a round where it could be singled out)".into());
