@@ -118,7 +118,15 @@ fn banks_refuse_custom_code_they_have_not_allowed_and_bad_files_are_refused_at_s
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains(&format!("built for {} inputs", width - 1)), "{stderr}");
 
-    // ... and so are NaN initial parameters.
+    // ... a missing module is named before anything is sent ...
+    let path = cluster.dir.path().join("missing-job.toml");
+    std::fs::write(&path, telco_job("missing", &custom_model("nowhere"), 2, "")).expect("job file");
+    let out = cluster.confide(&["job", "submit", path.to_str().expect("utf-8")]);
+    assert_eq!(out.status.code(), Some(2), "bad input");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("field `model.module`") && stderr.contains("nowhere/model.pt"), "{stderr}");
+
+    // ... and NaN initial parameters are refused.
     let init = cluster.dir.path().join("custom/init.safetensors");
     let mut params = ModelParams::read_safetensors_any(&std::fs::read(&init).expect("init")).expect("init");
     params.values[3] = f32::NAN;
