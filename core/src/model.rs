@@ -108,7 +108,7 @@ impl ModelSpec {
             ),
             ModelSpec::TorchScript(t) => {
                 let hash = t.module_sha256.as_deref().unwrap_or("unresolved");
-                format!("torchscript[{}]", &hash[..hash.len().min(12)])
+                format!("torchscript[{}]", hash.chars().take(12).collect::<String>())
             }
         }
     }
@@ -549,6 +549,7 @@ mod tests {
         let model = ModelSpec::TorchScript(spec.clone());
         assert_eq!(model.layout(99), spec.layout, "the width does not change a scripted layout");
         assert_eq!(model.kind_name(), "torchscript");
+        assert_eq!(model.label(), format!("torchscript[{}]", &crate::sha256_hex(MODULE)[..12]));
         let json = serde_json::to_string(&model).expect("json");
         assert_eq!(serde_json::from_str::<ModelSpec>(&json).expect("back"), model);
     }
