@@ -12,6 +12,7 @@ use std::process::ExitCode;
 use anyhow::{Context, anyhow};
 use clap::{Parser, Subcommand};
 use confide_core::job::JobSpec;
+use confide_core::model::ModelSpec;
 use confide_proto::v1::{self as pb, admin_client::AdminClient};
 use tonic::transport::Channel;
 
@@ -49,6 +50,22 @@ enum Command {
     /// The federation's certificates.
     #[command(subcommand)]
     Certs(CertsCommand),
+    /// Dataset schemas.
+    #[command(subcommand)]
+    Schema(SchemaCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum SchemaCommand {
+    /// Print the width of the encoded feature vector a model reads (one input per numeric
+    /// column, one per categorical level): the input width of a custom TorchScript model.
+    Width {
+        /// Dataset schema (TOML).
+        file: PathBuf,
+        /// Also print each input's name, in order.
+        #[arg(long)]
+        features: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -191,20 +208,46 @@ fn status_error(s: tonic::Status) -> Failure {
     Failure { code, error: anyhow!("{}", s.message()) }
 }
 
-/// Reads a job file and the schema it names (relative to the job file), validating the job
-/// locally first so mistakes are reported with the file's name before anything is sent.
-fn read_job(path: &Path) -> Result<(String, String), Failure> {
+/// Reads a job file, the schema it names and, for a `torchscript` model, its module and initial
+/// parameters (all relative to the job file), validating the job locally first so mistakes are
+/// reported with the file's name before anything is sent.
+fn read_job(path: &Path) -> Result<pb::SubmitJobRequest, Failure> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display())).map_err(bad_input)?;
     let spec = JobSpec::from_toml(&text).map_err(|e| bad_input(anyhow!("{}: {e}", path.display())))?;
+    let dir = path.parent().unwrap_or(Path::new("."));
     let schema_rel = spec
         .schema
         .as_deref()
         .ok_or_else(|| bad_input(anyhow!("{}: field `schema`: the path of the dataset schema file is required", path.display())))?;
-    let schema_path = path.parent().unwrap_or(Path::new(".")).join(schema_rel);
+    let schema_path = dir.join(schema_rel);
     let schema = std::fs::read_to_string(&schema_path)
         .with_context(|| format!("{}: field `schema`: reading {}", path.display(), schema_path.display()))
         .map_err(bad_input)?;
-    Ok((text, schema))
+    let (model_module, model_parameters) = match &spec.model {
+        ModelSpec::TorchScript(ts) => {
+            let read = |field: &str, rel: &str| {
+                let file = dir.join(rel);
+                std::fs::read(&file)
+                    .with_context(|| format!("{}: field `model.{field}`: reading {}", path.display(), file.display()))
+                    .map_err(bad_input)
+            };
+            (read("module", &ts.module)?, read("parameters", &ts.parameters)?)
+        }
+        _ => (Vec::new(), Vec::new()),
+    };
+    Ok(pb::SubmitJobRequest { spec_toml: text, schema_toml: schema, model_module, model_parameters })
+}
+
+/// `confide schema width`: the encoded input width, optionally with each input's name.
+fn schema_width(file: &Path, features: bool) -> Result<(), Failure> {
+    let schema = confide_datasets::DatasetSchema::from_file(file).map_err(|e| bad_input(e.into()))?;
+    println!("{}", schema.input_dim());
+    if features {
+        for (i, name) in schema.feature_names().iter().enumerate() {
+            println!("{i:>5}  {name}");
+        }
+    }
+    Ok(())
 }
 
 async fn run(cli: Cli) -> Result<u8, Failure> {
@@ -225,6 +268,10 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             println!("{}", confide_tls::fingerprint_of(cert).map_err(|e| bad_input(e.into()))?);
             return Ok(0);
         }
+        Command::Schema(SchemaCommand::Width { file, features }) => {
+            schema_width(file, *features)?;
+            return Ok(0);
+        }
         _ => {}
     }
     // A job file is checked before anything is sent, so its mistakes are reported even offline.
@@ -235,8 +282,8 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
     let mut client = connect(&cli).await?;
     match cli.command {
         Command::Job(JobCommand::Submit { .. }) => {
-            let (spec_toml, schema_toml) = job_file.unwrap_or_default();
-            let reply = client.submit_job(pb::SubmitJobRequest { spec_toml, schema_toml }).await.map_err(status_error)?;
+            let request = job_file.unwrap_or_default();
+            let reply = client.submit_job(request).await.map_err(status_error)?;
             println!("{}", reply.into_inner().job_id);
         }
         Command::Job(JobCommand::List) => {
@@ -273,7 +320,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             std::fs::write(&path, &bytes).with_context(|| format!("writing {}", path.display()))?;
             println!("{} ({} bytes, sha256 {})", path.display(), bytes.len(), confide_core::sha256_hex(&bytes));
         }
-        Command::Certs(_) => {}
+        Command::Certs(_) | Command::Schema(_) => {}
         Command::Workers => {
             let workers = client.list_workers(pb::ListWorkersRequest {}).await.map_err(status_error)?.into_inner().workers;
             for w in workers {

@@ -46,6 +46,12 @@ pub fn job_text(j: &pb::Job) -> String {
     if !j.model_hash.is_empty() {
         let _ = writeln!(out, "model    {}", j.model_hash);
     }
+    // A custom model's module hash is what banks pin in `allowed_torchscript_sha256`.
+    if let Ok(spec) = serde_json::from_str::<confide_core::job::JobSpec>(&j.spec_json)
+        && let confide_core::model::ModelSpec::TorchScript(ts) = &spec.model
+    {
+        let _ = writeln!(out, "module   torchscript {}", ts.module_sha256.as_deref().unwrap_or("unresolved"));
+    }
     for r in &j.rounds {
         let _ = writeln!(out, "  round {:>3}  {:>6.1}s  {}", r.round, r.duration_secs, metrics_line(&r.metrics));
         for p in r.participants.iter().filter(|p| p.status != "contributed" || !p.reason.is_empty()) {

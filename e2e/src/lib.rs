@@ -222,9 +222,16 @@ impl Cluster {
 
     /// Like [`Self::add_telco_worker`], with extra environment variables (e.g. a crash drill).
     pub fn add_telco_worker_with_env(&mut self, id: &str, partition: &Path, env: &[(&str, &str)]) {
+        self.add_telco_worker_with_config(id, partition, "", env);
+    }
+
+    /// Like [`Self::add_telco_worker`], with extra configuration (e.g. a `[policy]` table) and
+    /// environment variables.
+    pub fn add_telco_worker_with_config(&mut self, id: &str, partition: &Path, extra_toml: &str, env: &[(&str, &str)]) {
         let (_, schema) = telco();
         let bank = partition.join(id);
-        let config = self.write_worker_config(id, &[("telco_churn", &schema, &bank.join("train.csv"), &bank.join("test.csv"))], "");
+        let config =
+            self.write_worker_config(id, &[("telco_churn", &schema, &bank.join("train.csv"), &bank.join("test.csv"))], extra_toml);
         self.spawn_worker_with_env(id, &config, env);
     }
 
@@ -424,6 +431,23 @@ impl Drop for Cluster {
         }
         self.kill_coordinator();
     }
+}
+
+/// Scripts the example custom model (`examples/custom_model/make_model.py`, run with the
+/// project's venv python) into `out` as `model.pt` and `init.safetensors` for `input_dim`
+/// inputs, with extra script arguments; returns the module's SHA-256.
+pub fn script_custom_model(out: &Path, input_dim: usize, extra: &[&str]) -> String {
+    let run = Command::new(repo_root().join(".venv/bin/python"))
+        .arg(repo_root().join("examples/custom_model/make_model.py"))
+        .args(["--input-dim", &input_dim.to_string(), "--out"])
+        .arg(out)
+        .args(extra)
+        .output()
+        .expect("the project's venv python runs");
+    assert!(run.status.success(), "make_model.py: {}", String::from_utf8_lossy(&run.stderr));
+    let hash = confide_core::sha256_hex(&std::fs::read(out.join("model.pt")).expect("model.pt"));
+    assert!(String::from_utf8_lossy(&run.stdout).contains(&hash), "make_model.py prints the module's hash");
+    hash
 }
 
 /// A Telco churn job file with the given extra lines appended to the `[training]` table header
