@@ -1,9 +1,10 @@
-//! `confide`: the data-science team's command line. Submits job files, lists, watches and
-//! cancels jobs, and pulls trained models — all through the coordinator's Admin service.
+//! `confide`: the data-science team's command line. Submits job files, lists, watches,
+//! reports on and cancels jobs, and pulls trained models — all through the coordinator's Admin service.
 //!
 //! Exit codes: 0 success; 1 the job failed or was cancelled (`watch`); 2 bad input (job file,
 //! arguments); 3 the coordinator could not be reached or refused the request.
 
+mod report;
 mod view;
 
 use std::path::{Path, PathBuf};
@@ -111,6 +112,15 @@ enum JobCommand {
     Watch {
         /// Job id.
         id: String,
+    },
+    /// Write a job's report: `report.md` (status, rounds, participants, final and best metrics,
+    /// durations, stop reason) and `metrics.png` (federated metrics per round).
+    Report {
+        /// Job id.
+        id: String,
+        /// Output directory (default: report-<job id>).
+        #[arg(long, short)]
+        output: Option<PathBuf>,
     },
     /// Cancel a job.
     Cancel {
@@ -249,6 +259,15 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                 println!("{}", serde_json::to_string_pretty(&view::job_json(&job))?);
             } else {
                 print!("{}", view::job_text(&job));
+            }
+        }
+        Command::Job(JobCommand::Report { id, output }) => {
+            let job = client.get_job(pb::GetJobRequest { job_id: id.clone() }).await.map_err(status_error)?.into_inner();
+            let dir = output.unwrap_or_else(|| PathBuf::from(format!("report-{id}")));
+            let files = report::write(&job, &dir)?;
+            println!("{}", files.markdown.display());
+            if let Some(chart) = files.chart {
+                println!("{}", chart.display());
             }
         }
         Command::Job(JobCommand::Watch { id }) => {
