@@ -2,7 +2,8 @@
 //! `torch.jit.load` in the project's Python (`.venv/bin/python`, installed by
 //! `scripts/setup.sh`) and scores held-out Telco rows exactly as the worker's own libtorch
 //! prediction does — from the encoded features (`forward`) and from raw columns through the
-//! module's in-archive preprocessing (`categorical_codes` → `predict_raw`).
+//! module's in-archive preprocessing (`categorical_codes` → `predict_raw`). libtorch's C++
+//! loader (`torch::jit::load`, through tch), which C++ and JVM serving stacks use, loads it too.
 
 use std::path::Path;
 use std::process::Command;
@@ -30,6 +31,20 @@ fn slice(table: &RawTable, range: std::ops::Range<usize>) -> RawTable {
         };
     }
     t
+}
+
+/// `table` with one more row whose every feature is missing: the encoding imputes the
+/// federation's mean (numeric) and mode (categorical), which the module must do alike.
+fn with_all_missing_row(mut table: RawTable) -> RawTable {
+    table.rows += 1;
+    table.labels.push(0.0);
+    for c in &mut table.columns {
+        match &mut c.data {
+            ColumnData::Numeric(v) => v.push(None),
+            ColumnData::Categorical(v) => v.push(None),
+        }
+    }
+    table
 }
 
 /// The raw columns of `table` as a serving system holds them: numbers (null = missing) and
@@ -82,13 +97,24 @@ fn score_in_python(dir: &Path, model: &Path, encoded: &Encoded, numeric: Value, 
     serde_json::from_slice(&std::fs::read(&response_path).expect("response")).expect("response JSON")
 }
 
+/// Loads the archive with libtorch's C++ `torch::jit::load` and runs `forward`.
+fn score_in_libtorch(model: &Path, encoded: &Encoded) -> Vec<f32> {
+    let module = tch::CModule::load(model).expect("libtorch loads the archive");
+    let rows = i64::try_from(encoded.rows).expect("rows");
+    let dim = i64::try_from(encoded.dim).expect("dim");
+    let x = tch::Tensor::from_slice(&encoded.features).reshape([rows, dim]);
+    let probs = tch::no_grad(|| module.forward_ts(&[x])).expect("forward");
+    Vec::<f32>::try_from(&probs).expect("float probabilities")
+}
+
 fn max_abs_diff(expected: &[f32], found: &Value) -> f64 {
     let found = found.as_array().expect("probabilities");
     assert_eq!(found.len(), expected.len(), "one probability per row");
     expected
         .iter()
         .zip(found)
-        .map(|(e, f)| (f64::from(*e) - f.as_f64().expect("number")).abs())
+        // Compared as f32, the type both sides computed in (JSON parsing may move the last f64 bit).
+        .map(|(e, f)| f64::from((*e - f.as_f64().expect("number") as f32).abs()))
         .fold(0.0, f64::max)
 }
 
@@ -96,7 +122,12 @@ fn exported_model_scores_like_the_worker(spec: ModelSpec) {
     let (csv, schema_path) = telco();
     let schema = DatasetSchema::from_file(&schema_path).expect("schema");
     let table = confide_datasets::load_csv(&csv, &schema).expect("telco loads");
-    let (train, test) = (slice(&table, 0..TRAIN_ROWS), slice(&table, TRAIN_ROWS..table.rows));
+    let (train, test) = (slice(&table, 0..TRAIN_ROWS), with_all_missing_row(slice(&table, TRAIN_ROWS..table.rows)));
+    let missing_totals = test.columns.iter().find(|c| c.name == "TotalCharges").map(|c| match &c.data {
+        ColumnData::Numeric(v) => v.iter().filter(|x| x.is_none()).count(),
+        ColumnData::Categorical(_) => 0,
+    });
+    assert_eq!(missing_totals, Some(3 + 1), "held-out rows include Telco's blank TotalCharges cells");
     let prep = Preprocessing::from_aggregate(&schema, &confide_datasets::local_stats(&train, &schema)).expect("prep");
     let (train_x, test_x) = (prep.encode(&train).expect("encode"), prep.encode(&test).expect("encode"));
 
@@ -131,6 +162,11 @@ fn exported_model_scores_like_the_worker(spec: ModelSpec) {
     assert!(raw <= MAX_ABS_DIFF, "predict_raw on raw columns differs from the worker by {raw}");
     let encode_diff = response["encode_max_abs_diff"].as_f64().expect("encode diff");
     assert!(encode_diff <= 1e-6, "the module's encode differs from Preprocessing::encode by {encode_diff}");
+
+    let libtorch = score_in_libtorch(&model, &test_x);
+    let cpp = max_abs_diff(&worker, &json!(libtorch));
+    println!("{}: max |libtorch torch::jit::load − worker| = {cpp:.3e}", spec.label());
+    assert!(cpp <= MAX_ABS_DIFF, "libtorch's loader scores differently from the worker by {cpp}");
 
     let refusal = response["unknown_level_error"].as_str().unwrap_or("no error");
     assert!(refusal.contains("unknown categorical level: Nope"), "an unknown level is refused by name: {refusal}");

@@ -21,6 +21,7 @@
 //! - an extra file `confide.json` (model family, feature names, the full preprocessing), read with
 //!   `torch.jit.load(path, _extra_files={"confide.json": ""})`.
 //!
+//! `encode` works on the device of its `numeric` input (move the module there first with `.to()`).
 //! The module is saved in eval mode (`training = False`); it has no dropout or batch norm, so the
 //! mode changes nothing.
 //!
@@ -416,7 +417,8 @@ const MODULE_SOURCE: &str = r#"class {MODULE}(Module):
     if torch.ne(torch.size(categorical, 1), torch.len(categorical_offsets)):
       ops.prim.RaiseException("categorical has the wrong number of columns (see categorical_columns)", "builtins.ValueError")
     input_dim = self.input_dim
-    out = torch.zeros([rows, input_dim], dtype=6)
+    device = ops.prim.device(numeric)
+    out = torch.zeros([rows, input_dim], dtype=6, layout=None, device=device)
     numeric_mean = self.numeric_mean
     numeric_std = self.numeric_std
     centred = torch.sub(torch.to(numeric, 7), numeric_mean)
@@ -425,7 +427,7 @@ const MODULE_SOURCE: &str = r#"class {MODULE}(Module):
       at = numeric_offsets[j]
       value = torch.to(torch.select(z, 1, j), 6)
       _0 = torch.copy_(torch.select(out, 1, at), value)
-    codes = torch.to(categorical, 4)
+    codes = torch.to(categorical, device, 4)
     categorical_levels = self.categorical_levels
     categorical_modes = self.categorical_modes
     for j0 in range(torch.len(categorical_offsets)):
