@@ -114,7 +114,7 @@ enum JobCommand {
         id: String,
     },
     /// Write a job's report: `report.md` (status, rounds, participants, final and best metrics,
-    /// durations, stop reason) and `metrics.png` (federated metrics per round).
+    /// durations, stop reason), `rounds.csv` and `metrics.png` (federated metrics per round).
     Report {
         /// Job id.
         id: String,
@@ -266,6 +266,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             let dir = output.unwrap_or_else(|| PathBuf::from(format!("report-{id}")));
             let files = report::write(&job, &dir)?;
             println!("{}", files.markdown.display());
+            println!("{}", files.csv.display());
             if let Some(chart) = files.chart {
                 println!("{}", chart.display());
             }

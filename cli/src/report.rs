@@ -13,6 +13,8 @@ use confide_report::{Series, Table, line_chart_png};
 
 /// File name of the markdown summary.
 pub const MARKDOWN: &str = "report.md";
+/// File name of the per-round table as CSV (for spreadsheets and notebooks).
+pub const CSV: &str = "rounds.csv";
 /// File name of the metrics chart.
 pub const CHART: &str = "metrics.png";
 
@@ -31,6 +33,8 @@ const PREFERRED: [&str; 11] = [
 pub struct ReportFiles {
     /// `report.md`.
     pub markdown: PathBuf,
+    /// `rounds.csv`: the rounds table of the markdown.
+    pub csv: PathBuf,
     /// `metrics.png`, absent when no round reported a charted metric.
     pub chart: Option<PathBuf>,
 }
@@ -50,7 +54,10 @@ pub fn write(job: &pb::Job, dir: &Path) -> anyhow::Result<ReportFiles> {
     let markdown = dir.join(MARKDOWN);
     let text = markdown_report(job, chart.is_some())?;
     std::fs::write(&markdown, text).with_context(|| format!("writing {}", markdown.display()))?;
-    Ok(ReportFiles { markdown, chart })
+    let csv = dir.join(CSV);
+    // Full precision for notebooks and spreadsheets.
+    rounds_table(job, &metric_names(job), |v| v.to_string())?.write_csv(&csv)?;
+    Ok(ReportFiles { markdown, csv, chart })
 }
 
 /// One series per charted metric that at least one round reported.
@@ -158,21 +165,7 @@ fn markdown_report(job: &pb::Job, with_chart: bool) -> anyhow::Result<String> {
     }
 
     writeln!(out, "## Rounds\n")?;
-    let mut headers = vec!["round".to_string(), "status".into(), "duration (s)".into(), "participants".into()];
-    headers.extend(names.iter().cloned());
-    let mut rounds = Table::new(headers);
-    for r in &job.rounds {
-        let contributed = r.participants.iter().filter(|p| p.status == "contributed").count();
-        let mut row = vec![
-            r.round.to_string(),
-            r.status.clone(),
-            format!("{:.2}", r.duration_secs),
-            format!("{contributed}/{}", r.participants.len()),
-        ];
-        row.extend(names.iter().map(|n| r.metrics.get(n).map_or(String::new(), |v| format_metric(*v))));
-        rounds.push_row(row)?;
-    }
-    writeln!(out, "{}", rounds.to_markdown())?;
+    writeln!(out, "{}", rounds_table(job, &names, format_metric)?.to_markdown())?;
 
     writeln!(out, "## Participants per round\n")?;
     let mut participants = Table::new(["round", "contributed", "did not contribute"]);
@@ -184,6 +177,26 @@ fn markdown_report(job: &pb::Job, with_chart: bool) -> anyhow::Result<String> {
     }
     writeln!(out, "{}", participants.to_markdown())?;
     Ok(out)
+}
+
+/// One row per round: status, duration, participants who contributed, and every metric written
+/// by `value`.
+fn rounds_table(job: &pb::Job, names: &[String], value: fn(f64) -> String) -> anyhow::Result<Table> {
+    let mut headers = vec!["round".to_string(), "status".into(), "duration (s)".into(), "participants".into()];
+    headers.extend(names.iter().cloned());
+    let mut rounds = Table::new(headers);
+    for r in &job.rounds {
+        let contributed = r.participants.iter().filter(|p| p.status == "contributed").count();
+        let mut row = vec![
+            r.round.to_string(),
+            r.status.clone(),
+            format!("{:.2}", r.duration_secs),
+            format!("{contributed}/{}", r.participants.len()),
+        ];
+        row.extend(names.iter().map(|n| r.metrics.get(n).map_or(String::new(), |v| value(*v))));
+        rounds.push_row(row)?;
+    }
+    Ok(rounds)
 }
 
 fn describe_participant(p: &pb::ParticipantOutcome) -> String {
@@ -275,6 +288,18 @@ mod tests {
     }
 
     #[test]
+    fn csv_keeps_full_precision() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut j = job();
+        j.rounds[0].metrics.insert("auc".into(), 0.123456789);
+        let files = write(&j, dir.path()).expect("writes");
+        let csv = std::fs::read_to_string(files.csv).expect("csv");
+        assert!(csv.starts_with("round,status,duration (s),participants,auc,log_loss,examples\n"), "{csv}");
+        assert!(csv.contains("1,completed,0.50,1/1,0.123456789,0.6,1409\n"), "{csv}");
+        assert!(files.chart.is_some_and(|c| c.exists()));
+    }
+
+    #[test]
     fn a_job_without_rounds_gets_a_summary_and_no_chart() {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut j = job();
@@ -283,6 +308,8 @@ mod tests {
         j.error = "bank1: data error".into();
         let files = write(&j, dir.path()).expect("writes");
         assert!(files.chart.is_none());
+        let csv = std::fs::read_to_string(files.csv).expect("csv");
+        assert_eq!(csv.lines().count(), 1, "a header and no rounds: {csv}");
         let text = std::fs::read_to_string(files.markdown).expect("markdown");
         assert!(text.contains("bank1: data error") && !text.contains("metrics.png"), "{text}");
     }

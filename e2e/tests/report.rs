@@ -27,6 +27,8 @@ fn job_report_writes_a_chart_and_every_rounds_metrics() {
     assert!(out.status.success(), "report: {}", String::from_utf8_lossy(&out.stderr));
     let printed = String::from_utf8_lossy(&out.stdout);
     assert!(printed.contains("report.md") && printed.contains("metrics.png"), "{printed}");
+    let csv = std::fs::read_to_string(dir.join("rounds.csv")).expect("rounds.csv exists");
+    assert_eq!(csv.lines().count(), 1 + ROUNDS as usize, "a header and a line per round: {csv}");
 
     // The chart decodes as a PNG of the size confide-report draws.
     let file = std::fs::File::open(dir.join("metrics.png")).expect("metrics.png exists");
