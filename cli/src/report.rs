@@ -141,6 +141,12 @@ fn markdown_report(job: &pb::Job, with_chart: bool) -> anyhow::Result<String> {
     if !job.model_hash.is_empty() {
         facts.push(("model sha256", job.model_hash.clone()));
     }
+    if !job.export_dir.is_empty() {
+        facts.push(("export", format!("{} (on the coordinator)", job.export_dir)));
+    }
+    if !job.export_error.is_empty() {
+        facts.push(("export", format!("failed: {}", job.export_error)));
+    }
     for (k, v) in facts {
         summary.push_row([k.to_string(), v])?;
     }

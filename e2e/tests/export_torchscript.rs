@@ -4,14 +4,17 @@
 //! prediction does — from the encoded features (`forward`) and from raw columns through the
 //! module's in-archive preprocessing (`categorical_codes` → `predict_raw`). libtorch's C++
 //! loader (`torch::jit::load`, through tch), which C++ and JVM serving stacks use, loads it too.
+//! A federated job's model exported through `confide model export --format torchscript` and
+//! the coordinator's automatic export on completion score the banks' test rows the same way.
 
 use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
 
 use confide_core::job::{LocalOptimizer, LocalTraining};
 use confide_core::model::{ModelParams, ModelSpec};
 use confide_datasets::{ColumnData, DatasetSchema, Encoded, Preprocessing, RawTable};
-use confide_e2e::{repo_root, telco};
+use confide_e2e::{Cluster, repo_root, telco, telco_job};
 use confide_worker::ml;
 use serde_json::{Value, json};
 
@@ -146,7 +149,7 @@ fn exported_model_scores_like_the_worker(spec: ModelSpec) {
 
     let dir = tempfile::tempdir().expect("tempdir");
     let model = dir.path().join("model.pt");
-    confide_export::write_torchscript(&spec, &trained.params, &prep, &model).expect("export");
+    confide_export::torchscript::write_torchscript(&spec, &trained.params, &prep, &model).expect("export");
     let (numeric, categorical) = raw_request(&test, &schema);
     let response = score_in_python(dir.path(), &model, &test_x, numeric, categorical);
 
@@ -189,4 +192,45 @@ fn exported_logistic_regression_scores_like_the_worker_in_torch_jit_load() {
 #[test]
 fn exported_mlp_scores_like_the_worker_in_torch_jit_load() {
     exported_model_scores_like_the_worker(ModelSpec::Mlp { hidden: vec![32, 16] });
+}
+
+#[test]
+fn federated_job_exports_torchscript_through_the_cli_and_on_completion() {
+    let (cluster, partition) = Cluster::telco_federation(3, 11);
+    let job = cluster.submit(&telco_job("torchscript-e2e", "kind = \"mlp\"\nhidden = [8]", 3, ""));
+    let done = cluster.wait_finished(&job, Duration::from_secs(180));
+    assert_eq!(done["status"], "completed", "{done:#}\n{}", cluster.logs());
+
+    let dir = cluster.dir.path().join("cli-export");
+    let out = cluster.confide(&["model", "export", &job, "--format", "torchscript", "-o", dir.to_str().expect("utf-8")]);
+    assert!(out.status.success(), "model export: {}", String::from_utf8_lossy(&out.stderr));
+    let model = dir.join("model.pt");
+    let cli_archive = std::fs::read(&model).expect("model export wrote model.pt");
+
+    // The coordinator exported the same archive (the writer is deterministic) when the job completed.
+    let done = cluster.wait_for(&job, Duration::from_secs(30), "the automatic export", |j| !j["export_dir"].is_null() || !j["export_error"].is_null());
+    assert!(done["export_error"].is_null(), "automatic export failed: {done:#}");
+    let auto = Path::new(done["export_dir"].as_str().expect("export_dir")).join("model.pt");
+    assert_eq!(std::fs::read(&auto).expect("automatic model.pt"), cli_archive, "CLI and automatic exports agree byte for byte");
+
+    // Score every bank's test rows with the worker and with torch.jit.load.
+    let (_, schema_path) = telco();
+    let schema = DatasetSchema::from_file(&schema_path).expect("schema");
+    let prep: Preprocessing = serde_json::from_slice(&std::fs::read(dir.join("preprocessing.json")).expect("preprocessing.json")).expect("prep");
+    let spec = ModelSpec::Mlp { hidden: vec![8] };
+    let pulled = cluster.dir.path().join("model.safetensors");
+    let out = cluster.confide(&["model", "pull", &job, "-o", pulled.to_str().expect("utf-8")]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let params = ModelParams::from_safetensors(&std::fs::read(&pulled).expect("model"), &spec.layout(prep.input_dim())).expect("params");
+    for bank in ["bank1", "bank2", "bank3"] {
+        let test = confide_datasets::load_csv(partition.join(bank).join("test.csv"), &schema).expect("test split");
+        let x = prep.encode(&test).expect("encode");
+        let worker = ml::predict(&spec, &params, &x.features, x.rows, x.dim, ml::Device::Cpu).expect("predict");
+        let (numeric, categorical) = raw_request(&test, &schema);
+        let scratch = tempfile::tempdir().expect("tempdir");
+        let response = score_in_python(scratch.path(), &model, &x, numeric, categorical);
+        let (forward, raw) = (max_abs_diff(&worker, &response["forward"]), max_abs_diff(&worker, &response["predict_raw"]));
+        println!("{bank}: {} test rows: max |forward − worker| = {forward:.3e}, max |predict_raw − worker| = {raw:.3e}", x.rows);
+        assert!(forward <= MAX_ABS_DIFF && raw <= MAX_ABS_DIFF, "{bank}: forward {forward}, predict_raw {raw}");
+    }
 }
