@@ -1,9 +1,10 @@
-//! `confide`: the data-science team's command line. Submits job files, lists, watches and
-//! cancels jobs, and pulls trained models — all through the coordinator's Admin service.
+//! `confide`: the data-science team's command line. Submits job files, lists, watches,
+//! reports on and cancels jobs, pulls and exports trained models — all through the coordinator's Admin service.
 //!
 //! Exit codes: 0 success; 1 the job failed or was cancelled (`watch`); 2 bad input (job file,
 //! arguments); 3 the coordinator could not be reached or refused the request.
 
+mod report;
 mod view;
 
 use std::path::{Path, PathBuf};
@@ -129,6 +130,15 @@ enum JobCommand {
         /// Job id.
         id: String,
     },
+    /// Write a job's report: `report.md` (status, rounds, participants, final and best metrics,
+    /// durations, stop reason), `rounds.csv` and `metrics.png` (federated metrics per round).
+    Report {
+        /// Job id.
+        id: String,
+        /// Output directory (default: report-<job id>).
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
     /// Cancel a job.
     Cancel {
         /// Job id.
@@ -146,6 +156,42 @@ enum ModelCommand {
         #[arg(long, short)]
         output: Option<PathBuf>,
     },
+    /// Export a job's model for serving, with its model card: ONNX (raw columns in, the
+    /// federated preprocessing in-graph), safetensors (+ preprocessing.json), TorchScript.
+    Export {
+        /// Job id.
+        id: String,
+        /// Format to write.
+        #[arg(long, value_enum, default_value_t = ExportFormat::All)]
+        format: ExportFormat,
+        /// Output directory (created if needed; files of the same name are replaced).
+        #[arg(long, short)]
+        output: PathBuf,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ExportFormat {
+    /// model.onnx
+    Onnx,
+    /// model.safetensors
+    Safetensors,
+    /// model.pt
+    Torchscript,
+    /// Every format this build writes.
+    All,
+}
+
+impl ExportFormat {
+    fn formats(self) -> Vec<confide_export::Format> {
+        use confide_export::Format;
+        match self {
+            ExportFormat::Onnx => vec![Format::Onnx],
+            ExportFormat::Safetensors => vec![Format::Safetensors],
+            ExportFormat::Torchscript => vec![Format::TorchScript],
+            ExportFormat::All => Format::AVAILABLE.to_vec(),
+        }
+    }
 }
 
 /// An error with the exit code it maps to.
@@ -206,6 +252,49 @@ async fn connect(cli: &Cli) -> Result<AdminClient<Channel>, Failure> {
 fn status_error(s: tonic::Status) -> Failure {
     let code = if s.code() == tonic::Code::InvalidArgument { 2 } else { 3 };
     Failure { code, error: anyhow!("{}", s.message()) }
+}
+
+/// Downloads a job's latest global model (safetensors bytes).
+async fn fetch_model(client: &mut AdminClient<Channel>, id: &str) -> Result<Vec<u8>, Failure> {
+    let mut stream = client.fetch_model(pb::FetchModelRequest { job_id: id.to_string() }).await.map_err(status_error)?.into_inner();
+    let mut bytes = Vec::new();
+    while let Some(chunk) = stream.message().await.map_err(status_error)? {
+        if chunk.offset != bytes.len() as u64 {
+            return Err(anyhow!("model stream out of order at offset {}", chunk.offset).into());
+        }
+        bytes.extend_from_slice(&chunk.data);
+    }
+    Ok(bytes)
+}
+
+/// What an export needs, from the coordinator's view of a job and its model.
+fn job_export(job: &pb::Job, model: &[u8]) -> Result<confide_export::JobExport, confide_export::ExportError> {
+    let info = confide_export::JobInfo {
+        id: job.id.clone(),
+        name: job.name.clone(),
+        status: job.status.clone(),
+        created_at: job.created_at.clone(),
+        updated_at: job.updated_at.clone(),
+        stop_reason: Some(job.stop_reason.clone()).filter(|s| !s.is_empty()),
+        model_hash: job.model_hash.clone(),
+    };
+    let rounds = job
+        .rounds
+        .iter()
+        .filter(|r| r.status == "completed")
+        .map(|r| confide_export::RoundReport {
+            round: r.round,
+            participants: r
+                .participants
+                .iter()
+                .map(|p| confide_export::Participant { institution: p.worker_id.clone(), status: p.status.clone() })
+                .collect(),
+            metrics: r.metrics.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+            duration_secs: r.duration_secs,
+            completed_at: r.completed_at.clone(),
+        })
+        .collect();
+    confide_export::JobExport::from_stored(info, &job.spec_json, &job.schema_toml, Some(job.preprocessing_json.as_str()), Some(model), rounds)
 }
 
 /// Reads a job file, the schema it names and, for a `torchscript` model, its module and initial
@@ -298,6 +387,16 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                 print!("{}", view::job_text(&job));
             }
         }
+        Command::Job(JobCommand::Report { id, output }) => {
+            let job = client.get_job(pb::GetJobRequest { job_id: id.clone() }).await.map_err(status_error)?.into_inner();
+            let dir = output.unwrap_or_else(|| PathBuf::from(format!("report-{id}")));
+            let files = report::write(&job, &dir)?;
+            println!("{}", files.markdown.display());
+            println!("{}", files.csv.display());
+            if let Some(chart) = files.chart {
+                println!("{}", chart.display());
+            }
+        }
         Command::Job(JobCommand::Watch { id }) => {
             let stream = client.watch_job(pb::WatchJobRequest { job_id: id }).await.map_err(status_error)?.into_inner();
             return view::watch(stream).await.map_err(Failure::from);
@@ -306,16 +405,29 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             let job = client.cancel_job(pb::CancelJobRequest { job_id: id }).await.map_err(status_error)?.into_inner();
             println!("{} {}", job.id, job.status);
         }
-        Command::Model(ModelCommand::Pull { id, output }) => {
-            let mut stream =
-                client.fetch_model(pb::FetchModelRequest { job_id: id.clone() }).await.map_err(status_error)?.into_inner();
-            let mut bytes = Vec::new();
-            while let Some(chunk) = stream.message().await.map_err(status_error)? {
-                if chunk.offset != bytes.len() as u64 {
-                    return Err(anyhow!("model stream out of order at offset {}", chunk.offset).into());
-                }
-                bytes.extend_from_slice(&chunk.data);
+        Command::Model(ModelCommand::Export { id, format, output }) => {
+            let job = client.get_job(pb::GetJobRequest { job_id: id.clone() }).await.map_err(status_error)?.into_inner();
+            if job.model_hash.is_empty() {
+                return Err(bad_input(anyhow!("job {id} ({}) has no model yet", job.status)));
             }
+            let bytes = fetch_model(&mut client, &id).await?;
+            if confide_core::sha256_hex(&bytes) != job.model_hash {
+                return Err(anyhow!("the downloaded model does not match the job's model hash {}", job.model_hash).into());
+            }
+            let export = job_export(&job, &bytes).map_err(|e| bad_input(e.into()))?;
+            let manifest = confide_export::export_job(&export, &output, &format.formats()).map_err(|e| match e {
+                confide_export::ExportError::Io { .. } => Failure::from(anyhow::Error::from(e)),
+                other => bad_input(other.into()),
+            })?;
+            for f in &manifest.files {
+                println!("{}  {}", f.sha256, output.join(&f.name).display());
+            }
+            for card in &manifest.card_files {
+                println!("{:<64}  {}", "(model card)", card.display());
+            }
+        }
+        Command::Model(ModelCommand::Pull { id, output }) => {
+            let bytes = fetch_model(&mut client, &id).await?;
             let path = output.unwrap_or_else(|| PathBuf::from(format!("{id}.safetensors")));
             std::fs::write(&path, &bytes).with_context(|| format!("writing {}", path.display()))?;
             println!("{} ({} bytes, sha256 {})", path.display(), bytes.len(), confide_core::sha256_hex(&bytes));

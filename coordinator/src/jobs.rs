@@ -224,6 +224,10 @@ pub fn job_proto(shared: &Shared, job: &JobRecord) -> Result<pb::Job, StoreError
         rounds: rounds.iter().map(round_proto).collect(),
         model_hash: job.model_hash.clone().unwrap_or_default(),
         stop_reason: job.stop_reason.clone().unwrap_or_default(),
+        schema_toml: job.schema_toml.clone(),
+        preprocessing_json: job.preprocessing_json.clone().unwrap_or_default(),
+        export_dir: job.export_dir.clone().unwrap_or_default(),
+        export_error: job.export_error.clone().unwrap_or_default(),
     })
 }
 

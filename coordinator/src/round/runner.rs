@@ -38,6 +38,9 @@ pub async fn run(shared: &Arc<Shared>, job_id: &str, cancel: CancellationToken) 
     let result = drive(shared, job_id, &cancel).await;
     let status = match &result {
         Ok(Finished::Completed(reason)) => {
+            // Exported before the job reads as completed, so whoever sees `completed` finds
+            // the export (or its recorded error) in place; a crash in between re-runs both.
+            crate::export::export_completed(shared, job_id, reason.clone()).await;
             let r = shared.store.set_job_status(job_id, JobStatus::Completed, None, reason.as_deref());
             tracing::info!(job = %job_id, "job completed");
             r
