@@ -21,7 +21,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::error::DataError;
+use crate::error::{DataError, Location};
 use crate::schema::DatasetSchema;
 use crate::table::{cell, csv_reader, map_header, parse_label};
 
@@ -335,7 +335,7 @@ pub fn partition_csv(
     let map = map_header(&origin, &header, schema)?;
     let key_index = match &cfg.scheme {
         Scheme::ByColumn { column } => Some(*map.by_name.get(column).ok_or_else(|| {
-            DataError::MissingColumn { path: origin.clone(), column: column.clone() }
+            DataError::MissingColumn { at: Location::line(&origin, 1), column: column.clone() }
         })?),
         _ => None,
     };
@@ -350,8 +350,7 @@ pub fn partition_csv(
             let value = cell(&record, i, &origin, line, column)?;
             if schema.is_missing(value) {
                 return Err(DataError::MissingValue {
-                    path: origin.clone(),
-                    line,
+                    at: Location::line(&origin, line),
                     column: column.clone(),
                 });
             }
@@ -426,15 +425,7 @@ fn write_rows(
 }
 
 fn write_file(path: &Path, bytes: &[u8], overwrite: bool) -> Result<(), DataError> {
-    if !overwrite && path.exists() {
-        return Err(DataError::io(
-            path,
-            std::io::Error::new(
-                std::io::ErrorKind::AlreadyExists,
-                "already exists (pass --force to replace)",
-            ),
-        ));
-    }
+    crate::output::refuse_existing(path, overwrite)?;
     std::fs::write(path, bytes).map_err(|e| DataError::io(path, e))
 }
 
