@@ -221,6 +221,9 @@ pub enum DataError {
         /// Why.
         message: String,
     },
+    /// A synthetic-data request is invalid.
+    #[error("cannot generate synthetic data: {0}")]
+    Synth(String),
     /// A partitioning request cannot be satisfied.
     #[error("cannot partition {path}: {message}")]
     Partition {

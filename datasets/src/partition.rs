@@ -277,9 +277,7 @@ fn gamma(rng: &mut ChaCha8Rng, shape: f64) -> f64 {
     let d = shape - 1.0 / 3.0;
     let c = 1.0 / (9.0 * d).sqrt();
     loop {
-        // Standard normal by Box–Muller; 1 - u keeps the logarithm's argument in (0, 1].
-        let (u1, u2): (f64, f64) = (rng.random(), rng.random());
-        let x = (-2.0 * (1.0 - u1).ln()).sqrt() * (std::f64::consts::TAU * u2).cos();
+        let x = crate::synth::standard_normal(rng);
         let v = (1.0 + c * x).powi(3);
         if v <= 0.0 {
             continue;
