@@ -33,8 +33,28 @@ use crate::table::{RawTable, TableBuilder, Value, label_of, match_columns, numbe
 const BATCH_ROWS: usize = 8192;
 
 /// Loads and validates a Parquet file.
+///
+/// A file corrupted in a way the `parquet` decoder does not anticipate can make it panic; that
+/// panic is caught here and reported as [`DataError::Parquet`], so a bad file never takes the
+/// worker down.
 pub fn load_parquet(path: impl AsRef<Path>, schema: &DatasetSchema) -> Result<RawTable, DataError> {
     let path = path.as_ref();
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| load(path, schema))).unwrap_or_else(
+        |panic| {
+            let message = panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("the decoder failed");
+            Err(DataError::Parquet {
+                path: path.display().to_string(),
+                message: format!("corrupt file: {message}"),
+            })
+        },
+    )
+}
+
+fn load(path: &Path, schema: &DatasetSchema) -> Result<RawTable, DataError> {
     let origin = path.display().to_string();
     let file = std::fs::File::open(path).map_err(|e| DataError::io(path, e))?;
     if file.metadata().map(|m| m.len()).unwrap_or(0) == 0 {

@@ -390,6 +390,33 @@ fn empty_truncated_and_foreign_files_get_clear_errors() {
 }
 
 #[test]
+fn corrupted_parquet_bytes_give_errors_not_panics() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = schema_with("impute");
+    let good = std::fs::read(typed_file(dir.path())).expect("read");
+    let path = dir.path().join("corrupt.parquet");
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut errors = 0;
+    for _ in 0..300 {
+        let mut bytes = good.clone();
+        for _ in 0..3 {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let at = (state % bytes.len() as u64) as usize;
+            bytes[at] ^= (state >> 32) as u8 | 1;
+        }
+        std::fs::write(&path, &bytes).expect("write");
+        // Either the damage is harmless or it is reported against the file; never a panic.
+        if let Err(e) = load_parquet(&path, &s) {
+            errors += 1;
+            assert!(e.to_string().contains("corrupt.parquet"), "{e}");
+        }
+    }
+    assert!(errors > 0, "no corruption was detected at all");
+}
+
+#[test]
 fn written_parquet_round_trips_through_the_loader() {
     let dir = tempfile::tempdir().expect("tempdir");
     let s = schema_with("impute");
