@@ -360,3 +360,39 @@ fn concept_drift_gives_each_institution_its_own_coefficients() {
         plain.truth().institutions.iter().all(|i| i.coefficients == plain.truth().coefficients)
     );
 }
+
+#[test]
+fn cli_prints_its_schema_generates_and_refuses_bad_requests() {
+    let exe = env!("CARGO_BIN_EXE_confide-synth");
+    let printed = std::process::Command::new(exe).arg("--print-schema").output().expect("runs");
+    assert!(printed.status.success());
+    let text = String::from_utf8(printed.stdout).expect("utf-8");
+    assert_eq!(
+        DatasetSchema::parse(&text, "printed").expect("parses"),
+        builtin_schema().expect("schema")
+    );
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("synth");
+    let run = |extra: &[&str]| {
+        std::process::Command::new(exe)
+            .args(["--out", &out.display().to_string(), "--rows", "2_000", "--institutions", "2"])
+            .args(extra)
+            .output()
+            .expect("runs")
+    };
+    let ok = run(&["--format", "parquet", "--label-shift", "1"]);
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("rows/s"));
+    assert_eq!(
+        load(&out, "bank2", "train", DataFormat::Parquet).rows
+            + load(&out, "bank2", "test", DataFormat::Parquet).rows,
+        1_000
+    );
+    let again = run(&["--format", "parquet"]);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"));
+    let bad = run(&["--force", "--positive-rate", "1.5"]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("positive rate 1.5 must be in (0, 1)"));
+}
