@@ -44,9 +44,9 @@ pub struct DatasetConfig {
     pub name: String,
     /// Schema file (TOML).
     pub schema: PathBuf,
-    /// Training split (CSV).
+    /// Training split (CSV, or Parquet when it ends in `.parquet`/`.pq`).
     pub train: PathBuf,
-    /// Held-out split (CSV) for federated evaluation.
+    /// Held-out split (CSV or Parquet) for federated evaluation.
     pub test: PathBuf,
 }
 

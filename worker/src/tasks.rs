@@ -94,7 +94,7 @@ impl LocalDataset {
         if let Some(t) = lock(&self.tables).get(split.key()) {
             return Ok(t.clone());
         }
-        let table = Arc::new(confide_datasets::load_csv(self.path(split), &self.schema).map_err(|e| Failure::new("data", e))?);
+        let table = Arc::new(confide_datasets::load_table(self.path(split), &self.schema).map_err(|e| Failure::new("data", e))?);
         if table.rows == 0 {
             return Err(Failure::new("data", format!("{}: no usable rows", self.path(split).display())));
         }
