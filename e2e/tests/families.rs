@@ -6,7 +6,10 @@
 //!   data, with label-skewed (Dirichlet) banks;
 //! - bank churn MLP on Churn_Modelling, one bank per country (partition by `Geography`).
 //!
-//! (Telco churn is covered by `federation.rs`; recommendation and custom models by their own
+//! - Telco churn from Parquet files: banks whose data sits in Parquet train with banks that
+//!   hold CSV, under the same schema and missing-value policy.
+//!
+//! (Telco churn from CSV is covered by `federation.rs`; recommendation and custom models by their own
 //! tests.) The thresholds are below what the jobs reach on these splits and above what an
 //! untrained or broken model could score.
 
@@ -88,4 +91,39 @@ fn bank_churn_mlp_trains_with_one_bank_per_country() {
     // Logistic regression reaches 0.77 centrally and gradient boosting 0.86; the MLP sits between.
     let auc = final_metric(&job, "auc");
     assert!(auc > 0.80, "bank churn AUC {auc}");
+}
+
+#[test]
+fn banks_holding_parquet_files_federate_with_a_bank_holding_csv() {
+    use confide_datasets::DataFormat;
+    let (csv, schema) = confide_e2e::telco();
+    let parsed = confide_datasets::DatasetSchema::from_file(&schema).expect("schema");
+    let mut cluster = Cluster::start();
+    let cfg = PartitionConfig { institutions: Some(3), seed: 42, ..Default::default() };
+    let parquet = cluster.dir.path().join("parquet");
+    let plain = cluster.dir.path().join("csv");
+    confide_datasets::partition::partition_file(&csv, &parsed, &parquet, &cfg, Some(DataFormat::Parquet), true)
+        .expect("parquet partition");
+    confide_datasets::partition::partition_file(&csv, &parsed, &plain, &cfg, Some(DataFormat::Csv), true)
+        .expect("csv partition");
+    for bank in ["bank1", "bank2"] {
+        let dir = parquet.join(bank);
+        assert!(dir.join("train.parquet").exists(), "{}", dir.display());
+        let config = cluster.write_worker_config(
+            bank,
+            &[("telco_churn", &schema, &dir.join("train.parquet"), &dir.join("test.parquet"))],
+            "",
+        );
+        cluster.spawn_worker(bank, &config);
+    }
+    cluster.add_dataset_worker("bank3", "telco_churn", &schema, &plain.join("bank3"));
+    cluster.wait_workers(3, Duration::from_secs(60));
+    // Telco has blank TotalCharges cells; the schema imputes them with the federated mean,
+    // whether the blank is a CSV empty cell or a Parquet null.
+    let job = cluster.submit(&confide_e2e::telco_job("parquet", "kind = \"logistic_regression\"", 4, ""));
+    let done = cluster.wait_finished(&job, Duration::from_secs(240));
+    assert_eq!(done["status"], "completed", "{done:#}\n{}", cluster.logs());
+    assert_eq!(done["rounds"][0]["participants"].as_array().map(Vec::len), Some(3), "{done:#}");
+    let auc = final_metric(&done, "auc");
+    assert!(auc > 0.80, "Telco AUC from Parquet banks {auc}");
 }
