@@ -351,7 +351,7 @@ impl ModelCard {
         )?;
         writeln!(
             md,
-            "- ring modulus: 2^{} ; Shamir threshold fraction {} (always a majority)",
+            "- ring modulus: 2^{}; Shamir threshold fraction {} (always a majority)",
             p.modulus_bits, p.threshold_fraction
         )?;
         writeln!(md, "- update clip: {} per parameter", p.update_clip)?;

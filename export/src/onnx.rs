@@ -144,11 +144,11 @@ pub fn tabular(
                 let mode_name = levels.get(*mode as usize).cloned().unwrap_or_default();
                 let missing = if impute {
                     format!(
-                        "blank or {:?} → federated mode `{mode_name}`",
+                        "blank or {:?} → federated mode `{mode_name}`; unknown level → NaN score",
                         schema.na_values
                     )
                 } else {
-                    "blank → NaN score (schema refuses missing cells)".into()
+                    "blank or unknown level → NaN score (schema refuses missing cells)".into()
                 };
                 g.input(name, pb::tensor_proto::DataType::String, &missing);
                 signature.inputs.push(GraphInput {
