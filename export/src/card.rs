@@ -263,13 +263,39 @@ impl ModelCard {
         writeln!(md, "# Model card: {}\n", j.name)?;
         writeln!(md, "| | |\n|---|---|")?;
         writeln!(md, "| job | `{}` ({}) |", j.id, j.status)?;
-        writeln!(md, "| model | {} — {} inputs, {} parameters |", self.model.label, self.model.input_dim, self.model.parameters)?;
-        writeln!(md, "| dataset | `{}` (schema `{}`) |", self.data.dataset, short(&self.data.schema_fingerprint))?;
-        writeln!(md, "| target | `{}` = `{}` (the probability output) |", self.data.target, self.data.positive_class)?;
-        writeln!(md, "| rounds | {} of {} |", self.training.rounds_completed, self.training.rounds_budget)?;
-        writeln!(md, "| institutions | {} distinct: {} |", self.training.institutions.len(), self.training.institutions.join(", "))?;
+        writeln!(
+            md,
+            "| model | {} — {} inputs, {} parameters |",
+            self.model.label, self.model.input_dim, self.model.parameters
+        )?;
+        writeln!(
+            md,
+            "| dataset | `{}` (schema `{}`) |",
+            self.data.dataset,
+            short(&self.data.schema_fingerprint)
+        )?;
+        writeln!(
+            md,
+            "| target | `{}` = `{}` (the probability output) |",
+            self.data.target, self.data.positive_class
+        )?;
+        writeln!(
+            md,
+            "| rounds | {} of {} |",
+            self.training.rounds_completed, self.training.rounds_budget
+        )?;
+        writeln!(
+            md,
+            "| institutions | {} distinct: {} |",
+            self.training.institutions.len(),
+            self.training.institutions.join(", ")
+        )?;
         writeln!(md, "| federation rows | {} |", self.data.federation_rows)?;
-        writeln!(md, "| submitted / finished | {} / {} |", j.created_at, j.updated_at)?;
+        writeln!(
+            md,
+            "| submitted / finished | {} / {} |",
+            j.created_at, j.updated_at
+        )?;
         if let Some(reason) = &j.stop_reason {
             writeln!(md, "| stopped early | {reason} |")?;
         }
@@ -282,7 +308,12 @@ impl ModelCard {
         }
 
         writeln!(md, "\n## Rounds\n")?;
-        let keys: BTreeSet<&String> = self.training.rounds.iter().flat_map(|r| r.metrics.keys()).collect();
+        let keys: BTreeSet<&String> = self
+            .training
+            .rounds
+            .iter()
+            .flat_map(|r| r.metrics.keys())
+            .collect();
         write!(md, "| round | institutions | missing | seconds |")?;
         for k in &keys {
             write!(md, " {k} |")?;
@@ -293,7 +324,11 @@ impl ModelCard {
         }
         writeln!(md)?;
         for r in &self.training.rounds {
-            write!(md, "| {} | {} | {} | {:.2} |", r.round, r.institutions_contributed, r.institutions_missing, r.duration_secs)?;
+            write!(
+                md,
+                "| {} | {} | {} | {:.2} |",
+                r.round, r.institutions_contributed, r.institutions_missing, r.duration_secs
+            )?;
             for k in &keys {
                 match r.metrics.get(*k) {
                     Some(v) => write!(md, " {v:.4} |")?,
@@ -305,21 +340,53 @@ impl ModelCard {
 
         let p = &self.privacy;
         writeln!(md, "\n## Privacy\n")?;
-        writeln!(md, "- secure aggregation: {}", if p.secure_aggregation { "on" } else { "**off** (insecure plain sums)" })?;
-        writeln!(md, "- ring modulus: 2^{} ; Shamir threshold fraction {} (always a majority)", p.modulus_bits, p.threshold_fraction)?;
+        writeln!(
+            md,
+            "- secure aggregation: {}",
+            if p.secure_aggregation {
+                "on"
+            } else {
+                "**off** (insecure plain sums)"
+            }
+        )?;
+        writeln!(
+            md,
+            "- ring modulus: 2^{}; Shamir threshold fraction {} (always a majority)",
+            p.modulus_bits, p.threshold_fraction
+        )?;
         writeln!(md, "- update clip: {} per parameter", p.update_clip)?;
-        let graph = if p.secagg_plus_neighbours == 0 { "complete graph".to_string() } else { format!("SecAgg+ with {} neighbours", p.secagg_plus_neighbours) };
-        writeln!(md, "- masking graph: {graph}; at least {} institutions per round", p.min_institutions_per_round)?;
+        let graph = if p.secagg_plus_neighbours == 0 {
+            "complete graph".to_string()
+        } else {
+            format!("SecAgg+ with {} neighbours", p.secagg_plus_neighbours)
+        };
+        writeln!(
+            md,
+            "- masking graph: {graph}; at least {} institutions per round",
+            p.min_institutions_per_round
+        )?;
         writeln!(md, "- differential privacy: {}", p.differential_privacy)?;
 
         writeln!(md, "\n## Data schema\n")?;
-        writeln!(md, "| column | type | missing | preprocessing |\n|---|---|---|---|")?;
+        writeln!(
+            md,
+            "| column | type | missing | preprocessing |\n|---|---|---|---|"
+        )?;
         for c in &self.data.columns {
-            let kind = serde_json::to_value(c.kind).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
-            let missing = c.missing.and_then(|m| serde_json::to_value(m).ok()).and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
+            let kind = serde_json::to_value(c.kind)
+                .ok()
+                .and_then(|v| v.as_str().map(String::from))
+                .unwrap_or_default();
+            let missing = c
+                .missing
+                .and_then(|m| serde_json::to_value(m).ok())
+                .and_then(|v| v.as_str().map(String::from))
+                .unwrap_or_default();
             let prep = match (c.mean, c.std, &c.levels, &c.mode) {
                 (Some(m), Some(s), _, _) => format!("(x − {m:.6}) / {s:.6}"),
-                (_, _, Some(levels), Some(mode)) => format!("one-hot over {levels:?}; mode `{mode}`"),
+                (_, _, Some(levels), Some(mode)) => {
+                    format!("one-hot over {levels:?}; mode `{mode}`")
+                }
                 _ => "not used".into(),
             };
             writeln!(md, "| `{}` | {kind} | {missing} | {prep} |", c.name)?;
@@ -327,23 +394,63 @@ impl ModelCard {
 
         if let Some(t) = &self.coefficients {
             writeln!(md, "\n## Coefficients (logistic regression)\n")?;
-            writeln!(md, "Standardised scale: log-odds per standard deviation (numeric) or for the level being present (one-hot). Raw scale: per unit of the raw column.\n")?;
-            writeln!(md, "| feature | coefficient | odds ratio | coefficient (raw scale) | odds ratio (raw scale) |\n|---|---|---|---|---|")?;
-            writeln!(md, "| (intercept) | {:.6} | | {:.6} | |", t.intercept, t.intercept_raw_scale)?;
+            writeln!(
+                md,
+                "Standardised scale: log-odds per standard deviation (numeric) or for the level being present (one-hot). Raw scale: per unit of the raw column.\n"
+            )?;
+            writeln!(
+                md,
+                "| feature | coefficient | odds ratio | coefficient (raw scale) | odds ratio (raw scale) |\n|---|---|---|---|---|"
+            )?;
+            writeln!(
+                md,
+                "| (intercept) | {:.6} | | {:.6} | |",
+                t.intercept, t.intercept_raw_scale
+            )?;
             for r in &t.rows {
-                let raw = r.coefficient_raw_scale.map(|v| format!("{v:.6}")).unwrap_or_default();
-                let raw_or = r.odds_ratio_raw_scale.map(|v| format!("{v:.6}")).unwrap_or_default();
-                writeln!(md, "| `{}` | {:.6} | {:.6} | {raw} | {raw_or} |", r.feature, r.coefficient, r.odds_ratio)?;
+                let raw = r
+                    .coefficient_raw_scale
+                    .map(|v| format!("{v:.6}"))
+                    .unwrap_or_default();
+                let raw_or = r
+                    .odds_ratio_raw_scale
+                    .map(|v| format!("{v:.6}"))
+                    .unwrap_or_default();
+                writeln!(
+                    md,
+                    "| `{}` | {:.6} | {:.6} | {raw} | {raw_or} |",
+                    r.feature, r.coefficient, r.odds_ratio
+                )?;
             }
         }
 
         if let Some(sig) = &self.onnx_signature {
             writeln!(md, "\n## Serving (model.onnx)\n")?;
-            writeln!(md, "One input per feature column, shape [N,1]; outputs `probability` and `logit`, float [N].\n")?;
+            writeln!(
+                md,
+                "One input per feature column, shape [N,1]; outputs `probability` and `logit`, float [N].\n"
+            )?;
             writeln!(md, "| input | type | missing |\n|---|---|---|")?;
-            for input in sig.get("inputs").and_then(|v| v.as_array()).into_iter().flatten() {
-                let field = |k: &str| input.get(k).and_then(|v| v.as_str()).unwrap_or_default().to_string();
-                writeln!(md, "| `{}` | {} | {} |", field("name"), field("dtype"), field("missing"))?;
+            for input in sig
+                .get("inputs")
+                .and_then(|v| v.as_array())
+                .into_iter()
+                .flatten()
+            {
+                let field = |k: &str| {
+                    input
+                        .get(k)
+                        .and_then(|v| v.as_str())
+                        .unwrap_or_default()
+                        .to_string()
+                };
+                writeln!(
+                    md,
+                    "| `{}` | {} | {} |",
+                    field("name"),
+                    field("dtype"),
+                    field("missing")
+                )?;
             }
         }
 
@@ -362,7 +469,11 @@ fn short(hash: &str) -> &str {
 
 fn training_summary(rounds: &[RoundReport], budget: u64) -> TrainingSummary {
     let contributed = |r: &RoundReport| {
-        r.participants.iter().filter(|p| p.status == "contributed").map(|p| p.institution.clone()).collect::<Vec<_>>()
+        r.participants
+            .iter()
+            .filter(|p| p.status == "contributed")
+            .map(|p| p.institution.clone())
+            .collect::<Vec<_>>()
     };
     let institutions: BTreeSet<String> = rounds.iter().flat_map(contributed).collect();
     TrainingSummary {
@@ -398,7 +509,9 @@ fn coefficient_table(job: &JobExport) -> Option<CoefficientTable> {
     let mut w = weights.iter().map(|&v| f64::from(v));
     for column in &job.preprocessing.columns {
         match column {
-            ColumnTransform::Numeric { name, mean, std, .. } => {
+            ColumnTransform::Numeric {
+                name, mean, std, ..
+            } => {
                 let coefficient = w.next()?;
                 let raw = coefficient / std;
                 intercept_raw -= raw * mean;
@@ -424,5 +537,9 @@ fn coefficient_table(job: &JobExport) -> Option<CoefficientTable> {
             }
         }
     }
-    Some(CoefficientTable { intercept: bias, intercept_raw_scale: intercept_raw, rows })
+    Some(CoefficientTable {
+        intercept: bias,
+        intercept_raw_scale: intercept_raw,
+        rows,
+    })
 }

@@ -117,7 +117,10 @@ impl Family {
         #[allow(unreachable_patterns)] // new families are added to ModelSpec before their exporter
         match spec {
             ModelSpec::LogisticRegression | ModelSpec::Mlp { .. } => Ok(Family::Tabular),
-            other => Err(ExportError::Unsupported { format: "any", family: other.label() }),
+            other => Err(ExportError::Unsupported {
+                format: "any",
+                family: other.label(),
+            }),
         }
     }
 }
@@ -199,21 +202,34 @@ impl JobExport {
             serde_json::from_str(spec_json).map_err(|e| input("job spec")(e.to_string()))?;
         let schema = DatasetSchema::parse(schema_toml, "job schema")
             .map_err(|e| input("dataset schema")(e.to_string()))?;
-        let not_trained = |what| ExportError::NotTrained { job: job.id.clone(), what };
-        let prep_json =
-            preprocessing_json.filter(|s| !s.is_empty()).ok_or_else(|| not_trained("preprocessing"))?;
-        let preprocessing: Preprocessing = serde_json::from_str(prep_json)
-            .map_err(|e| input("preprocessing")(e.to_string()))?;
+        let not_trained = |what| ExportError::NotTrained {
+            job: job.id.clone(),
+            what,
+        };
+        let prep_json = preprocessing_json
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| not_trained("preprocessing"))?;
+        let preprocessing: Preprocessing =
+            serde_json::from_str(prep_json).map_err(|e| input("preprocessing")(e.to_string()))?;
         if preprocessing.schema_fingerprint != schema.fingerprint() {
             return Err(ExportError::Inconsistent(
                 "the preprocessing was computed for another schema than the job's".into(),
             ));
         }
-        let model = model.filter(|m| !m.is_empty()).ok_or_else(|| not_trained("model"))?;
+        let model = model
+            .filter(|m| !m.is_empty())
+            .ok_or_else(|| not_trained("model"))?;
         let layout = spec.model.layout(preprocessing.input_dim());
         let params = ModelParams::from_safetensors(model, &layout)
             .map_err(|e| input("model checkpoint")(e.to_string()))?;
-        Ok(Self { job, spec, schema, preprocessing, params, rounds })
+        Ok(Self {
+            job,
+            spec,
+            schema,
+            preprocessing,
+            params,
+            rounds,
+        })
     }
 
     /// Key/value metadata stored in the ONNX and safetensors files.
@@ -223,10 +239,19 @@ impl JobExport {
             ("confide.job_name".into(), self.job.name.clone()),
             ("confide.model".into(), self.spec.model.label()),
             ("confide.dataset".into(), self.schema.name.clone()),
-            ("confide.schema_fingerprint".into(), self.schema.fingerprint()),
+            (
+                "confide.schema_fingerprint".into(),
+                self.schema.fingerprint(),
+            ),
             ("confide.model_hash".into(), self.job.model_hash.clone()),
-            ("confide.rounds_completed".into(), self.rounds.len().to_string()),
-            ("confide.feature_names".into(), self.preprocessing.feature_names().join("\t")),
+            (
+                "confide.rounds_completed".into(),
+                self.rounds.len().to_string(),
+            ),
+            (
+                "confide.feature_names".into(),
+                self.preprocessing.feature_names().join("\t"),
+            ),
         ]
     }
 }
@@ -273,9 +298,16 @@ pub mod names {
 
 /// Writes the requested formats, `preprocessing.json` and the model card into `dir` (created
 /// if needed; files of the same name are replaced atomically).
-pub fn export_job(job: &JobExport, dir: &Path, formats: &[Format]) -> Result<ExportManifest, ExportError> {
+pub fn export_job(
+    job: &JobExport,
+    dir: &Path,
+    formats: &[Format],
+) -> Result<ExportManifest, ExportError> {
     let family = Family::of(&job.spec.model)?;
-    std::fs::create_dir_all(dir).map_err(|source| ExportError::Io { path: dir.into(), source })?;
+    std::fs::create_dir_all(dir).map_err(|source| ExportError::Io {
+        path: dir.into(),
+        source,
+    })?;
     let mut files = Vec::new();
     let mut signature = None;
     let mut formats = formats.to_vec();
@@ -306,13 +338,23 @@ pub fn export_job(job: &JobExport, dir: &Path, formats: &[Format]) -> Result<Exp
     }
     let prep = serde_json::to_vec_pretty(&job.preprocessing)
         .map_err(|e| ExportError::Inconsistent(format!("preprocessing: {e}")))?;
-    files.push(write_file(dir, names::PREPROCESSING, "preprocessing", &prep)?);
+    files.push(write_file(
+        dir,
+        names::PREPROCESSING,
+        "preprocessing",
+        &prep,
+    )?);
 
     let card = card::ModelCard::new(job, &files, signature);
     let json = serde_json::to_vec_pretty(&card)
         .map_err(|e| ExportError::Inconsistent(format!("model card: {e}")))?;
     write_file(dir, names::CARD_JSON, "model_card", &json)?;
-    write_file(dir, names::CARD_MD, "model_card", card.to_markdown().as_bytes())?;
+    write_file(
+        dir,
+        names::CARD_MD,
+        "model_card",
+        card.to_markdown().as_bytes(),
+    )?;
     Ok(ExportManifest {
         dir: dir.to_path_buf(),
         files,
@@ -321,10 +363,18 @@ pub fn export_job(job: &JobExport, dir: &Path, formats: &[Format]) -> Result<Exp
 }
 
 /// Writes `bytes` to `dir/name` through a temporary file and a rename.
-fn write_file(dir: &Path, name: &str, kind: &str, bytes: &[u8]) -> Result<ExportedFile, ExportError> {
+fn write_file(
+    dir: &Path,
+    name: &str,
+    kind: &str,
+    bytes: &[u8],
+) -> Result<ExportedFile, ExportError> {
     let path = dir.join(name);
     let tmp = dir.join(format!(".{name}.tmp"));
-    let io = |source| ExportError::Io { path: path.clone(), source };
+    let io = |source| ExportError::Io {
+        path: path.clone(),
+        source,
+    };
     std::fs::write(&tmp, bytes).map_err(io)?;
     std::fs::rename(&tmp, &path).map_err(io)?;
     Ok(ExportedFile {

@@ -100,7 +100,9 @@ pub fn tabular(
     for (i, transform) in preprocessing.columns.iter().enumerate() {
         let name = transform.name();
         let column = schema.column(name).ok_or_else(|| {
-            ExportError::Inconsistent(format!("preprocessing column `{name}` is not in the schema"))
+            ExportError::Inconsistent(format!(
+                "preprocessing column `{name}` is not in the schema"
+            ))
         })?;
         if name == PROBABILITY || name == LOGIT || name.starts_with("confide/") {
             return Err(ExportError::Inconsistent(format!(
@@ -108,7 +110,9 @@ pub fn tabular(
             )));
         }
         if !seen.insert(name) {
-            return Err(ExportError::Inconsistent(format!("column `{name}` appears twice")));
+            return Err(ExportError::Inconsistent(format!(
+                "column `{name}` appears twice"
+            )));
         }
         let impute = schema.policy_for(column) == MissingPolicy::Impute;
         let p = format!("confide/c{i}");
@@ -120,7 +124,11 @@ pub fn tabular(
                     "NaN → NaN score (schema refuses missing cells)".into()
                 };
                 g.input(name, pb::tensor_proto::DataType::Float, &missing);
-                signature.inputs.push(GraphInput { name: name.into(), dtype: "float", missing });
+                signature.inputs.push(GraphInput {
+                    name: name.into(),
+                    dtype: "float",
+                    missing,
+                });
                 let mean_c = g.float_const(&format!("{p}/mean"), &[], &[*mean as f32]);
                 let std_c = g.float_const(&format!("{p}/std"), &[], &[*std as f32]);
                 let centred = g.node("Sub", &[name, &mean_c], &format!("{p}/centred"), vec![]);
@@ -135,12 +143,19 @@ pub fn tabular(
             ColumnTransform::Categorical { levels, mode, .. } => {
                 let mode_name = levels.get(*mode as usize).cloned().unwrap_or_default();
                 let missing = if impute {
-                    format!("blank or {:?} → federated mode `{mode_name}`", schema.na_values)
+                    format!(
+                        "blank or {:?} → federated mode `{mode_name}`; unknown level → NaN score",
+                        schema.na_values
+                    )
                 } else {
-                    "blank → NaN score (schema refuses missing cells)".into()
+                    "blank or unknown level → NaN score (schema refuses missing cells)".into()
                 };
                 g.input(name, pb::tensor_proto::DataType::String, &missing);
-                signature.inputs.push(GraphInput { name: name.into(), dtype: "string", missing });
+                signature.inputs.push(GraphInput {
+                    name: name.into(),
+                    dtype: "string",
+                    missing,
+                });
                 let mut keys: Vec<String> = levels.clone();
                 let mut values: Vec<i64> = (0..levels.len() as i64).collect();
                 if impute {
@@ -179,17 +194,31 @@ pub fn tabular(
         }
     }
     let refs: Vec<&str> = encoded.iter().map(String::as_str).collect();
-    let mut h = g.node("Concat", &refs, "confide/features", vec![attr_int("axis", 1)]);
+    let mut h = g.node(
+        "Concat",
+        &refs,
+        "confide/features",
+        vec![attr_int("axis", 1)],
+    );
     let layers = spec.hidden().len() + 1;
     for layer in 0..layers {
         let (w_name, b_name) = (format!("fc{layer}.weight"), format!("fc{layer}.bias"));
         let shape = |n: &str| {
-            params.layout.tensors.iter().find(|t| t.name == n).map(|t| t.shape.clone())
+            params
+                .layout
+                .tensors
+                .iter()
+                .find(|t| t.name == n)
+                .map(|t| t.shape.clone())
         };
-        let (Some(w_shape), Some(w), Some(b)) =
-            (shape(&w_name), params.tensor(&w_name), params.tensor(&b_name))
-        else {
-            return Err(ExportError::Inconsistent(format!("the model lacks layer fc{layer}")));
+        let (Some(w_shape), Some(w), Some(b)) = (
+            shape(&w_name),
+            params.tensor(&w_name),
+            params.tensor(&b_name),
+        ) else {
+            return Err(ExportError::Inconsistent(format!(
+                "the model lacks layer fc{layer}"
+            )));
         };
         let dims: Vec<i64> = w_shape.iter().map(|&d| d as i64).collect();
         let w_c = g.float_const(&w_name, &dims, w);
@@ -204,9 +233,10 @@ pub fn tabular(
             h = g.node("Relu", &[&h], &format!("confide/relu{layer}"), vec![]);
         }
     }
-    let mut refused = refusals.first().cloned().ok_or_else(|| {
-        ExportError::Inconsistent("the schema has no feature columns".into())
-    })?;
+    let mut refused = refusals
+        .first()
+        .cloned()
+        .ok_or_else(|| ExportError::Inconsistent("the schema has no feature columns".into()))?;
     for (i, r) in refusals.iter().enumerate().skip(1) {
         refused = g.node("Or", &[&refused, r], &format!("confide/refused{i}"), vec![]);
     }
@@ -215,7 +245,12 @@ pub fn tabular(
     let logit = g.node("Where", &[&refused, &nan, &h], "confide/logit", vec![]);
     g.node("Reshape", &[&logit, &flat], LOGIT, vec![]);
     let sigmoid = g.node("Sigmoid", &[&h], "confide/sigmoid", vec![]);
-    let probability = g.node("Where", &[&refused, &nan, &sigmoid], "confide/probability", vec![]);
+    let probability = g.node(
+        "Where",
+        &[&refused, &nan, &sigmoid],
+        "confide/probability",
+        vec![],
+    );
     g.node("Reshape", &[&probability, &flat], PROBABILITY, vec![]);
     g.output(PROBABILITY);
     g.output(LOGIT);
@@ -223,8 +258,14 @@ pub fn tabular(
     let model = pb::ModelProto {
         ir_version: Some(IR_VERSION),
         opset_import: vec![
-            pb::OperatorSetIdProto { domain: Some(String::new()), version: Some(OPSET) },
-            pb::OperatorSetIdProto { domain: Some("ai.onnx.ml".into()), version: Some(ML_OPSET) },
+            pb::OperatorSetIdProto {
+                domain: Some(String::new()),
+                version: Some(OPSET),
+            },
+            pb::OperatorSetIdProto {
+                domain: Some("ai.onnx.ml".into()),
+                version: Some(ML_OPSET),
+            },
         ],
         producer_name: Some("confide".into()),
         producer_version: Some(env!("CARGO_PKG_VERSION").into()),
@@ -245,11 +286,17 @@ pub fn tabular(
         }),
         metadata_props: metadata
             .iter()
-            .map(|(k, v)| pb::StringStringEntryProto { key: Some(k.clone()), value: Some(v.clone()) })
+            .map(|(k, v)| pb::StringStringEntryProto {
+                key: Some(k.clone()),
+                value: Some(v.clone()),
+            })
             .collect(),
         ..Default::default()
     };
-    Ok(OnnxModel { bytes: model.encode_to_vec(), signature })
+    Ok(OnnxModel {
+        bytes: model.encode_to_vec(),
+        signature,
+    })
 }
 
 /// Accumulates nodes, initializers, inputs and outputs.
@@ -271,11 +318,21 @@ impl GraphBuilder {
 
     /// A float `[N]` graph output.
     fn output(&mut self, name: &str) {
-        self.outputs.push(value_info(name, pb::tensor_proto::DataType::Float, &[Dim::Batch]));
+        self.outputs.push(value_info(
+            name,
+            pb::tensor_proto::DataType::Float,
+            &[Dim::Batch],
+        ));
     }
 
     /// Appends a node whose single output is `out`; returns `out`.
-    fn node(&mut self, op: &str, inputs: &[&str], out: &str, attribute: Vec<pb::AttributeProto>) -> String {
+    fn node(
+        &mut self,
+        op: &str,
+        inputs: &[&str],
+        out: &str,
+        attribute: Vec<pb::AttributeProto>,
+    ) -> String {
         self.nodes.push(pb::NodeProto {
             input: inputs.iter().map(|s| s.to_string()).collect(),
             output: vec![out.to_string()],

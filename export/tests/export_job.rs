@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 use confide_core::model::{ModelParams, ModelSpec};
 use confide_datasets::{DatasetSchema, Preprocessing, load_csv_from_reader, local_stats};
 use confide_export::card::ModelCard;
-use confide_export::{ExportError, Format, JobExport, JobInfo, Participant, RoundReport, export_job, names};
+use confide_export::{
+    ExportError, Format, JobExport, JobInfo, Participant, RoundReport, export_job, names,
+};
 use prost::Message;
 
 const SCHEMA: &str = r#"
@@ -31,7 +33,8 @@ name = "age"
 type = "numeric"
 "#;
 
-const ROWS: &str = "id,income,segment,age,y\n1,10,retail,30,1\n2,20,private,40,0\n3,,sme,50,0\n4,40,sme,60,1\n";
+const ROWS: &str =
+    "id,income,segment,age,y\n1,10,retail,30,1\n2,20,private,40,0\n3,,sme,50,0\n4,40,sme,60,1\n";
 
 fn job(spec: ModelSpec, seed: u64) -> JobExport {
     let schema = DatasetSchema::parse(SCHEMA, "tiny.toml").expect("schema");
@@ -50,7 +53,11 @@ fn job(spec: ModelSpec, seed: u64) -> JobExport {
                 .iter()
                 .map(|b| Participant {
                     institution: b.to_string(),
-                    status: if round == 2 && *b == "bank3" { "dropped".into() } else { "contributed".into() },
+                    status: if round == 2 && *b == "bank3" {
+                        "dropped".into()
+                    } else {
+                        "contributed".into()
+                    },
                 })
                 .collect(),
             metrics: BTreeMap::from([("auc".to_string(), 0.7 + round as f64 / 100.0)]),
@@ -84,7 +91,8 @@ fn writes_every_format_and_a_card_whose_hashes_match_the_files() {
     let job = job(ModelSpec::Mlp { hidden: vec![4] }, 1);
     let manifest = export_job(&job, dir.path(), Format::AVAILABLE).expect("export");
     let card: ModelCard =
-        serde_json::from_slice(&std::fs::read(dir.path().join(names::CARD_JSON)).expect("card")).expect("card json");
+        serde_json::from_slice(&std::fs::read(dir.path().join(names::CARD_JSON)).expect("card"))
+            .expect("card json");
     let listed: Vec<&str> = card.files.iter().map(|f| f.name.as_str()).collect();
     assert_eq!(listed, [names::ONNX, names::SAFETENSORS, names::TORCHSCRIPT, names::PREPROCESSING]);
     assert_eq!(card.files, manifest.files);
@@ -99,7 +107,10 @@ fn writes_every_format_and_a_card_whose_hashes_match_the_files() {
     assert_eq!(card.training.rounds[1].institutions_missing, 1);
     assert!(card.privacy.secure_aggregation);
     assert_eq!(card.privacy.differential_privacy, "not applied");
-    assert!(card.coefficients.is_none(), "only logistic regression has a coefficient table");
+    assert!(
+        card.coefficients.is_none(),
+        "only logistic regression has a coefficient table"
+    );
     let md = std::fs::read_to_string(dir.path().join(names::CARD_MD)).expect("markdown");
     for f in &card.files {
         assert!(md.contains(&f.sha256), "markdown lists {}", f.name);
@@ -108,9 +119,18 @@ fn writes_every_format_and_a_card_whose_hashes_match_the_files() {
 
     // The safetensors file reads back as the same parameters and carries the job's metadata.
     let st = std::fs::read(dir.path().join(names::SAFETENSORS)).expect("safetensors");
-    assert_eq!(ModelParams::from_safetensors(&st, &job.params.layout).expect("reads"), job.params);
+    assert_eq!(
+        ModelParams::from_safetensors(&st, &job.params.layout).expect("reads"),
+        job.params
+    );
     let (_, meta) = safetensors::SafeTensors::read_metadata(&st).expect("header");
-    assert_eq!(meta.metadata().as_ref().and_then(|m| m.get("confide.job_id")).map(String::as_str), Some("job-1"));
+    assert_eq!(
+        meta.metadata()
+            .as_ref()
+            .and_then(|m| m.get("confide.job_id"))
+            .map(String::as_str),
+        Some("job-1")
+    );
 }
 
 #[test]
@@ -125,17 +145,25 @@ fn onnx_graph_reads_one_raw_input_per_feature_column() {
         .input
         .iter()
         .map(|i| {
-            let Some(confide_export::pb::type_proto::Value::TensorType(t)) = i.r#type.as_ref().and_then(|t| t.value.clone())
+            let Some(confide_export::pb::type_proto::Value::TensorType(t)) =
+                i.r#type.as_ref().and_then(|t| t.value.clone())
             else {
                 panic!("tensor input")
             };
-            (i.name.clone().unwrap_or_default(), t.elem_type.unwrap_or_default())
+            (
+                i.name.clone().unwrap_or_default(),
+                t.elem_type.unwrap_or_default(),
+            )
         })
         .collect();
     use confide_export::pb::tensor_proto::DataType;
     assert_eq!(
         inputs,
-        [("income".into(), DataType::Float as i32), ("segment".into(), DataType::String as i32), ("age".into(), DataType::Float as i32)]
+        [
+            ("income".into(), DataType::Float as i32),
+            ("segment".into(), DataType::String as i32),
+            ("age".into(), DataType::Float as i32)
+        ]
     );
     let outputs: Vec<String> = graph.output.iter().filter_map(|o| o.name.clone()).collect();
     assert_eq!(outputs, ["probability", "logit"]);
@@ -146,12 +174,32 @@ fn onnx_graph_reads_one_raw_input_per_feature_column() {
         .filter(|n| n.output.iter().any(|o| o.starts_with("confide/refused")))
         .flat_map(|n| n.input.iter().map(String::as_str))
         .collect();
-    assert!(refusal_inputs.contains(&"confide/c0/is_infinite"), "{refusal_inputs:?}");
-    assert!(!refusal_inputs.contains(&"confide/c0/is_bad"), "{refusal_inputs:?}");
-    assert!(refusal_inputs.contains(&"confide/c1/unknown"), "{refusal_inputs:?}");
-    assert!(refusal_inputs.contains(&"confide/c2/is_bad"), "{refusal_inputs:?}");
-    let ml_ops: Vec<_> = graph.node.iter().filter(|n| n.domain.as_deref() == Some("ai.onnx.ml")).collect();
-    assert_eq!(ml_ops.len(), 1, "one CategoryMapper for the one categorical column");
+    assert!(
+        refusal_inputs.contains(&"confide/c0/is_infinite"),
+        "{refusal_inputs:?}"
+    );
+    assert!(
+        !refusal_inputs.contains(&"confide/c0/is_bad"),
+        "{refusal_inputs:?}"
+    );
+    assert!(
+        refusal_inputs.contains(&"confide/c1/unknown"),
+        "{refusal_inputs:?}"
+    );
+    assert!(
+        refusal_inputs.contains(&"confide/c2/is_bad"),
+        "{refusal_inputs:?}"
+    );
+    let ml_ops: Vec<_> = graph
+        .node
+        .iter()
+        .filter(|n| n.domain.as_deref() == Some("ai.onnx.ml"))
+        .collect();
+    assert_eq!(
+        ml_ops.len(),
+        1,
+        "one CategoryMapper for the one categorical column"
+    );
 }
 
 #[test]
@@ -163,12 +211,24 @@ fn logistic_regression_coefficients_on_the_raw_scale_give_the_same_logit() {
     assert_eq!(table.rows.len(), w.len());
     assert_eq!(table.rows[1].feature, "segment=retail");
     // A raw row: income 25, segment private, age 45.
-    let encoded = job.preprocessing.encode(
-        &load_csv_from_reader("id,income,segment,age,y\n9,25,private,45,0\n".as_bytes(), "r", &job.schema).expect("row"),
-    )
-    .expect("encode");
+    let encoded = job
+        .preprocessing
+        .encode(
+            &load_csv_from_reader(
+                "id,income,segment,age,y\n9,25,private,45,0\n".as_bytes(),
+                "r",
+                &job.schema,
+            )
+            .expect("row"),
+        )
+        .expect("encode");
     let standardised: f64 = table.intercept
-        + encoded.features.iter().zip(&table.rows).map(|(x, r)| f64::from(*x) * r.coefficient).sum::<f64>();
+        + encoded
+            .features
+            .iter()
+            .zip(&table.rows)
+            .map(|(x, r)| f64::from(*x) * r.coefficient)
+            .sum::<f64>();
     let raw: f64 = table.intercept_raw_scale
         + 25.0 * table.rows[0].coefficient_raw_scale.expect("numeric")
         + table.rows[2].coefficient
@@ -192,12 +252,48 @@ fn writes_torchscript_alone_and_refuses_inputs_that_do_not_fit() {
     let prep = serde_json::to_string(&job.preprocessing).expect("prep");
     let spec = serde_json::to_string(&job.spec).expect("spec");
     let model = job.params.to_safetensors(None);
-    let not_trained = JobExport::from_stored(job.job.clone(), &spec, SCHEMA, None, Some(&model), vec![]);
-    assert!(matches!(not_trained, Err(ExportError::NotTrained { what: "preprocessing", .. })));
+    let not_trained =
+        JobExport::from_stored(job.job.clone(), &spec, SCHEMA, None, Some(&model), vec![]);
+    assert!(matches!(
+        not_trained,
+        Err(ExportError::NotTrained {
+            what: "preprocessing",
+            ..
+        })
+    ));
     let other_schema = SCHEMA.replace("\"sme\"]", "\"sme\", \"corporate\"]");
-    let mismatch = JobExport::from_stored(job.job.clone(), &spec, &other_schema, Some(&prep), Some(&model), vec![]);
-    assert!(matches!(mismatch, Err(ExportError::Inconsistent(_))), "{mismatch:?}");
-    let mlp = ModelParams::init(ModelSpec::Mlp { hidden: vec![3] }.layout(job.preprocessing.input_dim()), 1);
-    let wrong_model = JobExport::from_stored(job.job.clone(), &spec, SCHEMA, Some(&prep), Some(&mlp.to_safetensors(None)), vec![]);
-    assert!(matches!(wrong_model, Err(ExportError::Input { what: "model checkpoint", .. })), "{wrong_model:?}");
+    let mismatch = JobExport::from_stored(
+        job.job.clone(),
+        &spec,
+        &other_schema,
+        Some(&prep),
+        Some(&model),
+        vec![],
+    );
+    assert!(
+        matches!(mismatch, Err(ExportError::Inconsistent(_))),
+        "{mismatch:?}"
+    );
+    let mlp = ModelParams::init(
+        ModelSpec::Mlp { hidden: vec![3] }.layout(job.preprocessing.input_dim()),
+        1,
+    );
+    let wrong_model = JobExport::from_stored(
+        job.job.clone(),
+        &spec,
+        SCHEMA,
+        Some(&prep),
+        Some(&mlp.to_safetensors(None)),
+        vec![],
+    );
+    assert!(
+        matches!(
+            wrong_model,
+            Err(ExportError::Input {
+                what: "model checkpoint",
+                ..
+            })
+        ),
+        "{wrong_model:?}"
+    );
 }

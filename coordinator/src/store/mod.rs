@@ -543,6 +543,32 @@ mod tests {
     }
 
     #[test]
+    fn a_database_from_before_exports_gains_the_export_columns() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            // SCHEMA still creates the first release's tables; only the migration adds columns.
+            let conn = Connection::open(dir.path().join("state.sqlite3")).expect("create");
+            conn.execute_batch(SCHEMA).expect("old schema");
+            conn.execute(
+                "INSERT INTO jobs (id, name, spec_json, schema_toml, status, created_at, updated_at)
+                 VALUES ('old', 'churn', '{}', '', 'completed', 't', 't')",
+                [],
+            )
+            .expect("old job");
+        }
+        let store = Store::open(dir.path()).expect("opens and migrates");
+        let job = store.job("old").expect("query").expect("kept");
+        assert_eq!((job.export_dir, job.export_error), (None, None));
+        store.set_export("old", None, Some("disk full")).expect("record failure");
+        assert_eq!(store.job("old").expect("query").expect("job").export_error.as_deref(), Some("disk full"));
+        store.set_export("old", Some("/data/jobs/old/export"), None).expect("record success");
+        let job = store.job("old").expect("query").expect("job");
+        assert_eq!((job.export_dir.as_deref(), job.export_error), (Some("/data/jobs/old/export"), None));
+        drop(store);
+        Store::open(dir.path()).expect("a migrated database reopens");
+    }
+
+    #[test]
     fn completed_rounds_survive_reopening() {
         let dir = tempfile::tempdir().expect("tempdir");
         {

@@ -24,7 +24,10 @@ use tract_onnx::tract_hir::infer::Factoid;
 const MISSING: [&str; 3] = ["NA", "N/A", "null"];
 
 #[derive(Debug, Parser)]
-#[command(version, about = "Score raw CSV rows with an exported Confide ONNX model (tract, pure Rust)")]
+#[command(
+    version,
+    about = "Score raw CSV rows with an exported Confide ONNX model (tract, pure Rust)"
+)]
 struct Args {
     /// The exported `model.onnx`.
     model: PathBuf,
@@ -73,7 +76,11 @@ impl Scorer {
             .iter()
             .position(|o| model.node(o.node).name == "probability")
             .context("the model has no `probability` output; was it exported by confide?")?;
-        Ok(Self { model, inputs, probability })
+        Ok(Self {
+            model,
+            inputs,
+            probability,
+        })
     }
 
     /// Probabilities for `rows` rows whose cells are looked up by input name.
@@ -89,23 +96,39 @@ impl Scorer {
                         f32::NAN
                     } else {
                         raw.parse::<f64>().with_context(|| {
-                            format!("row {}: column `{}`: `{raw}` is not a number", r + 1, input.name)
+                            format!(
+                                "row {}: column `{}`: `{raw}` is not a number",
+                                r + 1,
+                                input.name
+                            )
                         })? as f32
                     });
                 }
                 tract_ndarray::Array2::from_shape_vec((rows, 1), column)?.into_tensor()
             } else {
-                let column = (0..rows).map(|r| cell(r, &input.name)).collect::<Result<Vec<_>>>()?;
+                let column = (0..rows)
+                    .map(|r| cell(r, &input.name))
+                    .collect::<Result<Vec<_>>>()?;
                 tract_ndarray::Array2::from_shape_vec((rows, 1), column)?.into_tensor()
             };
-            let dt = if input.numeric { f32::datum_type() } else { String::datum_type() };
+            let dt = if input.numeric {
+                f32::datum_type()
+            } else {
+                String::datum_type()
+            };
             model.set_input_fact(i, InferenceFact::dt_shape(dt, tvec!(rows, 1)))?;
             values.push(tensor.into());
         }
         let plan = model.into_optimized()?.into_runnable()?;
         let outputs = plan.run(values)?;
-        let probability = outputs.get(self.probability).context("missing probability output")?;
-        Ok(probability.to_plain_array_view::<f32>()?.iter().copied().collect())
+        let probability = outputs
+            .get(self.probability)
+            .context("missing probability output")?;
+        Ok(probability
+            .to_plain_array_view::<f32>()?
+            .iter()
+            .copied()
+            .collect())
     }
 }
 
@@ -119,20 +142,32 @@ fn main() -> Result<()> {
         .headers()?
         .iter()
         .enumerate()
-        .map(|(i, h)| if i == 0 { h.trim_start_matches('\u{feff}').to_string() } else { h.to_string() })
+        .map(|(i, h)| {
+            if i == 0 {
+                h.trim_start_matches('\u{feff}').to_string()
+            } else {
+                h.to_string()
+            }
+        })
         .collect();
     let column = |name: &str| header.iter().position(|h| h == name);
     for input in &scorer.inputs {
         if column(&input.name).is_none() {
-            bail!("{}: no column `{}` (the model reads {:?})", args.rows.display(), input.name,
-                scorer.inputs.iter().map(|i| &i.name).collect::<Vec<_>>());
+            bail!(
+                "{}: no column `{}` (the model reads {:?})",
+                args.rows.display(),
+                input.name,
+                scorer.inputs.iter().map(|i| &i.name).collect::<Vec<_>>()
+            );
         }
     }
     let id = match &args.id_column {
         Some(name) => Some(column(name).with_context(|| format!("no id column `{name}`"))?),
         None => None,
     };
-    let records = reader.records().collect::<Result<Vec<_>, _>>()
+    let records = reader
+        .records()
+        .collect::<Result<Vec<_>, _>>()
         .with_context(|| format!("cannot parse {}", args.rows.display()))?;
     let probabilities = scorer.score(records.len(), |r, name| {
         let c = column(name).context("column vanished")?;
@@ -140,13 +175,18 @@ fn main() -> Result<()> {
     })?;
 
     let out: Box<dyn Write> = match &args.output {
-        Some(path) => Box::new(std::fs::File::create(path).with_context(|| format!("cannot write {}", path.display()))?),
+        Some(path) => Box::new(
+            std::fs::File::create(path)
+                .with_context(|| format!("cannot write {}", path.display()))?,
+        ),
         None => Box::new(std::io::stdout().lock()),
     };
     let mut writer = csv::Writer::from_writer(out);
     writer.write_record(["id", "probability"])?;
     for (r, (record, p)) in records.iter().zip(&probabilities).enumerate() {
-        let id = id.and_then(|c| record.get(c)).map_or_else(|| r.to_string(), str::to_string);
+        let id = id
+            .and_then(|c| record.get(c))
+            .map_or_else(|| r.to_string(), str::to_string);
         writer.write_record([id, format_probability(*p)])?;
     }
     writer.flush()?;
@@ -155,5 +195,9 @@ fn main() -> Result<()> {
 
 /// Shortest text that reads back as the same `f32` (`NaN` for a refused row).
 fn format_probability(p: f32) -> String {
-    if p.is_nan() { "NaN".into() } else { format!("{p:?}") }
+    if p.is_nan() {
+        "NaN".into()
+    } else {
+        format!("{p:?}")
+    }
 }
