@@ -147,6 +147,52 @@ pub enum DataError {
         /// The accepted values, quoted (`"Yes", "No"`).
         expected: String,
     },
+    /// The file is used with a schema of the other kind (tabular vs ratings).
+    #[error("{path}: {message}")]
+    WrongKind {
+        /// File.
+        path: String,
+        /// What was expected.
+        message: String,
+    },
+    /// A rating names an item that is not in the shared catalogue.
+    #[error("{path}:{line}: column `{column}`: item {item:?} is not in the shared item catalogue")]
+    UnknownItem {
+        /// File.
+        path: String,
+        /// 1-based line.
+        line: u64,
+        /// Item column.
+        column: String,
+        /// The item id.
+        item: String,
+    },
+    /// A rating is outside the schema's range.
+    #[error("{path}:{line}: column `{column}`: rating {value} is outside [{min}, {max}]")]
+    RatingOutOfRange {
+        /// File.
+        path: String,
+        /// 1-based line.
+        line: u64,
+        /// Rating column.
+        column: String,
+        /// The rating.
+        value: f64,
+        /// Smallest valid rating.
+        min: f64,
+        /// Largest valid rating.
+        max: f64,
+    },
+    /// A required cell (user, item or rating) is blank.
+    #[error("{path}:{line}: column `{column}`: missing value (user, item and rating are required)")]
+    MissingCell {
+        /// File.
+        path: String,
+        /// 1-based line.
+        line: u64,
+        /// Column.
+        column: String,
+    },
     /// A partitioning request cannot be satisfied.
     #[error("cannot partition {path}: {message}")]
     Partition {

@@ -41,6 +41,23 @@ pub enum Scheme {
         /// Column whose values define the institutions.
         column: String,
     },
+    /// Ratings: users dealt at random to institutions (near-equal user counts); all of a
+    /// user's ratings go to one institution.
+    Users,
+    /// Ratings, non-IID: users sorted by number of ratings and cut into contiguous blocks, so
+    /// `bank1` holds the most active users and the last bank the least active.
+    UsersByActivity,
+}
+
+/// Which of each user's ratings are held out (ratings partitions).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Holdout {
+    /// A seeded random fraction of each user's ratings.
+    #[default]
+    Random,
+    /// Each user's latest ratings by timestamp (ties by file order).
+    Latest,
 }
 
 /// A partitioning request.
@@ -57,6 +74,10 @@ pub struct PartitionConfig {
     pub seed: u64,
     /// Smallest acceptable institution (Dirichlet draws are repeated until all reach it).
     pub min_rows: usize,
+    /// Ratings partitions: which ratings of each user are held out (`test_fraction` of them;
+    /// every user keeps at least one training rating).
+    #[serde(default)]
+    pub holdout: Holdout,
 }
 
 impl Default for PartitionConfig {
@@ -67,6 +88,7 @@ impl Default for PartitionConfig {
             test_fraction: 0.2,
             seed: 42,
             min_rows: 10,
+            holdout: Holdout::Random,
         }
     }
 }
@@ -175,6 +197,9 @@ pub fn plan_partition(
                 groups.push((name, rows));
             }
             groups
+        }
+        Scheme::Users | Scheme::UsersByActivity => {
+            return Err("user schemes need a ratings schema (`[recommendation]`)".into());
         }
     };
     Ok(groups
@@ -328,6 +353,9 @@ pub fn partition_csv(
     cfg: &PartitionConfig,
     overwrite: bool,
 ) -> Result<PartitionSummary, DataError> {
+    if let Some(spec) = &schema.recommendation {
+        return partition_ratings_csv(input, schema, spec, out, cfg, overwrite);
+    }
     let origin = input.display().to_string();
     let bytes = std::fs::read(input).map_err(|e| DataError::io(input, e))?;
     let mut rdr = csv_reader(bytes.as_slice());
@@ -359,6 +387,15 @@ pub fn partition_csv(
         }
         starts.push(usize::try_from(pos.byte()).unwrap_or(bytes.len()).min(bytes.len()));
     }
+    let lines = raw_lines(&bytes, &starts);
+    let plan = plan_partition(&labels, key_index.map(|_| keys.as_slice()), cfg)
+        .map_err(|message| DataError::Partition { path: origin.clone(), message })?;
+    let positive = |r: usize| labels[r] > 0.5;
+    write_partition(out, &plan, &lines, overwrite, &positive, origin, &bytes, schema, cfg)
+}
+
+/// Splits the byte buffer into the header and one slice per record (`starts` = byte offsets).
+fn raw_lines<'b>(bytes: &'b [u8], starts: &[usize]) -> RawLines<'b> {
     let header_bytes = trim_newlines(&bytes[..starts.first().copied().unwrap_or(bytes.len())]);
     // Output files use the input's line ending, read from the end of the header line.
     let newline: &'static [u8] =
@@ -368,7 +405,7 @@ pub fn partition_csv(
             b"\n"
         };
     let ends = starts.iter().skip(1).copied().chain(std::iter::once(bytes.len()));
-    let lines = RawLines {
+    RawLines {
         header: header_bytes,
         records: starts
             .iter()
@@ -376,19 +413,30 @@ pub fn partition_csv(
             .map(|(&s, e)| trim_newlines(&bytes[s..e.max(s)]))
             .collect(),
         newline,
-    };
+    }
+}
 
-    let plan = plan_partition(&labels, key_index.map(|_| keys.as_slice()), cfg)
-        .map_err(|message| DataError::Partition { path: origin.clone(), message })?;
-
+/// Writes every institution's files and the manifest.
+#[allow(clippy::too_many_arguments)]
+fn write_partition(
+    out: &Path,
+    plan: &[InstitutionRows],
+    lines: &RawLines<'_>,
+    overwrite: bool,
+    positive: &dyn Fn(usize) -> bool,
+    origin: String,
+    bytes: &[u8],
+    schema: &DatasetSchema,
+    cfg: &PartitionConfig,
+) -> Result<PartitionSummary, DataError> {
     let mut institutions = Vec::with_capacity(plan.len());
-    for inst in &plan {
+    for inst in plan {
         let dir = out.join(&inst.name);
         std::fs::create_dir_all(&dir).map_err(|e| DataError::io(&dir, e))?;
         for (file, rows) in [("train.csv", &inst.train), ("test.csv", &inst.test)] {
-            write_rows(&dir.join(file), &lines, rows, overwrite)?;
+            write_rows(&dir.join(file), lines, rows, overwrite)?;
         }
-        let positives = |rows: &[usize]| rows.iter().filter(|&&r| labels[r] > 0.5).count();
+        let positives = |rows: &[usize]| rows.iter().filter(|&&r| positive(r)).count();
         institutions.push(InstitutionSummary {
             name: inst.name.clone(),
             train_rows: inst.train.len(),
@@ -399,7 +447,7 @@ pub fn partition_csv(
     }
     let summary = PartitionSummary {
         input: origin,
-        input_sha256: confide_core::sha256_hex(&bytes),
+        input_sha256: confide_core::sha256_hex(bytes),
         schema: schema.name.clone(),
         schema_fingerprint: schema.fingerprint(),
         config: cfg.clone(),
@@ -409,6 +457,92 @@ pub fn partition_csv(
     let json = serde_json::to_string_pretty(&summary).unwrap_or_default();
     write_file(&manifest, format!("{json}\n").as_bytes(), true)?;
     Ok(summary)
+}
+
+/// Partitions a ratings file by user (see [`Scheme::Users`], [`Scheme::UsersByActivity`]) and
+/// holds out part of each user's ratings; `positives` in the summary count relevant ratings.
+fn partition_ratings_csv(
+    input: &Path,
+    schema: &DatasetSchema,
+    spec: &crate::schema::RecommendationSpec,
+    out: &Path,
+    cfg: &PartitionConfig,
+    overwrite: bool,
+) -> Result<PartitionSummary, DataError> {
+    let origin = input.display().to_string();
+    let bytes = std::fs::read(input).map_err(|e| DataError::io(input, e))?;
+    let mut rdr = csv_reader(bytes.as_slice());
+    let header = rdr.byte_headers().map_err(|e| DataError::csv(&origin, &e))?.clone();
+    let columns = crate::ratings::RatingColumns::locate(&origin, &header, schema, spec)?;
+    let (mut user_of, mut times, mut relevant, mut starts) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut users: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    let mut record = csv::ByteRecord::new();
+    while rdr.read_byte_record(&mut record).map_err(|e| DataError::csv(&origin, &e))? {
+        let pos = record.position().cloned().unwrap_or_else(csv::Position::new);
+        let row = columns.parse(&record, &origin, pos.line(), schema, spec)?;
+        let next = users.len();
+        user_of.push(*users.entry(row.user.to_string()).or_insert(next));
+        times.push(row.timestamp);
+        relevant.push(row.rating >= spec.relevant_from);
+        starts.push(usize::try_from(pos.byte()).unwrap_or(bytes.len()).min(bytes.len()));
+    }
+    let lines = raw_lines(&bytes, &starts);
+    let plan = plan_ratings_partition(&user_of, &times, cfg)
+        .map_err(|message| DataError::Partition { path: origin.clone(), message })?;
+    let positive = |r: usize| relevant[r];
+    write_partition(out, &plan, &lines, overwrite, &positive, origin, &bytes, schema, cfg)
+}
+
+/// Assigns users (`user_of[row]`, dense indices in first-seen order) to institutions and holds
+/// out `test_fraction` of each user's ratings (at least one stays in training).
+pub fn plan_ratings_partition(user_of: &[usize], times: &[i64], cfg: &PartitionConfig) -> Result<Vec<InstitutionRows>, String> {
+    let k = cfg.institutions.ok_or("ratings partitions need --institutions")?;
+    if !(0.0..1.0).contains(&cfg.test_fraction) {
+        return Err(format!("test fraction {} must be in [0, 1)", cfg.test_fraction));
+    }
+    let n_users = user_of.iter().max().map_or(0, |m| m + 1);
+    if k == 0 || k > n_users {
+        return Err(format!("cannot split {n_users} users into {k} institutions"));
+    }
+    let mut rows_of: Vec<Vec<usize>> = vec![Vec::new(); n_users];
+    for (r, &u) in user_of.iter().enumerate() {
+        rows_of[u].push(r);
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
+    let mut order: Vec<usize> = (0..n_users).collect();
+    let bank_of_rank: Vec<usize> = match cfg.scheme {
+        Scheme::Iid | Scheme::Users => {
+            order.shuffle(&mut rng);
+            (0..n_users).map(|i| i % k).collect()
+        }
+        Scheme::UsersByActivity => {
+            order.sort_by_key(|&u| std::cmp::Reverse(rows_of[u].len()));
+            (0..n_users).map(|i| i * k / n_users).collect()
+        }
+        ref other => return Err(format!("scheme {other:?} does not apply to ratings; use users or users_by_activity")),
+    };
+    let mut plan: Vec<InstitutionRows> =
+        (0..k).map(|i| InstitutionRows { name: format!("bank{}", i + 1), train: Vec::new(), test: Vec::new() }).collect();
+    for (rank, &u) in order.iter().enumerate() {
+        let mut rows = rows_of[u].clone();
+        match cfg.holdout {
+            Holdout::Random => rows.shuffle(&mut rng),
+            Holdout::Latest => rows.sort_by_key(|&r| (times[r], r)),
+        }
+        let held = ((rows.len() as f64 * cfg.test_fraction).round() as usize).min(rows.len().saturating_sub(1));
+        let (train, test) = rows.split_at(rows.len() - held);
+        let inst = &mut plan[bank_of_rank[rank]];
+        inst.train.extend_from_slice(train);
+        inst.test.extend_from_slice(test);
+    }
+    for inst in &mut plan {
+        inst.train.sort_unstable();
+        inst.test.sort_unstable();
+        if inst.train.len() + inst.test.len() < cfg.min_rows {
+            return Err(format!("{} would hold {} ratings, fewer than --min-rows {}", inst.name, inst.train.len() + inst.test.len(), cfg.min_rows));
+        }
+    }
+    Ok(plan)
 }
 
 fn write_rows(
@@ -460,6 +594,42 @@ mod tests {
             plan.iter().flat_map(|i| i.train.iter().chain(&i.test).copied()).collect();
         rows.sort_unstable();
         rows
+    }
+
+    #[test]
+    fn ratings_partitions_keep_each_user_at_one_bank_and_hold_out_per_user() {
+        // 30 users with 1..=30 ratings each.
+        let user_of: Vec<usize> = (0..30).flat_map(|u| std::iter::repeat_n(u, u + 1)).collect();
+        let times: Vec<i64> = (0..user_of.len() as i64).rev().collect();
+        for scheme in [Scheme::Users, Scheme::UsersByActivity] {
+            for holdout in [Holdout::Random, Holdout::Latest] {
+                let c = PartitionConfig { holdout, min_rows: 1, ..cfg(3, scheme.clone(), 5) };
+                let plan = plan_ratings_partition(&user_of, &times, &c).expect("plans");
+                assert_eq!(all_rows(&plan), (0..user_of.len()).collect::<Vec<_>>());
+                let bank_of = |u: usize| plan.iter().position(|i| i.train.iter().chain(&i.test).any(|&r| user_of[r] == u));
+                for u in 0..30 {
+                    let b = bank_of(u).expect("user placed");
+                    let inst = &plan[b];
+                    let (tr, te) = (
+                        inst.train.iter().filter(|&&r| user_of[r] == u).count(),
+                        inst.test.iter().filter(|&&r| user_of[r] == u).count(),
+                    );
+                    assert_eq!(tr + te, u + 1, "all of user {u}'s ratings at one bank");
+                    assert!(tr >= 1, "user {u} keeps a training rating");
+                    assert_eq!(te, (((u + 1) as f64 * 0.2).round() as usize).min(u));
+                    if holdout == Holdout::Latest && te > 0 {
+                        let newest_train = inst.train.iter().filter(|&&r| user_of[r] == u).map(|&r| times[r]).max();
+                        let oldest_test = inst.test.iter().filter(|&&r| user_of[r] == u).map(|&r| times[r]).min();
+                        assert!(newest_train <= oldest_test, "latest ratings are held out");
+                    }
+                }
+                if scheme == Scheme::UsersByActivity {
+                    let sizes: Vec<usize> = plan.iter().map(|i| i.train.len() + i.test.len()).collect();
+                    assert!(sizes[0] > sizes[1] && sizes[1] > sizes[2], "{sizes:?}");
+                }
+            }
+        }
+        assert!(plan_ratings_partition(&user_of, &times, &cfg(3, Scheme::Dirichlet { alpha: 1.0 }, 1)).is_err());
     }
 
     #[test]

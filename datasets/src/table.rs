@@ -94,6 +94,10 @@ pub(crate) fn map_header(
     if header.is_empty() || (header.len() == 1 && header[0].is_empty()) {
         return Err(DataError::NoHeader { path: path.to_string() });
     }
+    let target_spec = schema.target.as_ref().ok_or_else(|| DataError::WrongKind {
+        path: path.into(),
+        message: format!("schema `{}` describes ratings, not a tabular dataset with a target", schema.name),
+    })?;
     let mut by_name = HashMap::new();
     for (i, raw) in header.iter().enumerate() {
         let name = std::str::from_utf8(raw).map_err(|_| DataError::InvalidUtf8 {
@@ -105,7 +109,7 @@ pub(crate) fn map_header(
         if by_name.insert(name.to_string(), i).is_some() {
             return Err(DataError::DuplicateColumn { path: path.into(), column: name.into() });
         }
-        if name != schema.target.column && schema.column(name).is_none() {
+        if name != target_spec.column && schema.column(name).is_none() {
             return Err(DataError::UnknownColumn { path: path.into(), column: name.into() });
         }
     }
@@ -118,7 +122,7 @@ pub(crate) fn map_header(
     for col in schema.columns.iter().filter(|c| c.kind != ColumnType::Ignored) {
         require(&col.name)?;
     }
-    let target = require(&schema.target.column)?;
+    let target = require(&target_spec.column)?;
     let features = schema
         .feature_columns()
         .map(|c| Ok((require(&c.name)?, c.clone())))
@@ -150,19 +154,23 @@ pub(crate) fn parse_label(
     path: &str,
     line: u64,
 ) -> Result<f32, DataError> {
-    let column = &schema.target.column;
+    let spec = schema.target.as_ref().ok_or_else(|| DataError::WrongKind {
+        path: path.into(),
+        message: format!("schema `{}` has no binary target", schema.name),
+    })?;
+    let column = &spec.column;
     let raw = cell(record, target, path, line, column)?;
     if schema.is_missing(raw) {
         return Err(DataError::MissingTarget { path: path.into(), line, column: column.clone() });
     }
     let value = raw.trim();
-    schema.target.label_of(value).ok_or_else(|| DataError::BadTarget {
+    spec.label_of(value).ok_or_else(|| DataError::BadTarget {
         path: path.into(),
         line,
         column: column.clone(),
         value: value.into(),
-        expected: std::iter::once(&schema.target.positive)
-            .chain(&schema.target.negative)
+        expected: std::iter::once(&spec.positive)
+            .chain(&spec.negative)
             .map(|v| format!("{v:?}"))
             .collect::<Vec<_>>()
             .join(", "),

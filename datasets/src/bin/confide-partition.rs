@@ -1,13 +1,13 @@
 //! `confide-partition`: splits one CSV file into per-institution `train.csv`/`test.csv` folders
 //! (IID, Dirichlet label skew, or one institution per value of a column) for federated
-//! simulations, and writes a `partition.json` manifest beside them.
+//! simulations (ratings files: by user, IID or by activity, with a per-user hold-out), and writes a `partition.json` manifest beside them.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, ValueEnum};
 use confide_datasets::DatasetSchema;
-use confide_datasets::partition::{PartitionConfig, Scheme, partition_csv};
+use confide_datasets::partition::{Holdout, PartitionConfig, Scheme, partition_csv};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum SchemeArg {
@@ -17,6 +17,18 @@ enum SchemeArg {
     Dirichlet,
     /// One institution per value of `--by-column`.
     ByColumn,
+    /// Ratings: users dealt at random, all of a user's ratings at one institution.
+    Users,
+    /// Ratings, non-IID: users sorted by activity, bank1 holds the most active.
+    UsersByActivity,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum HoldoutArg {
+    /// A random fraction of each user's ratings.
+    Random,
+    /// Each user's latest ratings by timestamp.
+    Latest,
 }
 
 /// Split a CSV file into per-institution train/test folders.
@@ -44,7 +56,11 @@ struct Args {
     /// Column whose values define the institutions (e.g. Geography).
     #[arg(long)]
     by_column: Option<String>,
-    /// Fraction of each institution's rows, stratified by label, written to test.csv.
+    /// Ratings schemas: which of each user's ratings are held out.
+    #[arg(long, value_enum, default_value = "random")]
+    holdout: HoldoutArg,
+    /// Fraction of each institution's rows, stratified by label (ratings: of each user's
+    /// ratings), written to test.csv.
     #[arg(long, default_value_t = 0.2)]
     test_fraction: f64,
     /// Seed for every random choice.
@@ -71,6 +87,8 @@ fn scheme(args: &Args) -> Result<Scheme, String> {
         }
         (None | Some(SchemeArg::Iid), None) => Ok(Scheme::Iid),
         (Some(SchemeArg::Dirichlet), None) => Ok(Scheme::Dirichlet { alpha: args.alpha }),
+        (Some(SchemeArg::Users), None) => Ok(Scheme::Users),
+        (Some(SchemeArg::UsersByActivity), None) => Ok(Scheme::UsersByActivity),
     }
 }
 
@@ -82,6 +100,10 @@ fn run(args: &Args) -> Result<(), String> {
         test_fraction: args.test_fraction,
         seed: args.seed,
         min_rows: args.min_rows,
+        holdout: match args.holdout {
+            HoldoutArg::Random => Holdout::Random,
+            HoldoutArg::Latest => Holdout::Latest,
+        },
     };
     let summary = partition_csv(&args.input, &schema, &args.out, &cfg, args.force)
         .map_err(|e| e.to_string())?;
