@@ -244,6 +244,9 @@ pub struct RecommendationPrep {
     pub top_k: usize,
     /// Seed of the ranking negatives (with the user id: the same per user on every run).
     pub eval_seed: u64,
+    /// What the model learns from; rating error is only reported for explicit ratings.
+    #[serde(default)]
+    pub feedback: confide_core::job::Feedback,
 }
 
 /// Encoded model inputs.
@@ -301,6 +304,7 @@ impl Preprocessing {
                     ranking_negatives: 99,
                     top_k: 10,
                     eval_seed: 0,
+                    feedback: confide_core::job::Feedback::Explicit,
                 }),
             });
         }

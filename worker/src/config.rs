@@ -57,7 +57,8 @@ pub struct PolicyConfig {
     /// Fewest institutions a round may have for this worker to send anything (≥ 3).
     #[serde(default = "default_min_participants")]
     pub min_participants: u32,
-    /// Model kinds this bank lets its data train (`logistic_regression`, `mlp`); empty = all.
+    /// Model kinds this bank lets its data train (`logistic_regression`, `mlp`,
+    /// `matrix_factorization`, `two_tower`); empty = all.
     #[serde(default)]
     pub allowed_models: Vec<String>,
     /// Training rounds this bank contributes to any one job (0 = no limit).
@@ -155,7 +156,7 @@ impl WorkerConfig {
         if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
             return Err(format!("field `datasets`: dataset `{}` is listed twice", w[0]));
         }
-        const MODELS: [&str; 2] = ["logistic_regression", "mlp"];
+        const MODELS: [&str; 4] = confide_core::model::ModelSpec::KIND_NAMES;
         if let Some(m) = self.policy.allowed_models.iter().find(|m| !MODELS.contains(&m.as_str())) {
             return Err(format!("field `policy.allowed_models`: unknown model kind `{m}` (known: {})", MODELS.join(", ")));
         }

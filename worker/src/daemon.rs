@@ -64,6 +64,7 @@ pub struct Worker {
     models: Mutex<Vec<(String, Arc<Vec<u8>>)>>,
     fault: Option<crate::fault::Fault>,
     policy: crate::policy::Policy,
+    user_state: tasks::UserStateStore,
 }
 
 impl std::fmt::Debug for Worker {
@@ -97,7 +98,8 @@ impl Worker {
         };
         let policy = crate::policy::Policy::load(config.policy.clone(), &config.data_dir).map_err(StartError::Policy)?;
         let fault = crate::fault::Fault::from_env();
-        Ok(Arc::new(Self { config, datasets, identity, device, models: Mutex::new(Vec::new()), fault, policy }))
+        let user_state = tasks::UserStateStore::new(&config.data_dir);
+        Ok(Arc::new(Self { config, datasets, identity, device, models: Mutex::new(Vec::new()), fault, policy, user_state }))
     }
 
     /// This institution's id.
@@ -283,9 +285,10 @@ async fn compute(
                 .map_err(|e| Failure::new("protocol", format!("training config: {e}")))?;
             let device = worker.device;
             let prep_key = t.preprocessing_json;
+            let (job_id, users) = (addr.job_id.clone(), worker.user_state.clone());
             blocking(move || {
-                let model = ModelInput { spec: &spec, checkpoint: &checkpoint, prep: &prep, prep_key: &prep_key };
-                tasks::train_contribution(&ds, &model, &local, device)
+                let model = ModelInput { spec: &spec, checkpoint: &checkpoint, prep: &prep, prep_key: &prep_key, job_id: &job_id };
+                tasks::train_contribution(&ds, &model, &local, &users, device)
             })
             .await
         }
@@ -299,9 +302,10 @@ async fn compute(
             }
             let device = worker.device;
             let prep_key = t.preprocessing_json;
+            let (job_id, users) = (addr.job_id.clone(), worker.user_state.clone());
             blocking(move || {
-                let model = ModelInput { spec: &spec, checkpoint: &checkpoint, prep: &prep, prep_key: &prep_key };
-                tasks::eval_contribution(&ds, &model, buckets, device)
+                let model = ModelInput { spec: &spec, checkpoint: &checkpoint, prep: &prep, prep_key: &prep_key, job_id: &job_id };
+                tasks::eval_contribution(&ds, &model, buckets, &users, device)
             })
             .await
         }

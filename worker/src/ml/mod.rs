@@ -8,9 +8,12 @@
 //! - [`model`]: the network and name-by-name parameter transfer.
 //! - [`train`]: [`TrainConfig`] and [`train_local`].
 //! - [`eval`]: [`predict`], [`score_histogram`], [`eval_sums`] and [`evaluate`].
+//! - [`recsys`]: matrix factorisation and two-tower training and evaluation, with the user
+//!   side kept local ([`recsys::UserParams`]).
 
 pub mod eval;
 pub mod model;
+pub mod recsys;
 pub mod train;
 
 pub use confide_core::metrics::EvalContribution;
