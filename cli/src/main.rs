@@ -191,9 +191,19 @@ fn status_error(s: tonic::Status) -> Failure {
     Failure { code, error: anyhow!("{}", s.message()) }
 }
 
-/// Reads a job file and the schema it names (relative to the job file), validating the job
-/// locally first so mistakes are reported with the file's name before anything is sent.
-fn read_job(path: &Path) -> Result<(String, String), Failure> {
+/// A job file with what it names: the schema text and, for recommendation jobs, the item ids of
+/// the catalogue file.
+#[derive(Debug, Default)]
+struct JobFiles {
+    spec_toml: String,
+    schema_toml: String,
+    catalogue_items: Vec<String>,
+}
+
+/// Reads a job file, the schema it names and (recommendation jobs) the item catalogue it names,
+/// both relative to the job file, validating locally first so mistakes are reported with the
+/// file's name before anything is sent.
+fn read_job(path: &Path) -> Result<JobFiles, Failure> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display())).map_err(bad_input)?;
     let spec = JobSpec::from_toml(&text).map_err(|e| bad_input(anyhow!("{}: {e}", path.display())))?;
     let schema_rel = spec
@@ -204,7 +214,19 @@ fn read_job(path: &Path) -> Result<(String, String), Failure> {
     let schema = std::fs::read_to_string(&schema_path)
         .with_context(|| format!("{}: field `schema`: reading {}", path.display(), schema_path.display()))
         .map_err(bad_input)?;
-    Ok((text, schema))
+    let mut catalogue_items = Vec::new();
+    if let Some(rel) = spec.catalogue.as_deref() {
+        let parsed = confide_datasets::DatasetSchema::parse(&schema, &schema_path.display().to_string())
+            .map_err(|e| bad_input(anyhow!("{}: field `schema`: {e}", path.display())))?;
+        let rec = parsed.recommendation.as_ref().ok_or_else(|| {
+            bad_input(anyhow!("{}: field `catalogue`: the schema {} has no `[recommendation]` section", path.display(), schema_path.display()))
+        })?;
+        let catalogue_path = path.parent().unwrap_or(Path::new(".")).join(rel);
+        let catalogue = confide_datasets::Catalogue::from_csv(&catalogue_path, &rec.item)
+            .map_err(|e| bad_input(anyhow!("{}: field `catalogue`: {e}", path.display())))?;
+        catalogue_items = catalogue.ids().to_vec();
+    }
+    Ok(JobFiles { spec_toml: text, schema_toml: schema, catalogue_items })
 }
 
 async fn run(cli: Cli) -> Result<u8, Failure> {
@@ -235,8 +257,9 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
     let mut client = connect(&cli).await?;
     match cli.command {
         Command::Job(JobCommand::Submit { .. }) => {
-            let (spec_toml, schema_toml) = job_file.unwrap_or_default();
-            let reply = client.submit_job(pb::SubmitJobRequest { spec_toml, schema_toml }).await.map_err(status_error)?;
+            let JobFiles { spec_toml, schema_toml, catalogue_items } = job_file.unwrap_or_default();
+            let reply =
+                client.submit_job(pb::SubmitJobRequest { spec_toml, schema_toml, catalogue_items }).await.map_err(status_error)?;
             println!("{}", reply.into_inner().job_id);
         }
         Command::Job(JobCommand::List) => {

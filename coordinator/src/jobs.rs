@@ -34,6 +34,20 @@ pub enum SubmitError {
         /// Dataset in the schema.
         schema: String,
     },
+    /// The job's model family and the schema's kind disagree (recommendation models need a
+    /// ratings schema, tabular models a schema with a target).
+    #[error("model `{model}` cannot train on dataset `{dataset}`: {reason}")]
+    ModelDatasetMismatch {
+        /// Model family.
+        model: String,
+        /// Dataset name.
+        dataset: String,
+        /// Why.
+        reason: &'static str,
+    },
+    /// The item catalogue is missing, invalid, or sent with a tabular job.
+    #[error("item catalogue: {0}")]
+    Catalogue(String),
     /// The state could not be written.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -97,16 +111,30 @@ impl Jobs {
     }
 }
 
-/// Validates and stores a job, then starts it. Returns the job id.
-pub fn submit(shared: &Arc<Shared>, spec_toml: &str, schema_toml: &str) -> Result<String, SubmitError> {
+/// Validates and stores a job (with its item catalogue, for recommendation models), then
+/// starts it. Returns the job id.
+pub fn submit(shared: &Arc<Shared>, spec_toml: &str, schema_toml: &str, catalogue: Vec<String>) -> Result<String, SubmitError> {
     let spec = JobSpec::from_toml(spec_toml)?;
     let schema = DatasetSchema::parse(schema_toml, "submitted schema").map_err(|e| SubmitError::Schema(e.to_string()))?;
     if schema.name != spec.dataset {
         return Err(SubmitError::DatasetMismatch { job: spec.dataset.clone(), schema: schema.name.clone() });
     }
+    let mismatch = |reason| SubmitError::ModelDatasetMismatch { model: spec.model.kind_name().into(), dataset: schema.name.clone(), reason };
+    let catalogue_json = match (spec.model.is_recommendation(), schema.recommendation.is_some()) {
+        (true, true) => {
+            let catalogue = confide_datasets::Catalogue::new(catalogue).map_err(|e| SubmitError::Catalogue(e.to_string()))?;
+            Some(serde_json::to_string(catalogue.ids()).map_err(|e| SubmitError::Catalogue(e.to_string()))?)
+        }
+        (true, false) => return Err(mismatch("recommendation models need a ratings schema (`[recommendation]`)")),
+        (false, true) => return Err(mismatch("a ratings schema needs a recommendation model (matrix_factorization, two_tower)")),
+        (false, false) if !catalogue.is_empty() => {
+            return Err(SubmitError::Catalogue("only recommendation jobs take an item catalogue".into()));
+        }
+        (false, false) => None,
+    };
     let id = uuid::Uuid::new_v4().to_string();
     let spec_json = serde_json::to_string(&spec).map_err(|e| SubmitError::Schema(e.to_string()))?;
-    shared.store.insert_job(&id, &spec.name, &spec_json, schema_toml)?;
+    shared.store.insert_job_with_catalogue(&id, &spec.name, &spec_json, schema_toml, catalogue_json.as_deref())?;
     if spec.insecure_plain_aggregation {
         tracing::warn!(job = %id, "job uses INSECURE plain aggregation: the coordinator sees every institution's update (debugging only)");
     }

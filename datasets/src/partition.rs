@@ -508,7 +508,24 @@ pub fn plan_ratings_partition(user_of: &[usize], times: &[i64], cfg: &PartitionC
     for (r, &u) in user_of.iter().enumerate() {
         rows_of[u].push(r);
     }
-    let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
+    // The hold-out is drawn first, per user in first-seen order, from its own stream, so the
+    // same seed gives the same train/test ratings whatever the scheme and institution count:
+    // centralised, federated and local-only runs then see exactly the same split.
+    let mut holdout_rng = ChaCha8Rng::seed_from_u64(cfg.seed);
+    let split: Vec<(Vec<usize>, Vec<usize>)> = rows_of
+        .iter()
+        .map(|rows| {
+            let mut rows = rows.clone();
+            match cfg.holdout {
+                Holdout::Random => rows.shuffle(&mut holdout_rng),
+                Holdout::Latest => rows.sort_by_key(|&r| (times[r], r)),
+            }
+            let held = ((rows.len() as f64 * cfg.test_fraction).round() as usize).min(rows.len().saturating_sub(1));
+            let test = rows.split_off(rows.len() - held);
+            (rows, test)
+        })
+        .collect();
+    let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x5555_AAAA_5555_AAAA);
     let mut order: Vec<usize> = (0..n_users).collect();
     let bank_of_rank: Vec<usize> = match cfg.scheme {
         Scheme::Iid | Scheme::Users => {
@@ -524,16 +541,9 @@ pub fn plan_ratings_partition(user_of: &[usize], times: &[i64], cfg: &PartitionC
     let mut plan: Vec<InstitutionRows> =
         (0..k).map(|i| InstitutionRows { name: format!("bank{}", i + 1), train: Vec::new(), test: Vec::new() }).collect();
     for (rank, &u) in order.iter().enumerate() {
-        let mut rows = rows_of[u].clone();
-        match cfg.holdout {
-            Holdout::Random => rows.shuffle(&mut rng),
-            Holdout::Latest => rows.sort_by_key(|&r| (times[r], r)),
-        }
-        let held = ((rows.len() as f64 * cfg.test_fraction).round() as usize).min(rows.len().saturating_sub(1));
-        let (train, test) = rows.split_at(rows.len() - held);
         let inst = &mut plan[bank_of_rank[rank]];
-        inst.train.extend_from_slice(train);
-        inst.test.extend_from_slice(test);
+        inst.train.extend_from_slice(&split[u].0);
+        inst.test.extend_from_slice(&split[u].1);
     }
     for inst in &mut plan {
         inst.train.sort_unstable();
@@ -630,6 +640,15 @@ mod tests {
             }
         }
         assert!(plan_ratings_partition(&user_of, &times, &cfg(3, Scheme::Dirichlet { alpha: 1.0 }, 1)).is_err());
+        // The same seed holds out the same ratings whatever the scheme or institution count.
+        let test_rows = |scheme: Scheme, k: usize| {
+            let plan = plan_ratings_partition(&user_of, &times, &PartitionConfig { min_rows: 1, ..cfg(k, scheme, 9) }).expect("plans");
+            let mut t: Vec<usize> = plan.iter().flat_map(|i| i.test.clone()).collect();
+            t.sort_unstable();
+            t
+        };
+        assert_eq!(test_rows(Scheme::Users, 3), test_rows(Scheme::UsersByActivity, 5));
+        assert_eq!(test_rows(Scheme::Users, 3), test_rows(Scheme::Users, 1));
     }
 
     #[test]
