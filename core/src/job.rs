@@ -239,7 +239,8 @@ impl Default for EvaluationSpec {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EarlyStoppingSpec {
-    /// Metric to watch (higher is better for `auc`, `ks`, `accuracy`; lower for `log_loss`, `brier`).
+    /// Metric to watch (higher is better for `auc`, `ks`, `accuracy`, `hr@10`, `ndcg@10`; lower for
+    /// `log_loss`, `brier`, `rmse`, `mae`). It must be one the model family reports.
     #[serde(default = "defaults::early_metric")]
     pub metric: String,
     /// Evaluations without improvement before stopping.
@@ -421,6 +422,15 @@ impl JobSpec {
             if crate::metrics::higher_is_better(&es.metric).is_none() {
                 return bad("early_stopping.metric", format!("unknown metric `{}`", es.metric));
             }
+            let ranking = es.metric.contains('@');
+            let rec_metric = ranking || es.metric == "rmse" || es.metric == "mae";
+            if rec_metric != self.model.is_recommendation() {
+                let family = if self.model.is_recommendation() { "recommendation models report rmse, mae, hr@k, ndcg@k" } else { "classifiers report auc, ks, gini, log_loss, brier, accuracy, precision, recall" };
+                return bad("early_stopping.metric", format!("`{}` is not reported by `{}` ({family})", es.metric, self.model.kind_name()));
+            }
+            if ranking && es.metric.split_once('@').and_then(|(_, k)| k.parse::<usize>().ok()) != Some(self.evaluation.top_k) {
+                return bad("early_stopping.metric", format!("`{}` does not match evaluation.top_k = {}", es.metric, self.evaluation.top_k));
+            }
             if es.patience == 0 {
                 return bad("early_stopping.patience", "must be at least 1");
             }
@@ -581,6 +591,11 @@ mod tests {
         assert!(err.to_string().contains("training.negatives"), "{err}");
         let err = JobSpec::from_toml(&format!("catalogue = \"m.csv\"\n{MINIMAL}")).expect_err("tabular + catalogue");
         assert!(err.to_string().contains("catalogue"), "{err}");
+        let err = JobSpec::from_toml(&text.replace("metric = \"rmse\"", "metric = \"auc\"")).expect_err("auc for MF");
+        assert!(err.to_string().contains("early_stopping.metric"), "{err}");
+        JobSpec::from_toml(&text.replace("metric = \"rmse\"", "metric = \"ndcg@10\"")).expect("ndcg@10 watched");
+        let err = JobSpec::from_toml(&text.replace("metric = \"rmse\"", "metric = \"hr@5\"")).expect_err("k mismatch");
+        assert!(err.to_string().contains("top_k"), "{err}");
     }
 
     #[test]

@@ -109,3 +109,37 @@ fn federated_matrix_factorisation_beats_the_global_mean_and_keeps_users_at_their
     assert_eq!(names, ["item_embedding", "item_bias", "global_bias"]);
     assert_eq!(params.layout.tensors[0].shape, vec![9742, 16]);
 }
+
+#[test]
+fn recommendation_jobs_with_the_wrong_schema_or_catalogue_are_refused_with_the_reason() {
+    let cluster = Cluster::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let movies = shared_datasets().join("movielens_latest_small/movies.csv");
+    let submit = |schema: &Path, catalogue: &Path| {
+        let job = format!(
+            "name = \"mf\"\ndataset = \"{}\"\nschema = {schema:?}\ncatalogue = {catalogue:?}\n\
+             [model]\nkind = \"matrix_factorization\"\ndim = 8\n[training]\nrounds = 1\nlearning_rate = 0.01\n",
+            if schema.ends_with("telco_churn.toml") { "telco_churn" } else { "movielens_latest_small" }
+        );
+        let path = dir.path().join("job.toml");
+        std::fs::write(&path, job).expect("job file");
+        cluster.confide(&["job", "submit", path.to_str().expect("utf-8")])
+    };
+    // A tabular schema: the CLI cannot find the item column to read the catalogue with.
+    let out = submit(&confide_e2e::telco().1, &movies);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("catalogue") && err.contains("[recommendation]"), "{err}");
+    // A catalogue file without the schema's item column.
+    let bad = dir.path().join("items.csv");
+    std::fs::write(&bad, "id,title\n1,A\n").expect("catalogue");
+    let out = submit(&repo_root().join("datasets/schemas/movielens_latest_small.toml"), &bad);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("field `catalogue`") && err.contains("movieId"), "{err}");
+    // A catalogue listing an item twice is refused before anything is sent.
+    std::fs::write(&bad, "movieId\n1\n1\n").expect("catalogue");
+    let out = submit(&repo_root().join("datasets/schemas/movielens_latest_small.toml"), &bad);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("listed twice"), "{}", String::from_utf8_lossy(&out.stderr));
+}

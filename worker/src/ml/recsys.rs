@@ -420,7 +420,7 @@ pub fn train_recommender(
             let mut loss = &data_loss + norms.f_mean(Kind::Float)? * cfg.l2;
             if !anchors.is_empty() {
                 let terms = anchors.iter().map(|(w, g)| (w - g).f_square()?.f_sum(Kind::Float)).collect::<Result<Vec<_>, _>>()?;
-                loss = loss + Tensor::f_stack(&terms, 0)?.f_sum(Kind::Float)? * (cfg.base.prox_mu / 2.0);
+                loss += Tensor::f_stack(&terms, 0)?.f_sum(Kind::Float)? * (cfg.base.prox_mu / 2.0);
             }
             opt_shared.zero_grad();
             opt_local.zero_grad();
