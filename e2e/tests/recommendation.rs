@@ -1,4 +1,5 @@
-//! Recommendation end to end: a federated biased-MF job on a slice of MovieLens latest-small,
+//! Recommendation end to end: federated biased-MF and two-tower (implicit feedback) jobs on a
+//! slice of MovieLens latest-small,
 //! submitted from a job file through the CLI (which reads the schema and the item catalogue),
 //! run by the real coordinator and three real workers with secure aggregation over mutual TLS.
 //! Users are partitioned across the banks; each bank keeps its users' embeddings in its own
@@ -44,7 +45,7 @@ fn global_mean_rmse(partition: &Path, banks: &[&str]) -> f64 {
 }
 
 #[test]
-fn federated_matrix_factorisation_beats_the_global_mean_and_keeps_users_at_their_banks() {
+fn federated_mf_beats_the_global_mean_two_tower_ranks_above_chance_and_users_stay_at_their_banks() {
     let mut cluster = Cluster::start();
     let dir = tempfile::tempdir().expect("temp dir");
     let schema = repo_root().join("datasets/schemas/movielens_latest_small.toml");
@@ -62,7 +63,7 @@ fn federated_matrix_factorisation_beats_the_global_mean_and_keeps_users_at_their
         let config = cluster.write_worker_config(
             bank,
             &[("movielens_latest_small", &schema, &b.join("train.csv"), &b.join("test.csv"))],
-            "[policy]\nallowed_models = [\"matrix_factorization\"]\n",
+            "[policy]\nallowed_models = [\"matrix_factorization\", \"two_tower\"]\n",
         );
         cluster.spawn_worker(bank, &config);
     }
@@ -108,6 +109,24 @@ fn federated_matrix_factorisation_beats_the_global_mean_and_keeps_users_at_their
     let names: Vec<&str> = params.layout.tensors.iter().map(|t| t.name.as_str()).collect();
     assert_eq!(names, ["item_embedding", "item_bias", "global_bias"]);
     assert_eq!(params.layout.tensors[0].shape, vec![9742, 16]);
+
+    // The two-tower model with implicit feedback (sampled negatives) on the same banks: ranking
+    // metrics only, and the towers are part of the federated model.
+    let two_tower = job
+        .replace("name = \"mf\"", "name = \"two-tower\"")
+        .replace("kind = \"matrix_factorization\"\ndim = 16", "kind = \"two_tower\"\ndim = 16\nhidden = [32, 16]")
+        .replace("rounds = 6", "rounds = 3\nfeedback = \"implicit\"\nnegatives = 2");
+    let id = cluster.submit(&two_tower);
+    let done = cluster.wait_finished(&id, Duration::from_secs(300));
+    assert_eq!(done["status"], "completed", "{done:#}\n{}", cluster.logs());
+    let last = &done["rounds"][2]["metrics"];
+    assert!(last.get("rmse").is_none(), "no rating error for implicit feedback: {last}");
+    let hr = last["hr@10"].as_f64().expect("hr@10");
+    assert!(hr > 0.1, "two-tower ranks held-out items above chance (0.1): {hr}");
+    let out = cluster.confide(&["model", "pull", &id, "--output", model.to_str().expect("utf-8")]);
+    assert!(out.status.success());
+    let params = confide_core::model::ModelParams::read_safetensors_any(&std::fs::read(&model).expect("model")).expect("readable");
+    assert!(params.tensor("user_tower.fc1.weight").is_some() && params.tensor("user_embedding").is_none());
 }
 
 #[test]
