@@ -11,7 +11,8 @@
 //!
 //! `cargo run --release -p confide-benches --bin recsys_compare -- [--rounds R] [--institutions K]
 //! [--model mf|two_tower|both] [--dim D] [--out DIR]`
-//! Writes `recsys_comparison.{csv,md}` and `recsys_rmse_per_round.png` to `benches/results/`.
+//! Writes `recsys_comparison.{csv,md}`, `recsys_per_institution.csv` and one
+//! `recsys_rmse_per_round_<model>.png` per model to `benches/results/`.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -303,8 +304,9 @@ fn main() -> Result<(), BoxError> {
     table.push_row(["global mean", "predict μ", "-", "-", &format!("{base_rmse:.4}"), "", "", &format!("{:.4}", baseline.metrics(10)["mae"]), "", "", ""])?;
 
     std::fs::create_dir_all(&settings.out)?;
-    let mut series = Vec::new();
+    let mut charts = Vec::new();
     for spec in &settings.models {
+        let mut series = Vec::new();
         let parties = |p: &[confide_datasets::partition::InstitutionRows]| -> Result<Vec<Party>, BoxError> {
             p.iter().map(|i| data.party(&i.train, &i.test, settings.dim, settings.seed)).collect()
         };
@@ -333,8 +335,9 @@ fn main() -> Result<(), BoxError> {
             ])?;
             eprintln!("{} {}: RMSE {:.4} HR@10 {:.4} ({:.1} s)", spec.label(), run.label, run.last("rmse"), run.last("hr@10"), run.seconds);
             let points = run.per_round.iter().enumerate().filter_map(|(i, m)| m.get("rmse").map(|&v| ((i + 1) as f64, v))).collect();
-            series.push(Series::new(format!("{} {}", spec.label(), run.label), points));
+            series.push(Series::new(run.label.clone(), points));
         }
+        charts.push((spec.clone(), series));
         // Each institution on its own test set: its own model vs the federated one.
         for (split, fed, alone, plan) in [("IID", &runs[1], &runs[3], &iid), ("non-IID (activity)", &runs[2], &runs[4], &skew)] {
             for (i, inst) in plan.iter().enumerate() {
@@ -367,13 +370,15 @@ fn main() -> Result<(), BoxError> {
         d = settings.dim,
     );
     std::fs::write(settings.out.join("recsys_comparison.md"), md)?;
-    line_chart_png(
-        &settings.out.join("recsys_rmse_per_round.png"),
-        "MovieLens latest-small: test RMSE per round",
-        "round",
-        "RMSE",
-        &series,
-    )?;
+    for (spec, series) in &charts {
+        line_chart_png(
+            &settings.out.join(format!("recsys_rmse_per_round_{}.png", spec.kind_name())),
+            &format!("MovieLens latest-small, {}: test RMSE per round", spec.label()),
+            "round",
+            "RMSE",
+            series,
+        )?;
+    }
     println!("wrote {}", settings.out.display());
     Ok(())
 }
