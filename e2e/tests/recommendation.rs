@@ -98,7 +98,7 @@ fn federated_mf_beats_the_global_mean_two_tower_ranks_above_chance_and_users_sta
     assert_eq!(last["users_evaluated"].as_f64(), Some(150.0));
     // Each bank's user side stays in its own state directory.
     for bank in banks {
-        let state = cluster.worker_data_dir(bank).join("user_state").join(format!("{id}.safetensors"));
+        let state = cluster.worker_data_dir(bank).join("user_state").join(&id).join("round-6.safetensors");
         assert!(state.exists(), "{} holds its users' embeddings", state.display());
     }
     // The global model is the item side only: pulled, it has no user tensors.

@@ -285,9 +285,9 @@ async fn compute(
                 .map_err(|e| Failure::new("protocol", format!("training config: {e}")))?;
             let device = worker.device;
             let prep_key = t.preprocessing_json;
-            let (job_id, users) = (addr.job_id.clone(), worker.user_state.clone());
+            let (job_id, users, round) = (addr.job_id.clone(), worker.user_state.clone(), addr.round);
             blocking(move || {
-                let model = ModelInput { spec: &spec, checkpoint: &checkpoint, prep: &prep, prep_key: &prep_key, job_id: &job_id };
+                let model = ModelInput { spec: &spec, checkpoint: &checkpoint, prep: &prep, prep_key: &prep_key, job_id: &job_id, round };
                 tasks::train_contribution(&ds, &model, &local, &users, device)
             })
             .await
@@ -302,9 +302,9 @@ async fn compute(
             }
             let device = worker.device;
             let prep_key = t.preprocessing_json;
-            let (job_id, users) = (addr.job_id.clone(), worker.user_state.clone());
+            let (job_id, users, round) = (addr.job_id.clone(), worker.user_state.clone(), addr.round);
             blocking(move || {
-                let model = ModelInput { spec: &spec, checkpoint: &checkpoint, prep: &prep, prep_key: &prep_key, job_id: &job_id };
+                let model = ModelInput { spec: &spec, checkpoint: &checkpoint, prep: &prep, prep_key: &prep_key, job_id: &job_id, round };
                 tasks::eval_contribution(&ds, &model, buckets, &users, device)
             })
             .await

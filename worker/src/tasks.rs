@@ -167,6 +167,9 @@ pub struct ModelInput<'a> {
     pub prep_key: &'a str,
     /// The job the task belongs to (recommendation models keep their user side per job).
     pub job_id: &'a str,
+    /// The task's round (recommendation models keep their user side per round, so a retried
+    /// round starts again from the previous round's users).
+    pub round: u64,
 }
 
 impl ModelInput<'_> {
@@ -204,7 +207,7 @@ pub fn train_contribution(
         let out = ml::recsys::train_recommender(model.spec, &global, &mut user_side, &train, &cfg, device)
             .map_err(|e| Failure::new("training", e))?;
         let v = weighted_update(&out.shared, &global, out.samples, out.mean_loss)?;
-        users.save(model.job_id, model.spec, &user_side)?;
+        users.save(model.job_id, model.round, model.spec, &user_side)?;
         return Ok(v);
     }
     let enc = data.encoded(Split::Train, model.prep, model.prep_key)?;
@@ -258,7 +261,10 @@ fn rec_data(
     let spec = confide_datasets::ratings::recommendation_spec(&data.schema, &data.config.schema.display().to_string())
         .map_err(|e| Failure::new("data", e))?;
     let catalogue = Catalogue::new(rec.items.clone()).map_err(|e| Failure::new("protocol", format!("item catalogue: {e}")))?;
-    let mut user_side = users.load(model.job_id, model.spec)?;
+    // Training round R starts from the users of the latest round before R (a retried round does
+    // not train them twice); evaluating round R uses the users round R's training produced.
+    let before = if with_test { model.round.saturating_add(1) } else { model.round };
+    let mut user_side = users.load_before(model.job_id, before, model.spec)?;
     let seed = user_seed(model.job_id);
     let index = |split, user_side: &mut ml::recsys::UserParams| -> Result<ml::recsys::RecData, Failure> {
         let ratings = data.ratings(split)?;
@@ -275,8 +281,9 @@ fn user_seed(job_id: &str) -> u64 {
     u64::from_str_radix(&digest[..16], 16).unwrap_or_default()
 }
 
-/// Where a worker keeps each recommendation job's user side: `<data_dir>/user_state/<job>.safetensors`.
-/// These files never leave the institution.
+/// Where a worker keeps each recommendation job's user side:
+/// `<data_dir>/user_state/<job>/round-<R>.safetensors`, the users after training round R (the
+/// latest two rounds are kept). These files never leave the institution.
 #[derive(Debug, Clone)]
 pub struct UserStateStore {
     dir: PathBuf,
@@ -288,32 +295,49 @@ impl UserStateStore {
         Self { dir: data_dir.join("user_state") }
     }
 
-    /// The state file of a job (job ids are checked to be plain names).
-    pub fn path(&self, job_id: &str) -> Result<PathBuf, Failure> {
+    /// The state directory of a job (job ids are checked to be plain names).
+    pub fn job_dir(&self, job_id: &str) -> Result<PathBuf, Failure> {
         let plain = !job_id.is_empty() && job_id.len() <= 128 && job_id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
         if !plain {
-            return Err(Failure::new("protocol", format!("job id {job_id:?} cannot name a state file")));
+            return Err(Failure::new("protocol", format!("job id {job_id:?} cannot name a state directory")));
         }
-        Ok(self.dir.join(format!("{job_id}.safetensors")))
+        Ok(self.dir.join(job_id))
     }
 
-    /// The job's user side; empty on first use.
-    pub fn load(&self, job_id: &str, spec: &ModelSpec) -> Result<ml::recsys::UserParams, Failure> {
-        let path = self.path(job_id)?;
+    /// Rounds with a saved user side, ascending.
+    pub fn rounds(&self, job_id: &str) -> Result<Vec<u64>, Failure> {
+        let dir = self.job_dir(job_id)?;
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(Failure::new("internal", format!("{}: {e}", dir.display()))),
+        };
+        let mut rounds: Vec<u64> = entries
+            .filter_map(|e| e.ok())
+            .filter_map(|e| e.file_name().to_str()?.strip_prefix("round-")?.strip_suffix(".safetensors")?.parse().ok())
+            .collect();
+        rounds.sort_unstable();
+        Ok(rounds)
+    }
+
+    /// The user side after the latest round before `round`; empty when there is none.
+    pub fn load_before(&self, job_id: &str, round: u64, spec: &ModelSpec) -> Result<ml::recsys::UserParams, Failure> {
         let dim = spec.embedding_dim().ok_or_else(|| Failure::new("protocol", "not a recommendation model"))?;
-        match std::fs::read(&path) {
-            Ok(bytes) => ml::recsys::UserParams::from_safetensors(&bytes, spec)
-                .map_err(|e| Failure::new("internal", format!("{}: {e}", path.display()))),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(ml::recsys::UserParams::new(dim)),
-            Err(e) => Err(Failure::new("internal", format!("{}: {e}", path.display()))),
-        }
+        let Some(latest) = self.rounds(job_id)?.into_iter().rfind(|&r| r < round) else {
+            return Ok(ml::recsys::UserParams::new(dim));
+        };
+        let path = self.job_dir(job_id)?.join(format!("round-{latest}.safetensors"));
+        let bytes = std::fs::read(&path).map_err(|e| Failure::new("internal", format!("{}: {e}", path.display())))?;
+        ml::recsys::UserParams::from_safetensors(&bytes, spec).map_err(|e| Failure::new("internal", format!("{}: {e}", path.display())))
     }
 
-    /// Replaces the job's user side atomically (write, sync, rename).
-    pub fn save(&self, job_id: &str, spec: &ModelSpec, users: &ml::recsys::UserParams) -> Result<(), Failure> {
-        let path = self.path(job_id)?;
+    /// Saves the user side after training `round` atomically (write, sync, rename) and removes
+    /// rounds older than the one before it.
+    pub fn save(&self, job_id: &str, round: u64, spec: &ModelSpec, users: &ml::recsys::UserParams) -> Result<(), Failure> {
+        let dir = self.job_dir(job_id)?;
+        let path = dir.join(format!("round-{round}.safetensors"));
         let io = |e: std::io::Error| Failure::new("internal", format!("{}: {e}", path.display()));
-        std::fs::create_dir_all(&self.dir).map_err(io)?;
+        std::fs::create_dir_all(&dir).map_err(io)?;
         let bytes = users.to_safetensors(spec).map_err(|e| Failure::new("internal", e))?;
         let tmp = path.with_extension("safetensors.tmp");
         {
@@ -322,6 +346,10 @@ impl UserStateStore {
             f.write_all(&bytes).map_err(io)?;
             f.sync_all().map_err(io)?;
         }
-        std::fs::rename(&tmp, &path).map_err(io)
+        std::fs::rename(&tmp, &path).map_err(io)?;
+        for old in self.rounds(job_id)?.into_iter().filter(|&r| r + 1 < round) {
+            let _ = std::fs::remove_file(dir.join(format!("round-{old}.safetensors")));
+        }
+        Ok(())
     }
 }
