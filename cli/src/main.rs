@@ -298,7 +298,8 @@ fn job_export(job: &pb::Job, model: &[u8]) -> Result<confide_export::JobExport, 
 }
 
 /// Reads a job file, the schema it names and, for a `torchscript` model, its module and initial
-/// parameters (all relative to the job file), validating the job locally first so mistakes are
+/// parameters, or for a recommendation model the item ids of its catalogue file (all relative
+/// to the job file), validating the job locally first so mistakes are
 /// reported with the file's name before anything is sent.
 fn read_job(path: &Path) -> Result<pb::SubmitJobRequest, Failure> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display())).map_err(bad_input)?;
@@ -312,6 +313,18 @@ fn read_job(path: &Path) -> Result<pb::SubmitJobRequest, Failure> {
     let schema = std::fs::read_to_string(&schema_path)
         .with_context(|| format!("{}: field `schema`: reading {}", path.display(), schema_path.display()))
         .map_err(bad_input)?;
+    let mut catalogue_items = Vec::new();
+    if let Some(rel) = spec.catalogue.as_deref() {
+        let parsed = confide_datasets::DatasetSchema::parse(&schema, &schema_path.display().to_string())
+            .map_err(|e| bad_input(anyhow!("{}: field `schema`: {e}", path.display())))?;
+        let rec = parsed.recommendation.as_ref().ok_or_else(|| {
+            bad_input(anyhow!("{}: field `catalogue`: the schema {} has no `[recommendation]` section", path.display(), schema_path.display()))
+        })?;
+        let catalogue_path = path.parent().unwrap_or(Path::new(".")).join(rel);
+        let catalogue = confide_datasets::Catalogue::from_csv(&catalogue_path, &rec.item)
+            .map_err(|e| bad_input(anyhow!("{}: field `catalogue`: {e}", path.display())))?;
+        catalogue_items = catalogue.ids().to_vec();
+    }
     let (model_module, model_parameters) = match &spec.model {
         ModelSpec::TorchScript(ts) => {
             let read = |field: &str, rel: &str| {
@@ -324,7 +337,7 @@ fn read_job(path: &Path) -> Result<pb::SubmitJobRequest, Failure> {
         }
         _ => (Vec::new(), Vec::new()),
     };
-    Ok(pb::SubmitJobRequest { spec_toml: text, schema_toml: schema, model_module, model_parameters })
+    Ok(pb::SubmitJobRequest { spec_toml: text, schema_toml: schema, model_module, model_parameters, catalogue_items })
 }
 
 /// `confide schema width`: the encoded input width, optionally with each input's name.

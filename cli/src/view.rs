@@ -6,18 +6,33 @@ use confide_proto::v1::{self as pb, job_event::Kind};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Value, json};
 
-/// The metrics shown per round, in this order, when present.
-const SHOWN: [&str; 6] = ["auc", "ks", "log_loss", "accuracy", "train_loss", "contributors"];
+/// The metrics shown per round, in this order, when present (classifiers, then recommenders).
+const SHOWN: [&str; 9] = ["auc", "ks", "log_loss", "accuracy", "rmse", "mae", "train_loss", "contributors", "users_evaluated"];
 
 fn metrics_line(m: &std::collections::HashMap<String, f64>) -> String {
-    SHOWN.iter().filter_map(|k| m.get(*k).map(|v| format!("{k}={v:.4}"))).collect::<Vec<_>>().join("  ")
+    let mut ranking: Vec<(&String, &f64)> = m.iter().filter(|(k, _)| k.starts_with("hr@") || k.starts_with("ndcg@")).collect();
+    ranking.sort_by(|a, b| a.0.cmp(b.0));
+    SHOWN
+        .iter()
+        .filter_map(|k| m.get(*k).map(|v| format!("{k}={v:.4}")))
+        .chain(ranking.into_iter().map(|(k, v)| format!("{k}={v:.4}")))
+        .collect::<Vec<_>>()
+        .join("  ")
+}
+
+/// The headline federated metric of a job: test AUC for classifiers, test RMSE for
+/// recommenders (from the latest round that has it).
+fn headline(j: &pb::Job) -> Option<(&'static str, f64)> {
+    ["auc", "rmse", "ndcg@10"]
+        .into_iter()
+        .find_map(|name| j.rounds.iter().rev().find_map(|r| r.metrics.get(name)).map(|v| (name, *v)))
 }
 
 /// One line per job.
 pub fn job_table(jobs: &[pb::Job]) -> String {
-    let mut out = format!("{:<36}  {:<24} {:<10} {:>9}  {}\n", "ID", "NAME", "STATUS", "ROUNDS", "AUC");
+    let mut out = format!("{:<36}  {:<24} {:<10} {:>9}  {}\n", "ID", "NAME", "STATUS", "ROUNDS", "TEST METRIC");
     for j in jobs {
-        let auc = j.rounds.iter().rev().find_map(|r| r.metrics.get("auc")).map_or("-".into(), |a| format!("{a:.4}"));
+        let auc = headline(j).map_or("-".into(), |(name, v)| format!("{name} {v:.4}"));
         let _ = writeln!(
             out,
             "{:<36}  {:<24} {:<10} {:>4}/{:<4}  {auc}",
@@ -140,13 +155,13 @@ pub async fn watch(mut stream: tonic::Streaming<pb::JobEvent>) -> anyhow::Result
                 bar.set_length(job.rounds_total);
                 bar.set_position(job.rounds_completed);
                 bar.finish_and_clear();
-                let auc = job.rounds.iter().rev().find_map(|r| r.metrics.get("auc"));
+                let headline = headline(&job);
                 println!(
                     "job {} {} after {} rounds{}{}{}",
                     job.id,
                     job.status,
                     job.rounds_completed,
-                    auc.map_or(String::new(), |a| format!("; final federated test AUC {a:.4}")),
+                    headline.map_or(String::new(), |(name, v)| format!("; final federated test {} {v:.4}", name.to_uppercase())),
                     if job.error.is_empty() { String::new() } else { format!("; error: {}", job.error) },
                     if job.stop_reason.is_empty() { String::new() } else { format!("; {}", job.stop_reason) },
                 );

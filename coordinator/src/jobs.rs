@@ -38,6 +38,20 @@ pub enum SubmitError {
     /// The custom model's files are unusable, or files came with a built-in model.
     #[error("{0}")]
     Model(String),
+    /// The job's model family and the schema's kind disagree (recommendation models need a
+    /// ratings schema, tabular models a schema with a target).
+    #[error("model `{model}` cannot train on dataset `{dataset}`: {reason}")]
+    ModelDatasetMismatch {
+        /// Model family.
+        model: String,
+        /// Dataset name.
+        dataset: String,
+        /// Why.
+        reason: &'static str,
+    },
+    /// The item catalogue is missing, invalid, or sent with a tabular job.
+    #[error("item catalogue: {0}")]
+    Catalogue(String),
     /// The state could not be written.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -110,11 +124,18 @@ pub struct ModelFiles<'a> {
     pub parameters: &'a [u8],
 }
 
-/// Validates and stores a job, then starts it. Returns the job id.
+/// Validates and stores a job (with its item catalogue, for recommendation models), then
+/// starts it. Returns the job id.
 ///
 /// A `torchscript` model's module and initial parameters are validated and stored
 /// content-addressed; the stored spec names them by hash and records their layout.
-pub fn submit(shared: &Arc<Shared>, spec_toml: &str, schema_toml: &str, files: ModelFiles<'_>) -> Result<String, SubmitError> {
+pub fn submit(
+    shared: &Arc<Shared>,
+    spec_toml: &str,
+    schema_toml: &str,
+    files: ModelFiles<'_>,
+    catalogue: Vec<String>,
+) -> Result<String, SubmitError> {
     let mut spec = JobSpec::from_toml(spec_toml)?;
     let schema = DatasetSchema::parse(schema_toml, "submitted schema").map_err(|e| SubmitError::Schema(e.to_string()))?;
     if schema.name != spec.dataset {
@@ -143,9 +164,22 @@ pub fn submit(shared: &Arc<Shared>, spec_toml: &str, schema_toml: &str, files: M
         }
         _ => {}
     }
+    let mismatch = |reason| SubmitError::ModelDatasetMismatch { model: spec.model.kind_name().into(), dataset: schema.name.clone(), reason };
+    let catalogue_json = match (spec.model.is_recommendation(), schema.recommendation.is_some()) {
+        (true, true) => {
+            let catalogue = confide_datasets::Catalogue::new(catalogue).map_err(|e| SubmitError::Catalogue(e.to_string()))?;
+            Some(serde_json::to_string(catalogue.ids()).map_err(|e| SubmitError::Catalogue(e.to_string()))?)
+        }
+        (true, false) => return Err(mismatch("recommendation models need a ratings schema (`[recommendation]`)")),
+        (false, true) => return Err(mismatch("a ratings schema needs a recommendation model (matrix_factorization, two_tower)")),
+        (false, false) if !catalogue.is_empty() => {
+            return Err(SubmitError::Catalogue("only recommendation jobs take an item catalogue".into()));
+        }
+        (false, false) => None,
+    };
     let id = uuid::Uuid::new_v4().to_string();
     let spec_json = serde_json::to_string(&spec).map_err(|e| SubmitError::Schema(e.to_string()))?;
-    shared.store.insert_job(&id, &spec.name, &spec_json, schema_toml)?;
+    shared.store.insert_job_with_catalogue(&id, &spec.name, &spec_json, schema_toml, catalogue_json.as_deref())?;
     if spec.insecure_plain_aggregation {
         tracing::warn!(job = %id, "job uses INSECURE plain aggregation: the coordinator sees every institution's update (debugging only)");
     }
@@ -293,7 +327,7 @@ mod tests {
         let params = parameters(width);
         let bytes = params.to_safetensors(Some(HashMap::from([(INPUT_DIM_KEY.to_string(), width.to_string())])));
         let files = ModelFiles { module: MODULE, parameters: &bytes };
-        let id = submit(&shared, &job(TORCHSCRIPT), &schema, files).expect("accepted");
+        let id = submit(&shared, &job(TORCHSCRIPT), &schema, files, Vec::new()).expect("accepted");
         shared.jobs.stop_all();
 
         let stored = shared.store.job(&id).expect("read").expect("stored");
@@ -312,7 +346,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let shared = shared(dir.path());
         let (schema, width) = telco_schema();
-        let refuse = |model: &str, files: ModelFiles<'_>| submit(&shared, &job(model), &schema, files).expect_err("refused").to_string();
+        let refuse = |model: &str, files: ModelFiles<'_>| submit(&shared, &job(model), &schema, files, Vec::new()).expect_err("refused").to_string();
 
         let narrow = parameters(width - 1)
             .to_safetensors(Some(HashMap::from([(INPUT_DIM_KEY.to_string(), (width - 1).to_string())])));

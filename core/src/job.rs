@@ -19,6 +19,11 @@ pub struct JobSpec {
     /// Path of the dataset schema file, relative to the job file (read by the CLI).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schema: Option<String>,
+    /// Recommendation jobs: path of the shared item catalogue (a CSV file whose header has the
+    /// schema's item column), relative to the job file. The CLI reads the item ids from it and
+    /// submits them with the job, so every institution indexes items identically.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub catalogue: Option<String>,
     /// Seed for initialisation, participant selection and local shuffling.
     #[serde(default = "defaults::seed")]
     pub seed: u64,
@@ -67,6 +72,28 @@ pub struct TrainingSpec {
     /// Weight of positive examples in the loss (class-imbalance handling); 1 = unweighted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pos_weight: Option<f64>,
+    /// L2 penalty on the embeddings and biases touched by each mini-batch (recommendation models).
+    #[serde(default)]
+    pub l2: f64,
+    /// Recommendation models: learn from explicit ratings (squared error) or from implicit
+    /// feedback (every rating is a positive, `negatives` unrated items per positive are sampled
+    /// as negatives, binary cross-entropy).
+    #[serde(default)]
+    pub feedback: Feedback,
+    /// Sampled negatives per positive with implicit feedback.
+    #[serde(default = "defaults::negatives")]
+    pub negatives: usize,
+}
+
+/// What a recommendation model learns from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Feedback {
+    /// Regression on the rating values.
+    #[default]
+    Explicit,
+    /// Interaction or not, with negative sampling.
+    Implicit,
 }
 
 /// The optimizer a worker uses for its local epochs.
@@ -189,11 +216,22 @@ pub struct EvaluationSpec {
     /// Score buckets of the summed histograms AUC and KS are computed from.
     #[serde(default = "defaults::score_buckets")]
     pub score_buckets: u32,
+    /// Recommendation: sampled unrated items each relevant held-out item is ranked against.
+    #[serde(default = "defaults::ranking_negatives")]
+    pub ranking_negatives: usize,
+    /// Recommendation: cut-off of HR@k and NDCG@k.
+    #[serde(default = "defaults::top_k")]
+    pub top_k: usize,
 }
 
 impl Default for EvaluationSpec {
     fn default() -> Self {
-        Self { every: 1, score_buckets: defaults::score_buckets() }
+        Self {
+            every: 1,
+            score_buckets: defaults::score_buckets(),
+            ranking_negatives: defaults::ranking_negatives(),
+            top_k: defaults::top_k(),
+        }
     }
 }
 
@@ -201,7 +239,8 @@ impl Default for EvaluationSpec {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EarlyStoppingSpec {
-    /// Metric to watch (higher is better for `auc`, `ks`, `accuracy`; lower for `log_loss`, `brier`).
+    /// Metric to watch (higher is better for `auc`, `ks`, `accuracy`, `hr@10`, `ndcg@10`; lower for
+    /// `log_loss`, `brier`, `rmse`, `mae`). It must be one the model family reports.
     #[serde(default = "defaults::early_metric")]
     pub metric: String,
     /// Evaluations without improvement before stopping.
@@ -285,7 +324,7 @@ impl JobSpec {
         if self.dataset.trim().is_empty() {
             return bad("dataset", "must not be empty");
         }
-        if let ModelSpec::Mlp { hidden } = &self.model
+        if let ModelSpec::Mlp { hidden } | ModelSpec::TwoTower { hidden, .. } = &self.model
             && (hidden.is_empty() || hidden.iter().any(|&h| h == 0 || h > 65_536)) {
                 return bad("model.hidden", "needs at least one layer, each 1..=65536 wide");
             }
@@ -302,7 +341,23 @@ impl JobSpec {
                 return bad("model.module_sha256", "must be 64 hexadecimal digits");
             }
         }
+        if let Some(dim) = self.model.embedding_dim() {
+            if !(1..=4096).contains(&dim) {
+                return bad("model.dim", "must be in 1..=4096");
+            }
+            if self.catalogue.as_deref().is_none_or(|c| c.trim().is_empty()) {
+                return bad("catalogue", "recommendation models need the item catalogue file (`catalogue = \"items.csv\"`)");
+            }
+        } else if self.catalogue.is_some() {
+            return bad("catalogue", format!("only recommendation models use an item catalogue, not `{}`", self.model.kind_name()));
+        }
         let t = &self.training;
+        if !(t.l2.is_finite() && t.l2 >= 0.0) {
+            return bad("training.l2", format!("must be ≥ 0, got {}", t.l2));
+        }
+        if t.feedback == Feedback::Implicit && !(1..=1000).contains(&t.negatives) {
+            return bad("training.negatives", "must be in 1..=1000 with implicit feedback");
+        }
         if t.rounds == 0 || t.rounds > 100_000 {
             return bad("training.rounds", "must be in 1..=100000");
         }
@@ -370,9 +425,24 @@ impl JobSpec {
         if !(2..=1_000_000).contains(&self.evaluation.score_buckets) {
             return bad("evaluation.score_buckets", "must be in 2..=1000000");
         }
+        if !(1..=100_000).contains(&self.evaluation.ranking_negatives) {
+            return bad("evaluation.ranking_negatives", "must be in 1..=100000");
+        }
+        if !(1..=1000).contains(&self.evaluation.top_k) {
+            return bad("evaluation.top_k", "must be in 1..=1000");
+        }
         if let Some(es) = &self.early_stopping {
             if crate::metrics::higher_is_better(&es.metric).is_none() {
                 return bad("early_stopping.metric", format!("unknown metric `{}`", es.metric));
+            }
+            let ranking = es.metric.contains('@');
+            let rec_metric = ranking || es.metric == "rmse" || es.metric == "mae";
+            if rec_metric != self.model.is_recommendation() {
+                let family = if self.model.is_recommendation() { "recommendation models report rmse, mae, hr@k, ndcg@k" } else { "classifiers report auc, ks, gini, log_loss, brier, accuracy, precision, recall" };
+                return bad("early_stopping.metric", format!("`{}` is not reported by `{}` ({family})", es.metric, self.model.kind_name()));
+            }
+            if ranking && es.metric.split_once('@').and_then(|(_, k)| k.parse::<usize>().ok()) != Some(self.evaluation.top_k) {
+                return bad("early_stopping.metric", format!("`{}` does not match evaluation.top_k = {}", es.metric, self.evaluation.top_k));
             }
             if es.patience == 0 {
                 return bad("early_stopping.patience", "must be at least 1");
@@ -439,6 +509,15 @@ mod defaults {
     }
     pub fn score_buckets() -> u32 {
         10_000
+    }
+    pub fn ranking_negatives() -> usize {
+        99
+    }
+    pub fn top_k() -> usize {
+        10
+    }
+    pub fn negatives() -> usize {
+        4
     }
     pub fn early_metric() -> String {
         "auc".into()
@@ -528,6 +607,27 @@ mod tests {
     }
 
     #[test]
+    fn recommendation_jobs_need_a_catalogue_and_metrics_know_their_direction() {
+        let mf = MINIMAL.replace("kind = \"mlp\"\n        hidden = [16]", "kind = \"matrix_factorization\"\n        dim = 32");
+        let err = JobSpec::from_toml(&mf).expect_err("no catalogue");
+        assert!(err.to_string().contains("catalogue"), "{err}");
+        let text = format!("catalogue = \"movies.csv\"\n{mf}\n[early_stopping]\nmetric = \"rmse\"\npatience = 2\n");
+        let spec = JobSpec::from_toml(&text).expect("valid MF job");
+        assert_eq!(spec.model, ModelSpec::MatrixFactorization { dim: 32 });
+        assert_eq!((spec.evaluation.ranking_negatives, spec.evaluation.top_k), (99, 10));
+        let implicit = text.replace("learning_rate = 0.05", "learning_rate = 0.05\nfeedback = \"implicit\"\nnegatives = 0");
+        let err = JobSpec::from_toml(&implicit).expect_err("zero negatives");
+        assert!(err.to_string().contains("training.negatives"), "{err}");
+        let err = JobSpec::from_toml(&format!("catalogue = \"m.csv\"\n{MINIMAL}")).expect_err("tabular + catalogue");
+        assert!(err.to_string().contains("catalogue"), "{err}");
+        let err = JobSpec::from_toml(&text.replace("metric = \"rmse\"", "metric = \"auc\"")).expect_err("auc for MF");
+        assert!(err.to_string().contains("early_stopping.metric"), "{err}");
+        JobSpec::from_toml(&text.replace("metric = \"rmse\"", "metric = \"ndcg@10\"")).expect("ndcg@10 watched");
+        let err = JobSpec::from_toml(&text.replace("metric = \"rmse\"", "metric = \"hr@5\"")).expect_err("k mismatch");
+        assert!(err.to_string().contains("top_k"), "{err}");
+    }
+
+    #[test]
     fn strategies_parse_by_kind() {
         let text = format!("{MINIMAL}\n[strategy]\nkind = \"fedyogi\"\nserver_learning_rate = 0.02\n");
         let spec = JobSpec::from_toml(&text).expect("yogi");
@@ -555,6 +655,15 @@ pub struct LocalTraining {
     pub pos_weight: Option<f64>,
     /// Seed for shuffling and dropout, distinct per job, round and institution.
     pub seed: u64,
+    /// L2 penalty on touched embeddings and biases (recommendation).
+    #[serde(default)]
+    pub l2: f64,
+    /// Explicit ratings or implicit feedback (recommendation).
+    #[serde(default)]
+    pub feedback: Feedback,
+    /// Sampled negatives per positive with implicit feedback.
+    #[serde(default = "defaults::negatives")]
+    pub negatives: usize,
 }
 
 impl JobSpec {
@@ -568,6 +677,9 @@ impl JobSpec {
             prox_mu: self.strategy.prox_mu(),
             pos_weight: self.training.pos_weight,
             seed: self.seed ^ round.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ participant.wrapping_mul(0xBF58_476D_1CE4_E5B9),
+            l2: self.training.l2,
+            feedback: self.training.feedback,
+            negatives: self.training.negatives,
         }
     }
 }

@@ -159,12 +159,119 @@ pub fn auc_ks(pos: &[f64], neg: &[f64]) -> (Option<f64>, Option<f64>) {
 }
 
 /// Whether larger values of `metric` are better; None for an unknown metric.
+/// Ranking metrics are named with their cut-off: `hr@10`, `ndcg@10`.
 pub fn higher_is_better(metric: &str) -> Option<bool> {
     match metric {
         "auc" | "ks" | "gini" | "accuracy" | "precision" | "recall" => Some(true),
-        "log_loss" | "brier" => Some(false),
-        _ => None,
+        "log_loss" | "brier" | "rmse" | "mae" => Some(false),
+        m => {
+            let (name, k) = m.split_once('@')?;
+            let k_ok = k.parse::<u32>().is_ok_and(|k| k > 0);
+            (k_ok && (name == "hr" || name == "ndcg")).then_some(true)
+        }
     }
+}
+
+/// Length of a [`RecommendationEval`] vector.
+pub const RECOMMENDATION_EVAL_LEN: usize = 7;
+
+/// Additive evaluation sums of a recommendation model at one institution (or all, once summed).
+///
+/// Rating error is summed over every held-out rating; ranking follows the usual sampled protocol
+/// (He et al. 2017): each held-out *relevant* rating is ranked against sampled items its user
+/// has not rated, and hits and discounted gains at the cut-off `k` are summed. Institutions send
+/// only these sums, so the coordinator's RMSE, HR@k and NDCG@k are exact over all test sets.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct RecommendationEval {
+    /// Σ (r̂ − r)² over held-out ratings.
+    pub squared_error_sum: f64,
+    /// Σ |r̂ − r| over held-out ratings.
+    pub absolute_error_sum: f64,
+    /// Held-out ratings scored.
+    pub ratings: f64,
+    /// Relevant held-out items ranked within the top k.
+    pub hits: f64,
+    /// Σ 1/log2(rank + 2) over relevant held-out items ranked within the top k (rank 0-based).
+    pub ndcg_sum: f64,
+    /// Relevant held-out items ranked.
+    pub ranked: f64,
+    /// Users with at least one held-out rating.
+    pub users: f64,
+}
+
+impl RecommendationEval {
+    /// Adds one rating prediction.
+    pub fn add_rating(&mut self, predicted: f64, actual: f64) {
+        let e = predicted - actual;
+        self.squared_error_sum += e * e;
+        self.absolute_error_sum += e.abs();
+        self.ratings += 1.0;
+    }
+
+    /// Adds one ranked relevant item: its score against the sampled negatives' scores.
+    /// Ties count against the item (a constant model gets no hits).
+    pub fn add_ranking(&mut self, positive: f64, negatives: &[f64], k: usize) {
+        let rank = rank_against(positive, negatives);
+        self.ranked += 1.0;
+        if rank < k {
+            self.hits += 1.0;
+            self.ndcg_sum += 1.0 / ((rank + 2) as f64).log2();
+        }
+    }
+
+    /// The flat vector that is securely summed.
+    pub fn to_vec(&self) -> Vec<f64> {
+        vec![
+            self.squared_error_sum,
+            self.absolute_error_sum,
+            self.ratings,
+            self.hits,
+            self.ndcg_sum,
+            self.ranked,
+            self.users,
+        ]
+    }
+
+    /// Reads a (summed) vector; counts decoded from fixed point are rounded to integers.
+    pub fn from_slice(v: &[f64]) -> Option<Self> {
+        let &[squared_error_sum, absolute_error_sum, ratings, hits, ndcg_sum, ranked, users] = v else { return None };
+        if v.iter().any(|x| !x.is_finite()) {
+            return None;
+        }
+        let round = |x: f64| x.round().max(0.0);
+        Some(Self {
+            squared_error_sum: squared_error_sum.max(0.0),
+            absolute_error_sum: absolute_error_sum.max(0.0),
+            ratings: round(ratings),
+            hits: round(hits),
+            ndcg_sum: ndcg_sum.max(0.0),
+            ranked: round(ranked),
+            users: round(users),
+        })
+    }
+
+    /// `rmse` and `mae` (when ratings were scored), `hr@k` and `ndcg@k` (when items were
+    /// ranked), and the counts.
+    pub fn metrics(&self, k: usize) -> BTreeMap<String, f64> {
+        let mut m = BTreeMap::new();
+        m.insert("ratings_evaluated".into(), self.ratings);
+        m.insert("users_evaluated".into(), self.users);
+        m.insert("items_ranked".into(), self.ranked);
+        if self.ratings > 0.0 {
+            m.insert("rmse".into(), (self.squared_error_sum / self.ratings).sqrt());
+            m.insert("mae".into(), self.absolute_error_sum / self.ratings);
+        }
+        if self.ranked > 0.0 {
+            m.insert(format!("hr@{k}"), self.hits / self.ranked);
+            m.insert(format!("ndcg@{k}"), self.ndcg_sum / self.ranked);
+        }
+        m
+    }
+}
+
+/// 0-based rank of `positive` among `negatives`: the number of negatives scoring at least as high.
+pub fn rank_against(positive: f64, negatives: &[f64]) -> usize {
+    negatives.iter().filter(|&&n| n >= positive).count()
 }
 
 #[cfg(test)]
@@ -222,6 +329,69 @@ mod tests {
         let bad = EvalContribution::from_predictions(&[0.9, 0.8, 0.2, 0.1], &labels, 10).metrics();
         assert_eq!(bad["auc"], 0.0);
         assert_eq!(bad["gini"], -1.0);
+    }
+
+    /// Brute force: sort all candidates by score (positive last among ties), find the positive.
+    fn brute_rank(positive: f64, negatives: &[f64]) -> usize {
+        let mut all: Vec<(f64, bool)> = negatives.iter().map(|&n| (n, false)).collect();
+        all.push((positive, true));
+        all.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+        all.iter().position(|(_, p)| *p).expect("positive present")
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        /// HR@k and NDCG@k from summed institution vectors equal a brute-force sort of each list,
+        /// and RMSE equals the direct formula over all ratings.
+        #[test]
+        fn recommendation_metrics_match_brute_force_and_are_additive(
+            lists in proptest::collection::vec((0u8..20, proptest::collection::vec(0u8..20, 1..30)), 1..40),
+            ratings in proptest::collection::vec((0.5f64..5.0, 0.5f64..5.0), 1..60),
+            k in 1usize..12,
+            split in 0usize..40,
+        ) {
+            let (mut a, mut b) = (RecommendationEval::default(), RecommendationEval::default());
+            let (mut hits, mut ndcg) = (0.0, 0.0);
+            for (i, (pos, negs)) in lists.iter().enumerate() {
+                let negs: Vec<f64> = negs.iter().map(|&n| f64::from(n)).collect();
+                let part = if i < split { &mut a } else { &mut b };
+                part.add_ranking(f64::from(*pos), &negs, k);
+                let r = brute_rank(f64::from(*pos), &negs);
+                if r < k {
+                    hits += 1.0;
+                    ndcg += 1.0 / (r as f64 + 2.0).log2();
+                }
+            }
+            let mut sq = 0.0;
+            for (i, &(p, r)) in ratings.iter().enumerate() {
+                let part = if i < split { &mut a } else { &mut b };
+                part.add_rating(p, r);
+                sq += (p - r) * (p - r);
+            }
+            let summed: Vec<f64> = a.to_vec().iter().zip(b.to_vec()).map(|(x, y)| x + y).collect();
+            let m = RecommendationEval::from_slice(&summed).expect("length").metrics(k);
+            let n = lists.len() as f64;
+            let (hr_name, ndcg_name) = (format!("hr@{k}"), format!("ndcg@{k}"));
+            prop_assert!((m[&hr_name] - hits / n).abs() < 1e-12);
+            prop_assert!((m[&ndcg_name] - ndcg / n).abs() < 1e-12);
+            prop_assert!((m["rmse"] - (sq / ratings.len() as f64).sqrt()).abs() < 1e-9);
+        }
+    }
+
+    #[test]
+    fn ranking_ties_count_against_the_item_and_metric_directions_are_known() {
+        let mut e = RecommendationEval::default();
+        e.add_ranking(1.0, &[1.0; 99], 10);
+        assert_eq!(e.hits, 0.0, "a constant model must not score hits");
+        e.add_ranking(2.0, &[1.0; 99], 10);
+        assert_eq!(e.metrics(10)["hr@10"], 0.5);
+        assert_eq!(e.metrics(10)["ndcg@10"], 0.5);
+        assert_eq!(higher_is_better("rmse"), Some(false));
+        assert_eq!(higher_is_better("hr@10"), Some(true));
+        assert_eq!(higher_is_better("ndcg@5"), Some(true));
+        assert_eq!(higher_is_better("ndcg@0"), None);
+        assert_eq!(higher_is_better("foo@10"), None);
+        assert!(RecommendationEval::from_slice(&[0.0; 6]).is_none());
     }
 
     #[test]

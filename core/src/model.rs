@@ -24,6 +24,39 @@ pub enum ModelSpec {
     /// A TorchScript module scripted by the job's owner; see [`TorchScriptSpec`].
     #[serde(rename = "torchscript")]
     TorchScript(TorchScriptSpec),
+    /// Biased matrix factorisation: `r̂(u, i) = μ + b_u + b_i + p_u·q_i`. The federated layout
+    /// holds the item side and μ; `p_u` and `b_u` stay at the institution holding user `u`.
+    MatrixFactorization {
+        /// Embedding width of users and items.
+        dim: usize,
+    },
+    /// Two-tower model: `r̂(u, i) = μ + b_u + b_i + f(p_u)·g(q_i)`, where `f` (user tower) and
+    /// `g` (item tower) are shared MLPs with ReLU between layers. Towers, item embeddings and
+    /// biases are federated; user embeddings and biases stay at the institution.
+    TwoTower {
+        /// Embedding width of users and items (the towers' input width).
+        dim: usize,
+        /// Width of each tower layer, input side first; the last is the scoring space.
+        hidden: Vec<usize>,
+    },
+}
+
+/// Tensor names of the recommendation models' shared (federated) item side.
+pub mod rec_names {
+    /// Item embeddings `[items, dim]`.
+    pub const ITEM_EMBEDDING: &str = "item_embedding";
+    /// Item biases `[items]`.
+    pub const ITEM_BIAS: &str = "item_bias";
+    /// Global bias μ `[1]`.
+    pub const GLOBAL_BIAS: &str = "global_bias";
+    /// Local-only user embeddings `[users, dim]` (never in a federated layout).
+    pub const USER_EMBEDDING: &str = "user_embedding";
+    /// Local-only user biases `[users]` (never in a federated layout).
+    pub const USER_BIAS: &str = "user_bias";
+    /// Prefix of the user tower's layers (`user_tower.fc0.weight`, ...).
+    pub const USER_TOWER: &str = "user_tower";
+    /// Prefix of the item tower's layers.
+    pub const ITEM_TOWER: &str = "item_tower";
 }
 
 /// A custom model: a module scripted in Python (`torch.jit.script(...).save(...)`) whose
@@ -59,23 +92,42 @@ pub struct TorchScriptSpec {
 }
 
 /// Every model kind's name, as [`ModelSpec::kind_name`] gives it (bank policies list these).
-pub const MODEL_KINDS: &[&str] = &["logistic_regression", "mlp", "torchscript"];
+pub const MODEL_KINDS: &[&str] = &["logistic_regression", "mlp", "matrix_factorization", "two_tower", "torchscript"];
 
 impl ModelSpec {
     /// Widths of the hidden layers (empty for logistic regression).
     pub fn hidden(&self) -> &[usize] {
         match self {
-            ModelSpec::LogisticRegression => &[],
-            ModelSpec::Mlp { hidden } => hidden,
-            ModelSpec::TorchScript(_) => &[],
+            ModelSpec::LogisticRegression
+            | ModelSpec::MatrixFactorization { .. }
+            | ModelSpec::TorchScript(_) => &[],
+            ModelSpec::Mlp { hidden } | ModelSpec::TwoTower { hidden, .. } => hidden,
         }
     }
 
-    /// The parameter layout for a model reading `input_dim` encoded features (a TorchScript
-    /// model's layout is the one read from its parameters file, whatever `input_dim`).
+    /// True for the recommendation families, whose layouts are sized by the item catalogue and
+    /// whose evaluation is [`crate::metrics::RecommendationEval`].
+    pub fn is_recommendation(&self) -> bool {
+        matches!(self, ModelSpec::MatrixFactorization { .. } | ModelSpec::TwoTower { .. })
+    }
+
+    /// Embedding width of a recommendation model (None for tabular models).
+    pub fn embedding_dim(&self) -> Option<usize> {
+        match self {
+            ModelSpec::MatrixFactorization { dim } | ModelSpec::TwoTower { dim, .. } => Some(*dim),
+            _ => None,
+        }
+    }
+
+    /// The federated parameter layout. `input_dim` is the number of encoded features for
+    /// tabular models and the number of catalogue items for recommendation models; a
+    /// TorchScript model's layout is the one read from its parameters file, whatever `input_dim`.
     pub fn layout(&self, input_dim: usize) -> ParamLayout {
         if let ModelSpec::TorchScript(t) = self {
             return t.layout.clone();
+        }
+        if let Some(dim) = self.embedding_dim() {
+            return self.item_side_layout(input_dim, dim);
         }
         let mut tensors = Vec::new();
         let mut fan_in = input_dim;
@@ -88,24 +140,56 @@ impl ModelSpec {
         ParamLayout { tensors }
     }
 
+    fn item_side_layout(&self, items: usize, dim: usize) -> ParamLayout {
+        use rec_names::*;
+        let mut tensors = vec![
+            TensorSpec { name: ITEM_EMBEDDING.into(), shape: vec![items, dim] },
+            TensorSpec { name: ITEM_BIAS.into(), shape: vec![items] },
+            TensorSpec { name: GLOBAL_BIAS.into(), shape: vec![1] },
+        ];
+        for tower in [USER_TOWER, ITEM_TOWER] {
+            let mut fan_in = dim;
+            for (i, &out) in self.hidden().iter().enumerate() {
+                tensors.push(TensorSpec { name: format!("{tower}.fc{i}.weight"), shape: vec![out, fan_in] });
+                tensors.push(TensorSpec { name: format!("{tower}.fc{i}.bias"), shape: vec![out] });
+                fan_in = out;
+            }
+        }
+        ParamLayout { tensors }
+    }
+
+    /// The layout of the parameters an institution keeps for its `users` local users and never
+    /// sends: user embeddings `[users, dim]` and user biases `[users]`. None for tabular models.
+    pub fn local_user_layout(&self, users: usize) -> Option<ParamLayout> {
+        let dim = self.embedding_dim()?;
+        Some(ParamLayout {
+            tensors: vec![
+                TensorSpec { name: rec_names::USER_EMBEDDING.into(), shape: vec![users, dim] },
+                TensorSpec { name: rec_names::USER_BIAS.into(), shape: vec![users] },
+            ],
+        })
+    }
+
     /// The family's name as written in job files and bank policies (`logistic_regression`, `mlp`,
-    /// `torchscript`).
+    /// `matrix_factorization`, `two_tower`, `torchscript`).
     pub fn kind_name(&self) -> &'static str {
         match self {
             ModelSpec::LogisticRegression => "logistic_regression",
             ModelSpec::Mlp { .. } => "mlp",
             ModelSpec::TorchScript(_) => "torchscript",
+            ModelSpec::MatrixFactorization { .. } => "matrix_factorization",
+            ModelSpec::TwoTower { .. } => "two_tower",
         }
     }
 
     /// A short human label (`logistic_regression`, `mlp[32,16]`, `torchscript[<sha256 prefix>]`).
     pub fn label(&self) -> String {
+        let widths = |h: &[usize]| h.iter().map(|h| h.to_string()).collect::<Vec<_>>().join(",");
         match self {
             ModelSpec::LogisticRegression => "logistic_regression".into(),
-            ModelSpec::Mlp { hidden } => format!(
-                "mlp[{}]",
-                hidden.iter().map(|h| h.to_string()).collect::<Vec<_>>().join(",")
-            ),
+            ModelSpec::Mlp { hidden } => format!("mlp[{}]", widths(hidden)),
+            ModelSpec::MatrixFactorization { dim } => format!("matrix_factorization[{dim}]"),
+            ModelSpec::TwoTower { dim, hidden } => format!("two_tower[{dim};{}]", widths(hidden)),
             ModelSpec::TorchScript(t) => {
                 let hash = t.module_sha256.as_deref().unwrap_or("unresolved");
                 format!("torchscript[{}]", hash.chars().take(12).collect::<String>())
@@ -295,6 +379,9 @@ fn check_torchscript_names(layout: &ParamLayout) -> Result<(), ModelError> {
     Ok(())
 }
 
+/// Standard deviation of initial embedding values.
+pub const EMBEDDING_INIT_STD: f64 = 0.1;
+
 /// Metadata key under which checkpoints record their tensor order.
 pub const LAYOUT_ORDER_KEY: &str = "confide.layout";
 
@@ -319,12 +406,20 @@ impl ModelParams {
         Ok(Self { layout, values })
     }
 
-    /// Deterministic initialisation from `seed`: Glorot-uniform weights, zero biases.
+    /// Deterministic initialisation from `seed`: Glorot-uniform weights, zero biases, and
+    /// embeddings (tensors named `*embedding`) uniform with standard deviation
+    /// [`EMBEDDING_INIT_STD`].
     pub fn init(layout: ParamLayout, seed: u64) -> Self {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
         let mut values = Vec::with_capacity(layout.len());
         for t in &layout.tensors {
-            if t.shape.len() == 2 {
+            if t.name.ends_with("embedding") {
+                // Embedding rows: uniform with standard deviation EMBEDDING_INIT_STD, so that
+                // dot products start small but gradients do not vanish (Glorot on
+                // `[items, dim]` would shrink with the catalogue size).
+                let bound = EMBEDDING_INIT_STD * 3f64.sqrt();
+                values.extend((0..t.numel()).map(|_| rng.random_range(-bound..bound) as f32));
+            } else if t.shape.len() == 2 {
                 let (fan_out, fan_in) = (t.shape[0] as f64, t.shape[1] as f64);
                 let bound = (6.0 / (fan_in + fan_out)).sqrt();
                 values.extend((0..t.numel()).map(|_| rng.random_range(-bound..bound) as f32));
@@ -339,6 +434,12 @@ impl ModelParams {
     pub fn zeros(layout: ParamLayout) -> Self {
         let n = layout.len();
         Self { layout, values: vec![0.0; n] }
+    }
+
+    /// Mutable values of one tensor, by name.
+    pub fn tensor_mut(&mut self, name: &str) -> Option<&mut [f32]> {
+        let (off, n) = self.layout.offsets().find(|(t, _)| t.name == name).map(|(t, off)| (off, t.numel()))?;
+        Some(&mut self.values[off..off + n])
     }
 
     /// Values of one tensor, by name.
@@ -494,6 +595,41 @@ mod tests {
         let layout = ModelSpec::LogisticRegression.layout(1);
         let err = ModelParams::new(layout, vec![0.0, f32::NAN]).expect_err("NaN must be refused");
         assert!(matches!(err, ModelError::NotFinite { index: 1, .. }));
+    }
+
+    #[test]
+    fn matrix_factorisation_layout_holds_only_the_item_side() {
+        let spec = ModelSpec::MatrixFactorization { dim: 8 };
+        let layout = spec.layout(100);
+        let shapes: Vec<_> = layout.tensors.iter().map(|t| (t.name.as_str(), t.shape.clone())).collect();
+        assert_eq!(shapes, vec![("item_embedding", vec![100, 8]), ("item_bias", vec![100]), ("global_bias", vec![1])]);
+        assert_eq!(layout.len(), 100 * 8 + 100 + 1);
+        assert!(layout.tensors.iter().all(|t| !t.name.starts_with("user_embedding") && t.name != "user_bias"));
+        let local = spec.local_user_layout(7).expect("recommendation model");
+        assert_eq!(local.len(), 7 * 8 + 7);
+        assert!(ModelSpec::Mlp { hidden: vec![2] }.local_user_layout(7).is_none());
+    }
+
+    #[test]
+    fn two_tower_layout_adds_both_towers() {
+        let spec = ModelSpec::TwoTower { dim: 8, hidden: vec![16, 4] };
+        let names: Vec<_> = spec.layout(10).tensors.iter().map(|t| (t.name.clone(), t.shape.clone())).collect();
+        assert_eq!(names[..3].iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(), ["item_embedding", "item_bias", "global_bias"]);
+        assert!(names.contains(&("user_tower.fc0.weight".into(), vec![16, 8])));
+        assert!(names.contains(&("user_tower.fc1.weight".into(), vec![4, 16])));
+        assert!(names.contains(&("item_tower.fc1.bias".into(), vec![4])));
+        assert_eq!(spec.layout(10).len(), 10 * 8 + 10 + 1 + 2 * (16 * 8 + 16 + 4 * 16 + 4));
+        assert_eq!(spec.kind_name(), "two_tower");
+        assert!(MODEL_KINDS.contains(&spec.kind_name()));
+    }
+
+    #[test]
+    fn embeddings_start_small_but_not_vanishing() {
+        let params = ModelParams::init(ModelSpec::MatrixFactorization { dim: 16 }.layout(5000), 3);
+        let emb = params.tensor("item_embedding").expect("tensor");
+        let var = emb.iter().map(|v| f64::from(*v).powi(2)).sum::<f64>() / emb.len() as f64;
+        assert!((var.sqrt() - EMBEDDING_INIT_STD).abs() < 0.01, "std {}", var.sqrt());
+        assert!(params.tensor("item_bias").expect("bias").iter().all(|v| *v == 0.0));
     }
 
     #[test]

@@ -224,6 +224,46 @@ pub enum DataError {
     /// A synthetic-data request is invalid.
     #[error("cannot generate synthetic data: {0}")]
     Synth(String),
+    /// The file is used with a schema of the other kind (tabular vs ratings).
+    #[error("{path}: {message}")]
+    WrongKind {
+        /// File.
+        path: String,
+        /// What was expected.
+        message: String,
+    },
+    /// A rating names an item that is not in the shared catalogue.
+    #[error("{at}: column `{column}`: item {item:?} is not in the shared item catalogue")]
+    UnknownItem {
+        /// Where.
+        at: Location,
+        /// Item column.
+        column: String,
+        /// The item id.
+        item: String,
+    },
+    /// A rating is outside the schema's range.
+    #[error("{at}: column `{column}`: rating {value} is outside [{min}, {max}]")]
+    RatingOutOfRange {
+        /// Where.
+        at: Location,
+        /// Rating column.
+        column: String,
+        /// The rating.
+        value: f64,
+        /// Smallest valid rating.
+        min: f64,
+        /// Largest valid rating.
+        max: f64,
+    },
+    /// A required cell (user, item or rating) is blank.
+    #[error("{at}: column `{column}`: missing value (user, item and rating are required)")]
+    MissingCell {
+        /// Where.
+        at: Location,
+        /// Column.
+        column: String,
+    },
     /// A partitioning request cannot be satisfied.
     #[error("cannot partition {path}: {message}")]
     Partition {

@@ -6,6 +6,7 @@
 //!   ([`load_table`] picks the format by extension); [`parquet`] is the Parquet side.
 //! - [`stats`]: additive per-institution statistics, the federation-wide [`Preprocessing`]
 //!   derived from their sum, and encoding into model inputs.
+//! - [`ratings`]: the shared item catalogue and ratings files for recommendation models.
 //! - [`partition`]: splitting one data file into per-institution train/test folders.
 //! - [`output`]: streaming rows to CSV or Parquet files.
 //! - [`synth`]: synthetic datasets with a known logistic ground truth and drift between
@@ -17,6 +18,7 @@ pub mod error;
 pub mod output;
 pub mod parquet;
 pub mod partition;
+pub mod ratings;
 pub mod schema;
 pub mod stats;
 pub mod synth;
@@ -24,9 +26,13 @@ pub mod table;
 
 pub use error::{DataError, Location};
 pub use parquet::load_parquet;
-pub use schema::{ColumnSpec, ColumnType, DatasetSchema, MissingPolicy, SchemaError, TargetSpec};
+pub use ratings::{Catalogue, CatalogueError, Ratings, load_ratings, ratings_stats};
+pub use schema::{
+    ColumnSpec, ColumnType, DatasetSchema, MissingPolicy, RecommendationSpec, SchemaError, TargetSpec,
+};
 pub use stats::{
-    ColumnTransform, Encoded, Preprocessing, StatsError, local_stats, stats_len, stats_names,
+    ColumnTransform, Encoded, Preprocessing, RecommendationPrep, StatsError, local_stats, stats_len,
+    stats_names,
 };
 pub use table::{
     ColumnData, DataFormat, RawColumn, RawTable, load_csv, load_csv_from_reader, load_table,

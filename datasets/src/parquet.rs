@@ -174,7 +174,7 @@ impl ParquetLayout {
                 .feature_columns()
                 .map(|c: &ColumnSpec| leaf(&c.name, Some(c.kind)))
                 .collect::<Result<_, _>>()?,
-            target: leaf(&schema.target.column, None)?,
+            target: leaf(&crate::table::binary_target(schema, origin)?.column, None)?,
         })
     }
 }

@@ -45,6 +45,23 @@ pub enum Scheme {
         /// Column whose values define the institutions.
         column: String,
     },
+    /// Ratings: users dealt at random to institutions (near-equal user counts); all of a
+    /// user's ratings go to one institution.
+    Users,
+    /// Ratings, non-IID: users sorted by number of ratings and cut into contiguous blocks, so
+    /// `bank1` holds the most active users and the last bank the least active.
+    UsersByActivity,
+}
+
+/// Which of each user's ratings are held out (ratings partitions).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Holdout {
+    /// A seeded random fraction of each user's ratings.
+    #[default]
+    Random,
+    /// Each user's latest ratings by timestamp (ties by file order).
+    Latest,
 }
 
 /// A partitioning request.
@@ -61,6 +78,10 @@ pub struct PartitionConfig {
     pub seed: u64,
     /// Smallest acceptable institution (Dirichlet draws are repeated until all reach it).
     pub min_rows: usize,
+    /// Ratings partitions: which ratings of each user are held out (`test_fraction` of them;
+    /// every user keeps at least one training rating).
+    #[serde(default)]
+    pub holdout: Holdout,
 }
 
 impl Default for PartitionConfig {
@@ -71,6 +92,7 @@ impl Default for PartitionConfig {
             test_fraction: 0.2,
             seed: 42,
             min_rows: 10,
+            holdout: Holdout::Random,
         }
     }
 }
@@ -186,6 +208,9 @@ pub fn plan_partition(
                 groups.push((name, rows));
             }
             groups
+        }
+        Scheme::Users | Scheme::UsersByActivity => {
+            return Err("user schemes need a ratings schema (`[recommendation]`)".into());
         }
     };
     Ok(groups
@@ -356,6 +381,15 @@ pub fn partition_file(
 ) -> Result<PartitionSummary, DataError> {
     let input_format = DataFormat::of_path(input);
     let format = format.unwrap_or(input_format);
+    if let Some(spec) = &schema.recommendation {
+        if (input_format, format) != (DataFormat::Csv, DataFormat::Csv) {
+            return Err(DataError::Partition {
+                path: input.display().to_string(),
+                message: "ratings files are partitioned from CSV to CSV".into(),
+            });
+        }
+        return partition_ratings_csv(input, schema, spec, out, cfg, overwrite);
+    }
     if (input_format, format) == (DataFormat::Csv, DataFormat::Csv) {
         return partition_csv_verbatim(input, schema, out, cfg, overwrite);
     }
@@ -370,17 +404,10 @@ pub fn partition_file(
     let (labels, keys) = grid.labels_and_keys(schema, &cfg.scheme)?;
     let input_sha256 = file_sha256(input)?;
     let write = |path: &Path, rows: &[usize]| grid.write(path, format, rows, overwrite);
-    write_partition(
-        &origin,
-        input_sha256,
-        schema,
-        out,
-        cfg,
-        &labels,
-        keys.as_deref(),
-        format,
-        write,
-    )
+    let plan = plan_partition(&labels, keys.as_deref(), cfg)
+        .map_err(|message| DataError::Partition { path: origin.clone(), message })?;
+    let positive = |r: usize| labels[r] > 0.5;
+    write_partition(&origin, input_sha256, schema, out, cfg, &plan, &positive, format, write)
 }
 
 fn file_sha256(path: &Path) -> Result<String, DataError> {
@@ -388,8 +415,8 @@ fn file_sha256(path: &Path) -> Result<String, DataError> {
     Ok(confide_core::sha256_hex(&bytes))
 }
 
-/// Plans the partition from `labels` (and `keys` for [`Scheme::ByColumn`]), has `write` write
-/// each institution's train and test rows, and writes the manifest.
+/// Has `write` write each institution's planned train and test rows, and writes the manifest;
+/// `positive(row)` says which rows the summary counts as positives.
 #[allow(clippy::too_many_arguments)]
 fn write_partition(
     origin: &str,
@@ -397,21 +424,19 @@ fn write_partition(
     schema: &DatasetSchema,
     out: &Path,
     cfg: &PartitionConfig,
-    labels: &[f32],
-    keys: Option<&[String]>,
+    plan: &[InstitutionRows],
+    positive: &dyn Fn(usize) -> bool,
     format: DataFormat,
     mut write: impl FnMut(&Path, &[usize]) -> Result<(), DataError>,
 ) -> Result<PartitionSummary, DataError> {
-    let plan = plan_partition(labels, keys, cfg)
-        .map_err(|message| DataError::Partition { path: origin.to_string(), message })?;
     let mut institutions = Vec::with_capacity(plan.len());
-    for inst in &plan {
+    for inst in plan {
         let dir = out.join(&inst.name);
         std::fs::create_dir_all(&dir).map_err(|e| DataError::io(&dir, e))?;
         for (split, rows) in [("train", &inst.train), ("test", &inst.test)] {
             write(&dir.join(format!("{split}.{}", format.extension())), rows)?;
         }
-        let positives = |rows: &[usize]| rows.iter().filter(|&&r| labels[r] > 0.5).count();
+        let positives = |rows: &[usize]| rows.iter().filter(|&&r| positive(r)).count();
         institutions.push(InstitutionSummary {
             name: inst.name.clone(),
             train_rows: inst.train.len(),
@@ -473,6 +498,17 @@ fn partition_csv_verbatim(
         }
         starts.push(usize::try_from(pos.byte()).unwrap_or(bytes.len()).min(bytes.len()));
     }
+    let lines = raw_lines(&bytes, &starts);
+    let plan = plan_partition(&labels, key_index.map(|_| keys.as_slice()), cfg)
+        .map_err(|message| DataError::Partition { path: origin.clone(), message })?;
+    let positive = |r: usize| labels[r] > 0.5;
+    let write = |path: &Path, rows: &[usize]| write_rows(path, &lines, rows, overwrite);
+    let sha = confide_core::sha256_hex(&bytes);
+    write_partition(&origin, sha, schema, out, cfg, &plan, &positive, DataFormat::Csv, write)
+}
+
+/// Splits the byte buffer into the header and one slice per record (`starts` = byte offsets).
+fn raw_lines<'b>(bytes: &'b [u8], starts: &[usize]) -> RawLines<'b> {
     let header_bytes = trim_newlines(&bytes[..starts.first().copied().unwrap_or(bytes.len())]);
     // Output files use the input's line ending, read from the end of the header line.
     let newline: &'static [u8] =
@@ -482,7 +518,7 @@ fn partition_csv_verbatim(
             b"\n"
         };
     let ends = starts.iter().skip(1).copied().chain(std::iter::once(bytes.len()));
-    let lines = RawLines {
+    RawLines {
         header: header_bytes,
         records: starts
             .iter()
@@ -490,12 +526,105 @@ fn partition_csv_verbatim(
             .map(|(&s, e)| trim_newlines(&bytes[s..e.max(s)]))
             .collect(),
         newline,
-    };
+    }
+}
 
-    let keys = key_index.map(|_| keys.as_slice());
+/// Partitions a ratings file by user (see [`Scheme::Users`], [`Scheme::UsersByActivity`]) and
+/// holds out part of each user's ratings; `positives` in the summary count relevant ratings.
+fn partition_ratings_csv(
+    input: &Path,
+    schema: &DatasetSchema,
+    spec: &crate::schema::RecommendationSpec,
+    out: &Path,
+    cfg: &PartitionConfig,
+    overwrite: bool,
+) -> Result<PartitionSummary, DataError> {
+    let origin = input.display().to_string();
+    let bytes = std::fs::read(input).map_err(|e| DataError::io(input, e))?;
+    let mut rdr = csv_reader(bytes.as_slice());
+    let header = rdr.byte_headers().map_err(|e| DataError::csv(&origin, &e))?.clone();
+    let columns = crate::ratings::RatingColumns::locate(&origin, &header, schema, spec)?;
+    let (mut user_of, mut times, mut relevant, mut starts) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut users: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    let mut record = csv::ByteRecord::new();
+    while rdr.read_byte_record(&mut record).map_err(|e| DataError::csv(&origin, &e))? {
+        let pos = record.position().cloned().unwrap_or_else(csv::Position::new);
+        let row = columns.parse(&record, &origin, pos.line(), schema, spec)?;
+        let next = users.len();
+        user_of.push(*users.entry(row.user.to_string()).or_insert(next));
+        times.push(row.timestamp);
+        relevant.push(row.rating >= spec.relevant_from);
+        starts.push(usize::try_from(pos.byte()).unwrap_or(bytes.len()).min(bytes.len()));
+    }
+    let lines = raw_lines(&bytes, &starts);
+    let plan = plan_ratings_partition(&user_of, &times, cfg)
+        .map_err(|message| DataError::Partition { path: origin.clone(), message })?;
+    let positive = |r: usize| relevant[r];
     let write = |path: &Path, rows: &[usize]| write_rows(path, &lines, rows, overwrite);
     let sha = confide_core::sha256_hex(&bytes);
-    write_partition(&origin, sha, schema, out, cfg, &labels, keys, DataFormat::Csv, write)
+    write_partition(&origin, sha, schema, out, cfg, &plan, &positive, DataFormat::Csv, write)
+}
+
+/// Assigns users (`user_of[row]`, dense indices in first-seen order) to institutions and holds
+/// out `test_fraction` of each user's ratings (at least one stays in training).
+pub fn plan_ratings_partition(user_of: &[usize], times: &[i64], cfg: &PartitionConfig) -> Result<Vec<InstitutionRows>, String> {
+    let k = cfg.institutions.ok_or("ratings partitions need --institutions")?;
+    if !(0.0..1.0).contains(&cfg.test_fraction) {
+        return Err(format!("test fraction {} must be in [0, 1)", cfg.test_fraction));
+    }
+    let n_users = user_of.iter().max().map_or(0, |m| m + 1);
+    if k == 0 || k > n_users {
+        return Err(format!("cannot split {n_users} users into {k} institutions"));
+    }
+    let mut rows_of: Vec<Vec<usize>> = vec![Vec::new(); n_users];
+    for (r, &u) in user_of.iter().enumerate() {
+        rows_of[u].push(r);
+    }
+    // The hold-out is drawn first, per user in first-seen order, from its own stream, so the
+    // same seed gives the same train/test ratings whatever the scheme and institution count:
+    // centralised, federated and local-only runs then see exactly the same split.
+    let mut holdout_rng = ChaCha8Rng::seed_from_u64(cfg.seed);
+    let split: Vec<(Vec<usize>, Vec<usize>)> = rows_of
+        .iter()
+        .map(|rows| {
+            let mut rows = rows.clone();
+            match cfg.holdout {
+                Holdout::Random => rows.shuffle(&mut holdout_rng),
+                Holdout::Latest => rows.sort_by_key(|&r| (times[r], r)),
+            }
+            let held = ((rows.len() as f64 * cfg.test_fraction).round() as usize).min(rows.len().saturating_sub(1));
+            let test = rows.split_off(rows.len() - held);
+            (rows, test)
+        })
+        .collect();
+    let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x5555_AAAA_5555_AAAA);
+    let mut order: Vec<usize> = (0..n_users).collect();
+    let bank_of_rank: Vec<usize> = match cfg.scheme {
+        Scheme::Iid | Scheme::Users => {
+            order.shuffle(&mut rng);
+            (0..n_users).map(|i| i % k).collect()
+        }
+        Scheme::UsersByActivity => {
+            order.sort_by_key(|&u| std::cmp::Reverse(rows_of[u].len()));
+            (0..n_users).map(|i| i * k / n_users).collect()
+        }
+        ref other => return Err(format!("scheme {other:?} does not apply to ratings; use users or users_by_activity")),
+    };
+    let mut plan: Vec<InstitutionRows> =
+        (0..k).map(|i| InstitutionRows { name: format!("bank{}", i + 1), train: Vec::new(), test: Vec::new() }).collect();
+    for (rank, &u) in order.iter().enumerate() {
+        let inst = &mut plan[bank_of_rank[rank]];
+        inst.train.extend_from_slice(&split[u].0);
+        inst.test.extend_from_slice(&split[u].1);
+    }
+    for inst in &mut plan {
+        inst.train.sort_unstable();
+        inst.test.sort_unstable();
+        if inst.train.len() + inst.test.len() < cfg.min_rows {
+            return Err(format!("{} would hold {} ratings, fewer than --min-rows {}", inst.name, inst.train.len() + inst.test.len(), cfg.min_rows));
+        }
+    }
+    Ok(plan)
 }
 
 fn write_rows(
@@ -539,6 +668,51 @@ mod tests {
             plan.iter().flat_map(|i| i.train.iter().chain(&i.test).copied()).collect();
         rows.sort_unstable();
         rows
+    }
+
+    #[test]
+    fn ratings_partitions_keep_each_user_at_one_bank_and_hold_out_per_user() {
+        // 30 users with 1..=30 ratings each.
+        let user_of: Vec<usize> = (0..30).flat_map(|u| std::iter::repeat_n(u, u + 1)).collect();
+        let times: Vec<i64> = (0..user_of.len() as i64).rev().collect();
+        for scheme in [Scheme::Users, Scheme::UsersByActivity] {
+            for holdout in [Holdout::Random, Holdout::Latest] {
+                let c = PartitionConfig { holdout, min_rows: 1, ..cfg(3, scheme.clone(), 5) };
+                let plan = plan_ratings_partition(&user_of, &times, &c).expect("plans");
+                assert_eq!(all_rows(&plan), (0..user_of.len()).collect::<Vec<_>>());
+                let bank_of = |u: usize| plan.iter().position(|i| i.train.iter().chain(&i.test).any(|&r| user_of[r] == u));
+                for u in 0..30 {
+                    let b = bank_of(u).expect("user placed");
+                    let inst = &plan[b];
+                    let (tr, te) = (
+                        inst.train.iter().filter(|&&r| user_of[r] == u).count(),
+                        inst.test.iter().filter(|&&r| user_of[r] == u).count(),
+                    );
+                    assert_eq!(tr + te, u + 1, "all of user {u}'s ratings at one bank");
+                    assert!(tr >= 1, "user {u} keeps a training rating");
+                    assert_eq!(te, (((u + 1) as f64 * 0.2).round() as usize).min(u));
+                    if holdout == Holdout::Latest && te > 0 {
+                        let newest_train = inst.train.iter().filter(|&&r| user_of[r] == u).map(|&r| times[r]).max();
+                        let oldest_test = inst.test.iter().filter(|&&r| user_of[r] == u).map(|&r| times[r]).min();
+                        assert!(newest_train <= oldest_test, "latest ratings are held out");
+                    }
+                }
+                if scheme == Scheme::UsersByActivity {
+                    let sizes: Vec<usize> = plan.iter().map(|i| i.train.len() + i.test.len()).collect();
+                    assert!(sizes[0] > sizes[1] && sizes[1] > sizes[2], "{sizes:?}");
+                }
+            }
+        }
+        assert!(plan_ratings_partition(&user_of, &times, &cfg(3, Scheme::Dirichlet { alpha: 1.0 }, 1)).is_err());
+        // The same seed holds out the same ratings whatever the scheme or institution count.
+        let test_rows = |scheme: Scheme, k: usize| {
+            let plan = plan_ratings_partition(&user_of, &times, &PartitionConfig { min_rows: 1, ..cfg(k, scheme, 9) }).expect("plans");
+            let mut t: Vec<usize> = plan.iter().flat_map(|i| i.test.clone()).collect();
+            t.sort_unstable();
+            t
+        };
+        assert_eq!(test_rows(Scheme::Users, 3), test_rows(Scheme::UsersByActivity, 5));
+        assert_eq!(test_rows(Scheme::Users, 3), test_rows(Scheme::Users, 1));
     }
 
     #[test]

@@ -183,10 +183,59 @@ pub struct DatasetSchema {
     /// Values that parse to NaN or infinity are never missing markers: they are errors.
     #[serde(default = "default_na_values")]
     pub na_values: Vec<String>,
-    /// The binary target.
-    pub target: TargetSpec,
+    /// The binary target (tabular datasets; absent for recommendation datasets).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<TargetSpec>,
     /// Every column of the CSV file except the target, in any order; feature order follows it.
+    /// Recommendation datasets list only extra columns to skip (`type = "ignored"`).
+    #[serde(default)]
     pub columns: Vec<ColumnSpec>,
+    /// Recommendation datasets: which columns hold the user, item, rating and timestamp.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recommendation: Option<RecommendationSpec>,
+}
+
+/// The columns of a ratings file (`user,item,rating[,timestamp]`), for recommendation models.
+///
+/// ```toml
+/// name = "movielens_latest_small"
+/// [recommendation]
+/// user = "userId"
+/// item = "movieId"
+/// rating = "rating"
+/// timestamp = "timestamp"   # optional
+/// min_rating = 0.5
+/// max_rating = 5.0
+/// relevant_from = 4.0       # held-out ratings ≥ this are ranked for HR@k / NDCG@k
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecommendationSpec {
+    /// User id column (an institution's own customer ids; never leave it).
+    pub user: String,
+    /// Item id column (ids of the shared catalogue).
+    pub item: String,
+    /// Rating column (a number in `[min_rating, max_rating]`).
+    pub rating: String,
+    /// Optional timestamp column (integer seconds), used by the partition tool's
+    /// latest-ratings hold-out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timestamp: Option<String>,
+    /// Smallest valid rating.
+    pub min_rating: f64,
+    /// Largest valid rating.
+    pub max_rating: f64,
+    /// Held-out ratings at or above this value are relevant items for ranking metrics.
+    pub relevant_from: f64,
+}
+
+impl RecommendationSpec {
+    /// The named columns, in `user, item, rating[, timestamp]` order.
+    pub fn column_names(&self) -> Vec<&str> {
+        let mut v = vec![self.user.as_str(), self.item.as_str(), self.rating.as_str()];
+        v.extend(self.timestamp.as_deref());
+        v
+    }
 }
 
 impl DatasetSchema {
@@ -215,29 +264,68 @@ impl DatasetSchema {
         if self.name.trim().is_empty() {
             return Err("`name` must not be empty".into());
         }
-        if self.target.column.is_empty() {
+        let target = match (&self.target, &self.recommendation) {
+            (Some(t), None) => t,
+            (None, Some(rec)) => return self.validate_recommendation(rec),
+            (Some(_), Some(_)) => {
+                return Err("a schema has either `[target]` (tabular) or `[recommendation]` (ratings), not both".into());
+            }
+            (None, None) => return Err("missing `[target]` (tabular data) or `[recommendation]` (ratings)".into()),
+        };
+        self.validate_tabular(target)
+    }
+
+    fn validate_recommendation(&self, rec: &RecommendationSpec) -> Result<(), String> {
+        let names = rec.column_names();
+        for (field, name) in ["user", "item", "rating", "timestamp"].iter().zip(&names) {
+            if name.trim().is_empty() {
+                return Err(format!("`recommendation.{field}` must not be empty"));
+            }
+        }
+        if names.iter().collect::<HashSet<_>>().len() != names.len() {
+            return Err("`[recommendation]` names the same column twice".into());
+        }
+        if !(rec.min_rating.is_finite() && rec.max_rating.is_finite() && rec.min_rating < rec.max_rating) {
+            return Err("`recommendation.min_rating` must be below `recommendation.max_rating`".into());
+        }
+        if !rec.relevant_from.is_finite() {
+            return Err("`recommendation.relevant_from` must be a number".into());
+        }
+        for (i, col) in self.columns.iter().enumerate() {
+            if col.kind != ColumnType::Ignored || names.contains(&col.name.as_str()) {
+                return Err(format!(
+                    "columns[{i}] (`{}`): a ratings schema lists only extra columns to skip, with type = \"ignored\"",
+                    col.name
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_tabular(&self, target: &TargetSpec) -> Result<(), String> {
+        if target.column.is_empty() {
             return Err("`target.column` must not be empty".into());
         }
-        if self.target.positive.trim().is_empty() {
+        if target.positive.trim().is_empty() {
             return Err("`target.positive` must not be blank".into());
         }
-        if self.target.positive.trim() != self.target.positive {
+        if target.positive.trim() != target.positive {
             return Err("`target.positive` must not have leading or trailing whitespace".into());
         }
-        if let Some(neg) = &self.target.negative {
+        if let Some(neg) = &target.negative {
             if neg.trim().is_empty() || neg.trim() != neg {
                 return Err(
                     "`target.negative` must be non-blank, without surrounding whitespace".into()
                 );
             }
-            if *neg == self.target.positive {
+            if *neg == target.positive {
                 return Err("`target.negative` equals `target.positive`".into());
             }
         }
-        if self.na_values.contains(&self.target.positive) {
+        if self.na_values.contains(&target.positive) {
             return Err(format!(
                 "`target.positive` ({:?}) is also listed in `na_values`",
-                self.target.positive
+                target.positive
             ));
         }
         let mut seen = HashSet::new();
@@ -249,7 +337,7 @@ impl DatasetSchema {
             if !seen.insert(col.name.as_str()) {
                 return Err(format!("{at}: column is listed twice"));
             }
-            if col.name == self.target.column {
+            if col.name == target.column {
                 return Err(format!(
                     "{at}: the target column is declared in `[target]` and must not be listed under `[[columns]]`"
                 ));
@@ -427,12 +515,46 @@ levels = ["a", "b", "c"]
         assert!(e.contains("negative"), "{e}");
     }
 
+    const RATINGS: &str = r#"
+name = "ratings"
+[recommendation]
+user = "u"
+item = "i"
+rating = "r"
+timestamp = "t"
+min_rating = 0.5
+max_rating = 5.0
+relevant_from = 4.0
+[[columns]]
+name = "note"
+type = "ignored"
+"#;
+
+    #[test]
+    fn ratings_schemas_name_their_columns_and_refuse_features() {
+        let s = DatasetSchema::parse(RATINGS, "r.toml").expect("valid");
+        let rec = s.recommendation.as_ref().expect("ratings");
+        assert_eq!(rec.column_names(), ["u", "i", "r", "t"]);
+        assert!(s.target.is_none());
+        let e = err_of(&RATINGS.replace("type = \"ignored\"", "type = \"numeric\""));
+        assert!(e.contains("`note`") && e.contains("ignored"), "{e}");
+        let e = err_of(&RATINGS.replace("item = \"i\"", "item = \"u\""));
+        assert!(e.contains("twice"), "{e}");
+        let e = err_of(&RATINGS.replace("max_rating = 5.0", "max_rating = 0.1"));
+        assert!(e.contains("min_rating"), "{e}");
+        let e = err_of(&format!("{MINI}\n[recommendation]\nuser=\"a\"\nitem=\"b\"\nrating=\"c\"\nmin_rating=1.0\nmax_rating=2.0\nrelevant_from=1.0\n"));
+        assert!(e.contains("not both"), "{e}");
+        let e = err_of("name = \"x\"\n");
+        assert!(e.contains("[recommendation]"), "{e}");
+    }
+
     #[test]
     fn target_labels() {
         let s = DatasetSchema::parse(MINI, "m").expect("valid");
-        assert_eq!(s.target.label_of("yes"), Some(1.0));
-        assert_eq!(s.target.label_of("no"), Some(0.0));
-        assert_eq!(s.target.label_of("maybe"), None);
+        let t = s.target.as_ref().expect("tabular");
+        assert_eq!(t.label_of("yes"), Some(1.0));
+        assert_eq!(t.label_of("no"), Some(0.0));
+        assert_eq!(t.label_of("maybe"), None);
         let open = TargetSpec { column: "y".into(), positive: "1".into(), negative: None };
         assert_eq!(open.label_of("0"), Some(0.0));
     }

@@ -96,6 +96,9 @@ pub enum StatsError {
 
 /// Length of the statistics vector for `schema`.
 pub fn stats_len(schema: &DatasetSchema) -> usize {
+    if schema.recommendation.is_some() {
+        return crate::ratings::RATINGS_STATS_LEN;
+    }
     1 + schema
         .feature_columns()
         .map(|c| match c.kind {
@@ -108,6 +111,9 @@ pub fn stats_len(schema: &DatasetSchema) -> usize {
 /// A label for each slot of the statistics vector (`rows`, `tenure.count`, `tenure.sum`,
 /// `tenure.sum_sq`, `Contract=One year.count`, `Contract.missing`, ...).
 pub fn stats_names(schema: &DatasetSchema) -> Vec<String> {
+    if schema.recommendation.is_some() {
+        return ["ratings", "rating.sum", "rating.sum_sq", "users"].map(String::from).to_vec();
+    }
     let mut names = vec!["rows".to_string()];
     for c in schema.feature_columns() {
         match c.kind {
@@ -212,6 +218,35 @@ pub struct Preprocessing {
     pub rows: u64,
     /// One transform per feature column, in schema order.
     pub columns: Vec<ColumnTransform>,
+    /// Recommendation datasets: the federation's rating statistics, the shared catalogue and
+    /// the evaluation protocol.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recommendation: Option<RecommendationPrep>,
+}
+
+/// What every institution needs to train and evaluate a recommendation model identically.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecommendationPrep {
+    /// Mean rating across the federation (the global bias starts here).
+    pub mean_rating: f64,
+    /// Standard deviation of ratings across the federation.
+    pub rating_std: f64,
+    /// Users across the federation (each counted at the one institution holding them).
+    pub users: u64,
+    /// Catalogue item ids, in model row order.
+    pub items: Vec<String>,
+    /// Held-out ratings at or above this are ranked for HR@k / NDCG@k.
+    pub relevant_from: f64,
+    /// Sampled unrated items each relevant held-out item is ranked against.
+    pub ranking_negatives: usize,
+    /// Cut-off k of HR@k and NDCG@k.
+    pub top_k: usize,
+    /// Seed of the ranking negatives (with the user id: the same per user on every run).
+    pub eval_seed: u64,
+    /// What the model learns from; rating error is only reported for explicit ratings.
+    #[serde(default)]
+    pub feedback: confide_core::job::Feedback,
 }
 
 /// Encoded model inputs.
@@ -241,6 +276,38 @@ impl Preprocessing {
     /// [`local_stats`] vectors.
     pub fn from_aggregate(schema: &DatasetSchema, summed: &[f64]) -> Result<Self, StatsError> {
         let expected = stats_len(schema);
+        if let Some(rec) = &schema.recommendation {
+            if summed.len() != expected {
+                return Err(StatsError::Length { schema: schema.name.clone(), found: summed.len(), expected });
+            }
+            let names = stats_names(schema);
+            if let Some((index, &value)) = summed.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+                return Err(StatsError::NotFinite { index, name: names[index].clone(), value });
+            }
+            let ratings = count_at(summed, 0, &names)?;
+            let users = count_at(summed, 3, &names)?;
+            if ratings < 1.0 {
+                return Err(StatsError::NoRows);
+            }
+            let mean = summed[1] / ratings;
+            let std = (summed[2] / ratings - mean * mean).max(0.0).sqrt();
+            return Ok(Preprocessing {
+                schema_fingerprint: schema.fingerprint(),
+                rows: ratings as u64,
+                columns: Vec::new(),
+                recommendation: Some(RecommendationPrep {
+                    mean_rating: mean.clamp(rec.min_rating, rec.max_rating),
+                    rating_std: std,
+                    users: users as u64,
+                    items: Vec::new(),
+                    relevant_from: rec.relevant_from,
+                    ranking_negatives: 99,
+                    top_k: 10,
+                    eval_seed: 0,
+                    feedback: confide_core::job::Feedback::Explicit,
+                }),
+            });
+        }
         if summed.len() != expected {
             return Err(StatsError::Length {
                 schema: schema.name.clone(),
@@ -295,12 +362,16 @@ impl Preprocessing {
                 }
             }
         }
-        Ok(Preprocessing { schema_fingerprint: schema.fingerprint(), rows: rows as u64, columns })
+        Ok(Preprocessing { schema_fingerprint: schema.fingerprint(), rows: rows as u64, columns, recommendation: None })
     }
 
-    /// Width of each encoded row.
+    /// Width of each encoded row; for recommendation datasets, the number of catalogue items
+    /// (what the model's item side is sized by).
     pub fn input_dim(&self) -> usize {
-        self.columns.iter().map(ColumnTransform::width).sum()
+        match &self.recommendation {
+            Some(rec) => rec.items.len(),
+            None => self.columns.iter().map(ColumnTransform::width).sum(),
+        }
     }
 
     /// Name of each encoded input (`tenure`, `Contract=Month-to-month`, ...), as

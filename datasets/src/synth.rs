@@ -33,7 +33,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::DataError;
 use crate::output::{OutCell, OutColumn, OutKind, RowWriter};
-use crate::schema::{ColumnType, DatasetSchema, MissingPolicy};
+use crate::schema::{ColumnType, DatasetSchema, MissingPolicy, TargetSpec};
 use crate::table::DataFormat;
 
 /// The built-in churn-like schema (also written beside the output as `schema.toml`).
@@ -530,7 +530,7 @@ impl Synthesizer {
     }
 
     /// Output columns: numeric features as numbers, everything else as text.
-    fn out_columns(&self) -> Vec<OutColumn> {
+    fn out_columns(&self, target: &TargetSpec) -> Vec<OutColumn> {
         let mut out: Vec<OutColumn> = self
             .schema
             .columns
@@ -541,7 +541,7 @@ impl Synthesizer {
                 OutColumn::new(c.name.clone(), kind)
             })
             .collect();
-        out.push(OutColumn::new(self.schema.target.column.clone(), OutKind::Text));
+        out.push(OutColumn::new(target.column.clone(), OutKind::Text));
         out
     }
 
@@ -555,13 +555,18 @@ impl Synthesizer {
         schema_text: &str,
         overwrite: bool,
     ) -> Result<GroundTruth, DataError> {
-        let positive = self.schema.target.positive.clone();
-        let negative = match &self.schema.target.negative {
+        let target = self
+            .schema
+            .target
+            .clone()
+            .ok_or_else(|| DataError::Synth("the schema has no binary `[target]`".into()))?;
+        let positive = target.positive.clone();
+        let negative = match &target.negative {
             Some(n) => n.clone(),
             None if positive == "0" => "1".into(),
             None => "0".into(),
         };
-        let columns = self.out_columns();
+        let columns = self.out_columns(&target);
         let mut row = RowScratch::new(&self.truth.columns).with_levels(&self.schema);
         let mut institutions = std::mem::take(&mut self.truth.institutions);
         for (k, inst) in institutions.iter_mut().enumerate() {

@@ -19,7 +19,7 @@ use std::path::Path;
 use csv::ByteRecord;
 
 use crate::error::{DataError, Location};
-use crate::schema::{ColumnSpec, ColumnType, DatasetSchema, MissingPolicy};
+use crate::schema::{ColumnSpec, ColumnType, DatasetSchema, MissingPolicy, TargetSpec};
 
 /// Values of one feature column, one entry per kept row; `None` is a missing cell to impute.
 #[derive(Debug, Clone, PartialEq)]
@@ -114,6 +114,18 @@ pub fn load_table(path: impl AsRef<Path>, schema: &DatasetSchema) -> Result<RawT
     }
 }
 
+/// The binary target of a tabular schema; a ratings schema used for a tabular file is refused.
+pub(crate) fn binary_target<'s>(schema: &'s DatasetSchema, path: &str) -> Result<&'s TargetSpec, DataError> {
+    schema.target.as_ref().ok_or_else(|| not_tabular(schema, path))
+}
+
+fn not_tabular(schema: &DatasetSchema, path: &str) -> DataError {
+    DataError::WrongKind {
+        path: path.into(),
+        message: format!("schema `{}` describes ratings, not a tabular dataset with a target", schema.name),
+    }
+}
+
 /// Checks a file's column names against the schema: every column must be declared, every
 /// declared non-ignored column and the target must be present, and no name may repeat. Returns
 /// the file's index of every name. `at` is the header line or Parquet schema.
@@ -122,17 +134,18 @@ pub(crate) fn match_columns<'n>(
     schema: &DatasetSchema,
     at: &Location,
 ) -> Result<HashMap<String, usize>, DataError> {
+    let target = &binary_target(schema, at.path())?.column;
     let mut by_name = HashMap::new();
     for (i, name) in names.into_iter().enumerate() {
         if by_name.insert(name.to_string(), i).is_some() {
             return Err(DataError::DuplicateColumn { at: at.clone(), column: name.into() });
         }
-        if name != schema.target.column && schema.column(name).is_none() {
+        if name != target && schema.column(name).is_none() {
             return Err(DataError::UnknownColumn { at: at.clone(), column: name.into() });
         }
     }
     let required = schema.columns.iter().filter(|c| c.kind != ColumnType::Ignored);
-    for column in required.map(|c| c.name.as_str()).chain([schema.target.column.as_str()]) {
+    for column in required.map(|c| c.name.as_str()).chain([target.as_str()]) {
         if !by_name.contains_key(column) {
             return Err(DataError::MissingColumn { at: at.clone(), column: column.into() });
         }
@@ -175,7 +188,7 @@ pub(crate) fn map_header(
     let by_name = match_columns(names, schema, &at)?;
     let index = |name: &str| by_name.get(name).copied().unwrap_or_default();
     Ok(HeaderMap {
-        target: index(&schema.target.column),
+        target: index(&binary_target(schema, path)?.column),
         features: schema.feature_columns().map(|c| index(&c.name)).collect(),
         by_name,
     })
@@ -203,7 +216,10 @@ pub(crate) fn label_of(
     schema: &DatasetSchema,
     at: impl FnOnce() -> Location,
 ) -> Result<f32, DataError> {
-    let column = &schema.target.column;
+    let Some(spec) = schema.target.as_ref() else {
+        return Err(not_tabular(schema, at().path()));
+    };
+    let column = &spec.column;
     let raw = match raw {
         Some(raw) if !schema.is_missing(raw) => raw,
         _ => {
@@ -211,12 +227,12 @@ pub(crate) fn label_of(
         }
     };
     let value = raw.trim();
-    schema.target.label_of(value).ok_or_else(|| DataError::BadTarget {
+    spec.label_of(value).ok_or_else(|| DataError::BadTarget {
         at: at(),
         column: column.clone(),
         value: value.into(),
-        expected: std::iter::once(&schema.target.positive)
-            .chain(&schema.target.negative)
+        expected: std::iter::once(&spec.positive)
+            .chain(&spec.negative)
             .map(|v| format!("{v:?}"))
             .collect::<Vec<_>>()
             .join(", "),
@@ -231,7 +247,7 @@ pub(crate) fn parse_label(
     path: &str,
     line: u64,
 ) -> Result<f32, DataError> {
-    let raw = cell(record, target, path, line, &schema.target.column)?;
+    let raw = cell(record, target, path, line, &binary_target(schema, path)?.column)?;
     label_of(Some(raw), schema, || Location::line(path, line))
 }
 

@@ -154,6 +154,11 @@ impl Cluster {
         (cluster, partition)
     }
 
+    /// The data directory a worker's configuration names (`<cluster dir>/<id>`).
+    pub fn worker_data_dir(&self, id: &str) -> PathBuf {
+        self.dir.path().join(id)
+    }
+
     /// The coordinator's URL.
     pub fn url(&self) -> String {
         format!("{}://{}", if self.insecure { "http" } else { "https" }, self.addr)

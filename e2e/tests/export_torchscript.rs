@@ -143,6 +143,9 @@ fn exported_model_scores_like_the_worker(spec: ModelSpec) {
         prox_mu: 0.0,
         pos_weight: None,
         seed: 3,
+        l2: 0.0,
+        feedback: Default::default(),
+        negatives: 4,
     };
     let trained = ml::train_local(&spec, &init, &train_x, &ml::TrainConfig::from(&local), ml::Device::Cpu).expect("train");
     let worker = ml::predict(&spec, &trained.params, &test_x.features, test_x.rows, test_x.dim, ml::Device::Cpu).expect("predict");

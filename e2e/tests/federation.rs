@@ -77,6 +77,9 @@ fn federated_churn_matches_centralised_training() {
         prox_mu: 0.0,
         pos_weight: None,
         seed: 7,
+        l2: 0.0,
+        feedback: Default::default(),
+        negatives: 4,
     };
     let central = ml::train_local(&spec, &init, &train, &ml::TrainConfig::from(&local), ml::Device::Cpu).expect("central");
     let central_eval = ml::evaluate(&spec, &central.params, &test, 10_000, ml::Device::Cpu).expect("eval");

@@ -229,8 +229,8 @@ impl ModelCard {
             data: DataSummary {
                 dataset: job.schema.name.clone(),
                 schema_fingerprint: job.schema.fingerprint(),
-                target: job.schema.target.column.clone(),
-                positive_class: job.schema.target.positive.clone(),
+                target: job.schema.target.as_ref().map(|t| t.column.clone()).unwrap_or_default(),
+                positive_class: job.schema.target.as_ref().map(|t| t.positive.clone()).unwrap_or_default(),
                 federation_rows: prep.rows,
                 columns,
             },

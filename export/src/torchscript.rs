@@ -491,6 +491,7 @@ mod tests {
         Preprocessing {
             schema_fingerprint: "fp".into(),
             rows: 10,
+            recommendation: None,
             columns: vec![
                 ColumnTransform::Numeric {
                     name: "tenure".into(),

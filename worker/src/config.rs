@@ -57,9 +57,10 @@ pub struct PolicyConfig {
     /// Fewest institutions a round may have for this worker to send anything (≥ 3).
     #[serde(default = "default_min_participants")]
     pub min_participants: u32,
-    /// Model kinds this bank lets its data train (`logistic_regression`, `mlp`, `torchscript`);
-    /// empty = every built-in kind. Custom `torchscript` models run code written outside the
-    /// bank, so they are refused unless listed here explicitly.
+    /// Model kinds this bank lets its data train (`logistic_regression`, `mlp`,
+    /// `matrix_factorization`, `two_tower`, `torchscript`); empty = every built-in kind. Custom
+    /// `torchscript` models run code written outside the bank, so they are refused unless
+    /// listed here explicitly.
     #[serde(default)]
     pub allowed_models: Vec<String>,
     /// SHA-256 hashes of the TorchScript modules this bank accepts (as printed by

@@ -66,6 +66,7 @@ pub struct Worker {
     models: Mutex<Vec<(String, Arc<Vec<u8>>)>>,
     fault: Option<crate::fault::Fault>,
     policy: crate::policy::Policy,
+    user_state: tasks::UserStateStore,
 }
 
 impl std::fmt::Debug for Worker {
@@ -99,7 +100,8 @@ impl Worker {
         };
         let policy = crate::policy::Policy::load(config.policy.clone(), &config.data_dir).map_err(StartError::Policy)?;
         let fault = crate::fault::Fault::from_env();
-        Ok(Arc::new(Self { config, datasets, identity, device, models: Mutex::new(Vec::new()), fault, policy }))
+        let user_state = tasks::UserStateStore::new(&config.data_dir);
+        Ok(Arc::new(Self { config, datasets, identity, device, models: Mutex::new(Vec::new()), fault, policy, user_state }))
     }
 
     /// This institution's id.
@@ -285,9 +287,10 @@ async fn compute(
                 .map_err(|e| Failure::new("protocol", format!("training config: {e}")))?;
             let device = worker.device;
             let prep_key = t.preprocessing_json;
+            let (job_id, users, round) = (addr.job_id.clone(), worker.user_state.clone(), addr.round);
             blocking(move || {
-                let model = fetched.input(&prep, &prep_key);
-                tasks::train_contribution(&ds, &model, &local, device)
+                let model = fetched.input(&prep, &prep_key, &job_id, round);
+                tasks::train_contribution(&ds, &model, &local, &users, device)
             })
             .await
         }
@@ -301,9 +304,10 @@ async fn compute(
             }
             let device = worker.device;
             let prep_key = t.preprocessing_json;
+            let (job_id, users, round) = (addr.job_id.clone(), worker.user_state.clone(), addr.round);
             blocking(move || {
-                let model = fetched.input(&prep, &prep_key);
-                tasks::eval_contribution(&ds, &model, buckets, device)
+                let model = fetched.input(&prep, &prep_key, &job_id, round);
+                tasks::eval_contribution(&ds, &model, buckets, &users, device)
             })
             .await
         }
@@ -319,13 +323,15 @@ struct FetchedModel {
 }
 
 impl FetchedModel {
-    fn input<'a>(&'a self, prep: &'a Preprocessing, prep_key: &'a str) -> ModelInput<'a> {
+    fn input<'a>(&'a self, prep: &'a Preprocessing, prep_key: &'a str, job_id: &'a str, round: u64) -> ModelInput<'a> {
         ModelInput {
             spec: &self.spec,
             checkpoint: &self.checkpoint,
             module: self.module.as_deref().map(Vec::as_slice),
             prep,
             prep_key,
+            job_id,
+            round,
         }
     }
 }

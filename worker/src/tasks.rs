@@ -4,16 +4,21 @@
 //! - training: `[n·(w_local − w_global)…, n, n·loss]` after local epochs from the global model;
 //! - evaluation: score histograms and metric sums of the global model on the test split.
 //!
+//! Recommendation models contribute the same training shape over their *shared* layout only
+//! (`[n·Δ item side…, n, n·loss]`, n = ratings); the user side lives in [`UserStateStore`] and is
+//! read and written here, never returned. Their evaluation vector is a
+//! [`confide_core::metrics::RecommendationEval`].
+//!
 //! Rows are loaded here and never leave this module: only these vectors do. Failures carry a
 //! kind and a reason (a data error names file, line and column) that the coordinator records.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use confide_core::job::LocalTraining;
 use confide_core::model::{ModelParams, ModelSpec};
-use confide_datasets::{DatasetSchema, Encoded, Preprocessing, RawTable};
+use confide_datasets::{Catalogue, DatasetSchema, Encoded, Preprocessing, Ratings, RawTable};
 use tch::Device;
 
 use crate::config::DatasetConfig;
@@ -47,6 +52,7 @@ pub struct LocalDataset {
     pub fingerprint: String,
     tables: Mutex<HashMap<&'static str, Arc<RawTable>>>,
     encoded: Mutex<HashMap<(&'static str, String), Arc<Encoded>>>,
+    ratings: Mutex<HashMap<&'static str, Arc<Ratings>>>,
 }
 
 /// Which split of a dataset.
@@ -78,7 +84,14 @@ impl LocalDataset {
             ));
         }
         let fingerprint = schema.fingerprint();
-        Ok(Self { config, schema, fingerprint, tables: Mutex::default(), encoded: Mutex::default() })
+        Ok(Self {
+            config,
+            schema,
+            fingerprint,
+            tables: Mutex::default(),
+            encoded: Mutex::default(),
+            ratings: Mutex::default(),
+        })
     }
 
     fn path(&self, split: Split) -> &Path {
@@ -114,8 +127,25 @@ impl LocalDataset {
         Ok(enc)
     }
 
+    /// The ratings of a split of a recommendation dataset (loaded once, like [`Self::table`]).
+    pub fn ratings(&self, split: Split) -> Result<Arc<Ratings>, Failure> {
+        if let Some(r) = lock(&self.ratings).get(split.key()) {
+            return Ok(r.clone());
+        }
+        let ratings = Arc::new(confide_datasets::load_ratings(self.path(split), &self.schema).map_err(|e| Failure::new("data", e))?);
+        if ratings.is_empty() {
+            return Err(Failure::new("data", format!("{}: no ratings", self.path(split).display())));
+        }
+        lock(&self.ratings).insert(split.key(), ratings.clone());
+        Ok(ratings)
+    }
+
     /// The additive statistics of the training split.
     pub fn stats(&self) -> Result<Vec<f64>, Failure> {
+        if self.schema.recommendation.is_some() {
+            let ratings = self.ratings(Split::Train)?;
+            return Ok(confide_datasets::ratings_stats(&ratings));
+        }
         let table = self.table(Split::Train)?;
         Ok(confide_datasets::local_stats(&table, &self.schema))
     }
@@ -137,6 +167,11 @@ pub struct ModelInput<'a> {
     pub prep: &'a Preprocessing,
     /// Cache key of the preprocessing (its JSON text).
     pub prep_key: &'a str,
+    /// The job the task belongs to (recommendation models keep their user side per job).
+    pub job_id: &'a str,
+    /// The task's round (recommendation models keep their user side per round, so a retried
+    /// round starts again from the previous round's users).
+    pub round: u64,
 }
 
 impl ModelInput<'_> {
@@ -151,34 +186,179 @@ impl ModelInput<'_> {
     }
 }
 
-/// Trains locally and returns `[n·Δ…, n, n·loss]`.
-pub fn train_contribution(
-    data: &LocalDataset,
-    model: &ModelInput<'_>,
-    local: &LocalTraining,
-    device: Device,
-) -> Result<Vec<f64>, Failure> {
-    let global = model.params()?;
-    let enc = data.encoded(Split::Train, model.prep, model.prep_key)?;
-    let cfg = ml::TrainConfig::from(local);
-    let mut net = model.build(&global, enc.dim, device)?;
-    let out = ml::train_model(net.as_mut(), &enc, &cfg, device).map_err(|e| Failure::new("training", e))?;
-    let n = out.samples as f64;
+/// `[n·(w_local − w_global)…, n, n·loss]`, refusing non-finite values.
+fn weighted_update(local: &ModelParams, global: &ModelParams, samples: usize, mean_loss: f64) -> Result<Vec<f64>, Failure> {
+    let n = samples as f64;
     let mut v: Vec<f64> =
-        out.params.values.iter().zip(&global.values).map(|(w, g)| n * (f64::from(*w) - f64::from(*g))).collect();
+        local.values.iter().zip(&global.values).map(|(w, g)| n * (f64::from(*w) - f64::from(*g))).collect();
     v.push(n);
-    v.push(n * out.mean_loss);
+    v.push(n * mean_loss);
     if let Some(i) = v.iter().position(|x| !x.is_finite()) {
         return Err(Failure::new("training", format!("update element {i} is not finite")));
     }
     Ok(v)
 }
 
-/// Evaluates the model on the test split and returns its evaluation contribution vector.
-pub fn eval_contribution(data: &LocalDataset, model: &ModelInput<'_>, buckets: usize, device: Device) -> Result<Vec<f64>, Failure> {
+/// Trains locally and returns `[n·Δ…, n, n·loss]` over the model's federated layout.
+pub fn train_contribution(
+    data: &LocalDataset,
+    model: &ModelInput<'_>,
+    local: &LocalTraining,
+    users: &UserStateStore,
+    device: Device,
+) -> Result<Vec<f64>, Failure> {
+    let global = model.params()?;
+    if model.spec.is_recommendation() {
+        let (mut user_side, train, _) = rec_data(data, model, users, false)?;
+        let cfg = ml::recsys::RecTrainConfig::from(local);
+        let out = ml::recsys::train_recommender(model.spec, &global, &mut user_side, &train, &cfg, device)
+            .map_err(|e| Failure::new("training", e))?;
+        let v = weighted_update(&out.shared, &global, out.samples, out.mean_loss)?;
+        users.save(model.job_id, model.round, model.spec, &user_side)?;
+        return Ok(v);
+    }
+    let enc = data.encoded(Split::Train, model.prep, model.prep_key)?;
+    let cfg = ml::TrainConfig::from(local);
+    let mut net = model.build(&global, enc.dim, device)?;
+    let out = ml::train_model(net.as_mut(), &enc, &cfg, device).map_err(|e| Failure::new("training", e))?;
+    weighted_update(&out.params, &global, out.samples, out.mean_loss)
+}
+
+/// Evaluates the model on the test split and returns its evaluation contribution vector
+/// (score histograms and sums, or recommendation sums).
+pub fn eval_contribution(
+    data: &LocalDataset,
+    model: &ModelInput<'_>,
+    buckets: usize,
+    users: &UserStateStore,
+    device: Device,
+) -> Result<Vec<f64>, Failure> {
     let params = model.params()?;
+    if model.spec.is_recommendation() {
+        let (user_side, train, test) = rec_data(data, model, users, true)?;
+        let rec = recommendation_prep(model.prep)?;
+        let range = data.schema.recommendation.as_ref().map_or((f64::MIN, f64::MAX), |r| (r.min_rating, r.max_rating));
+        let test = test.unwrap_or_default();
+        let mut e = ml::recsys::evaluate_recommender(model.spec, &params, &user_side, &train, &test, rec, range, device)
+            .map_err(|e| Failure::new("training", e))?;
+        if test.is_empty() {
+            e.users = 0.0;
+        }
+        return Ok(e.to_vec());
+    }
     let enc = data.encoded(Split::Test, model.prep, model.prep_key)?;
     let mut net = model.build(&params, enc.dim, device)?;
     let c = ml::evaluate_with(net.as_mut(), &enc, buckets, device).map_err(|e| Failure::new("training", e))?;
     Ok(c.to_vec())
+}
+
+fn recommendation_prep(prep: &Preprocessing) -> Result<&confide_datasets::RecommendationPrep, Failure> {
+    prep.recommendation
+        .as_ref()
+        .ok_or_else(|| Failure::new("protocol", "a recommendation model was sent without the recommendation preprocessing"))
+}
+
+/// The job's user side (loaded from the state store), the indexed training ratings and, when
+/// asked, the indexed test ratings.
+fn rec_data(
+    data: &LocalDataset,
+    model: &ModelInput<'_>,
+    users: &UserStateStore,
+    with_test: bool,
+) -> Result<(ml::recsys::UserParams, ml::recsys::RecData, Option<ml::recsys::RecData>), Failure> {
+    let rec = recommendation_prep(model.prep)?;
+    let spec = confide_datasets::ratings::recommendation_spec(&data.schema, &data.config.schema.display().to_string())
+        .map_err(|e| Failure::new("data", e))?;
+    let catalogue = Catalogue::new(rec.items.clone()).map_err(|e| Failure::new("protocol", format!("item catalogue: {e}")))?;
+    // Training round R starts from the users of the latest round before R (a retried round does
+    // not train them twice); evaluating round R uses the users round R's training produced.
+    let before = if with_test { model.round.saturating_add(1) } else { model.round };
+    let mut user_side = users.load_before(model.job_id, before, model.spec)?;
+    let seed = user_seed(model.job_id);
+    let index = |split, user_side: &mut ml::recsys::UserParams| -> Result<ml::recsys::RecData, Failure> {
+        let ratings = data.ratings(split)?;
+        ml::recsys::RecData::index(&ratings, &catalogue, spec, user_side, seed).map_err(|e| Failure::new("data", e))
+    };
+    let train = index(Split::Train, &mut user_side)?;
+    let test = if with_test { Some(index(Split::Test, &mut user_side)?) } else { None };
+    Ok((user_side, train, test))
+}
+
+/// The seed new users' embeddings are drawn from: fixed per job.
+fn user_seed(job_id: &str) -> u64 {
+    let digest = confide_core::sha256_hex(format!("confide-user-init\u{0}{job_id}").as_bytes());
+    u64::from_str_radix(&digest[..16], 16).unwrap_or_default()
+}
+
+/// Where a worker keeps each recommendation job's user side:
+/// `<data_dir>/user_state/<job>/round-<R>.safetensors`, the users after training round R (the
+/// latest two rounds are kept). These files never leave the institution.
+#[derive(Debug, Clone)]
+pub struct UserStateStore {
+    dir: PathBuf,
+}
+
+impl UserStateStore {
+    /// A store under the worker's data directory.
+    pub fn new(data_dir: &Path) -> Self {
+        Self { dir: data_dir.join("user_state") }
+    }
+
+    /// The state directory of a job (job ids are checked to be plain names).
+    pub fn job_dir(&self, job_id: &str) -> Result<PathBuf, Failure> {
+        let plain = !job_id.is_empty() && job_id.len() <= 128 && job_id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if !plain {
+            return Err(Failure::new("protocol", format!("job id {job_id:?} cannot name a state directory")));
+        }
+        Ok(self.dir.join(job_id))
+    }
+
+    /// Rounds with a saved user side, ascending.
+    pub fn rounds(&self, job_id: &str) -> Result<Vec<u64>, Failure> {
+        let dir = self.job_dir(job_id)?;
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(Failure::new("internal", format!("{}: {e}", dir.display()))),
+        };
+        let mut rounds: Vec<u64> = entries
+            .filter_map(|e| e.ok())
+            .filter_map(|e| e.file_name().to_str()?.strip_prefix("round-")?.strip_suffix(".safetensors")?.parse().ok())
+            .collect();
+        rounds.sort_unstable();
+        Ok(rounds)
+    }
+
+    /// The user side after the latest round before `round`; empty when there is none.
+    pub fn load_before(&self, job_id: &str, round: u64, spec: &ModelSpec) -> Result<ml::recsys::UserParams, Failure> {
+        let dim = spec.embedding_dim().ok_or_else(|| Failure::new("protocol", "not a recommendation model"))?;
+        let Some(latest) = self.rounds(job_id)?.into_iter().rfind(|&r| r < round) else {
+            return Ok(ml::recsys::UserParams::new(dim));
+        };
+        let path = self.job_dir(job_id)?.join(format!("round-{latest}.safetensors"));
+        let bytes = std::fs::read(&path).map_err(|e| Failure::new("internal", format!("{}: {e}", path.display())))?;
+        ml::recsys::UserParams::from_safetensors(&bytes, spec).map_err(|e| Failure::new("internal", format!("{}: {e}", path.display())))
+    }
+
+    /// Saves the user side after training `round` atomically (write, sync, rename) and removes
+    /// rounds older than the one before it.
+    pub fn save(&self, job_id: &str, round: u64, spec: &ModelSpec, users: &ml::recsys::UserParams) -> Result<(), Failure> {
+        let dir = self.job_dir(job_id)?;
+        let path = dir.join(format!("round-{round}.safetensors"));
+        let io = |e: std::io::Error| Failure::new("internal", format!("{}: {e}", path.display()));
+        std::fs::create_dir_all(&dir).map_err(io)?;
+        let bytes = users.to_safetensors(spec).map_err(|e| Failure::new("internal", e))?;
+        let tmp = path.with_extension("safetensors.tmp");
+        {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&tmp).map_err(io)?;
+            f.write_all(&bytes).map_err(io)?;
+            f.sync_all().map_err(io)?;
+        }
+        std::fs::rename(&tmp, &path).map_err(io)?;
+        for old in self.rounds(job_id)?.into_iter().filter(|&r| r + 1 < round) {
+            let _ = std::fs::remove_file(dir.join(format!("round-{old}.safetensors")));
+        }
+        Ok(())
+    }
 }

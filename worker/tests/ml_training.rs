@@ -203,6 +203,9 @@ fn train_config_serde_and_job_conversion() {
         prox_mu: 0.0,
         pos_weight: Some(3.0),
         seed: 7,
+        l2: 0.0,
+        feedback: Default::default(),
+        negatives: 4,
     };
     assert_eq!(TrainConfig::from(&local), c);
 }

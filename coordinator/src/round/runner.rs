@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 
 use confide_core::job::JobSpec;
 use confide_core::metrics::EvalContribution;
-use confide_core::model::{ModelParams, ModelSpec, ParamLayout};
+use confide_core::metrics::{RECOMMENDATION_EVAL_LEN, RecommendationEval};
+use confide_core::model::{ModelParams, ModelSpec, ParamLayout, rec_names};
 use confide_core::strategy::{ServerOptimizer, ServerState};
 use confide_datasets::{DatasetSchema, Preprocessing};
 use confide_proto::v1::{self as pb, task::Kind};
@@ -94,9 +95,14 @@ async fn drive(shared: &Arc<Shared>, job_id: &str, cancel: &CancellationToken) -
         }
         _ => {
             let Some(summed) = ctx.aggregate_stats(&schema).await? else { return Ok(Finished::Cancelled) };
-            let prep = Preprocessing::from_aggregate(&schema, &summed).map_err(|e| format!("federated statistics: {e}"))?;
+            let mut prep = Preprocessing::from_aggregate(&schema, &summed).map_err(|e| format!("federated statistics: {e}"))?;
+            ctx.attach_recommendation(&mut prep)?;
             let layout = ctx.spec.model.layout(prep.input_dim());
-            let params = ctx.initial_params(layout.clone(), prep.input_dim())?;
+            let mut params = ctx.initial_params(layout.clone(), prep.input_dim())?;
+            if let (Some(rec), Some(bias)) = (&prep.recommendation, params.tensor_mut(rec_names::GLOBAL_BIAS)) {
+                // The global bias starts at the federation's mean rating (securely summed).
+                bias[0] = rec.mean_rating as f32;
+            }
             let model_hash = ctx.put_model(&params, 0)?;
             let state = ServerOptimizer::new(ctx.spec.strategy.clone(), layout.len());
             let state_hash = shared.store.checkpoints().put(&state.state().to_bytes()).map_err(|e| e.to_string())?;
@@ -299,6 +305,20 @@ impl JobCtx<'_> {
         Err("preprocessing statistics never ran".into())
     }
 
+    /// Recommendation jobs: adds the stored item catalogue and the evaluation protocol to the
+    /// preprocessing every worker receives, so all institutions index items and rank
+    /// held-out items identically.
+    fn attach_recommendation(&self, prep: &mut Preprocessing) -> Result<(), String> {
+        let Some(rec) = prep.recommendation.as_mut() else { return Ok(()) };
+        let json = self.shared.store.job_catalogue(self.id).map_err(|e| e.to_string())?.ok_or("recommendation job has no item catalogue")?;
+        rec.items = serde_json::from_str(&json).map_err(|e| format!("stored item catalogue unreadable: {e}"))?;
+        rec.ranking_negatives = self.spec.evaluation.ranking_negatives;
+        rec.top_k = self.spec.evaluation.top_k;
+        rec.eval_seed = self.spec.seed;
+        rec.feedback = self.spec.training.feedback;
+        Ok(())
+    }
+
     fn dataset_ref(&self) -> pb::DatasetRef {
         pb::DatasetRef { name: self.spec.dataset.clone(), schema_fingerprint: self.fingerprint.clone() }
     }
@@ -360,10 +380,14 @@ impl JobCtx<'_> {
             let new_hash = self.put_model(global, round)?;
             let model = self.model_ref(&new_hash)?;
             let buckets = spec.evaluation.score_buckets as usize;
+            let recommendation = spec.model.is_recommendation();
+            // The evaluation vector follows the model family: score histograms and sums for
+            // classifiers, rating-error and ranking sums for recommenders.
+            let eval_len = if recommendation { RECOMMENDATION_EVAL_LEN } else { EvalContribution::vector_len(buckets) };
             let contributors: Vec<String> =
                 train.participants.iter().filter(|p| p.status == "contributed").map(|p| p.worker_id.clone()).collect();
             let eval = self
-                .run_phase(round, &contributors, EvalContribution::vector_len(buckets), secure::Encoding::Counts, |_, aggregation| {
+                .run_phase(round, &contributors, eval_len, secure::Encoding::Counts, |_, aggregation| {
                     Kind::Evaluate(pb::EvaluateTask {
                         dataset: Some(dataset.clone()),
                         model: Some(model.clone()),
@@ -375,6 +399,10 @@ impl JobCtx<'_> {
                 .await?;
             let Some(eval) = eval else { return Ok(RoundResult::Cancelled) };
             match eval.sum {
+                Ok(sum) if recommendation => {
+                    let c = RecommendationEval::from_slice(&sum).ok_or("evaluation vector has the wrong length")?;
+                    metrics.extend(c.metrics(spec.evaluation.top_k));
+                }
                 Ok(sum) => {
                     let c = EvalContribution::from_slice(&sum, buckets).ok_or("evaluation vector has the wrong length")?;
                     metrics.extend(c.metrics());

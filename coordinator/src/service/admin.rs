@@ -49,7 +49,7 @@ impl Admin for AdminService {
         self.authorize(&request)?;
         let r = request.into_inner();
         let files = jobs::ModelFiles { module: &r.model_module, parameters: &r.model_parameters };
-        let job_id = jobs::submit(&self.shared, &r.spec_toml, &r.schema_toml, files).map_err(|e| match e {
+        let job_id = jobs::submit(&self.shared, &r.spec_toml, &r.schema_toml, files, r.catalogue_items).map_err(|e| match e {
             SubmitError::Store(e) => Status::internal(e.to_string()),
             other => Status::invalid_argument(other.to_string()),
         })?;

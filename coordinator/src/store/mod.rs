@@ -223,6 +223,10 @@ CREATE TABLE IF NOT EXISTS participants (
     recorded_at TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS participants_by_round ON participants(job_id, round);
+CREATE TABLE IF NOT EXISTS job_catalogues (
+    job_id TEXT PRIMARY KEY REFERENCES jobs(id),
+    items_json TEXT NOT NULL
+);
 "#;
 
 /// Columns added to `jobs` after the first release, with their types; [`Store::open`] adds
@@ -312,14 +316,39 @@ impl Store {
 
     /// Stores a newly submitted job as pending.
     pub fn insert_job(&self, id: &str, name: &str, spec_json: &str, schema_toml: &str) -> Result<(), StoreError> {
+        self.insert_job_with_catalogue(id, name, spec_json, schema_toml, None)
+    }
+
+    /// Stores a newly submitted job as pending, with its item catalogue (a JSON array of item
+    /// ids, recommendation jobs only) in the same transaction.
+    pub fn insert_job_with_catalogue(
+        &self,
+        id: &str,
+        name: &str,
+        spec_json: &str,
+        schema_toml: &str,
+        catalogue_json: Option<&str>,
+    ) -> Result<(), StoreError> {
         let now = now_rfc3339();
         self.with(|c| {
-            c.execute(
+            let tx = c.transaction()?;
+            tx.execute(
                 "INSERT INTO jobs (id, name, spec_json, schema_toml, status, created_at, updated_at)
                  VALUES (?1, ?2, ?3, ?4, 'pending', ?5, ?5)",
                 params![id, name, spec_json, schema_toml, now],
-            )
-            .map(|_| ())
+            )?;
+            if let Some(items) = catalogue_json {
+                tx.execute("INSERT INTO job_catalogues (job_id, items_json) VALUES (?1, ?2)", params![id, items])?;
+            }
+            tx.commit()
+        })
+    }
+
+    /// A job's item catalogue (JSON array of ids), if it has one.
+    pub fn job_catalogue(&self, id: &str) -> Result<Option<String>, StoreError> {
+        self.with(|c| {
+            c.query_row("SELECT items_json FROM job_catalogues WHERE job_id = ?1", params![id], |r| r.get(0))
+                .optional()
         })
     }
 

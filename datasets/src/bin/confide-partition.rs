@@ -1,12 +1,13 @@
 //! `confide-partition`: splits one CSV or Parquet file into per-institution `train`/`test` files
 //! (IID, Dirichlet label skew, or one institution per value of a column) for federated
-//! simulations, in CSV or Parquet (`--format`), and writes a `partition.json` manifest beside them.
+//! simulations, in CSV or Parquet (`--format`); ratings files are split by user (IID or by
+//! activity) with a per-user hold-out. It writes a `partition.json` manifest beside them.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, ValueEnum};
-use confide_datasets::partition::{PartitionConfig, Scheme, partition_file};
+use confide_datasets::partition::{Holdout, PartitionConfig, Scheme, partition_file};
 use confide_datasets::{DataFormat, DatasetSchema};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -17,6 +18,18 @@ enum SchemeArg {
     Dirichlet,
     /// One institution per value of `--by-column`.
     ByColumn,
+    /// Ratings: users dealt at random, all of a user's ratings at one institution.
+    Users,
+    /// Ratings, non-IID: users sorted by activity, bank1 holds the most active.
+    UsersByActivity,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum HoldoutArg {
+    /// A random fraction of each user's ratings.
+    Random,
+    /// Each user's latest ratings by timestamp.
+    Latest,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -55,7 +68,11 @@ struct Args {
     /// Column whose values define the institutions (e.g. Geography).
     #[arg(long)]
     by_column: Option<String>,
-    /// Fraction of each institution's rows, stratified by label, written to the test file.
+    /// Ratings schemas: which of each user's ratings are held out.
+    #[arg(long, value_enum, default_value = "random")]
+    holdout: HoldoutArg,
+    /// Fraction of each institution's rows, stratified by label (ratings: of each user's
+    /// ratings), written to the test file.
     #[arg(long, default_value_t = 0.2)]
     test_fraction: f64,
     /// Seed for every random choice.
@@ -82,6 +99,8 @@ fn scheme(args: &Args) -> Result<Scheme, String> {
         }
         (None | Some(SchemeArg::Iid), None) => Ok(Scheme::Iid),
         (Some(SchemeArg::Dirichlet), None) => Ok(Scheme::Dirichlet { alpha: args.alpha }),
+        (Some(SchemeArg::Users), None) => Ok(Scheme::Users),
+        (Some(SchemeArg::UsersByActivity), None) => Ok(Scheme::UsersByActivity),
     }
 }
 
@@ -93,6 +112,10 @@ fn run(args: &Args) -> Result<(), String> {
         test_fraction: args.test_fraction,
         seed: args.seed,
         min_rows: args.min_rows,
+        holdout: match args.holdout {
+            HoldoutArg::Random => Holdout::Random,
+            HoldoutArg::Latest => Holdout::Latest,
+        },
     };
     let format = args.format.map(|f| match f {
         FormatArg::Csv => DataFormat::Csv,

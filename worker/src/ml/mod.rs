@@ -10,10 +10,13 @@
 //! - [`scripted`]: custom models, TorchScript modules scripted by the job's owner.
 //! - [`train`]: [`TrainConfig`] and [`train_local`].
 //! - [`eval`]: [`predict`], [`score_histogram`], [`eval_sums`] and [`evaluate`].
+//! - [`recsys`]: matrix factorisation and two-tower training and evaluation, with the user
+//!   side kept local ([`recsys::UserParams`]).
 
 pub mod eval;
 pub mod model;
 pub mod scripted;
+pub mod recsys;
 pub mod train;
 
 pub use confide_core::metrics::EvalContribution;
