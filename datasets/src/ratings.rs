@@ -386,7 +386,7 @@ relevant_from = 4.0
         let e = load(&format!("{head}1,10,4,yesterday\n")).expect_err("timestamp").to_string();
         assert!(e.contains("`timestamp`") && e.contains("yesterday"), "{e}");
         let e = load("userId,movieId,timestamp\n1,10,4\n").expect_err("no rating column").to_string();
-        assert!(e.contains("`rating`") && e.contains("missing from the header"), "{e}");
+        assert!(e.contains("`rating`") && e.contains("is missing"), "{e}");
         let e = load("userId,movieId,rating,timestamp,title\n1,10,4,1,x\n").expect_err("unknown column").to_string();
         assert!(e.contains("`title`"), "{e}");
         let e = load(&format!("{head}1,10,4\n")).expect_err("short row").to_string();
