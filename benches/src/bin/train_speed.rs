@@ -6,7 +6,7 @@
 //!
 //! Each timed run is one `train_local` call of `EPOCHS` epochs (model construction, copying the
 //! rows into a tensor, training, reading the parameters back), after one untimed warm-up run;
-//! the Python side times the same scope. Medians over `RUNS` runs.
+//! the Python side times the same scope. Medians over `RUNS` runs, alternating between the sides.
 //!
 //! `cargo run --release -p confide-benches --bin train_speed [OUT_DIR]`
 //! (`PYTHON` overrides the interpreter, default `.venv/bin/python` in the repository).
@@ -21,8 +21,8 @@ use confide_datasets::{DatasetSchema, Encoded, Preprocessing};
 use confide_report::Table;
 use confide_worker::ml::{self, Device, Optimizer, TrainConfig};
 
-const EPOCHS: usize = 5;
-const RUNS: usize = 7;
+const EPOCHS: usize = 3;
+const RUNS: usize = 5;
 const LEARNING_RATE: f64 = 0.01;
 const MOMENTUM: f64 = 0.9;
 
@@ -59,15 +59,16 @@ fn write_f32(path: &Path, values: &[f32]) -> std::io::Result<()> {
     std::fs::write(path, bytes)
 }
 
-fn rust_rows_per_s(
+/// Rows/s of one timed `train_local` call of `EPOCHS` epochs.
+fn rust_run(
     spec: &ModelSpec,
     data: &Encoded,
     batch: usize,
-    threads: usize,
-) -> Result<Vec<f64>, BoxError> {
-    ml::set_cpu_threads(threads);
+    epochs: usize,
+    seed: u64,
+) -> Result<f64, BoxError> {
     let init = ModelParams::init(spec.layout(data.dim), 1);
-    let cfg = |epochs, seed| TrainConfig {
+    let cfg = TrainConfig {
         epochs,
         batch_size: batch,
         learning_rate: LEARNING_RATE,
@@ -76,14 +77,9 @@ fn rust_rows_per_s(
         pos_weight: None,
         seed,
     };
-    ml::train_local(spec, &init, data, &cfg(1, 0), Device::Cpu)?;
-    let mut out = Vec::with_capacity(RUNS);
-    for run in 1..=RUNS {
-        let started = Instant::now();
-        ml::train_local(spec, &init, data, &cfg(EPOCHS, run as u64), Device::Cpu)?;
-        out.push((data.rows * EPOCHS) as f64 / started.elapsed().as_secs_f64());
-    }
-    Ok(out)
+    let started = Instant::now();
+    ml::train_local(spec, &init, data, &cfg, Device::Cpu)?;
+    Ok((data.rows * epochs) as f64 / started.elapsed().as_secs_f64())
 }
 
 struct PythonRun {
@@ -124,7 +120,7 @@ fn python_rows_per_s(
             "--epochs",
             &EPOCHS.to_string(),
             "--runs",
-            &RUNS.to_string(),
+            "1",
         ])
         .args([
             "--lr",
@@ -216,8 +212,25 @@ fn main() -> Result<(), BoxError> {
     for (label, spec) in &models {
         for batch in [64, 256] {
             for threads in [1, default_threads] {
-                let rust = rust_rows_per_s(spec, &data, batch, threads)?;
-                let py = python_rows_per_s(&python, &files, &data, spec.hidden(), batch, threads)?;
+                // Runs alternate between the two sides (one Python process per run, each with
+                // its own warm-up) so that load from other work on the host hits both alike.
+                ml::set_cpu_threads(threads);
+                rust_run(spec, &data, batch, 1, 0)?;
+                let (mut rust, mut py) = (
+                    Vec::new(),
+                    PythonRun {
+                        torch: String::new(),
+                        threads,
+                        rows_per_s: Vec::new(),
+                    },
+                );
+                for run in 1..=RUNS {
+                    rust.push(rust_run(spec, &data, batch, EPOCHS, run as u64)?);
+                    let one =
+                        python_rows_per_s(&python, &files, &data, spec.hidden(), batch, threads)?;
+                    py.rows_per_s.extend(one.rows_per_s);
+                    (py.torch, py.threads) = (one.torch, one.threads);
+                }
                 torch_version.clone_from(&py.torch);
                 let (r, p) = (median(rust.clone()), median(py.rows_per_s.clone()));
                 eprintln!(
