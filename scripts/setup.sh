@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what a fresh machine needs beyond the Rust toolchain and python3: libtorch 2.13.0,
 # taken from PyPI's torch wheel into the project-local, git-ignored .venv, and linked as
-# .venv/libtorch (where .cargo/config.toml points LIBTORCH). Idempotent: a second run is instant.
+# .venv/libtorch (where .cargo/config.toml points LIBTORCH); and onnxruntime, which the tests use
+# to check exported ONNX models. Idempotent: a second run is instant.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,3 +15,9 @@ fi
 # A relative link, so the checkout can move.
 torch_dir=$(.venv/bin/python -W ignore -c "import os, torch; print(os.path.relpath(os.path.dirname(torch.__file__), '.venv'))")
 ln -sfn "$torch_dir" .venv/libtorch
+
+ort_want=1.23.2
+if ! .venv/bin/python -W ignore -c "import onnxruntime, sys; sys.exit(0 if onnxruntime.__version__ == '$ort_want' else 1)" 2>/dev/null; then
+  echo "setup: installing onnxruntime==$ort_want into .venv..." >&2
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check "onnxruntime==$ort_want"
+fi

@@ -256,6 +256,7 @@ fn pooled_eval(
     let input = ModelInput {
         spec,
         checkpoint: &checkpoint,
+        module: None,
         prep: &prep.prep,
         prep_key: &prep.key,
     };
@@ -404,6 +405,7 @@ fn run_one(
         let input = ModelInput {
             spec,
             checkpoint: &checkpoint,
+            module: None,
             prep: &fed_prep.prep,
             prep_key: &fed_prep.key,
         };

@@ -282,7 +282,7 @@ pub async fn submit_and_wait(
         endpoint = endpoint.tls_config(confide_tls::client_config(files, "127.0.0.1")?)?;
     }
     let mut admin = AdminClient::new(endpoint.connect().await?);
-    let job_id = admin.submit_job(pb::SubmitJobRequest { spec_toml, schema_toml }).await?.into_inner().job_id;
+    let job_id = admin.submit_job(pb::SubmitJobRequest { spec_toml, schema_toml, ..Default::default() }).await?.into_inner().job_id;
     loop {
         let job = admin.get_job(pb::GetJobRequest { job_id: job_id.clone() }).await?.into_inner();
         if matches!(job.status.as_str(), "completed" | "failed" | "cancelled") {

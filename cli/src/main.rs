@@ -1,9 +1,10 @@
-//! `confide`: the data-science team's command line. Submits job files, lists, watches and
-//! cancels jobs, and pulls trained models — all through the coordinator's Admin service.
+//! `confide`: the data-science team's command line. Submits job files, lists, watches,
+//! reports on and cancels jobs, pulls and exports trained models — all through the coordinator's Admin service.
 //!
 //! Exit codes: 0 success; 1 the job failed or was cancelled (`watch`); 2 bad input (job file,
 //! arguments); 3 the coordinator could not be reached or refused the request.
 
+mod report;
 mod view;
 
 use std::path::{Path, PathBuf};
@@ -12,6 +13,7 @@ use std::process::ExitCode;
 use anyhow::{Context, anyhow};
 use clap::{Parser, Subcommand};
 use confide_core::job::JobSpec;
+use confide_core::model::ModelSpec;
 use confide_proto::v1::{self as pb, admin_client::AdminClient};
 use tonic::transport::Channel;
 
@@ -49,6 +51,22 @@ enum Command {
     /// The federation's certificates.
     #[command(subcommand)]
     Certs(CertsCommand),
+    /// Dataset schemas.
+    #[command(subcommand)]
+    Schema(SchemaCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum SchemaCommand {
+    /// Print the width of the encoded feature vector a model reads (one input per numeric
+    /// column, one per categorical level): the input width of a custom TorchScript model.
+    Width {
+        /// Dataset schema (TOML).
+        file: PathBuf,
+        /// Also print each input's name, in order.
+        #[arg(long)]
+        features: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -112,6 +130,15 @@ enum JobCommand {
         /// Job id.
         id: String,
     },
+    /// Write a job's report: `report.md` (status, rounds, participants, final and best metrics,
+    /// durations, stop reason), `rounds.csv` and `metrics.png` (federated metrics per round).
+    Report {
+        /// Job id.
+        id: String,
+        /// Output directory (default: report-<job id>).
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
     /// Cancel a job.
     Cancel {
         /// Job id.
@@ -129,6 +156,42 @@ enum ModelCommand {
         #[arg(long, short)]
         output: Option<PathBuf>,
     },
+    /// Export a job's model for serving, with its model card: ONNX (raw columns in, the
+    /// federated preprocessing in-graph), safetensors (+ preprocessing.json), TorchScript.
+    Export {
+        /// Job id.
+        id: String,
+        /// Format to write.
+        #[arg(long, value_enum, default_value_t = ExportFormat::All)]
+        format: ExportFormat,
+        /// Output directory (created if needed; files of the same name are replaced).
+        #[arg(long, short)]
+        output: PathBuf,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ExportFormat {
+    /// model.onnx
+    Onnx,
+    /// model.safetensors
+    Safetensors,
+    /// model.pt
+    Torchscript,
+    /// Every format this build writes.
+    All,
+}
+
+impl ExportFormat {
+    fn formats(self) -> Vec<confide_export::Format> {
+        use confide_export::Format;
+        match self {
+            ExportFormat::Onnx => vec![Format::Onnx],
+            ExportFormat::Safetensors => vec![Format::Safetensors],
+            ExportFormat::Torchscript => vec![Format::TorchScript],
+            ExportFormat::All => Format::AVAILABLE.to_vec(),
+        }
+    }
 }
 
 /// An error with the exit code it maps to.
@@ -191,20 +254,89 @@ fn status_error(s: tonic::Status) -> Failure {
     Failure { code, error: anyhow!("{}", s.message()) }
 }
 
-/// Reads a job file and the schema it names (relative to the job file), validating the job
-/// locally first so mistakes are reported with the file's name before anything is sent.
-fn read_job(path: &Path) -> Result<(String, String), Failure> {
+/// Downloads a job's latest global model (safetensors bytes).
+async fn fetch_model(client: &mut AdminClient<Channel>, id: &str) -> Result<Vec<u8>, Failure> {
+    let mut stream = client.fetch_model(pb::FetchModelRequest { job_id: id.to_string() }).await.map_err(status_error)?.into_inner();
+    let mut bytes = Vec::new();
+    while let Some(chunk) = stream.message().await.map_err(status_error)? {
+        if chunk.offset != bytes.len() as u64 {
+            return Err(anyhow!("model stream out of order at offset {}", chunk.offset).into());
+        }
+        bytes.extend_from_slice(&chunk.data);
+    }
+    Ok(bytes)
+}
+
+/// What an export needs, from the coordinator's view of a job and its model.
+fn job_export(job: &pb::Job, model: &[u8]) -> Result<confide_export::JobExport, confide_export::ExportError> {
+    let info = confide_export::JobInfo {
+        id: job.id.clone(),
+        name: job.name.clone(),
+        status: job.status.clone(),
+        created_at: job.created_at.clone(),
+        updated_at: job.updated_at.clone(),
+        stop_reason: Some(job.stop_reason.clone()).filter(|s| !s.is_empty()),
+        model_hash: job.model_hash.clone(),
+    };
+    let rounds = job
+        .rounds
+        .iter()
+        .filter(|r| r.status == "completed")
+        .map(|r| confide_export::RoundReport {
+            round: r.round,
+            participants: r
+                .participants
+                .iter()
+                .map(|p| confide_export::Participant { institution: p.worker_id.clone(), status: p.status.clone() })
+                .collect(),
+            metrics: r.metrics.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+            duration_secs: r.duration_secs,
+            completed_at: r.completed_at.clone(),
+        })
+        .collect();
+    confide_export::JobExport::from_stored(info, &job.spec_json, &job.schema_toml, Some(job.preprocessing_json.as_str()), Some(model), rounds)
+}
+
+/// Reads a job file, the schema it names and, for a `torchscript` model, its module and initial
+/// parameters (all relative to the job file), validating the job locally first so mistakes are
+/// reported with the file's name before anything is sent.
+fn read_job(path: &Path) -> Result<pb::SubmitJobRequest, Failure> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display())).map_err(bad_input)?;
     let spec = JobSpec::from_toml(&text).map_err(|e| bad_input(anyhow!("{}: {e}", path.display())))?;
+    let dir = path.parent().unwrap_or(Path::new("."));
     let schema_rel = spec
         .schema
         .as_deref()
         .ok_or_else(|| bad_input(anyhow!("{}: field `schema`: the path of the dataset schema file is required", path.display())))?;
-    let schema_path = path.parent().unwrap_or(Path::new(".")).join(schema_rel);
+    let schema_path = dir.join(schema_rel);
     let schema = std::fs::read_to_string(&schema_path)
         .with_context(|| format!("{}: field `schema`: reading {}", path.display(), schema_path.display()))
         .map_err(bad_input)?;
-    Ok((text, schema))
+    let (model_module, model_parameters) = match &spec.model {
+        ModelSpec::TorchScript(ts) => {
+            let read = |field: &str, rel: &str| {
+                let file = dir.join(rel);
+                std::fs::read(&file)
+                    .with_context(|| format!("{}: field `model.{field}`: reading {}", path.display(), file.display()))
+                    .map_err(bad_input)
+            };
+            (read("module", &ts.module)?, read("parameters", &ts.parameters)?)
+        }
+        _ => (Vec::new(), Vec::new()),
+    };
+    Ok(pb::SubmitJobRequest { spec_toml: text, schema_toml: schema, model_module, model_parameters })
+}
+
+/// `confide schema width`: the encoded input width, optionally with each input's name.
+fn schema_width(file: &Path, features: bool) -> Result<(), Failure> {
+    let schema = confide_datasets::DatasetSchema::from_file(file).map_err(|e| bad_input(e.into()))?;
+    println!("{}", schema.input_dim());
+    if features {
+        for (i, name) in schema.feature_names().iter().enumerate() {
+            println!("{i:>5}  {name}");
+        }
+    }
+    Ok(())
 }
 
 async fn run(cli: Cli) -> Result<u8, Failure> {
@@ -225,6 +357,10 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             println!("{}", confide_tls::fingerprint_of(cert).map_err(|e| bad_input(e.into()))?);
             return Ok(0);
         }
+        Command::Schema(SchemaCommand::Width { file, features }) => {
+            schema_width(file, *features)?;
+            return Ok(0);
+        }
         _ => {}
     }
     // A job file is checked before anything is sent, so its mistakes are reported even offline.
@@ -235,8 +371,8 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
     let mut client = connect(&cli).await?;
     match cli.command {
         Command::Job(JobCommand::Submit { .. }) => {
-            let (spec_toml, schema_toml) = job_file.unwrap_or_default();
-            let reply = client.submit_job(pb::SubmitJobRequest { spec_toml, schema_toml }).await.map_err(status_error)?;
+            let request = job_file.unwrap_or_default();
+            let reply = client.submit_job(request).await.map_err(status_error)?;
             println!("{}", reply.into_inner().job_id);
         }
         Command::Job(JobCommand::List) => {
@@ -251,6 +387,16 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                 print!("{}", view::job_text(&job));
             }
         }
+        Command::Job(JobCommand::Report { id, output }) => {
+            let job = client.get_job(pb::GetJobRequest { job_id: id.clone() }).await.map_err(status_error)?.into_inner();
+            let dir = output.unwrap_or_else(|| PathBuf::from(format!("report-{id}")));
+            let files = report::write(&job, &dir)?;
+            println!("{}", files.markdown.display());
+            println!("{}", files.csv.display());
+            if let Some(chart) = files.chart {
+                println!("{}", chart.display());
+            }
+        }
         Command::Job(JobCommand::Watch { id }) => {
             let stream = client.watch_job(pb::WatchJobRequest { job_id: id }).await.map_err(status_error)?.into_inner();
             return view::watch(stream).await.map_err(Failure::from);
@@ -259,21 +405,34 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             let job = client.cancel_job(pb::CancelJobRequest { job_id: id }).await.map_err(status_error)?.into_inner();
             println!("{} {}", job.id, job.status);
         }
-        Command::Model(ModelCommand::Pull { id, output }) => {
-            let mut stream =
-                client.fetch_model(pb::FetchModelRequest { job_id: id.clone() }).await.map_err(status_error)?.into_inner();
-            let mut bytes = Vec::new();
-            while let Some(chunk) = stream.message().await.map_err(status_error)? {
-                if chunk.offset != bytes.len() as u64 {
-                    return Err(anyhow!("model stream out of order at offset {}", chunk.offset).into());
-                }
-                bytes.extend_from_slice(&chunk.data);
+        Command::Model(ModelCommand::Export { id, format, output }) => {
+            let job = client.get_job(pb::GetJobRequest { job_id: id.clone() }).await.map_err(status_error)?.into_inner();
+            if job.model_hash.is_empty() {
+                return Err(bad_input(anyhow!("job {id} ({}) has no model yet", job.status)));
             }
+            let bytes = fetch_model(&mut client, &id).await?;
+            if confide_core::sha256_hex(&bytes) != job.model_hash {
+                return Err(anyhow!("the downloaded model does not match the job's model hash {}", job.model_hash).into());
+            }
+            let export = job_export(&job, &bytes).map_err(|e| bad_input(e.into()))?;
+            let manifest = confide_export::export_job(&export, &output, &format.formats()).map_err(|e| match e {
+                confide_export::ExportError::Io { .. } => Failure::from(anyhow::Error::from(e)),
+                other => bad_input(other.into()),
+            })?;
+            for f in &manifest.files {
+                println!("{}  {}", f.sha256, output.join(&f.name).display());
+            }
+            for card in &manifest.card_files {
+                println!("{:<64}  {}", "(model card)", card.display());
+            }
+        }
+        Command::Model(ModelCommand::Pull { id, output }) => {
+            let bytes = fetch_model(&mut client, &id).await?;
             let path = output.unwrap_or_else(|| PathBuf::from(format!("{id}.safetensors")));
             std::fs::write(&path, &bytes).with_context(|| format!("writing {}", path.display()))?;
             println!("{} ({} bytes, sha256 {})", path.display(), bytes.len(), confide_core::sha256_hex(&bytes));
         }
-        Command::Certs(_) => {}
+        Command::Certs(_) | Command::Schema(_) => {}
         Command::Workers => {
             let workers = client.list_workers(pb::ListWorkersRequest {}).await.map_err(status_error)?.into_inner().workers;
             for w in workers {

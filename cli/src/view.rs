@@ -46,6 +46,18 @@ pub fn job_text(j: &pb::Job) -> String {
     if !j.model_hash.is_empty() {
         let _ = writeln!(out, "model    {}", j.model_hash);
     }
+    // A custom model's module hash is what banks pin in `allowed_torchscript_sha256`.
+    if let Ok(spec) = serde_json::from_str::<confide_core::job::JobSpec>(&j.spec_json)
+        && let confide_core::model::ModelSpec::TorchScript(ts) = &spec.model
+    {
+        let _ = writeln!(out, "module   torchscript {}", ts.module_sha256.as_deref().unwrap_or("unresolved"));
+    }
+    if !j.export_dir.is_empty() {
+        let _ = writeln!(out, "export   {} (on the coordinator)", j.export_dir);
+    }
+    if !j.export_error.is_empty() {
+        let _ = writeln!(out, "export   FAILED: {}", j.export_error);
+    }
     for r in &j.rounds {
         let _ = writeln!(out, "  round {:>3}  {:>6.1}s  {}", r.round, r.duration_secs, metrics_line(&r.metrics));
         for p in r.participants.iter().filter(|p| p.status != "contributed" || !p.reason.is_empty()) {
@@ -77,6 +89,8 @@ pub fn job_json(j: &pb::Job) -> Value {
         "status": j.status,
         "error": if j.error.is_empty() { Value::Null } else { json!(j.error) },
         "stop_reason": if j.stop_reason.is_empty() { Value::Null } else { json!(j.stop_reason) },
+        "export_dir": if j.export_dir.is_empty() { Value::Null } else { json!(j.export_dir) },
+        "export_error": if j.export_error.is_empty() { Value::Null } else { json!(j.export_error) },
         "rounds_completed": j.rounds_completed,
         "rounds_total": j.rounds_total,
         "created_at": j.created_at,

@@ -5,10 +5,11 @@
 //! Layout: [`store`] (SQLite + checkpoints), [`hub`] (connected workers, task routing),
 //! [`round`] (pure phase and scheduling logic, and the tokio runner that drives a job),
 //! [`jobs`] (the running set and its API views), [`service`] (the two gRPC services),
-//! [`telemetry`] (Prometheus metrics).
+//! [`telemetry`] (Prometheus metrics), [`export`] (model export when a job completes).
 //! [`run`] serves until a shutdown future completes, so tests start it on `127.0.0.1:0`.
 
 pub mod config;
+pub mod export;
 pub mod hub;
 pub mod jobs;
 pub mod round;

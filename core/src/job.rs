@@ -289,6 +289,19 @@ impl JobSpec {
             && (hidden.is_empty() || hidden.iter().any(|&h| h == 0 || h > 65_536)) {
                 return bad("model.hidden", "needs at least one layer, each 1..=65536 wide");
             }
+        if let ModelSpec::TorchScript(ts) = &self.model {
+            if ts.module.trim().is_empty() {
+                return bad("model.module", "the path of the scripted module (torch.jit.save output) is required");
+            }
+            if ts.parameters.trim().is_empty() {
+                return bad("model.parameters", "the path of the initial parameters (safetensors) is required");
+            }
+            if let Some(pin) = &ts.module_sha256
+                && !(pin.len() == 64 && pin.bytes().all(|b| b.is_ascii_hexdigit()))
+            {
+                return bad("model.module_sha256", "must be 64 hexadecimal digits");
+            }
+        }
         let t = &self.training;
         if t.rounds == 0 || t.rounds > 100_000 {
             return bad("training.rounds", "must be in 1..=100000");
@@ -496,6 +509,22 @@ mod tests {
         assert!(err.to_string().contains("selection.min_workers"), "{err}");
         let text = format!("insecure_plain_aggregation = true\n{MINIMAL}\n[selection]\nmin_workers = 2\n");
         JobSpec::from_toml(&text).expect("plain debugging jobs may use two");
+    }
+
+    #[test]
+    fn torchscript_models_name_their_files() {
+        let text = MINIMAL.replace(
+            "kind = \"mlp\"\n        hidden = [16]",
+            "kind = \"torchscript\"\n        module = \"model.pt\"\n        parameters = \"init.safetensors\"",
+        );
+        let spec = JobSpec::from_toml(&text).expect("torchscript job");
+        let ModelSpec::TorchScript(ts) = &spec.model else { panic!("parsed as {:?}", spec.model) };
+        assert_eq!((ts.module.as_str(), ts.parameters.as_str()), ("model.pt", "init.safetensors"));
+        assert!(ts.layout.tensors.is_empty() && ts.module_sha256.is_none(), "resolved by the coordinator");
+        let err = JobSpec::from_toml(&text.replace("\"model.pt\"", "\"\"")).expect_err("no module");
+        assert!(err.to_string().contains("model.module"), "{err}");
+        let err = JobSpec::from_toml(&text.replace("parameters = ", "module_sha256 = \"abc\"\nparameters = ")).expect_err("bad pin");
+        assert!(err.to_string().contains("model.module_sha256"), "{err}");
     }
 
     #[test]

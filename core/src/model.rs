@@ -21,7 +21,45 @@ pub enum ModelSpec {
         /// Width of each hidden layer, input side first.
         hidden: Vec<usize>,
     },
+    /// A TorchScript module scripted by the job's owner; see [`TorchScriptSpec`].
+    #[serde(rename = "torchscript")]
+    TorchScript(TorchScriptSpec),
 }
+
+/// A custom model: a module scripted in Python (`torch.jit.script(...).save(...)`) whose
+/// parameters are trained federatedly. Its `forward(x: [N, input_dim]) -> [N]` (or `[N, 1]`)
+/// returns one logit per row.
+///
+/// In a job file only `module` and `parameters` are written; the coordinator reads both files
+/// at submission and fills in the rest, so the stored job names the module by content hash and
+/// carries the parameter layout the coordinator aggregates without libtorch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TorchScriptSpec {
+    /// Path of the scripted module (`model.pt`), relative to the job file; read by the CLI.
+    pub module: String,
+    /// Path of the initial parameters (safetensors, F32, named as the module's
+    /// `named_parameters()`), relative to the job file; read by the CLI.
+    pub parameters: String,
+    /// SHA-256 (hex) of the module. Set by the coordinator; when written in a job file it pins
+    /// the module, and a submission whose file hashes otherwise is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub module_sha256: Option<String>,
+    /// Content hash of the initial parameters as stored by the coordinator (set at submission).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parameters_sha256: Option<String>,
+    /// Input width the module was built for, from the parameters file's `confide.input_dim`
+    /// metadata when present (set at submission); checked against the schema's encoded width.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_dim: Option<usize>,
+    /// The parameter layout, read from the parameters file (set at submission; a value written
+    /// in a job file is replaced).
+    #[serde(default, skip_serializing_if = "ParamLayout::is_empty_layout")]
+    pub layout: ParamLayout,
+}
+
+/// Every model kind's name, as [`ModelSpec::kind_name`] gives it (bank policies list these).
+pub const MODEL_KINDS: &[&str] = &["logistic_regression", "mlp", "torchscript"];
 
 impl ModelSpec {
     /// Widths of the hidden layers (empty for logistic regression).
@@ -29,11 +67,16 @@ impl ModelSpec {
         match self {
             ModelSpec::LogisticRegression => &[],
             ModelSpec::Mlp { hidden } => hidden,
+            ModelSpec::TorchScript(_) => &[],
         }
     }
 
-    /// The parameter layout for a model reading `input_dim` encoded features.
+    /// The parameter layout for a model reading `input_dim` encoded features (a TorchScript
+    /// model's layout is the one read from its parameters file, whatever `input_dim`).
     pub fn layout(&self, input_dim: usize) -> ParamLayout {
+        if let ModelSpec::TorchScript(t) = self {
+            return t.layout.clone();
+        }
         let mut tensors = Vec::new();
         let mut fan_in = input_dim;
         let widths = self.hidden().iter().copied().chain(std::iter::once(1));
@@ -45,15 +88,17 @@ impl ModelSpec {
         ParamLayout { tensors }
     }
 
-    /// The family's name as written in job files and bank policies (`logistic_regression`, `mlp`).
+    /// The family's name as written in job files and bank policies (`logistic_regression`, `mlp`,
+    /// `torchscript`).
     pub fn kind_name(&self) -> &'static str {
         match self {
             ModelSpec::LogisticRegression => "logistic_regression",
             ModelSpec::Mlp { .. } => "mlp",
+            ModelSpec::TorchScript(_) => "torchscript",
         }
     }
 
-    /// A short human label (`logistic_regression`, `mlp[32,16]`).
+    /// A short human label (`logistic_regression`, `mlp[32,16]`, `torchscript[<sha256 prefix>]`).
     pub fn label(&self) -> String {
         match self {
             ModelSpec::LogisticRegression => "logistic_regression".into(),
@@ -61,6 +106,10 @@ impl ModelSpec {
                 "mlp[{}]",
                 hidden.iter().map(|h| h.to_string()).collect::<Vec<_>>().join(",")
             ),
+            ModelSpec::TorchScript(t) => {
+                let hash = t.module_sha256.as_deref().unwrap_or("unresolved");
+                format!("torchscript[{}]", hash.chars().take(12).collect::<String>())
+            }
         }
     }
 }
@@ -82,7 +131,7 @@ impl TensorSpec {
 }
 
 /// The ordered list of tensors that make up a model; the flat vector concatenates them in order.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ParamLayout {
     /// Tensors in flat-vector order.
     pub tensors: Vec<TensorSpec>,
@@ -97,6 +146,11 @@ impl ParamLayout {
     /// True when the layout has no scalars.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// True when the layout lists no tensors (serde's skip test for unresolved layouts).
+    pub fn is_empty_layout(&self) -> bool {
+        self.tensors.is_empty()
     }
 
     /// `(spec, offset)` of every tensor in the flat vector.
@@ -147,6 +201,98 @@ pub enum ModelError {
         /// The offending value.
         value: f32,
     },
+    /// A custom (TorchScript) model's files are unusable.
+    #[error("torchscript model: {0}")]
+    TorchScript(String),
+}
+
+/// Metadata key under which a custom model's parameters file records the input width.
+pub const INPUT_DIM_KEY: &str = "confide.input_dim";
+
+/// Largest scripted module accepted.
+pub const MAX_MODULE_BYTES: usize = 1 << 30;
+
+impl TorchScriptSpec {
+    /// Checks a submitted module and initial-parameters file and records what the coordinator
+    /// and workers need: the module's hash, the parameter layout (from the file, in the order
+    /// its `confide.layout` metadata records, else natural name order) and the input width.
+    /// Returns the initial parameters. Nothing here runs the module (the coordinator has no
+    /// libtorch); workers check the module against the layout before training.
+    pub fn resolve(&mut self, module: &[u8], parameters: &[u8]) -> Result<ModelParams, ModelError> {
+        let bad = |m: String| Err(ModelError::TorchScript(m));
+        if module.is_empty() {
+            return bad(format!("module `{}` is empty", self.module));
+        }
+        if module.len() > MAX_MODULE_BYTES {
+            return bad(format!("module `{}` is larger than {MAX_MODULE_BYTES} bytes", self.module));
+        }
+        // `torch.jit.save` writes a zip archive.
+        if !module.starts_with(b"PK\x03\x04") {
+            return bad(format!("module `{}` is not a TorchScript archive (torch.jit.save output)", self.module));
+        }
+        let hash = crate::sha256_hex(module);
+        if let Some(pinned) = &self.module_sha256
+            && !pinned.eq_ignore_ascii_case(&hash)
+        {
+            return bad(format!("module `{}` hashes to {hash}, the job file pins {pinned}", self.module));
+        }
+        let params = ModelParams::read_safetensors_any(parameters)
+            .map_err(|e| ModelError::TorchScript(format!("parameters `{}`: {e}", self.parameters)))?;
+        let in_file = safetensors::SafeTensors::deserialize(parameters)
+            .map_err(|e| ModelError::Format(e.to_string()))?
+            .names()
+            .len();
+        if params.layout.tensors.is_empty() {
+            return bad(format!("parameters `{}` hold no tensors", self.parameters));
+        }
+        if in_file != params.layout.tensors.len() {
+            return bad(format!(
+                "parameters `{}`: the `{LAYOUT_ORDER_KEY}` metadata lists {} tensors, the file holds {in_file}",
+                self.parameters,
+                params.layout.tensors.len()
+            ));
+        }
+        check_torchscript_names(&params.layout)?;
+        let (_, header) =
+            safetensors::SafeTensors::read_metadata(parameters).map_err(|e| ModelError::Format(e.to_string()))?;
+        let input_dim = match header.metadata().as_ref().and_then(|m| m.get(INPUT_DIM_KEY)) {
+            None => None,
+            Some(v) => match v.trim().parse::<usize>() {
+                Ok(d) if d > 0 => Some(d),
+                _ => return bad(format!("parameters `{}`: metadata `{INPUT_DIM_KEY}` = {v:?} is not a positive width", self.parameters)),
+            },
+        };
+        self.module_sha256 = Some(hash);
+        self.input_dim = input_dim;
+        self.layout = params.layout.clone();
+        Ok(params)
+    }
+}
+
+/// The name libtorch gives a scripted module's parameter in a variable store (tch replaces the
+/// dots of `named_parameters()` names: `deep.0.weight` → `deep_0_weight`).
+pub fn torchscript_var_name(name: &str) -> String {
+    name.replace('.', "_")
+}
+
+/// Tensor names must be `named_parameters()` names (identifiers joined by dots) that stay
+/// distinct under [`torchscript_var_name`].
+fn check_torchscript_names(layout: &ParamLayout) -> Result<(), ModelError> {
+    let mut seen = std::collections::HashMap::new();
+    for t in &layout.tensors {
+        let ok = !t.name.is_empty()
+            && t.name.split('.').all(|part| !part.is_empty() && part.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'));
+        if !ok {
+            return Err(ModelError::TorchScript(format!("tensor name {:?} is not a parameter name (identifiers joined by dots)", t.name)));
+        }
+        if let Some(other) = seen.insert(torchscript_var_name(&t.name), t.name.clone()) {
+            return Err(ModelError::TorchScript(format!(
+                "tensors `{other}` and `{}` collide once dots become underscores; rename one",
+                t.name
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Metadata key under which checkpoints record their tensor order.
@@ -305,6 +451,21 @@ mod tests {
     }
 
     #[test]
+    fn every_kind_name_is_listed_for_bank_policies() {
+        let ts = ModelSpec::TorchScript(TorchScriptSpec {
+            module: "m.pt".into(),
+            parameters: "p.safetensors".into(),
+            module_sha256: None,
+            parameters_sha256: None,
+            input_dim: None,
+            layout: ParamLayout::default(),
+        });
+        for spec in [ModelSpec::LogisticRegression, ModelSpec::Mlp { hidden: vec![2] }, ts] {
+            assert!(MODEL_KINDS.contains(&spec.kind_name()), "{}", spec.kind_name());
+        }
+    }
+
+    #[test]
     fn logistic_regression_is_one_linear_layer() {
         let layout = ModelSpec::LogisticRegression.layout(5);
         assert_eq!(layout.len(), 6);
@@ -340,5 +501,86 @@ mod tests {
         let layout = ModelSpec::Mlp { hidden: vec![16] }.layout(12);
         assert_eq!(ModelParams::init(layout.clone(), 1), ModelParams::init(layout.clone(), 1));
         assert_ne!(ModelParams::init(layout.clone(), 1), ModelParams::init(layout, 2));
+    }
+
+    /// A custom model's parameters file as `make_model.py` writes it.
+    fn scripted_parameters(tensors: &[(&str, Vec<usize>, f32)], meta: &[(&str, &str)]) -> Vec<u8> {
+        use safetensors::tensor::{Dtype, TensorView};
+        let data: Vec<Vec<u8>> = tensors
+            .iter()
+            .map(|(_, shape, v)| std::iter::repeat_n(*v, shape.iter().product()).flat_map(f32::to_le_bytes).collect())
+            .collect();
+        let views: Vec<(String, TensorView<'_>)> = tensors
+            .iter()
+            .zip(&data)
+            .map(|((n, shape, _), d)| (n.to_string(), TensorView::new(Dtype::F32, shape.clone(), d).expect("view")))
+            .collect();
+        let meta = meta.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        safetensors::serialize(views, Some(meta)).expect("serialise")
+    }
+
+    fn torchscript_spec() -> TorchScriptSpec {
+        TorchScriptSpec {
+            module: "model.pt".into(),
+            parameters: "init.safetensors".into(),
+            module_sha256: None,
+            parameters_sha256: None,
+            input_dim: None,
+            layout: ParamLayout::default(),
+        }
+    }
+
+    const MODULE: &[u8] = b"PK\x03\x04 a zip archive";
+
+    #[test]
+    fn torchscript_layout_comes_from_the_parameters_file_in_recorded_order() {
+        let bytes = scripted_parameters(
+            &[("wide.weight", vec![1, 3], 0.5), ("deep.0.weight", vec![4, 3], 0.1), ("deep.0.bias", vec![4], 0.0)],
+            &[(LAYOUT_ORDER_KEY, "wide.weight,deep.0.weight,deep.0.bias"), (INPUT_DIM_KEY, "3")],
+        );
+        let mut spec = torchscript_spec();
+        let params = spec.resolve(MODULE, &bytes).expect("valid files");
+        let names: Vec<&str> = spec.layout.tensors.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, ["wide.weight", "deep.0.weight", "deep.0.bias"]);
+        assert_eq!(params.values.len(), 3 + 12 + 4);
+        assert_eq!(params.tensor("wide.weight"), Some(&[0.5f32; 3][..]));
+        assert_eq!(spec.input_dim, Some(3));
+        assert_eq!(spec.module_sha256.as_deref(), Some(crate::sha256_hex(MODULE).as_str()));
+        let model = ModelSpec::TorchScript(spec.clone());
+        assert_eq!(model.layout(99), spec.layout, "the width does not change a scripted layout");
+        assert_eq!(model.kind_name(), "torchscript");
+        assert_eq!(model.label(), format!("torchscript[{}]", &crate::sha256_hex(MODULE)[..12]));
+        let json = serde_json::to_string(&model).expect("json");
+        assert_eq!(serde_json::from_str::<ModelSpec>(&json).expect("back"), model);
+    }
+
+    #[test]
+    fn torchscript_files_are_refused_with_the_reason() {
+        let good = scripted_parameters(&[("fc.weight", vec![1, 2], 0.1)], &[]);
+        let refuse = |module: &[u8], params: &[u8], pin: Option<&str>| {
+            let mut spec = torchscript_spec();
+            spec.module_sha256 = pin.map(str::to_string);
+            spec.resolve(module, params).expect_err("must be refused").to_string()
+        };
+        assert!(refuse(b"", &good, None).contains("empty"));
+        assert!(refuse(b"def forward(x): ...", &good, None).contains("not a TorchScript archive"));
+        assert!(refuse(MODULE, &good, Some(&"0".repeat(64))).contains("pins"));
+        assert!(refuse(MODULE, b"not safetensors", None).contains("init.safetensors"));
+        let nan = scripted_parameters(&[("fc.weight", vec![1, 2], f32::NAN)], &[]);
+        assert!(refuse(MODULE, &nan, None).contains("not finite"));
+        let collide = scripted_parameters(&[("a_b.c", vec![1], 0.0), ("a.b_c", vec![1], 0.0)], &[]);
+        assert!(refuse(MODULE, &collide, None).contains("collide"));
+        let bad_name = scripted_parameters(&[("fc weight", vec![1], 0.0)], &[]);
+        assert!(refuse(MODULE, &bad_name, None).contains("not a parameter name"));
+        let partial = scripted_parameters(
+            &[("a.weight", vec![1], 0.0), ("b.weight", vec![1], 0.0)],
+            &[(LAYOUT_ORDER_KEY, "a.weight")],
+        );
+        assert!(refuse(MODULE, &partial, None).contains("lists 1 tensors, the file holds 2"));
+        let width = scripted_parameters(&[("fc.weight", vec![1, 2], 0.1)], &[(INPUT_DIM_KEY, "two")]);
+        assert!(refuse(MODULE, &width, None).contains(INPUT_DIM_KEY));
+        let mut spec = torchscript_spec();
+        spec.module_sha256 = Some(crate::sha256_hex(MODULE).to_uppercase());
+        spec.resolve(MODULE, &good).expect("a matching pin is accepted in either case");
     }
 }

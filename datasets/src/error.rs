@@ -1,10 +1,68 @@
-//! Errors reading, validating and partitioning data files.
+//! Errors reading, validating, partitioning and writing data files.
 //!
-//! Every variant about file content names the file and the 1-based line (line 1 is the header),
+//! Every variant about file content names where it is: a [`Location`] is a CSV file and 1-based
+//! line (line 1 is the header), a Parquet file and 1-based data row, or a Parquet file's schema;
 //! and, where it applies, the column and the offending value, so a data team can fix the file
 //! without a debugger.
 
+use std::fmt;
+
 use crate::schema::SchemaError;
+
+/// Where in a data file a problem is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    /// A CSV line, 1-based (line 1 is the header; 0 when unknown). Shown as `file:line`.
+    Line {
+        /// File.
+        path: String,
+        /// Line.
+        line: u64,
+    },
+    /// A Parquet data row, 1-based across all row groups. Shown as `file: row N`.
+    Row {
+        /// File.
+        path: String,
+        /// Row.
+        row: u64,
+    },
+    /// The schema (column list and types) stored in a Parquet file's footer.
+    ParquetSchema {
+        /// File.
+        path: String,
+    },
+}
+
+impl Location {
+    /// The file this location is in.
+    pub fn path(&self) -> &str {
+        match self {
+            Location::Line { path, .. }
+            | Location::Row { path, .. }
+            | Location::ParquetSchema { path } => path,
+        }
+    }
+
+    /// A CSV line.
+    pub fn line(path: &str, line: u64) -> Self {
+        Location::Line { path: path.to_string(), line }
+    }
+
+    /// A Parquet data row.
+    pub fn row(path: &str, row: u64) -> Self {
+        Location::Row { path: path.to_string(), row }
+    }
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Location::Line { path, line } => write!(f, "{path}:{line}"),
+            Location::Row { path, row } => write!(f, "{path}: row {row}"),
+            Location::ParquetSchema { path } => write!(f, "{path}: Parquet schema"),
+        }
+    }
+}
 
 /// An error from loading or partitioning a CSV file.
 #[derive(Debug, thiserror::Error)]
@@ -37,73 +95,65 @@ pub enum DataError {
         /// File.
         path: String,
     },
-    /// A schema column (or the target) is absent from the header.
-    #[error("{path}:1: column `{column}` required by the schema is missing from the header")]
+    /// A schema column (or the target) is absent from the header (CSV) or file schema (Parquet).
+    #[error("{at}: column `{column}` required by the schema is missing")]
     MissingColumn {
-        /// File.
-        path: String,
+        /// The header line or Parquet schema.
+        at: Location,
         /// The missing column.
         column: String,
     },
-    /// The header has a column the schema does not describe.
+    /// The file has a column the schema does not describe.
     #[error(
-        "{path}:1: column `{column}` is not in the schema (declare it with type = \"ignored\" to skip it)"
+        "{at}: column `{column}` is not in the schema (declare it with type = \"ignored\" to skip it)"
     )]
     UnknownColumn {
-        /// File.
-        path: String,
+        /// The header line or Parquet schema.
+        at: Location,
         /// The undeclared column.
         column: String,
     },
-    /// The header names a column twice.
-    #[error("{path}:1: column `{column}` appears more than once in the header")]
+    /// The file names a column twice.
+    #[error("{at}: column `{column}` appears more than once")]
     DuplicateColumn {
-        /// File.
-        path: String,
+        /// The header line or Parquet schema.
+        at: Location,
         /// The repeated column.
         column: String,
     },
     /// A cell is not valid UTF-8.
-    #[error("{path}:{line}: column `{column}`: cell is not valid UTF-8")]
+    #[error("{at}: column `{column}`: cell is not valid UTF-8")]
     InvalidUtf8 {
-        /// File.
-        path: String,
-        /// 1-based line.
-        line: u64,
+        /// File and line (CSV) or row (Parquet).
+        at: Location,
         /// Column.
         column: String,
     },
     /// A numeric cell does not parse as a number.
-    #[error("{path}:{line}: column `{column}`: {value:?} is not a number")]
+    #[error("{at}: column `{column}`: {value:?} is not a number")]
     NotNumeric {
-        /// File.
-        path: String,
-        /// 1-based line.
-        line: u64,
+        /// File and line (CSV) or row (Parquet).
+        at: Location,
         /// Column.
         column: String,
         /// The cell.
         value: String,
     },
     /// A numeric cell parses to NaN or infinity (never accepted, whatever the missing policy).
-    #[error("{path}:{line}: column `{column}`: {value:?} is not a finite number")]
+    #[error("{at}: column `{column}`: {value:?} is not a finite number")]
     NotFinite {
-        /// File.
-        path: String,
-        /// 1-based line.
-        line: u64,
+        /// File and line (CSV) or row (Parquet).
+        at: Location,
         /// Column.
         column: String,
         /// The cell.
         value: String,
     },
     /// A categorical cell is not one of the schema's levels.
-    #[error("{path}:{line}: column `{column}`: unknown level {value:?} (allowed: {})", quoted(.allowed))]
+    #[error("{at}: column `{column}`: unknown level {value:?} (allowed: {})", quoted(.allowed))]
     UnknownLevel {
-        /// File.
-        path: String,
-        /// 1-based line.
-        line: u64,
+        /// File and line (CSV) or row (Parquet).
+        at: Location,
         /// Column.
         column: String,
         /// The cell.
@@ -113,33 +163,27 @@ pub enum DataError {
     },
     /// A feature cell is missing and the column's policy is `fail`.
     #[error(
-        "{path}:{line}: column `{column}`: missing value (policy `fail`; use `impute` or `drop` to accept it)"
+        "{at}: column `{column}`: missing value (policy `fail`; use `impute` or `drop` to accept it)"
     )]
     MissingValue {
-        /// File.
-        path: String,
-        /// 1-based line.
-        line: u64,
+        /// File and line (CSV) or row (Parquet).
+        at: Location,
         /// Column.
         column: String,
     },
     /// The target cell is missing (always an error).
-    #[error("{path}:{line}: target column `{column}` is missing")]
+    #[error("{at}: target column `{column}` is missing")]
     MissingTarget {
-        /// File.
-        path: String,
-        /// 1-based line.
-        line: u64,
+        /// File and line (CSV) or row (Parquet).
+        at: Location,
         /// Target column.
         column: String,
     },
     /// The target cell is neither the positive nor the declared negative value.
-    #[error("{path}:{line}: target column `{column}`: {value:?} is not one of {expected}")]
+    #[error("{at}: target column `{column}`: {value:?} is not one of {expected}")]
     BadTarget {
-        /// File.
-        path: String,
-        /// 1-based line.
-        line: u64,
+        /// File and line (CSV) or row (Parquet).
+        at: Location,
         /// Target column.
         column: String,
         /// The cell.
@@ -147,6 +191,39 @@ pub enum DataError {
         /// The accepted values, quoted (`"Yes", "No"`).
         expected: String,
     },
+    /// A Parquet column has a physical or logical type the schema's column type cannot take.
+    #[error(
+        "{path}: Parquet schema: column `{column}` is stored as {found}, but the schema declares it {expected}"
+    )]
+    WrongType {
+        /// File.
+        path: String,
+        /// Column.
+        column: String,
+        /// The file's type for it (e.g. `BYTE_ARRAY (String)`).
+        found: String,
+        /// What the schema accepts (e.g. `numeric: an integer, float, decimal or boolean column`).
+        expected: String,
+    },
+    /// The Parquet file cannot be decoded (not Parquet, truncated, unsupported encoding...).
+    #[error("{path}: invalid Parquet file: {message}")]
+    Parquet {
+        /// File.
+        path: String,
+        /// The decoder's message.
+        message: String,
+    },
+    /// A row cannot be written to an output file.
+    #[error("{path}: cannot write: {message}")]
+    Write {
+        /// Output file.
+        path: String,
+        /// Why.
+        message: String,
+    },
+    /// A synthetic-data request is invalid.
+    #[error("cannot generate synthetic data: {0}")]
+    Synth(String),
     /// A partitioning request cannot be satisfied.
     #[error("cannot partition {path}: {message}")]
     Partition {
@@ -165,6 +242,11 @@ impl DataError {
     /// Wraps an I/O error with the path it concerns.
     pub(crate) fn io(path: &std::path::Path, source: std::io::Error) -> Self {
         DataError::Io { path: path.display().to_string(), source }
+    }
+
+    /// Wraps a `parquet` crate error while reading `path`.
+    pub(crate) fn parquet(path: &str, err: &parquet::errors::ParquetError) -> Self {
+        DataError::Parquet { path: path.to_string(), message: err.to_string() }
     }
 
     /// Wraps a `csv` crate error, keeping its line number.

@@ -2,22 +2,32 @@
 //!
 //! - [`schema`]: the agreed description of a tabular dataset (TOML), its fingerprint, and the
 //!   names of the encoded features.
-//! - [`table`]: strict CSV loading against a schema into a [`RawTable`].
+//! - [`table`]: strict loading of a CSV or Parquet file against a schema into a [`RawTable`]
+//!   ([`load_table`] picks the format by extension); [`parquet`] is the Parquet side.
 //! - [`stats`]: additive per-institution statistics, the federation-wide [`Preprocessing`]
 //!   derived from their sum, and encoding into model inputs.
-//! - [`partition`]: splitting one CSV file into per-institution train/test folders.
+//! - [`partition`]: splitting one data file into per-institution train/test folders.
+//! - [`output`]: streaming rows to CSV or Parquet files.
+//! - [`synth`]: synthetic datasets with a known logistic ground truth and drift between
+//!   institutions, for scale tests.
 //!
 //! Schemas for the shared public datasets live in `datasets/schemas/`.
 
 pub mod error;
+pub mod output;
+pub mod parquet;
 pub mod partition;
 pub mod schema;
 pub mod stats;
+pub mod synth;
 pub mod table;
 
-pub use error::DataError;
+pub use error::{DataError, Location};
+pub use parquet::load_parquet;
 pub use schema::{ColumnSpec, ColumnType, DatasetSchema, MissingPolicy, SchemaError, TargetSpec};
 pub use stats::{
     ColumnTransform, Encoded, Preprocessing, StatsError, local_stats, stats_len, stats_names,
 };
-pub use table::{ColumnData, RawColumn, RawTable, load_csv, load_csv_from_reader};
+pub use table::{
+    ColumnData, DataFormat, RawColumn, RawTable, load_csv, load_csv_from_reader, load_table,
+};

@@ -1,5 +1,5 @@
-//! Splitting one CSV file into per-institution `train.csv`/`test.csv` folders, for simulations
-//! and tests of federated training on public data.
+//! Splitting one CSV or Parquet file into per-institution `train`/`test` files (CSV or Parquet),
+//! for simulations and tests of federated training on public data.
 //!
 //! Three schemes decide which institution gets each row:
 //! - [`Scheme::Iid`]: a seeded shuffle cut into near-equal parts;
@@ -7,9 +7,10 @@
 //!   drawn from Dirichlet(α) (small α → strongly skewed, large α → close to IID);
 //! - [`Scheme::ByColumn`]: one institution per value of a natural column (e.g. `Geography`).
 //!
-//! Within each institution a fraction of rows, stratified by label, becomes the test set. Rows are
-//! copied byte for byte (quoting and all) under the input's header; within each output file they
-//! keep their input order. The input is checked against the schema's header and target, so a
+//! Within each institution a fraction of rows, stratified by label, becomes the test set. CSV to
+//! CSV copies rows byte for byte (quoting and all) under the input's header; other format pairs
+//! re-encode cells through [`crate::output`] (see [`grid`]). Within each output file rows keep
+//! their input order. The input is checked against the schema's header and target, so a
 //! partition never silently produces files the loader would refuse for those reasons. Everything
 //! is deterministic given the seed.
 
@@ -21,9 +22,12 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::error::DataError;
+use crate::error::{DataError, Location};
 use crate::schema::DatasetSchema;
-use crate::table::{cell, csv_reader, map_header, parse_label};
+use crate::table::{DataFormat, cell, csv_reader, map_header, parse_label};
+
+mod grid;
+use grid::Grid;
 
 /// How rows are assigned to institutions.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -110,8 +114,15 @@ pub struct PartitionSummary {
     pub schema_fingerprint: String,
     /// The request.
     pub config: PartitionConfig,
+    /// Output file format (`csv` or `parquet`).
+    #[serde(default = "default_format")]
+    pub format: String,
     /// Per-institution counts.
     pub institutions: Vec<InstitutionSummary>,
+}
+
+fn default_format() -> String {
+    "csv".into()
 }
 
 /// Assigns rows to institutions and splits each into train/test.
@@ -266,9 +277,7 @@ fn gamma(rng: &mut ChaCha8Rng, shape: f64) -> f64 {
     let d = shape - 1.0 / 3.0;
     let c = 1.0 / (9.0 * d).sqrt();
     loop {
-        // Standard normal by Box–Muller; 1 - u keeps the logarithm's argument in (0, 1].
-        let (u1, u2): (f64, f64) = (rng.random(), rng.random());
-        let x = (-2.0 * (1.0 - u1).ln()).sqrt() * (std::f64::consts::TAU * u2).cos();
+        let x = crate::synth::standard_normal(rng);
         let v = (1.0 + c * x).powi(3);
         if v <= 0.0 {
             continue;
@@ -319,9 +328,115 @@ fn trim_newlines(mut bytes: &[u8]) -> &[u8] {
     bytes
 }
 
-/// Reads `input` against `schema`, plans the partition, and writes `out/<name>/{train,test}.csv`
-/// plus `out/partition.json`. Existing output files are refused unless `overwrite`.
+/// Reads a CSV `input` against `schema`, plans the partition, and writes
+/// `out/<name>/{train,test}.csv` (rows copied byte for byte) plus `out/partition.json`. Existing
+/// output files are refused unless `overwrite`.
 pub fn partition_csv(
+    input: &Path,
+    schema: &DatasetSchema,
+    out: &Path,
+    cfg: &PartitionConfig,
+    overwrite: bool,
+) -> Result<PartitionSummary, DataError> {
+    partition_file(input, schema, out, cfg, Some(DataFormat::Csv), overwrite)
+}
+
+/// Reads `input` (CSV or Parquet, by extension) against `schema`, plans the partition, and
+/// writes `out/<name>/{train,test}.<csv|parquet>` in `format` (default: the input's) plus
+/// `out/partition.json`. CSV to CSV copies rows byte for byte; any other combination re-encodes
+/// the cells (numeric features as numbers, every other column as text, missing cells empty or
+/// null) and holds the input in memory. Existing output files are refused unless `overwrite`.
+pub fn partition_file(
+    input: &Path,
+    schema: &DatasetSchema,
+    out: &Path,
+    cfg: &PartitionConfig,
+    format: Option<DataFormat>,
+    overwrite: bool,
+) -> Result<PartitionSummary, DataError> {
+    let input_format = DataFormat::of_path(input);
+    let format = format.unwrap_or(input_format);
+    if (input_format, format) == (DataFormat::Csv, DataFormat::Csv) {
+        return partition_csv_verbatim(input, schema, out, cfg, overwrite);
+    }
+    let origin = input.display().to_string();
+    let grid = match input_format {
+        DataFormat::Csv => {
+            let bytes = std::fs::read(input).map_err(|e| DataError::io(input, e))?;
+            Grid::from_csv(&bytes, &origin, schema)?
+        }
+        DataFormat::Parquet => Grid::from_parquet(input, &origin, schema)?,
+    };
+    let (labels, keys) = grid.labels_and_keys(schema, &cfg.scheme)?;
+    let input_sha256 = file_sha256(input)?;
+    let write = |path: &Path, rows: &[usize]| grid.write(path, format, rows, overwrite);
+    write_partition(
+        &origin,
+        input_sha256,
+        schema,
+        out,
+        cfg,
+        &labels,
+        keys.as_deref(),
+        format,
+        write,
+    )
+}
+
+fn file_sha256(path: &Path) -> Result<String, DataError> {
+    let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
+    Ok(confide_core::sha256_hex(&bytes))
+}
+
+/// Plans the partition from `labels` (and `keys` for [`Scheme::ByColumn`]), has `write` write
+/// each institution's train and test rows, and writes the manifest.
+#[allow(clippy::too_many_arguments)]
+fn write_partition(
+    origin: &str,
+    input_sha256: String,
+    schema: &DatasetSchema,
+    out: &Path,
+    cfg: &PartitionConfig,
+    labels: &[f32],
+    keys: Option<&[String]>,
+    format: DataFormat,
+    mut write: impl FnMut(&Path, &[usize]) -> Result<(), DataError>,
+) -> Result<PartitionSummary, DataError> {
+    let plan = plan_partition(labels, keys, cfg)
+        .map_err(|message| DataError::Partition { path: origin.to_string(), message })?;
+    let mut institutions = Vec::with_capacity(plan.len());
+    for inst in &plan {
+        let dir = out.join(&inst.name);
+        std::fs::create_dir_all(&dir).map_err(|e| DataError::io(&dir, e))?;
+        for (split, rows) in [("train", &inst.train), ("test", &inst.test)] {
+            write(&dir.join(format!("{split}.{}", format.extension())), rows)?;
+        }
+        let positives = |rows: &[usize]| rows.iter().filter(|&&r| labels[r] > 0.5).count();
+        institutions.push(InstitutionSummary {
+            name: inst.name.clone(),
+            train_rows: inst.train.len(),
+            train_positives: positives(&inst.train),
+            test_rows: inst.test.len(),
+            test_positives: positives(&inst.test),
+        });
+    }
+    let summary = PartitionSummary {
+        input: origin.to_string(),
+        input_sha256,
+        schema: schema.name.clone(),
+        schema_fingerprint: schema.fingerprint(),
+        config: cfg.clone(),
+        format: format.extension().to_string(),
+        institutions,
+    };
+    let manifest = out.join("partition.json");
+    let json = serde_json::to_string_pretty(&summary).unwrap_or_default();
+    write_file(&manifest, format!("{json}\n").as_bytes(), true)?;
+    Ok(summary)
+}
+
+/// CSV to CSV: rows are copied byte for byte (quoting, line endings and all).
+fn partition_csv_verbatim(
     input: &Path,
     schema: &DatasetSchema,
     out: &Path,
@@ -335,7 +450,7 @@ pub fn partition_csv(
     let map = map_header(&origin, &header, schema)?;
     let key_index = match &cfg.scheme {
         Scheme::ByColumn { column } => Some(*map.by_name.get(column).ok_or_else(|| {
-            DataError::MissingColumn { path: origin.clone(), column: column.clone() }
+            DataError::MissingColumn { at: Location::line(&origin, 1), column: column.clone() }
         })?),
         _ => None,
     };
@@ -350,8 +465,7 @@ pub fn partition_csv(
             let value = cell(&record, i, &origin, line, column)?;
             if schema.is_missing(value) {
                 return Err(DataError::MissingValue {
-                    path: origin.clone(),
-                    line,
+                    at: Location::line(&origin, line),
                     column: column.clone(),
                 });
             }
@@ -378,37 +492,10 @@ pub fn partition_csv(
         newline,
     };
 
-    let plan = plan_partition(&labels, key_index.map(|_| keys.as_slice()), cfg)
-        .map_err(|message| DataError::Partition { path: origin.clone(), message })?;
-
-    let mut institutions = Vec::with_capacity(plan.len());
-    for inst in &plan {
-        let dir = out.join(&inst.name);
-        std::fs::create_dir_all(&dir).map_err(|e| DataError::io(&dir, e))?;
-        for (file, rows) in [("train.csv", &inst.train), ("test.csv", &inst.test)] {
-            write_rows(&dir.join(file), &lines, rows, overwrite)?;
-        }
-        let positives = |rows: &[usize]| rows.iter().filter(|&&r| labels[r] > 0.5).count();
-        institutions.push(InstitutionSummary {
-            name: inst.name.clone(),
-            train_rows: inst.train.len(),
-            train_positives: positives(&inst.train),
-            test_rows: inst.test.len(),
-            test_positives: positives(&inst.test),
-        });
-    }
-    let summary = PartitionSummary {
-        input: origin,
-        input_sha256: confide_core::sha256_hex(&bytes),
-        schema: schema.name.clone(),
-        schema_fingerprint: schema.fingerprint(),
-        config: cfg.clone(),
-        institutions,
-    };
-    let manifest = out.join("partition.json");
-    let json = serde_json::to_string_pretty(&summary).unwrap_or_default();
-    write_file(&manifest, format!("{json}\n").as_bytes(), true)?;
-    Ok(summary)
+    let keys = key_index.map(|_| keys.as_slice());
+    let write = |path: &Path, rows: &[usize]| write_rows(path, &lines, rows, overwrite);
+    let sha = confide_core::sha256_hex(&bytes);
+    write_partition(&origin, sha, schema, out, cfg, &labels, keys, DataFormat::Csv, write)
 }
 
 fn write_rows(
@@ -426,15 +513,7 @@ fn write_rows(
 }
 
 fn write_file(path: &Path, bytes: &[u8], overwrite: bool) -> Result<(), DataError> {
-    if !overwrite && path.exists() {
-        return Err(DataError::io(
-            path,
-            std::io::Error::new(
-                std::io::ErrorKind::AlreadyExists,
-                "already exists (pass --force to replace)",
-            ),
-        ));
-    }
+    crate::output::refuse_existing(path, overwrite)?;
     std::fs::write(path, bytes).map_err(|e| DataError::io(path, e))
 }
 

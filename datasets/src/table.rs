@@ -1,11 +1,16 @@
-//! Loading an institution's CSV file against a [`DatasetSchema`] into a [`RawTable`].
+//! Loading an institution's data file (CSV or Parquet) against a [`DatasetSchema`] into a
+//! [`RawTable`].
 //!
-//! The loader is strict: the header must hold exactly the schema's columns (plus the target;
-//! `ignored` columns may be absent), every numeric cell must parse to a finite number, every
+//! The loaders are strict: the file must hold exactly the schema's columns (plus the target;
+//! `ignored` columns may be absent), every numeric cell must be a finite number, every
 //! categorical cell must be one of the agreed levels, and every target cell must be present.
-//! Missing feature cells follow the column's policy: `fail` stops with the line number, `drop`
-//! removes the row here, `impute` keeps it as `None` for [`crate::stats::Preprocessing`] to fill.
-//! Identifier, timestamp and ignored columns are never decoded, so they never leave this module.
+//! Missing feature cells follow the column's policy: `fail` stops with the line (CSV) or row
+//! (Parquet) number, `drop` removes the row here, `impute` keeps it as `None` for
+//! [`crate::stats::Preprocessing`] to fill. Identifier, timestamp and ignored columns are never
+//! decoded, so they never leave this module.
+//!
+//! Both formats feed the same [`TableBuilder`], so a cell means the same whichever file it came
+//! from; [`crate::parquet`] holds the Parquet side and [`load_table`] picks a loader by extension.
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -13,7 +18,7 @@ use std::path::Path;
 
 use csv::ByteRecord;
 
-use crate::error::DataError;
+use crate::error::{DataError, Location};
 use crate::schema::{ColumnSpec, ColumnType, DatasetSchema, MissingPolicy};
 
 /// Values of one feature column, one entry per kept row; `None` is a missing cell to impute.
@@ -49,7 +54,7 @@ pub struct RawColumn {
     pub data: ColumnData,
 }
 
-/// A validated CSV file: feature columns in schema order, labels, and what was dropped.
+/// A validated data file: feature columns in schema order, labels, and what was dropped.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RawTable {
     /// Where the rows came from (for messages).
@@ -73,19 +78,80 @@ impl RawTable {
     }
 }
 
+/// The formats a data file may have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DataFormat {
+    /// Comma-separated values with a header line.
+    Csv,
+    /// Apache Parquet (flat columns).
+    Parquet,
+}
+
+impl DataFormat {
+    /// The format a path's extension names: `.parquet`/`.pq` is Parquet, anything else CSV.
+    pub fn of_path(path: &Path) -> Self {
+        match path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
+            Some("parquet" | "pq") => DataFormat::Parquet,
+            _ => DataFormat::Csv,
+        }
+    }
+
+    /// The usual file extension.
+    pub fn extension(self) -> &'static str {
+        match self {
+            DataFormat::Csv => "csv",
+            DataFormat::Parquet => "parquet",
+        }
+    }
+}
+
+/// Loads a CSV or Parquet file, chosen by extension (see [`DataFormat::of_path`]).
+pub fn load_table(path: impl AsRef<Path>, schema: &DatasetSchema) -> Result<RawTable, DataError> {
+    let path = path.as_ref();
+    match DataFormat::of_path(path) {
+        DataFormat::Csv => load_csv(path, schema),
+        DataFormat::Parquet => crate::parquet::load_parquet(path, schema),
+    }
+}
+
+/// Checks a file's column names against the schema: every column must be declared, every
+/// declared non-ignored column and the target must be present, and no name may repeat. Returns
+/// the file's index of every name. `at` is the header line or Parquet schema.
+pub(crate) fn match_columns<'n>(
+    names: impl IntoIterator<Item = &'n str>,
+    schema: &DatasetSchema,
+    at: &Location,
+) -> Result<HashMap<String, usize>, DataError> {
+    let mut by_name = HashMap::new();
+    for (i, name) in names.into_iter().enumerate() {
+        if by_name.insert(name.to_string(), i).is_some() {
+            return Err(DataError::DuplicateColumn { at: at.clone(), column: name.into() });
+        }
+        if name != schema.target.column && schema.column(name).is_none() {
+            return Err(DataError::UnknownColumn { at: at.clone(), column: name.into() });
+        }
+    }
+    let required = schema.columns.iter().filter(|c| c.kind != ColumnType::Ignored);
+    for column in required.map(|c| c.name.as_str()).chain([schema.target.column.as_str()]) {
+        if !by_name.contains_key(column) {
+            return Err(DataError::MissingColumn { at: at.clone(), column: column.into() });
+        }
+    }
+    Ok(by_name)
+}
+
 /// Where the schema's columns sit in a CSV header.
 #[derive(Debug, Clone)]
 pub(crate) struct HeaderMap {
     /// CSV index of the target column.
     pub target: usize,
-    /// `(csv index, schema column)` of each feature column, in schema feature order.
-    pub features: Vec<(usize, ColumnSpec)>,
+    /// CSV index of each feature column, in schema feature order.
+    pub features: Vec<usize>,
     /// CSV index of every header name.
     pub by_name: HashMap<String, usize>,
 }
 
-/// Matches a header against the schema: every CSV column must be declared, every declared
-/// non-ignored column and the target must be present, and no name may repeat.
+/// Matches a CSV header against the schema (see [`match_columns`]).
 pub(crate) fn map_header(
     path: &str,
     header: &ByteRecord,
@@ -94,39 +160,28 @@ pub(crate) fn map_header(
     if header.is_empty() || (header.len() == 1 && header[0].is_empty()) {
         return Err(DataError::NoHeader { path: path.to_string() });
     }
-    let mut by_name = HashMap::new();
-    for (i, raw) in header.iter().enumerate() {
-        let name = std::str::from_utf8(raw).map_err(|_| DataError::InvalidUtf8 {
-            path: path.into(),
-            line: 1,
-            column: format!("#{}", i + 1),
-        })?;
-        let name = if i == 0 { name.trim_start_matches('\u{feff}') } else { name };
-        if by_name.insert(name.to_string(), i).is_some() {
-            return Err(DataError::DuplicateColumn { path: path.into(), column: name.into() });
-        }
-        if name != schema.target.column && schema.column(name).is_none() {
-            return Err(DataError::UnknownColumn { path: path.into(), column: name.into() });
-        }
-    }
-    let require = |column: &str| {
-        by_name
-            .get(column)
-            .copied()
-            .ok_or_else(|| DataError::MissingColumn { path: path.into(), column: column.into() })
-    };
-    for col in schema.columns.iter().filter(|c| c.kind != ColumnType::Ignored) {
-        require(&col.name)?;
-    }
-    let target = require(&schema.target.column)?;
-    let features = schema
-        .feature_columns()
-        .map(|c| Ok((require(&c.name)?, c.clone())))
-        .collect::<Result<_, DataError>>()?;
-    Ok(HeaderMap { target, features, by_name })
+    let at = Location::line(path, 1);
+    let names = header
+        .iter()
+        .enumerate()
+        .map(|(i, raw)| {
+            let name = std::str::from_utf8(raw).map_err(|_| DataError::InvalidUtf8 {
+                at: at.clone(),
+                column: format!("#{}", i + 1),
+            })?;
+            Ok(if i == 0 { name.trim_start_matches('\u{feff}') } else { name })
+        })
+        .collect::<Result<Vec<_>, DataError>>()?;
+    let by_name = match_columns(names, schema, &at)?;
+    let index = |name: &str| by_name.get(name).copied().unwrap_or_default();
+    Ok(HeaderMap {
+        target: index(&schema.target.column),
+        features: schema.feature_columns().map(|c| index(&c.name)).collect(),
+        by_name,
+    })
 }
 
-/// Decodes a cell as UTF-8, naming the line and column on failure.
+/// Decodes a CSV cell as UTF-8, naming the line and column on failure.
 pub(crate) fn cell<'r>(
     record: &'r ByteRecord,
     index: usize,
@@ -136,29 +191,28 @@ pub(crate) fn cell<'r>(
 ) -> Result<&'r str, DataError> {
     let bytes = record.get(index).unwrap_or_default();
     std::str::from_utf8(bytes).map_err(|_| DataError::InvalidUtf8 {
-        path: path.into(),
-        line,
+        at: Location::line(path, line),
         column: column.into(),
     })
 }
 
-/// Parses a row's target cell into a label (1.0 positive).
-pub(crate) fn parse_label(
-    record: &ByteRecord,
-    target: usize,
+/// Turns a target cell (`None` when null) into a label (1.0 positive). Missing markers and
+/// values other than the schema's positive and declared negative are errors.
+pub(crate) fn label_of(
+    raw: Option<&str>,
     schema: &DatasetSchema,
-    path: &str,
-    line: u64,
+    at: impl FnOnce() -> Location,
 ) -> Result<f32, DataError> {
     let column = &schema.target.column;
-    let raw = cell(record, target, path, line, column)?;
-    if schema.is_missing(raw) {
-        return Err(DataError::MissingTarget { path: path.into(), line, column: column.clone() });
-    }
+    let raw = match raw {
+        Some(raw) if !schema.is_missing(raw) => raw,
+        _ => {
+            return Err(DataError::MissingTarget { at: at(), column: column.clone() });
+        }
+    };
     let value = raw.trim();
     schema.target.label_of(value).ok_or_else(|| DataError::BadTarget {
-        path: path.into(),
-        line,
+        at: at(),
         column: column.clone(),
         value: value.into(),
         expected: std::iter::once(&schema.target.positive)
@@ -167,6 +221,18 @@ pub(crate) fn parse_label(
             .collect::<Vec<_>>()
             .join(", "),
     })
+}
+
+/// Parses a CSV row's target cell into a label (1.0 positive).
+pub(crate) fn parse_label(
+    record: &ByteRecord,
+    target: usize,
+    schema: &DatasetSchema,
+    path: &str,
+    line: u64,
+) -> Result<f32, DataError> {
+    let raw = cell(record, target, path, line, &schema.target.column)?;
+    label_of(Some(raw), schema, || Location::line(path, line))
 }
 
 /// Opens a CSV reader with the settings every Confide tool uses.
@@ -181,10 +247,185 @@ pub fn load_csv(path: impl AsRef<Path>, schema: &DatasetSchema) -> Result<RawTab
     load_csv_from_reader(std::io::BufReader::new(file), &path.display().to_string(), schema)
 }
 
+/// One feature cell as a loader sees it, before the schema's rules are applied.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum Value<'a> {
+    /// Null, blank, an `na_values` marker, or (Parquet) a floating-point NaN.
+    Missing,
+    /// A typed number (Parquet); checked for finiteness, refused for categorical columns only
+    /// if its text form is not a level.
+    Number(f64),
+    /// Text: parsed as a number for numeric columns, looked up in the levels for categorical
+    /// ones. Already trimmed and known not to be a missing marker.
+    Text(&'a str),
+}
+
 /// A parsed feature cell, before the row is known to be kept.
 enum Cell {
     Num(Option<f64>),
     Cat(Option<u32>),
+}
+
+/// Accumulates rows into a [`RawTable`], applying the schema's cell rules and missing-value
+/// policies identically for every file format.
+pub(crate) struct TableBuilder<'s> {
+    schema: &'s DatasetSchema,
+    features: Vec<&'s ColumnSpec>,
+    levels: Vec<HashMap<&'s str, u32>>,
+    policies: Vec<MissingPolicy>,
+    columns: Vec<RawColumn>,
+    labels: Vec<f32>,
+    dropped_rows: usize,
+    row: Vec<Cell>,
+    drop_row: bool,
+}
+
+impl<'s> TableBuilder<'s> {
+    pub(crate) fn new(schema: &'s DatasetSchema) -> Self {
+        let features: Vec<&ColumnSpec> = schema.feature_columns().collect();
+        Self {
+            schema,
+            levels: features
+                .iter()
+                .map(|c| c.level_names().iter().zip(0u32..).map(|(l, i)| (l.as_str(), i)).collect())
+                .collect(),
+            policies: features.iter().map(|c| schema.policy_for(c)).collect(),
+            columns: features
+                .iter()
+                .map(|c| RawColumn {
+                    name: c.name.clone(),
+                    data: match c.kind {
+                        ColumnType::Categorical => ColumnData::Categorical(Vec::new()),
+                        _ => ColumnData::Numeric(Vec::new()),
+                    },
+                })
+                .collect(),
+            row: Vec::with_capacity(features.len()),
+            features,
+            labels: Vec::new(),
+            dropped_rows: 0,
+            drop_row: false,
+        }
+    }
+
+    /// Adds the current row's next feature cell (cells come in schema feature order).
+    pub(crate) fn cell(
+        &mut self,
+        value: Value<'_>,
+        at: impl Fn() -> Location,
+    ) -> Result<(), DataError> {
+        let i = self.row.len();
+        let (Some(col), Some(levels)) = (self.features.get(i), self.levels.get(i)) else {
+            return Ok(());
+        };
+        let missing = matches!(value, Value::Missing);
+        if missing {
+            match self.policies[i] {
+                MissingPolicy::Fail => {
+                    return Err(DataError::MissingValue { at: at(), column: col.name.clone() });
+                }
+                MissingPolicy::Drop => self.drop_row = true,
+                MissingPolicy::Impute => {}
+            }
+        }
+        let parsed = match (col.kind, value) {
+            (ColumnType::Categorical, Value::Missing) => Cell::Cat(None),
+            (ColumnType::Categorical, Value::Text(text)) => {
+                Cell::Cat(Some(level(levels, text, col, &at)?))
+            }
+            (ColumnType::Categorical, Value::Number(x)) => {
+                Cell::Cat(Some(level(levels, &number_as_level(x), col, &at)?))
+            }
+            (_, Value::Missing) => Cell::Num(None),
+            (_, Value::Text(text)) => Cell::Num(Some(parse_number(text, col, &at)?)),
+            (_, Value::Number(x)) => {
+                if !x.is_finite() {
+                    return Err(DataError::NotFinite {
+                        at: at(),
+                        column: col.name.clone(),
+                        value: x.to_string(),
+                    });
+                }
+                Cell::Num(Some(x))
+            }
+        };
+        self.row.push(parsed);
+        Ok(())
+    }
+
+    /// Ends the current row with its label: kept, or counted as dropped by the `drop` policy.
+    pub(crate) fn end_row(&mut self, label: f32) {
+        if std::mem::take(&mut self.drop_row) {
+            self.dropped_rows += 1;
+            self.row.clear();
+            return;
+        }
+        self.labels.push(label);
+        for (column, parsed) in self.columns.iter_mut().zip(self.row.drain(..)) {
+            match (&mut column.data, parsed) {
+                (ColumnData::Numeric(v), Cell::Num(x)) => v.push(x),
+                (ColumnData::Categorical(v), Cell::Cat(x)) => v.push(x),
+                // Cells are built from the same column list, so the kinds always agree.
+                _ => {}
+            }
+        }
+    }
+
+    pub(crate) fn finish(self, origin: &str) -> RawTable {
+        RawTable {
+            source: origin.to_string(),
+            schema_fingerprint: self.schema.fingerprint(),
+            rows: self.labels.len(),
+            columns: self.columns,
+            labels: self.labels,
+            dropped_rows: self.dropped_rows,
+        }
+    }
+}
+
+/// The text a typed number matches against categorical levels: integers without a fraction
+/// (`1.0` → `"1"`, as pandas writes integer columns holding nulls), others as Rust prints them.
+pub(crate) fn number_as_level(x: f64) -> String {
+    if x.is_finite() && x.fract() == 0.0 && x.abs() < 1e15 {
+        format!("{}", x as i64)
+    } else {
+        x.to_string()
+    }
+}
+
+fn level(
+    levels: &HashMap<&str, u32>,
+    value: &str,
+    col: &ColumnSpec,
+    at: &impl Fn() -> Location,
+) -> Result<u32, DataError> {
+    levels.get(value).copied().ok_or_else(|| DataError::UnknownLevel {
+        at: at(),
+        column: col.name.clone(),
+        value: value.into(),
+        allowed: col.level_names().to_vec(),
+    })
+}
+
+/// Parses a trimmed, non-missing numeric cell; NaN and infinities are refused.
+fn parse_number(
+    value: &str,
+    col: &ColumnSpec,
+    at: &impl Fn() -> Location,
+) -> Result<f64, DataError> {
+    let x: f64 = value.parse().map_err(|_| DataError::NotNumeric {
+        at: at(),
+        column: col.name.clone(),
+        value: value.into(),
+    })?;
+    if !x.is_finite() {
+        return Err(DataError::NotFinite {
+            at: at(),
+            column: col.name.clone(),
+            value: value.into(),
+        });
+    }
+    Ok(x)
 }
 
 /// Loads and validates CSV text from any reader; `origin` names it in error messages.
@@ -196,110 +437,21 @@ pub fn load_csv_from_reader<R: Read>(
     let mut rdr = csv_reader(reader);
     let header = rdr.byte_headers().map_err(|e| DataError::csv(origin, &e))?.clone();
     let map = map_header(origin, &header, schema)?;
-    let level_index: Vec<HashMap<&str, u32>> = map
-        .features
-        .iter()
-        .map(|(_, c)| c.level_names().iter().zip(0u32..).map(|(l, i)| (l.as_str(), i)).collect())
-        .collect();
-    let policies: Vec<MissingPolicy> =
-        map.features.iter().map(|(_, c)| schema.policy_for(c)).collect();
-
-    let mut columns: Vec<RawColumn> = map
-        .features
-        .iter()
-        .map(|(_, c)| RawColumn {
-            name: c.name.clone(),
-            data: match c.kind {
-                ColumnType::Categorical => ColumnData::Categorical(Vec::new()),
-                _ => ColumnData::Numeric(Vec::new()),
-            },
-        })
-        .collect();
-    let mut labels = Vec::new();
-    let mut dropped_rows = 0usize;
-    let mut row: Vec<Cell> = Vec::with_capacity(columns.len());
+    let mut builder = TableBuilder::new(schema);
     let mut record = ByteRecord::new();
-
     while rdr.read_byte_record(&mut record).map_err(|e| DataError::csv(origin, &e))? {
         let line = record.position().map_or(0, csv::Position::line);
-        row.clear();
-        let mut drop_row = false;
-        for (((csv_idx, col), levels), policy) in
-            map.features.iter().zip(&level_index).zip(&policies)
-        {
-            let raw = cell(&record, *csv_idx, origin, line, &col.name)?;
-            let missing = schema.is_missing(raw);
-            if missing {
-                match policy {
-                    MissingPolicy::Fail => {
-                        return Err(DataError::MissingValue {
-                            path: origin.into(),
-                            line,
-                            column: col.name.clone(),
-                        });
-                    }
-                    MissingPolicy::Drop => drop_row = true,
-                    MissingPolicy::Impute => {}
-                }
-            }
-            let value = raw.trim();
-            row.push(match col.kind {
-                ColumnType::Categorical if missing => Cell::Cat(None),
-                ColumnType::Categorical => {
-                    Cell::Cat(Some(*levels.get(value).ok_or_else(|| DataError::UnknownLevel {
-                        path: origin.into(),
-                        line,
-                        column: col.name.clone(),
-                        value: value.into(),
-                        allowed: col.level_names().to_vec(),
-                    })?))
-                }
-                _ if missing => Cell::Num(None),
-                _ => Cell::Num(Some(parse_number(value, origin, line, &col.name)?)),
-            });
+        let at = || Location::line(origin, line);
+        for (&csv_idx, col) in map.features.iter().zip(schema.feature_columns()) {
+            let raw = cell(&record, csv_idx, origin, line, &col.name)?;
+            let value =
+                if schema.is_missing(raw) { Value::Missing } else { Value::Text(raw.trim()) };
+            builder.cell(value, at)?;
         }
         let label = parse_label(&record, map.target, schema, origin, line)?;
-        if drop_row {
-            dropped_rows += 1;
-            continue;
-        }
-        labels.push(label);
-        for (column, parsed) in columns.iter_mut().zip(row.drain(..)) {
-            match (&mut column.data, parsed) {
-                (ColumnData::Numeric(v), Cell::Num(x)) => v.push(x),
-                (ColumnData::Categorical(v), Cell::Cat(x)) => v.push(x),
-                // Cells are built from the same column list, so the kinds always agree.
-                _ => {}
-            }
-        }
+        builder.end_row(label);
     }
-    Ok(RawTable {
-        source: origin.to_string(),
-        schema_fingerprint: schema.fingerprint(),
-        rows: labels.len(),
-        columns,
-        labels,
-        dropped_rows,
-    })
-}
-
-/// Parses a trimmed, non-missing numeric cell; NaN and infinities are refused.
-fn parse_number(value: &str, path: &str, line: u64, column: &str) -> Result<f64, DataError> {
-    let x: f64 = value.parse().map_err(|_| DataError::NotNumeric {
-        path: path.into(),
-        line,
-        column: column.into(),
-        value: value.into(),
-    })?;
-    if !x.is_finite() {
-        return Err(DataError::NotFinite {
-            path: path.into(),
-            line,
-            column: column.into(),
-            value: value.into(),
-        });
-    }
-    Ok(x)
+    Ok(builder.finish(origin))
 }
 
 #[cfg(test)]

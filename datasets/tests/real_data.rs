@@ -4,8 +4,10 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use confide_datasets::partition::{PartitionConfig, Scheme, partition_csv};
-use confide_datasets::{ColumnData, DatasetSchema, Preprocessing, load_csv, local_stats};
+use confide_datasets::partition::{PartitionConfig, Scheme, partition_csv, partition_file};
+use confide_datasets::{
+    ColumnData, DataFormat, DatasetSchema, Preprocessing, load_csv, load_table, local_stats,
+};
 
 fn manifest_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -170,4 +172,86 @@ fn cli_reports_errors_without_panicking() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("not in the schema"), "{stderr}");
+}
+
+#[test]
+fn parquet_partitions_match_csv_partitions_row_for_row() {
+    let s = schema("bank_churn_modelling");
+    let dir = tempfile::tempdir().expect("tempdir");
+    // CSV → one Parquet file holding every row in input order.
+    let whole = dir.path().join("whole");
+    let copy =
+        PartitionConfig { institutions: Some(1), test_fraction: 0.0, ..PartitionConfig::default() };
+    partition_file(&shared(BANK), &s, &whole, &copy, Some(DataFormat::Parquet), false)
+        .expect("CSV to Parquet");
+    let parquet = whole.join("bank1/train.parquet");
+    let (from_csv, from_parquet) =
+        (load_csv(shared(BANK), &s).expect("csv"), load_table(&parquet, &s).expect("parquet"));
+    assert_eq!(
+        (from_parquet.columns.clone(), from_parquet.labels.clone()),
+        (from_csv.columns, from_csv.labels)
+    );
+
+    // Parquet → CSV and Parquet → Parquet by Geography give the same institutions, rows and
+    // tables as CSV → CSV with the same seed.
+    let by_geo = PartitionConfig {
+        scheme: Scheme::ByColumn { column: "Geography".into() },
+        institutions: None,
+        ..PartitionConfig::default()
+    };
+    let reference = dir.path().join("reference");
+    partition_csv(&shared(BANK), &s, &reference, &by_geo, false).expect("CSV to CSV");
+    for format in [DataFormat::Csv, DataFormat::Parquet] {
+        let out = dir.path().join(format!("from-parquet-{}", format.extension()));
+        let summary =
+            partition_file(&parquet, &s, &out, &by_geo, Some(format), false).expect("from Parquet");
+        assert_eq!(summary.format, format.extension());
+        for inst in ["France", "Germany", "Spain"] {
+            for split in ["train", "test"] {
+                let expected = load_table(reference.join(inst).join(format!("{split}.csv")), &s)
+                    .expect("reference part");
+                let got =
+                    load_table(out.join(inst).join(format!("{split}.{}", format.extension())), &s)
+                        .expect("part loads");
+                assert_eq!(
+                    (got.columns, got.labels),
+                    (expected.columns, expected.labels),
+                    "{inst}/{split}"
+                );
+            }
+        }
+    }
+    // Identifiers keep every digit through Parquet and back to CSV.
+    let read = |p: &str| std::fs::read_to_string(dir.path().join(p)).expect("read");
+    let (original, reencoded) =
+        (read("reference/France/train.csv"), read("from-parquet-csv/France/train.csv"));
+    let ids = |text: &str| -> Vec<String> {
+        text.lines().skip(1).map(|l| l.split(',').nth(1).expect("CustomerId").to_string()).collect()
+    };
+    assert_eq!(ids(&reencoded), ids(&original));
+}
+
+#[test]
+fn cli_writes_parquet_with_format_flag() {
+    let exe = env!("CARGO_BIN_EXE_confide-partition");
+    let out = tempfile::tempdir().expect("tempdir");
+    let status = std::process::Command::new(exe)
+        .args(["--input", &shared(TELCO).display().to_string()])
+        .args(["--schema", &manifest_dir().join("schemas/telco_churn.toml").display().to_string()])
+        .args(["--out", &out.path().display().to_string(), "--institutions", "3"])
+        .args(["--format", "parquet", "--test-fraction", "0.25"])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("runs");
+    assert!(status.success());
+    let s = schema("telco_churn");
+    let mut total = 0;
+    for bank in ["bank1", "bank2", "bank3"] {
+        let train = load_table(out.path().join(bank).join("train.parquet"), &s).expect("train");
+        let test = load_table(out.path().join(bank).join("test.parquet"), &s).expect("test");
+        let ratio = test.rows as f64 / (train.rows + test.rows) as f64;
+        assert!((ratio - 0.25).abs() < 0.01, "{bank}: test fraction {ratio}");
+        total += train.rows + test.rows;
+    }
+    assert_eq!(total, 7043);
 }

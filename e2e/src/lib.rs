@@ -42,13 +42,24 @@ pub fn binary(name: &str) -> PathBuf {
 /// Splits the Telco data into `n` IID institutions under `out` (bank1..bankN, train/test).
 pub fn partition_telco(out: &Path, n: usize, seed: u64) -> PathBuf {
     let (csv, schema_path) = telco();
-    let schema = confide_datasets::DatasetSchema::from_file(&schema_path).expect("schema");
     let cfg = confide_datasets::partition::PartitionConfig {
         institutions: Some(n),
         seed,
         ..Default::default()
     };
-    confide_datasets::partition::partition_csv(&csv, &schema, out, &cfg, true).expect("partition");
+    partition_dataset(&csv, &schema_path, out, &cfg)
+}
+
+/// Splits `csv` (following the schema at `schema_path`) into institutions under `out`
+/// (one folder each with train.csv/test.csv) and returns `out`.
+pub fn partition_dataset(
+    csv: &Path,
+    schema_path: &Path,
+    out: &Path,
+    cfg: &confide_datasets::partition::PartitionConfig,
+) -> PathBuf {
+    let schema = confide_datasets::DatasetSchema::from_file(schema_path).expect("schema");
+    confide_datasets::partition::partition_csv(csv, &schema, out, cfg, true).expect("partition");
     out.to_path_buf()
 }
 
@@ -211,10 +222,24 @@ impl Cluster {
 
     /// Like [`Self::add_telco_worker`], with extra environment variables (e.g. a crash drill).
     pub fn add_telco_worker_with_env(&mut self, id: &str, partition: &Path, env: &[(&str, &str)]) {
+        self.add_telco_worker_with_config(id, partition, "", env);
+    }
+
+    /// Like [`Self::add_telco_worker`], with extra configuration (e.g. a `[policy]` table) and
+    /// environment variables.
+    pub fn add_telco_worker_with_config(&mut self, id: &str, partition: &Path, extra_toml: &str, env: &[(&str, &str)]) {
         let (_, schema) = telco();
         let bank = partition.join(id);
-        let config = self.write_worker_config(id, &[("telco_churn", &schema, &bank.join("train.csv"), &bank.join("test.csv"))], "");
+        let config =
+            self.write_worker_config(id, &[("telco_churn", &schema, &bank.join("train.csv"), &bank.join("test.csv"))], extra_toml);
         self.spawn_worker_with_env(id, &config, env);
+    }
+
+    /// Starts a worker for institution `id` offering dataset `name` (schema at `schema`) from the
+    /// folder `partition/<folder>` written by [`partition_dataset`].
+    pub fn add_dataset_worker(&mut self, id: &str, name: &str, schema: &Path, folder: &Path) {
+        let config = self.write_worker_config(id, &[(name, schema, &folder.join("train.csv"), &folder.join("test.csv"))], "");
+        self.spawn_worker(id, &config);
     }
 
     /// Writes a worker configuration file (issuing the institution's certificate) and returns
@@ -307,6 +332,12 @@ impl Cluster {
     pub fn submit(&self, job_toml: &str) -> String {
         let path = self.dir.path().join(format!("job-{}.toml", std::process::id() ^ rand_suffix()));
         std::fs::write(&path, job_toml).expect("job file");
+        self.submit_file(&path)
+    }
+
+    /// Submits a job file as it is (relative paths in it resolve against its folder) and
+    /// returns the job id.
+    pub fn submit_file(&self, path: &Path) -> String {
         let out = self.confide(&["job", "submit", path.to_str().expect("utf-8 path")]);
         assert!(out.status.success(), "submit failed: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stdout).trim().to_string()
@@ -400,6 +431,23 @@ impl Drop for Cluster {
         }
         self.kill_coordinator();
     }
+}
+
+/// Scripts the example custom model (`examples/custom_model/make_model.py`, run with the
+/// project's venv python) into `out` as `model.pt` and `init.safetensors` for `input_dim`
+/// inputs, with extra script arguments; returns the module's SHA-256.
+pub fn script_custom_model(out: &Path, input_dim: usize, extra: &[&str]) -> String {
+    let run = Command::new(repo_root().join(".venv/bin/python"))
+        .arg(repo_root().join("examples/custom_model/make_model.py"))
+        .args(["--input-dim", &input_dim.to_string(), "--out"])
+        .arg(out)
+        .args(extra)
+        .output()
+        .expect("the project's venv python runs");
+    assert!(run.status.success(), "make_model.py: {}", String::from_utf8_lossy(&run.stderr));
+    let hash = confide_core::sha256_hex(&std::fs::read(out.join("model.pt")).expect("model.pt"));
+    assert!(String::from_utf8_lossy(&run.stdout).contains(&hash), "make_model.py prints the module's hash");
+    hash
 }
 
 /// A Telco churn job file with the given extra lines appended to the `[training]` table header

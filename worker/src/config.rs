@@ -44,9 +44,9 @@ pub struct DatasetConfig {
     pub name: String,
     /// Schema file (TOML).
     pub schema: PathBuf,
-    /// Training split (CSV).
+    /// Training split (CSV, or Parquet when it ends in `.parquet`/`.pq`).
     pub train: PathBuf,
-    /// Held-out split (CSV) for federated evaluation.
+    /// Held-out split (CSV or Parquet) for federated evaluation.
     pub test: PathBuf,
 }
 
@@ -57,9 +57,16 @@ pub struct PolicyConfig {
     /// Fewest institutions a round may have for this worker to send anything (≥ 3).
     #[serde(default = "default_min_participants")]
     pub min_participants: u32,
-    /// Model kinds this bank lets its data train (`logistic_regression`, `mlp`); empty = all.
+    /// Model kinds this bank lets its data train (`logistic_regression`, `mlp`, `torchscript`);
+    /// empty = every built-in kind. Custom `torchscript` models run code written outside the
+    /// bank, so they are refused unless listed here explicitly.
     #[serde(default)]
     pub allowed_models: Vec<String>,
+    /// SHA-256 hashes of the TorchScript modules this bank accepts (as printed by
+    /// `make_model.py` and shown in the job's spec); empty = any module, once `torchscript` is
+    /// allowed.
+    #[serde(default)]
+    pub allowed_torchscript_sha256: Vec<String>,
     /// Training rounds this bank contributes to any one job (0 = no limit).
     #[serde(default)]
     pub max_rounds_per_job: u64,
@@ -70,7 +77,13 @@ pub struct PolicyConfig {
 
 impl Default for PolicyConfig {
     fn default() -> Self {
-        Self { min_participants: default_min_participants(), allowed_models: Vec::new(), max_rounds_per_job: 0, max_jobs_per_day: 0 }
+        Self {
+            min_participants: default_min_participants(),
+            allowed_models: Vec::new(),
+            allowed_torchscript_sha256: Vec::new(),
+            max_rounds_per_job: 0,
+            max_jobs_per_day: 0,
+        }
     }
 }
 
@@ -155,9 +168,12 @@ impl WorkerConfig {
         if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
             return Err(format!("field `datasets`: dataset `{}` is listed twice", w[0]));
         }
-        const MODELS: [&str; 2] = ["logistic_regression", "mlp"];
+        const MODELS: &[&str] = confide_core::model::MODEL_KINDS;
         if let Some(m) = self.policy.allowed_models.iter().find(|m| !MODELS.contains(&m.as_str())) {
             return Err(format!("field `policy.allowed_models`: unknown model kind `{m}` (known: {})", MODELS.join(", ")));
+        }
+        if let Some(h) = self.policy.allowed_torchscript_sha256.iter().find(|h| !(h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))) {
+            return Err(format!("field `policy.allowed_torchscript_sha256`: {h:?} is not a SHA-256 (64 hexadecimal digits)"));
         }
         if self.policy.min_participants < 3 {
             return Err("field `policy.min_participants`: must be at least 3 (a bank never joins a round where it could be singled out)".into());

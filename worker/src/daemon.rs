@@ -26,8 +26,10 @@ use crate::transport::{self, TaskAddress};
 
 /// Largest model a worker downloads.
 const MAX_MODEL_BYTES: u64 = 4 << 30;
-/// Checkpoints kept in memory (the current global and the one being evaluated).
-const MODEL_CACHE: usize = 4;
+/// Largest TorchScript module a worker downloads.
+const MAX_MODULE_BYTES: u64 = confide_core::model::MAX_MODULE_BYTES as u64;
+/// Blobs kept in memory (the current global, the one being evaluated, a custom module).
+const MODEL_CACHE: usize = 5;
 
 /// The worker could not start.
 #[derive(Debug, thiserror::Error)]
@@ -277,21 +279,21 @@ async fn compute(
         }
         Kind::Train(t) => {
             let ds = worker.dataset(t.dataset.as_ref())?;
-            let (spec, checkpoint) = worker.model(client, addr, t.model.as_ref()).await?;
+            let fetched = worker.model(client, addr, t.model.as_ref()).await?;
             let prep = parse_prep(&t.preprocessing_json)?;
             let local: LocalTraining = serde_json::from_str(&t.train_config_json)
                 .map_err(|e| Failure::new("protocol", format!("training config: {e}")))?;
             let device = worker.device;
             let prep_key = t.preprocessing_json;
             blocking(move || {
-                let model = ModelInput { spec: &spec, checkpoint: &checkpoint, prep: &prep, prep_key: &prep_key };
+                let model = fetched.input(&prep, &prep_key);
                 tasks::train_contribution(&ds, &model, &local, device)
             })
             .await
         }
         Kind::Evaluate(t) => {
             let ds = worker.dataset(t.dataset.as_ref())?;
-            let (spec, checkpoint) = worker.model(client, addr, t.model.as_ref()).await?;
+            let fetched = worker.model(client, addr, t.model.as_ref()).await?;
             let prep = parse_prep(&t.preprocessing_json)?;
             let buckets = t.score_buckets as usize;
             if !(2..=1_000_000).contains(&buckets) {
@@ -300,12 +302,31 @@ async fn compute(
             let device = worker.device;
             let prep_key = t.preprocessing_json;
             blocking(move || {
-                let model = ModelInput { spec: &spec, checkpoint: &checkpoint, prep: &prep, prep_key: &prep_key };
+                let model = fetched.input(&prep, &prep_key);
                 tasks::eval_contribution(&ds, &model, buckets, device)
             })
             .await
         }
         Kind::Secagg(_) | Kind::Cancel(_) => Err(Failure::new("protocol", "not a task")),
+    }
+}
+
+/// A task's model as downloaded: spec, checkpoint and, for `torchscript`, the module.
+struct FetchedModel {
+    spec: ModelSpec,
+    checkpoint: Arc<Vec<u8>>,
+    module: Option<Arc<Vec<u8>>>,
+}
+
+impl FetchedModel {
+    fn input<'a>(&'a self, prep: &'a Preprocessing, prep_key: &'a str) -> ModelInput<'a> {
+        ModelInput {
+            spec: &self.spec,
+            checkpoint: &self.checkpoint,
+            module: self.module.as_deref().map(Vec::as_slice),
+            prep,
+            prep_key,
+        }
     }
 }
 
@@ -320,15 +341,19 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, Failure> + Se
 
 impl Worker {
     /// Applies the bank's policy to a task before anything is computed or sent for it.
+    /// Training and evaluation run the job's model on local data, so both check its kind (and
+    /// a custom module's hash) against the policy.
     fn admit(&self, addr: &TaskAddress, kind: &Kind) -> Result<(), Failure> {
+        let spec = |model: Option<&pb::ModelRef>, task: &str| -> Result<ModelSpec, Failure> {
+            model
+                .and_then(|m| serde_json::from_str(&m.spec_json).ok())
+                .ok_or_else(|| Failure::new("protocol", format!("{task} task without a readable model spec")))
+        };
         match kind {
-            Kind::Train(t) => {
-                let spec: ModelSpec = t
-                    .model
-                    .as_ref()
-                    .and_then(|m| serde_json::from_str(&m.spec_json).ok())
-                    .ok_or_else(|| Failure::new("protocol", "training task without a readable model spec"))?;
-                self.policy.admit_training(&addr.job_id, addr.round, spec.kind_name())
+            Kind::Train(t) => self.policy.admit_training(&addr.job_id, addr.round, &spec(t.model.as_ref(), "training")?),
+            Kind::Evaluate(t) => {
+                self.policy.admit_model(&spec(t.model.as_ref(), "evaluation")?)?;
+                self.policy.admit_job(&addr.job_id)
             }
             _ => self.policy.admit_job(&addr.job_id),
         }
@@ -350,34 +375,50 @@ impl Worker {
         Ok(ds.clone())
     }
 
-    /// The task's model spec and checkpoint bytes, downloaded once per hash.
+    /// The task's model spec, checkpoint bytes and, for a `torchscript` model, the module's
+    /// bytes; each downloaded once per hash and verified against it.
     async fn model(
         &self,
         client: &mut FederationClient<Channel>,
         addr: &TaskAddress,
         r: Option<&pb::ModelRef>,
-    ) -> Result<(ModelSpec, Arc<Vec<u8>>), Failure> {
+    ) -> Result<FetchedModel, Failure> {
         let r = r.ok_or_else(|| Failure::new("protocol", "task names no model"))?;
         let spec: ModelSpec = serde_json::from_str(&r.spec_json).map_err(|e| Failure::new("protocol", format!("model spec: {e}")))?;
-        let cached = lock(&self.models).iter().find(|(h, _)| *h == r.hash).map(|(_, b)| b.clone());
-        let bytes = match cached {
-            Some(b) => b,
-            None => {
-                let limit = r.size_bytes.min(MAX_MODEL_BYTES);
-                let b = Arc::new(
-                    transport::download_model(client, &addr.worker_id, &r.hash, limit)
-                        .await
-                        .map_err(|e| Failure::new("protocol", e))?,
-                );
-                let mut models = lock(&self.models);
-                models.push((r.hash.clone(), b.clone()));
-                if models.len() > MODEL_CACHE {
-                    models.remove(0);
-                }
-                b
+        let checkpoint = self.blob(client, addr, &r.hash, r.size_bytes.min(MAX_MODEL_BYTES)).await?;
+        let module = match &spec {
+            ModelSpec::TorchScript(ts) => {
+                let hash = ts
+                    .module_sha256
+                    .as_deref()
+                    .ok_or_else(|| Failure::new("protocol", "torchscript model without a module hash"))?;
+                Some(self.blob(client, addr, hash, MAX_MODULE_BYTES).await?)
             }
+            _ => None,
         };
-        Ok((spec, bytes))
+        Ok(FetchedModel { spec, checkpoint, module })
+    }
+
+    /// A content-addressed blob from the coordinator, from the cache or downloaded and verified.
+    async fn blob(
+        &self,
+        client: &mut FederationClient<Channel>,
+        addr: &TaskAddress,
+        hash: &str,
+        limit: u64,
+    ) -> Result<Arc<Vec<u8>>, Failure> {
+        if let Some(b) = lock(&self.models).iter().find(|(h, _)| h == hash).map(|(_, b)| b.clone()) {
+            return Ok(b);
+        }
+        let b = Arc::new(
+            transport::download_model(client, &addr.worker_id, hash, limit).await.map_err(|e| Failure::new("protocol", e))?,
+        );
+        let mut models = lock(&self.models);
+        models.push((hash.to_string(), b.clone()));
+        if models.len() > MODEL_CACHE {
+            models.remove(0);
+        }
+        Ok(b)
     }
 
     /// This institution as a secure-aggregation contributor.

@@ -1,5 +1,6 @@
 //! The bank's own rules, enforced by its worker whatever the coordinator asks: which datasets
-//! (only those configured are offered at all), which model kinds, how many rounds per job and
+//! (only those configured are offered at all), which model kinds (custom TorchScript code only
+//! when allowed explicitly, optionally pinned by hash), how many rounds per job and
 //! how many jobs per day — plus the minimum number of institutions per round, enforced by the
 //! secure-aggregation client. A refused task is reported to the coordinator as a `policy`
 //! failure, which the job's owner sees as `refused` with this module's reason.
@@ -13,6 +14,8 @@ use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
+
+use confide_core::model::ModelSpec;
 
 use crate::config::PolicyConfig;
 use crate::tasks::Failure;
@@ -58,12 +61,40 @@ impl Policy {
         Ok(Self { config, path, usage: Mutex::new(usage) })
     }
 
-    /// Checks a training task for `job` round `round` of model kind `model`, and records it.
-    pub fn admit_training(&self, job: &str, round: u64, model: &str) -> Result<(), Failure> {
-        if !self.config.allowed_models.is_empty() && !self.config.allowed_models.iter().any(|m| m == model) {
-            return Err(Failure::new("policy", format!("model kind `{model}` is not allowed by this bank (allowed: {})", self.config.allowed_models.join(", "))));
-        }
+    /// Checks a training task for `job` round `round` of `model`, and records it.
+    pub fn admit_training(&self, job: &str, round: u64, model: &ModelSpec) -> Result<(), Failure> {
+        self.admit_model(model)?;
         self.admit(job, Some(round))
+    }
+
+    /// Checks that this bank runs `model` on its data at all: its kind must be allowed (a
+    /// custom `torchscript` model only when listed explicitly) and a custom module's hash must
+    /// be pinned when the bank pins hashes.
+    pub fn admit_model(&self, model: &ModelSpec) -> Result<(), Failure> {
+        let kind = model.kind_name();
+        let allowed = &self.config.allowed_models;
+        let listed = allowed.iter().any(|m| m == kind);
+        if let ModelSpec::TorchScript(ts) = model {
+            if !listed {
+                return Err(Failure::new(
+                    "policy",
+                    "custom TorchScript models are not allowed by this bank (add \"torchscript\" to policy.allowed_models)",
+                ));
+            }
+            let pins = &self.config.allowed_torchscript_sha256;
+            let hash = ts.module_sha256.as_deref().unwrap_or_default();
+            if !pins.is_empty() && !pins.iter().any(|p| p.eq_ignore_ascii_case(hash)) {
+                return Err(Failure::new(
+                    "policy",
+                    format!("TorchScript module {hash} is not among this bank's allowed_torchscript_sha256"),
+                ));
+            }
+            return Ok(());
+        }
+        if !allowed.is_empty() && !listed {
+            return Err(Failure::new("policy", format!("model kind `{kind}` is not allowed by this bank (allowed: {})", allowed.join(", "))));
+        }
+        Ok(())
     }
 
     /// Checks any task of `job` (statistics, evaluation) against the jobs-per-day limit.
@@ -111,7 +142,13 @@ impl Policy {
 
 #[cfg(test)]
 mod tests {
+    use confide_core::model::TorchScriptSpec;
+
     use super::*;
+
+    fn mlp() -> ModelSpec {
+        ModelSpec::Mlp { hidden: vec![4] }
+    }
 
     fn policy(dir: &Path, f: impl FnOnce(&mut PolicyConfig)) -> Policy {
         let mut config = PolicyConfig::default();
@@ -123,15 +160,15 @@ mod tests {
     fn limits_rounds_per_job_and_survives_restarts() {
         let dir = tempfile::tempdir().expect("tempdir");
         let p = policy(dir.path(), |c| c.max_rounds_per_job = 2);
-        p.admit_training("j", 1, "mlp").expect("1");
-        p.admit_training("j", 1, "mlp").expect("a rerun round counts once");
-        p.admit_training("j", 2, "mlp").expect("2");
+        p.admit_training("j", 1, &mlp()).expect("1");
+        p.admit_training("j", 1, &mlp()).expect("a rerun round counts once");
+        p.admit_training("j", 2, &mlp()).expect("2");
         drop(p);
         let p = policy(dir.path(), |c| c.max_rounds_per_job = 2);
-        let err = p.admit_training("j", 3, "mlp").expect_err("third round");
+        let err = p.admit_training("j", 3, &mlp()).expect_err("third round");
         assert_eq!(err.kind, "policy");
         assert!(err.reason.contains("at most 2 rounds"), "{err}");
-        p.admit_training("other", 1, "mlp").expect("another job has its own budget");
+        p.admit_training("other", 1, &mlp()).expect("another job has its own budget");
     }
 
     #[test]
@@ -142,9 +179,41 @@ mod tests {
             c.allowed_models = vec!["logistic_regression".into()];
         });
         p.admit_job("a").expect("first job");
-        p.admit_training("a", 1, "logistic_regression").expect("allowed model");
-        assert!(p.admit_training("a", 2, "mlp").expect_err("mlp refused").reason.contains("not allowed"));
+        p.admit_training("a", 1, &ModelSpec::LogisticRegression).expect("allowed model");
+        assert!(p.admit_training("a", 2, &mlp()).expect_err("mlp refused").reason.contains("not allowed"));
         assert!(p.admit_job("b").expect_err("second job today").reason.contains("at most 1 jobs"));
+    }
+
+    fn scripted(hash: &str) -> ModelSpec {
+        ModelSpec::TorchScript(TorchScriptSpec {
+            module: "model.pt".into(),
+            parameters: "init.safetensors".into(),
+            module_sha256: Some(hash.into()),
+            parameters_sha256: None,
+            input_dim: None,
+            layout: Default::default(),
+        })
+    }
+
+    #[test]
+    fn custom_modules_are_refused_unless_allowed_explicitly_and_pinned() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (a, b) = ("a".repeat(64), "b".repeat(64));
+        let open = policy(dir.path(), |_| {});
+        open.admit_model(&mlp()).expect("an empty list allows the built-in kinds");
+        let err = open.admit_training("j", 1, &scripted(&a)).expect_err("custom code is denied by default");
+        assert_eq!(err.kind, "policy");
+        assert!(err.reason.contains("allowed_models"), "{err}");
+        let allowed = policy(dir.path(), |c| c.allowed_models = vec!["torchscript".into()]);
+        allowed.admit_model(&scripted(&a)).expect("any module once torchscript is listed");
+        assert!(allowed.admit_model(&mlp()).is_err(), "the list now limits the built-in kinds too");
+        let pinned = policy(dir.path(), |c| {
+            c.allowed_models = vec!["torchscript".into()];
+            c.allowed_torchscript_sha256 = vec![a.to_uppercase()];
+        });
+        pinned.admit_model(&scripted(&a)).expect("the pinned module");
+        let err = pinned.admit_model(&scripted(&b)).expect_err("another module");
+        assert!(err.reason.contains(&b), "{err}");
     }
 
     #[test]

@@ -94,7 +94,7 @@ impl LocalDataset {
         if let Some(t) = lock(&self.tables).get(split.key()) {
             return Ok(t.clone());
         }
-        let table = Arc::new(confide_datasets::load_csv(self.path(split), &self.schema).map_err(|e| Failure::new("data", e))?);
+        let table = Arc::new(confide_datasets::load_table(self.path(split), &self.schema).map_err(|e| Failure::new("data", e))?);
         if table.rows == 0 {
             return Err(Failure::new("data", format!("{}: no usable rows", self.path(split).display())));
         }
@@ -131,6 +131,8 @@ pub struct ModelInput<'a> {
     pub spec: &'a ModelSpec,
     /// Checkpoint bytes (safetensors).
     pub checkpoint: &'a [u8],
+    /// The scripted module of a `torchscript` model (verified against its hash), else None.
+    pub module: Option<&'a [u8]>,
     /// Federation preprocessing.
     pub prep: &'a Preprocessing,
     /// Cache key of the preprocessing (its JSON text).
@@ -141,6 +143,11 @@ impl ModelInput<'_> {
     fn params(&self) -> Result<ModelParams, Failure> {
         let layout = self.spec.layout(self.prep.input_dim());
         ModelParams::from_safetensors(self.checkpoint, &layout).map_err(|e| Failure::new("protocol", format!("global model: {e}")))
+    }
+
+    /// The model with `params` loaded, for rows of width `input_dim`.
+    fn build(&self, params: &ModelParams, input_dim: usize, device: Device) -> Result<Box<dyn ml::Classifier>, Failure> {
+        ml::build_model(self.spec, self.module, params, input_dim, device).map_err(|e| Failure::new("training", e))
     }
 }
 
@@ -154,7 +161,8 @@ pub fn train_contribution(
     let global = model.params()?;
     let enc = data.encoded(Split::Train, model.prep, model.prep_key)?;
     let cfg = ml::TrainConfig::from(local);
-    let out = ml::train_local(model.spec, &global, &enc, &cfg, device).map_err(|e| Failure::new("training", e))?;
+    let mut net = model.build(&global, enc.dim, device)?;
+    let out = ml::train_model(net.as_mut(), &enc, &cfg, device).map_err(|e| Failure::new("training", e))?;
     let n = out.samples as f64;
     let mut v: Vec<f64> =
         out.params.values.iter().zip(&global.values).map(|(w, g)| n * (f64::from(*w) - f64::from(*g))).collect();
@@ -170,6 +178,7 @@ pub fn train_contribution(
 pub fn eval_contribution(data: &LocalDataset, model: &ModelInput<'_>, buckets: usize, device: Device) -> Result<Vec<f64>, Failure> {
     let params = model.params()?;
     let enc = data.encoded(Split::Test, model.prep, model.prep_key)?;
-    let c = ml::evaluate(model.spec, &params, &enc, buckets, device).map_err(|e| Failure::new("training", e))?;
+    let mut net = model.build(&params, enc.dim, device)?;
+    let c = ml::evaluate_with(net.as_mut(), &enc, buckets, device).map_err(|e| Failure::new("training", e))?;
     Ok(c.to_vec())
 }

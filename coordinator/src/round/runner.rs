@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use confide_core::job::JobSpec;
 use confide_core::metrics::EvalContribution;
-use confide_core::model::{ModelParams, ParamLayout};
+use confide_core::model::{ModelParams, ModelSpec, ParamLayout};
 use confide_core::strategy::{ServerOptimizer, ServerState};
 use confide_datasets::{DatasetSchema, Preprocessing};
 use confide_proto::v1::{self as pb, task::Kind};
@@ -38,6 +38,9 @@ pub async fn run(shared: &Arc<Shared>, job_id: &str, cancel: CancellationToken) 
     let result = drive(shared, job_id, &cancel).await;
     let status = match &result {
         Ok(Finished::Completed(reason)) => {
+            // Exported before the job reads as completed, so whoever sees `completed` finds
+            // the export (or its recorded error) in place; a crash in between re-runs both.
+            crate::export::export_completed(shared, job_id, reason.clone()).await;
             let r = shared.store.set_job_status(job_id, JobStatus::Completed, None, reason.as_deref());
             tracing::info!(job = %job_id, "job completed");
             r
@@ -93,7 +96,7 @@ async fn drive(shared: &Arc<Shared>, job_id: &str, cancel: &CancellationToken) -
             let Some(summed) = ctx.aggregate_stats(&schema).await? else { return Ok(Finished::Cancelled) };
             let prep = Preprocessing::from_aggregate(&schema, &summed).map_err(|e| format!("federated statistics: {e}"))?;
             let layout = ctx.spec.model.layout(prep.input_dim());
-            let params = ModelParams::init(layout.clone(), ctx.spec.seed);
+            let params = ctx.initial_params(layout.clone(), prep.input_dim())?;
             let model_hash = ctx.put_model(&params, 0)?;
             let state = ServerOptimizer::new(ctx.spec.strategy.clone(), layout.len());
             let state_hash = shared.store.checkpoints().put(&state.state().to_bytes()).map_err(|e| e.to_string())?;
@@ -201,6 +204,22 @@ impl JobCtx<'_> {
             ("confide.model".to_string(), self.spec.model.label()),
         ]);
         self.shared.store.checkpoints().put(&params.to_safetensors(Some(meta))).map_err(|e| e.to_string())
+    }
+
+    /// The model round 1 starts from: a built-in family is initialised from the job's seed, a
+    /// custom one starts from the parameters submitted with it.
+    fn initial_params(&self, layout: ParamLayout, input_dim: usize) -> Result<ModelParams, String> {
+        let ModelSpec::TorchScript(ts) = &self.spec.model else {
+            return Ok(ModelParams::init(layout, self.spec.seed));
+        };
+        if let Some(dim) = ts.input_dim
+            && dim != input_dim
+        {
+            return Err(format!("the torchscript module was built for {dim} inputs, the federation encodes {input_dim}"));
+        }
+        let hash = ts.parameters_sha256.as_deref().ok_or("torchscript job without stored initial parameters")?;
+        let bytes = self.shared.store.checkpoints().get(hash).map_err(|e| e.to_string())?;
+        ModelParams::from_safetensors(&bytes, &layout).map_err(|e| format!("initial parameters {hash}: {e}"))
     }
 
     fn load_head(&self, job: &crate::store::JobRecord, layout: &ParamLayout) -> Result<(ModelParams, ServerOptimizer), String> {

@@ -48,7 +48,8 @@ impl Admin for AdminService {
     async fn submit_job(&self, request: Request<pb::SubmitJobRequest>) -> Result<Response<pb::SubmitJobResponse>, Status> {
         self.authorize(&request)?;
         let r = request.into_inner();
-        let job_id = jobs::submit(&self.shared, &r.spec_toml, &r.schema_toml).map_err(|e| match e {
+        let files = jobs::ModelFiles { module: &r.model_module, parameters: &r.model_parameters };
+        let job_id = jobs::submit(&self.shared, &r.spec_toml, &r.schema_toml, files).map_err(|e| match e {
             SubmitError::Store(e) => Status::internal(e.to_string()),
             other => Status::invalid_argument(other.to_string()),
         })?;

@@ -126,6 +126,10 @@ pub struct JobRecord {
     pub model_hash: Option<String>,
     /// Hash of the latest server-optimizer checkpoint.
     pub state_hash: Option<String>,
+    /// Where the completed job's model was exported.
+    pub export_dir: Option<String>,
+    /// Why the automatic export failed.
+    pub export_error: Option<String>,
 }
 
 /// How one worker fared in one round.
@@ -221,6 +225,21 @@ CREATE TABLE IF NOT EXISTS participants (
 CREATE INDEX IF NOT EXISTS participants_by_round ON participants(job_id, round);
 "#;
 
+/// Columns added to `jobs` after the first release, with their types; [`Store::open`] adds
+/// those an older database lacks.
+const ADDED_JOB_COLUMNS: [(&str, &str); 2] = [("export_dir", "TEXT"), ("export_error", "TEXT")];
+
+fn add_missing_columns(conn: &Connection) -> rusqlite::Result<()> {
+    let mut st = conn.prepare("SELECT name FROM pragma_table_info('jobs')")?;
+    let present: Vec<String> = st.query_map([], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
+    for (name, kind) in ADDED_JOB_COLUMNS {
+        if !present.iter().any(|p| p == name) {
+            conn.execute_batch(&format!("ALTER TABLE jobs ADD COLUMN {name} {kind}"))?;
+        }
+    }
+    Ok(())
+}
+
 /// Current time as RFC 3339 (UTC).
 pub fn now_rfc3339() -> String {
     time::OffsetDateTime::now_utc()
@@ -252,6 +271,7 @@ impl Store {
             )));
         }
         conn.execute_batch(SCHEMA).map_err(err)?;
+        add_missing_columns(&conn).map_err(err)?;
         let checkpoints = CheckpointDir::open(&data_dir.join("checkpoints"))?;
         Ok(Self { conn: Mutex::new(conn), path, checkpoints })
     }
@@ -318,11 +338,22 @@ impl Store {
             rounds_completed: r.get::<_, i64>(10)?.max(0) as u64,
             model_hash: r.get(11)?,
             state_hash: r.get(12)?,
+            export_dir: r.get(13)?,
+            export_error: r.get(14)?,
         })
     }
 
     const JOB_COLUMNS: &'static str = "id, name, spec_json, schema_toml, status, created_at, updated_at, error, \
-         stop_reason, preprocessing_json, rounds_completed, model_hash, state_hash";
+         stop_reason, preprocessing_json, rounds_completed, model_hash, state_hash, export_dir, export_error";
+
+    /// Records the outcome of the automatic export of a completed job: the directory written,
+    /// or why it failed (the other is cleared).
+    pub fn set_export(&self, id: &str, dir: Option<&str>, error: Option<&str>) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.execute("UPDATE jobs SET export_dir = ?2, export_error = ?3 WHERE id = ?1", params![id, dir, error])
+                .map(|_| ())
+        })
+    }
 
     /// One job, if it exists.
     pub fn job(&self, id: &str) -> Result<Option<JobRecord>, StoreError> {
@@ -509,6 +540,32 @@ mod tests {
             completed_at: now_rfc3339(),
             participants: vec![ParticipantRecord { worker_id: "bank1".into(), status: "contributed".into(), reason: String::new() }],
         }
+    }
+
+    #[test]
+    fn a_database_from_before_exports_gains_the_export_columns() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            // SCHEMA still creates the first release's tables; only the migration adds columns.
+            let conn = Connection::open(dir.path().join("state.sqlite3")).expect("create");
+            conn.execute_batch(SCHEMA).expect("old schema");
+            conn.execute(
+                "INSERT INTO jobs (id, name, spec_json, schema_toml, status, created_at, updated_at)
+                 VALUES ('old', 'churn', '{}', '', 'completed', 't', 't')",
+                [],
+            )
+            .expect("old job");
+        }
+        let store = Store::open(dir.path()).expect("opens and migrates");
+        let job = store.job("old").expect("query").expect("kept");
+        assert_eq!((job.export_dir, job.export_error), (None, None));
+        store.set_export("old", None, Some("disk full")).expect("record failure");
+        assert_eq!(store.job("old").expect("query").expect("job").export_error.as_deref(), Some("disk full"));
+        store.set_export("old", Some("/data/jobs/old/export"), None).expect("record success");
+        let job = store.job("old").expect("query").expect("job");
+        assert_eq!((job.export_dir.as_deref(), job.export_error), (Some("/data/jobs/old/export"), None));
+        drop(store);
+        Store::open(dir.path()).expect("a migrated database reopens");
     }
 
     #[test]

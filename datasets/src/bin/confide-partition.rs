@@ -1,13 +1,13 @@
-//! `confide-partition`: splits one CSV file into per-institution `train.csv`/`test.csv` folders
+//! `confide-partition`: splits one CSV or Parquet file into per-institution `train`/`test` files
 //! (IID, Dirichlet label skew, or one institution per value of a column) for federated
-//! simulations, and writes a `partition.json` manifest beside them.
+//! simulations, in CSV or Parquet (`--format`), and writes a `partition.json` manifest beside them.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, ValueEnum};
-use confide_datasets::DatasetSchema;
-use confide_datasets::partition::{PartitionConfig, Scheme, partition_csv};
+use confide_datasets::partition::{PartitionConfig, Scheme, partition_file};
+use confide_datasets::{DataFormat, DatasetSchema};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum SchemeArg {
@@ -19,19 +19,30 @@ enum SchemeArg {
     ByColumn,
 }
 
-/// Split a CSV file into per-institution train/test folders.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum FormatArg {
+    /// Comma-separated values.
+    Csv,
+    /// Apache Parquet (snappy-compressed).
+    Parquet,
+}
+
+/// Split a CSV or Parquet file into per-institution train/test folders.
 #[derive(Debug, Parser)]
 #[command(name = "confide-partition", version)]
 struct Args {
-    /// Input CSV file.
+    /// Input file: CSV, or Parquet when it ends in `.parquet` or `.pq`.
     #[arg(long)]
     input: PathBuf,
     /// Dataset schema (TOML) the file follows.
     #[arg(long)]
     schema: PathBuf,
-    /// Output directory; receives `<institution>/train.csv`, `<institution>/test.csv` and `partition.json`.
+    /// Output directory; receives `<institution>/train.<ext>`, `<institution>/test.<ext>` and `partition.json`.
     #[arg(long)]
     out: PathBuf,
+    /// Output format (default: the input's). CSV to CSV copies rows byte for byte.
+    #[arg(long, value_enum)]
+    format: Option<FormatArg>,
     /// Number of institutions (required for iid and dirichlet; checked against the number of values for by-column).
     #[arg(long)]
     institutions: Option<usize>,
@@ -44,7 +55,7 @@ struct Args {
     /// Column whose values define the institutions (e.g. Geography).
     #[arg(long)]
     by_column: Option<String>,
-    /// Fraction of each institution's rows, stratified by label, written to test.csv.
+    /// Fraction of each institution's rows, stratified by label, written to the test file.
     #[arg(long, default_value_t = 0.2)]
     test_fraction: f64,
     /// Seed for every random choice.
@@ -53,7 +64,7 @@ struct Args {
     /// Smallest acceptable institution, in rows.
     #[arg(long, default_value_t = 10)]
     min_rows: usize,
-    /// Replace existing train.csv/test.csv files.
+    /// Replace existing train/test files.
     #[arg(long)]
     force: bool,
 }
@@ -83,7 +94,11 @@ fn run(args: &Args) -> Result<(), String> {
         seed: args.seed,
         min_rows: args.min_rows,
     };
-    let summary = partition_csv(&args.input, &schema, &args.out, &cfg, args.force)
+    let format = args.format.map(|f| match f {
+        FormatArg::Csv => DataFormat::Csv,
+        FormatArg::Parquet => DataFormat::Parquet,
+    });
+    let summary = partition_file(&args.input, &schema, &args.out, &cfg, format, args.force)
         .map_err(|e| e.to_string())?;
     println!("{:<16} {:>10} {:>8} {:>10} {:>8}", "institution", "train", "pos%", "test", "pos%");
     let pct = |p: usize, n: usize| if n == 0 { 0.0 } else { 100.0 * p as f64 / n as f64 };

@@ -10,7 +10,7 @@ use confide_core::model::{ModelParams, ModelSpec};
 use confide_datasets::Encoded;
 use tch::{Device, Kind, Tensor};
 
-use super::model::Net;
+use super::model::{Classifier, Net};
 use super::{MlError, check_data};
 
 /// Rows scored per forward pass, bounding device memory.
@@ -26,13 +26,26 @@ pub fn predict(
     device: Device,
 ) -> Result<Vec<f32>, MlError> {
     check_data(features, None, rows, dim)?;
-    let net = Net::new(spec, params, dim, device)?;
+    let mut net = Net::new(spec, params, dim, device)?;
+    predict_with(&mut net, features, rows, dim, device)
+}
+
+/// [`predict`] with any [`Classifier`] (built in or scripted), in evaluation mode.
+pub fn predict_with(
+    net: &mut dyn Classifier,
+    features: &[f32],
+    rows: usize,
+    dim: usize,
+    device: Device,
+) -> Result<Vec<f32>, MlError> {
+    check_data(features, None, rows, dim)?;
+    net.set_training(false)?;
     let width = i64::try_from(dim).map_err(|_| MlError::Data("too many columns".into()))?;
     let mut probs = Vec::with_capacity(rows);
     for chunk in features.chunks(PREDICT_CHUNK * dim.max(1)).filter(|c| !c.is_empty()) {
         let p = tch::no_grad(|| -> Result<Tensor, MlError> {
             let x = Tensor::f_from_slice(chunk)?.f_reshape([-1, width])?.f_to_device(device)?;
-            Ok(net.logits(&x).f_sigmoid()?.f_to_device(Device::Cpu)?.f_to_kind(Kind::Float)?)
+            Ok(net.logits(&x)?.f_sigmoid()?.f_to_device(Device::Cpu)?.f_to_kind(Kind::Float)?)
         })?;
         probs.extend(Vec::<f32>::try_from(&p)?);
     }
@@ -130,7 +143,19 @@ pub fn evaluate(
     device: Device,
 ) -> Result<EvalContribution, MlError> {
     check_data(&data.features, Some(&data.labels), data.rows, data.dim)?;
-    let probs = predict(spec, params, &data.features, data.rows, data.dim, device)?;
+    let mut net = Net::new(spec, params, data.dim, device)?;
+    evaluate_with(&mut net, data, buckets, device)
+}
+
+/// [`evaluate`] with any [`Classifier`] (built in or scripted).
+pub fn evaluate_with(
+    net: &mut dyn Classifier,
+    data: &Encoded,
+    buckets: usize,
+    device: Device,
+) -> Result<EvalContribution, MlError> {
+    check_data(&data.features, Some(&data.labels), data.rows, data.dim)?;
+    let probs = predict_with(net, &data.features, data.rows, data.dim, device)?;
     Ok(EvalContribution::from_predictions(&probs, &data.labels, buckets))
 }
 

@@ -5,21 +5,25 @@
 //! Nothing here sends data anywhere: the outputs are parameters, sample counts, losses and
 //! aggregate sums, which are all the worker ever shares.
 //!
-//! - [`model`]: the network and name-by-name parameter transfer.
+//! - [`model`]: the [`Classifier`] interface, the built-in network and name-by-name parameter
+//!   transfer.
+//! - [`scripted`]: custom models, TorchScript modules scripted by the job's owner.
 //! - [`train`]: [`TrainConfig`] and [`train_local`].
 //! - [`eval`]: [`predict`], [`score_histogram`], [`eval_sums`] and [`evaluate`].
 
 pub mod eval;
 pub mod model;
+pub mod scripted;
 pub mod train;
 
 pub use confide_core::metrics::EvalContribution;
 pub use confide_core::model::{ModelParams, ModelSpec, ParamLayout};
 pub use confide_datasets::Encoded;
-pub use eval::{EvalSums, eval_sums, evaluate, predict, score_histogram};
-pub use model::{Net, load_params_into, params_from};
+pub use eval::{EvalSums, eval_sums, evaluate, evaluate_with, predict, predict_with, score_histogram};
+pub use model::{Classifier, Net, build_model, load_params_into, params_from};
+pub use scripted::ScriptedNet;
 pub use tch::Device;
-pub use train::{Optimizer, TrainConfig, TrainOutcome, train_local};
+pub use train::{Optimizer, TrainConfig, TrainOutcome, train_local, train_model};
 
 /// Errors from local training and evaluation.
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +61,10 @@ pub enum MlError {
     /// The model has a tensor the parameters do not provide.
     #[error("the parameters lack the model's tensor `{0}`")]
     UnexpectedVariable(String),
+    /// A custom model's TorchScript module cannot be used (unloadable, parameters that do not
+    /// match the job's layout, or a forward pass that does not give one logit per row).
+    #[error("torchscript module: {0}")]
+    ScriptedModule(String),
     /// Features, labels, rows and width disagree.
     #[error("malformed data: {0}")]
     Data(String),

@@ -1,12 +1,49 @@
-//! The libtorch network for a [`ModelSpec`] and the transfer of parameters between a
-//! [`VarStore`] and the flat [`ModelParams`] every other component uses, matched by tensor name
-//! (`fc0.weight`, `fc0.bias`, ...) and checked by shape.
+//! The [`Classifier`] interface training and evaluation use, the built-in network for a
+//! [`ModelSpec`], and the transfer of parameters between libtorch variables and the flat
+//! [`ModelParams`] every other component uses, matched by tensor name (`fc0.weight`,
+//! `fc0.bias`, ...) and checked by shape.
+
+use std::collections::HashMap;
 
 use confide_core::model::{ModelParams, ModelSpec, ParamLayout};
 use tch::nn::{self, Module, VarStore};
 use tch::{Device, Kind, Tensor};
 
 use super::MlError;
+
+/// A trainable binary classifier over encoded rows: what local training, prediction and
+/// evaluation need from a model, whether built in ([`Net`]) or scripted by the job's owner
+/// ([`super::ScriptedNet`]).
+pub trait Classifier: std::fmt::Debug {
+    /// Logits, shape `[rows]`, for a `[rows, input_dim]` batch.
+    fn logits(&self, x: &Tensor) -> Result<Tensor, MlError>;
+    /// The variable store holding the parameters (optimizers and FedProx anchors use it).
+    fn var_store(&self) -> &VarStore;
+    /// The current parameters, in the model's layout.
+    fn params(&self) -> Result<ModelParams, MlError>;
+    /// Switches between training behaviour (dropout active) and evaluation behaviour.
+    fn set_training(&mut self, training: bool) -> Result<(), MlError>;
+}
+
+/// Builds the model a task names: a built-in family from `spec`, or, for `torchscript`, the
+/// scripted `module` (its bytes, already verified against the spec's hash); `params` loaded.
+pub fn build_model(
+    spec: &ModelSpec,
+    module: Option<&[u8]>,
+    params: &ModelParams,
+    input_dim: usize,
+    device: Device,
+) -> Result<Box<dyn Classifier>, MlError> {
+    match spec {
+        ModelSpec::TorchScript(_) => {
+            let module = module.ok_or_else(|| {
+                MlError::ScriptedModule("the task carries no TorchScript module".into())
+            })?;
+            Ok(Box::new(super::ScriptedNet::load(module, params, input_dim, device)?))
+        }
+        _ => Ok(Box::new(Net::new(spec, params, input_dim, device)?)),
+    }
+}
 
 /// A fully connected binary classifier: `fc0 … fcK` with ReLU between layers and one output
 /// logit (logistic regression is the single-layer case).
@@ -50,9 +87,10 @@ impl Net {
         load_params_into(&mut vs, params)?;
         Ok(Self { vs, layers, layout })
     }
+}
 
-    /// Logits, shape `[rows]`, for a `[rows, input_dim]` batch.
-    pub fn logits(&self, x: &Tensor) -> Tensor {
+impl Classifier for Net {
+    fn logits(&self, x: &Tensor) -> Result<Tensor, MlError> {
         let last = self.layers.len().saturating_sub(1);
         let mut h = x.shallow_clone();
         for (i, layer) in self.layers.iter().enumerate() {
@@ -61,17 +99,20 @@ impl Net {
                 h = h.relu();
             }
         }
-        h.squeeze_dim(-1)
+        Ok(h.squeeze_dim(-1))
     }
 
-    /// The variable store (for optimizers).
-    pub fn var_store(&self) -> &VarStore {
+    fn var_store(&self) -> &VarStore {
         &self.vs
     }
 
-    /// The current parameters.
-    pub fn params(&self) -> Result<ModelParams, MlError> {
+    fn params(&self) -> Result<ModelParams, MlError> {
         params_from(&self.vs, &self.layout)
+    }
+
+    /// A built-in network behaves the same in training and evaluation.
+    fn set_training(&mut self, _training: bool) -> Result<(), MlError> {
+        Ok(())
     }
 }
 
@@ -112,7 +153,11 @@ fn check_shape(name: &str, var: &Tensor, shape: &[usize]) -> Result<(), MlError>
 /// Copies `params` into the variables of `vs`, by name. Every variable must be covered and every
 /// tensor must exist with the same shape; nothing is partially loaded on a name mismatch.
 pub fn load_params_into(vs: &mut VarStore, params: &ModelParams) -> Result<(), MlError> {
-    let vars = vs.variables();
+    copy_into_vars(&vs.variables(), params)
+}
+
+/// [`load_params_into`] over variables keyed by layout name.
+pub(crate) fn copy_into_vars(vars: &HashMap<String, Tensor>, params: &ModelParams) -> Result<(), MlError> {
     for name in vars.keys() {
         if !params.layout.tensors.iter().any(|t| &t.name == name) {
             return Err(MlError::UnexpectedVariable(name.clone()));
@@ -146,7 +191,11 @@ pub fn load_params_into(vs: &mut VarStore, params: &ModelParams) -> Result<(), M
 /// Reads the variables of `vs` named in `layout` into flat parameters (on the CPU, as `f32`).
 /// Fails on a missing name, a shape mismatch or a non-finite value.
 pub fn params_from(vs: &VarStore, layout: &ParamLayout) -> Result<ModelParams, MlError> {
-    let vars = vs.variables();
+    read_vars(&vs.variables(), layout)
+}
+
+/// [`params_from`] over variables keyed by layout name.
+pub(crate) fn read_vars(vars: &HashMap<String, Tensor>, layout: &ParamLayout) -> Result<ModelParams, MlError> {
     let mut values = Vec::with_capacity(layout.len());
     for spec in &layout.tensors {
         let var =
@@ -176,7 +225,7 @@ mod tests {
         assert_eq!(names, expected);
         // A tensor op runs and gives one logit per row.
         let x = Tensor::ones([7, 5], (Kind::Float, Device::Cpu));
-        assert_eq!(net.logits(&x).size(), [7]);
+        assert_eq!(net.logits(&x).expect("forward").size(), [7]);
     }
 
     #[test]

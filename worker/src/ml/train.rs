@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use tch::nn::{self, OptimizerConfig};
 use tch::{Device, Kind, Reduction, Tensor};
 
-use super::model::Net;
+use super::model::{Classifier, Net};
 use super::{MlError, check_data};
 
 /// The local optimizer.
@@ -151,7 +151,8 @@ fn check_training_data(data: &Encoded) -> Result<(), MlError> {
     Ok(())
 }
 
-/// Trains `spec` from `global` on `data` for one round; see the module documentation.
+/// Trains the built-in `spec` from `global` on `data` for one round; see the module
+/// documentation.
 pub fn train_local(
     spec: &ModelSpec,
     global: &ModelParams,
@@ -161,9 +162,33 @@ pub fn train_local(
 ) -> Result<TrainOutcome, MlError> {
     cfg.validate()?;
     check_training_data(data)?;
-    // No libtorch randomness is used today; seeding keeps any future use deterministic.
+    let mut net = Net::new(spec, global, data.dim, device)?;
+    train_checked(&mut net, data, cfg, device)
+}
+
+/// Trains any [`Classifier`] (built in or scripted), starting from the parameters loaded in it,
+/// on `data` for one round.
+pub fn train_model(
+    model: &mut dyn Classifier,
+    data: &Encoded,
+    cfg: &TrainConfig,
+    device: Device,
+) -> Result<TrainOutcome, MlError> {
+    cfg.validate()?;
+    check_training_data(data)?;
+    train_checked(model, data, cfg, device)
+}
+
+/// The training loop, on a configuration and data already checked.
+fn train_checked(
+    net: &mut dyn Classifier,
+    data: &Encoded,
+    cfg: &TrainConfig,
+    device: Device,
+) -> Result<TrainOutcome, MlError> {
+    // Seeds libtorch's generator, which a scripted module's dropout draws from.
     tch::manual_seed(i64::from_le_bytes(cfg.seed.to_le_bytes()));
-    let net = Net::new(spec, global, data.dim, device)?;
+    net.set_training(true)?;
     let rows = i64::try_from(data.rows).map_err(|_| MlError::Data("too many rows".into()))?;
     let dim = i64::try_from(data.dim).map_err(|_| MlError::Data("too many columns".into()))?;
     let x = Tensor::f_from_slice(&data.features)?.f_reshape([rows, dim])?.f_to_device(device)?;
@@ -205,7 +230,7 @@ pub fn train_local(
             let len = batch.min(rows - start);
             let idx = perm.f_narrow(0, start, len)?;
             let (xb, yb) = (x.f_index_select(0, &idx)?, y.f_index_select(0, &idx)?);
-            let data_loss = net.logits(&xb).f_binary_cross_entropy_with_logits(
+            let data_loss = net.logits(&xb)?.f_binary_cross_entropy_with_logits(
                 &yb,
                 None::<&Tensor>,
                 pos_weight.as_ref(),
@@ -233,6 +258,7 @@ pub fn train_local(
         }
         epoch_losses.push(mean);
     }
+    net.set_training(false)?;
     Ok(TrainOutcome {
         params: net.params()?,
         samples: data.rows,

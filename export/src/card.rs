@@ -1,0 +1,545 @@
+//! The model card: what was trained, on which data, by how many institutions, how well, under
+//! which privacy settings, and the hashes of the exported files — as JSON ([`ModelCard`]) and as
+//! markdown ([`ModelCard::to_markdown`]).
+//!
+//! For logistic regression the card carries a scorecard-friendly coefficient table: per encoded
+//! feature the coefficient and odds ratio, and for numeric features the coefficient on the raw
+//! (unstandardised) scale, with the matching raw-scale intercept.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+
+use confide_core::job::JobSpec;
+use confide_core::model::ModelSpec;
+use confide_datasets::{ColumnTransform, ColumnType, MissingPolicy};
+use serde::{Deserialize, Serialize};
+
+use crate::onnx::GraphSignature;
+use crate::{ExportedFile, JobExport, JobInfo, RoundReport};
+
+/// Version of the card's JSON layout.
+pub const CARD_VERSION: u32 = 1;
+
+/// The model card.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelCard {
+    /// [`CARD_VERSION`].
+    pub card_version: u32,
+    /// The job's record.
+    pub job: JobInfo,
+    /// The job file as validated by the coordinator.
+    pub job_spec: JobSpec,
+    /// Model family and size.
+    pub model: ModelSummary,
+    /// Dataset schema and the federated preprocessing.
+    pub data: DataSummary,
+    /// Rounds and participating institutions.
+    pub training: TrainingSummary,
+    /// Privacy settings the job ran under.
+    pub privacy: PrivacySummary,
+    /// Logistic regression only: the coefficient table.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub coefficients: Option<CoefficientTable>,
+    /// The ONNX graph's inputs and outputs (when ONNX was exported).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub onnx_signature: Option<serde_json::Value>,
+    /// Every exported file except the card itself, with its SHA-256.
+    pub files: Vec<ExportedFile>,
+}
+
+/// Model family and size.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelSummary {
+    /// Family and shape hyper-parameters.
+    pub spec: ModelSpec,
+    /// Short label (`mlp[32,16]`).
+    pub label: String,
+    /// Width of the encoded input.
+    pub input_dim: usize,
+    /// Trainable scalars.
+    pub parameters: usize,
+    /// Names of the encoded inputs, in order (`tenure`, `Contract=One year`, ...).
+    pub encoded_features: Vec<String>,
+}
+
+/// The data the model reads.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DataSummary {
+    /// Schema name (the dataset).
+    pub dataset: String,
+    /// Schema fingerprint every institution's data matched.
+    pub schema_fingerprint: String,
+    /// Target column.
+    pub target: String,
+    /// Target value meaning positive (probability refers to it).
+    pub positive_class: String,
+    /// Training rows across the federation (from the securely summed statistics).
+    pub federation_rows: u64,
+    /// Every column of the schema.
+    pub columns: Vec<ColumnCard>,
+}
+
+/// One schema column and its preprocessing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ColumnCard {
+    /// Column name.
+    pub name: String,
+    /// `numeric`, `categorical`, `id`, `timestamp`, `ignored`.
+    #[serde(rename = "type")]
+    pub kind: ColumnType,
+    /// Missing-cell policy (feature columns).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub missing: Option<MissingPolicy>,
+    /// Federated mean (numeric).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mean: Option<f64>,
+    /// Federated population standard deviation (numeric).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub std: Option<f64>,
+    /// Agreed levels (categorical).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub levels: Option<Vec<String>>,
+    /// Federated most frequent level (categorical).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+}
+
+/// Rounds and institutions.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainingSummary {
+    /// Rounds completed.
+    pub rounds_completed: u64,
+    /// Round budget in the job file.
+    pub rounds_budget: u64,
+    /// Institutions that contributed to at least one round.
+    pub institutions: Vec<String>,
+    /// Per round: contributing institutions and federated metrics.
+    pub rounds: Vec<RoundCard>,
+    /// The last round's federated metrics (those of the exported model).
+    pub final_metrics: BTreeMap<String, f64>,
+}
+
+/// One round.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RoundCard {
+    /// 1-based round.
+    pub round: u64,
+    /// Institutions whose contribution is in the aggregate.
+    pub institutions_contributed: usize,
+    /// Selected institutions that did not contribute (dropped, failed, refused).
+    pub institutions_missing: usize,
+    /// Securely aggregated metrics.
+    pub metrics: BTreeMap<String, f64>,
+    /// Wall-clock seconds.
+    pub duration_secs: f64,
+}
+
+/// Privacy settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PrivacySummary {
+    /// Contributions summed with secure aggregation (false: insecure plain sums, debugging).
+    pub secure_aggregation: bool,
+    /// Bits of the ring masked values live in.
+    pub modulus_bits: u32,
+    /// Shamir threshold as a fraction of participants (always at least a majority).
+    pub threshold_fraction: f64,
+    /// Largest per-parameter update a contribution encodes (larger ones are clipped).
+    pub update_clip: f64,
+    /// SecAgg+ neighbours per participant (0 = complete graph).
+    pub secagg_plus_neighbours: u32,
+    /// Fewest institutions a round accepts.
+    pub min_institutions_per_round: usize,
+    /// Differential privacy.
+    pub differential_privacy: String,
+}
+
+/// The logistic-regression coefficient table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CoefficientTable {
+    /// Intercept on the standardised scale (the model's bias).
+    pub intercept: f64,
+    /// Intercept when numeric features are fed raw: `b − Σ coef·mean/std`.
+    pub intercept_raw_scale: f64,
+    /// One row per encoded feature.
+    pub rows: Vec<CoefficientRow>,
+}
+
+/// One encoded feature's coefficient.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CoefficientRow {
+    /// Encoded feature (`tenure`, `Contract=Two year`).
+    pub feature: String,
+    /// Coefficient on the standardised scale (log-odds per standard deviation, or for a level,
+    /// log-odds of that level being present).
+    pub coefficient: f64,
+    /// `exp(coefficient)`.
+    pub odds_ratio: f64,
+    /// Numeric features: log-odds per raw unit, `coefficient / std`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub coefficient_raw_scale: Option<f64>,
+    /// Numeric features: `exp(coefficient_raw_scale)`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub odds_ratio_raw_scale: Option<f64>,
+}
+
+impl ModelCard {
+    /// Builds the card of an export that wrote `files`.
+    pub fn new(job: &JobExport, files: &[ExportedFile], signature: Option<GraphSignature>) -> Self {
+        let prep = &job.preprocessing;
+        let transform = |name: &str| prep.columns.iter().find(|c| c.name() == name);
+        let columns = job
+            .schema
+            .columns
+            .iter()
+            .map(|c| {
+                let mut card = ColumnCard {
+                    name: c.name.clone(),
+                    kind: c.kind,
+                    missing: c.is_feature().then(|| job.schema.policy_for(c)),
+                    mean: None,
+                    std: None,
+                    levels: None,
+                    mode: None,
+                };
+                match transform(&c.name) {
+                    Some(ColumnTransform::Numeric { mean, std, .. }) => {
+                        (card.mean, card.std) = (Some(*mean), Some(*std));
+                    }
+                    Some(ColumnTransform::Categorical { levels, mode, .. }) => {
+                        card.mode = levels.get(*mode as usize).cloned();
+                        card.levels = Some(levels.clone());
+                    }
+                    None => {}
+                }
+                card
+            })
+            .collect();
+        let secure = &job.spec.secure_aggregation;
+        ModelCard {
+            card_version: CARD_VERSION,
+            job: job.job.clone(),
+            job_spec: job.spec.clone(),
+            model: ModelSummary {
+                spec: job.spec.model.clone(),
+                label: job.spec.model.label(),
+                input_dim: prep.input_dim(),
+                parameters: job.params.values.len(),
+                encoded_features: prep.feature_names(),
+            },
+            data: DataSummary {
+                dataset: job.schema.name.clone(),
+                schema_fingerprint: job.schema.fingerprint(),
+                target: job.schema.target.column.clone(),
+                positive_class: job.schema.target.positive.clone(),
+                federation_rows: prep.rows,
+                columns,
+            },
+            training: training_summary(&job.rounds, job.spec.training.rounds),
+            privacy: PrivacySummary {
+                secure_aggregation: !job.spec.insecure_plain_aggregation,
+                modulus_bits: secure.modulus_bits,
+                threshold_fraction: secure.threshold_fraction,
+                update_clip: secure.update_clip,
+                secagg_plus_neighbours: secure.sparse_neighbours,
+                min_institutions_per_round: job.spec.selection.min_workers,
+                differential_privacy: "not applied".into(),
+            },
+            coefficients: coefficient_table(job),
+            onnx_signature: signature.and_then(|s| serde_json::to_value(s).ok()),
+            files: files.to_vec(),
+        }
+    }
+
+    /// The card as markdown.
+    pub fn to_markdown(&self) -> String {
+        let mut md = String::new();
+        // `write!` into a String cannot fail.
+        let _ = self.write_markdown(&mut md);
+        md
+    }
+
+    fn write_markdown(&self, md: &mut String) -> std::fmt::Result {
+        let j = &self.job;
+        writeln!(md, "# Model card: {}\n", j.name)?;
+        writeln!(md, "| | |\n|---|---|")?;
+        writeln!(md, "| job | `{}` ({}) |", j.id, j.status)?;
+        writeln!(
+            md,
+            "| model | {} — {} inputs, {} parameters |",
+            self.model.label, self.model.input_dim, self.model.parameters
+        )?;
+        writeln!(
+            md,
+            "| dataset | `{}` (schema `{}`) |",
+            self.data.dataset,
+            short(&self.data.schema_fingerprint)
+        )?;
+        writeln!(
+            md,
+            "| target | `{}` = `{}` (the probability output) |",
+            self.data.target, self.data.positive_class
+        )?;
+        writeln!(
+            md,
+            "| rounds | {} of {} |",
+            self.training.rounds_completed, self.training.rounds_budget
+        )?;
+        writeln!(
+            md,
+            "| institutions | {} distinct: {} |",
+            self.training.institutions.len(),
+            self.training.institutions.join(", ")
+        )?;
+        writeln!(md, "| federation rows | {} |", self.data.federation_rows)?;
+        writeln!(
+            md,
+            "| submitted / finished | {} / {} |",
+            j.created_at, j.updated_at
+        )?;
+        if let Some(reason) = &j.stop_reason {
+            writeln!(md, "| stopped early | {reason} |")?;
+        }
+        writeln!(md, "| model checkpoint | `{}` |", j.model_hash)?;
+
+        writeln!(md, "\n## Final federated metrics\n")?;
+        writeln!(md, "| metric | value |\n|---|---|")?;
+        for (k, v) in &self.training.final_metrics {
+            writeln!(md, "| {k} | {v:.4} |")?;
+        }
+
+        writeln!(md, "\n## Rounds\n")?;
+        let keys: BTreeSet<&String> = self
+            .training
+            .rounds
+            .iter()
+            .flat_map(|r| r.metrics.keys())
+            .collect();
+        write!(md, "| round | institutions | missing | seconds |")?;
+        for k in &keys {
+            write!(md, " {k} |")?;
+        }
+        write!(md, "\n|---|---|---|---|")?;
+        for _ in &keys {
+            write!(md, "---|")?;
+        }
+        writeln!(md)?;
+        for r in &self.training.rounds {
+            write!(
+                md,
+                "| {} | {} | {} | {:.2} |",
+                r.round, r.institutions_contributed, r.institutions_missing, r.duration_secs
+            )?;
+            for k in &keys {
+                match r.metrics.get(*k) {
+                    Some(v) => write!(md, " {v:.4} |")?,
+                    None => write!(md, " |")?,
+                }
+            }
+            writeln!(md)?;
+        }
+
+        let p = &self.privacy;
+        writeln!(md, "\n## Privacy\n")?;
+        writeln!(
+            md,
+            "- secure aggregation: {}",
+            if p.secure_aggregation {
+                "on"
+            } else {
+                "**off** (insecure plain sums)"
+            }
+        )?;
+        writeln!(
+            md,
+            "- ring modulus: 2^{}; Shamir threshold fraction {} (always a majority)",
+            p.modulus_bits, p.threshold_fraction
+        )?;
+        writeln!(md, "- update clip: {} per parameter", p.update_clip)?;
+        let graph = if p.secagg_plus_neighbours == 0 {
+            "complete graph".to_string()
+        } else {
+            format!("SecAgg+ with {} neighbours", p.secagg_plus_neighbours)
+        };
+        writeln!(
+            md,
+            "- masking graph: {graph}; at least {} institutions per round",
+            p.min_institutions_per_round
+        )?;
+        writeln!(md, "- differential privacy: {}", p.differential_privacy)?;
+
+        writeln!(md, "\n## Data schema\n")?;
+        writeln!(
+            md,
+            "| column | type | missing | preprocessing |\n|---|---|---|---|"
+        )?;
+        for c in &self.data.columns {
+            let kind = serde_json::to_value(c.kind)
+                .ok()
+                .and_then(|v| v.as_str().map(String::from))
+                .unwrap_or_default();
+            let missing = c
+                .missing
+                .and_then(|m| serde_json::to_value(m).ok())
+                .and_then(|v| v.as_str().map(String::from))
+                .unwrap_or_default();
+            let prep = match (c.mean, c.std, &c.levels, &c.mode) {
+                (Some(m), Some(s), _, _) => format!("(x − {m:.6}) / {s:.6}"),
+                (_, _, Some(levels), Some(mode)) => {
+                    format!("one-hot over {levels:?}; mode `{mode}`")
+                }
+                _ => "not used".into(),
+            };
+            writeln!(md, "| `{}` | {kind} | {missing} | {prep} |", c.name)?;
+        }
+
+        if let Some(t) = &self.coefficients {
+            writeln!(md, "\n## Coefficients (logistic regression)\n")?;
+            writeln!(
+                md,
+                "Standardised scale: log-odds per standard deviation (numeric) or for the level being present (one-hot). Raw scale: per unit of the raw column.\n"
+            )?;
+            writeln!(
+                md,
+                "| feature | coefficient | odds ratio | coefficient (raw scale) | odds ratio (raw scale) |\n|---|---|---|---|---|"
+            )?;
+            writeln!(
+                md,
+                "| (intercept) | {:.6} | | {:.6} | |",
+                t.intercept, t.intercept_raw_scale
+            )?;
+            for r in &t.rows {
+                let raw = r
+                    .coefficient_raw_scale
+                    .map(|v| format!("{v:.6}"))
+                    .unwrap_or_default();
+                let raw_or = r
+                    .odds_ratio_raw_scale
+                    .map(|v| format!("{v:.6}"))
+                    .unwrap_or_default();
+                writeln!(
+                    md,
+                    "| `{}` | {:.6} | {:.6} | {raw} | {raw_or} |",
+                    r.feature, r.coefficient, r.odds_ratio
+                )?;
+            }
+        }
+
+        if let Some(sig) = &self.onnx_signature {
+            writeln!(md, "\n## Serving (model.onnx)\n")?;
+            writeln!(
+                md,
+                "One input per feature column, shape [N,1]; outputs `probability` and `logit`, float [N].\n"
+            )?;
+            writeln!(md, "| input | type | missing |\n|---|---|---|")?;
+            for input in sig
+                .get("inputs")
+                .and_then(|v| v.as_array())
+                .into_iter()
+                .flatten()
+            {
+                let field = |k: &str| {
+                    input
+                        .get(k)
+                        .and_then(|v| v.as_str())
+                        .unwrap_or_default()
+                        .to_string()
+                };
+                writeln!(
+                    md,
+                    "| `{}` | {} | {} |",
+                    field("name"),
+                    field("dtype"),
+                    field("missing")
+                )?;
+            }
+        }
+
+        writeln!(md, "\n## Files\n")?;
+        writeln!(md, "| file | bytes | sha256 |\n|---|---|---|")?;
+        for f in &self.files {
+            writeln!(md, "| `{}` | {} | `{}` |", f.name, f.bytes, f.sha256)?;
+        }
+        Ok(())
+    }
+}
+
+fn short(hash: &str) -> &str {
+    hash.get(..16).unwrap_or(hash)
+}
+
+fn training_summary(rounds: &[RoundReport], budget: u64) -> TrainingSummary {
+    let contributed = |r: &RoundReport| {
+        r.participants
+            .iter()
+            .filter(|p| p.status == "contributed")
+            .map(|p| p.institution.clone())
+            .collect::<Vec<_>>()
+    };
+    let institutions: BTreeSet<String> = rounds.iter().flat_map(contributed).collect();
+    TrainingSummary {
+        rounds_completed: rounds.len() as u64,
+        rounds_budget: budget,
+        institutions: institutions.into_iter().collect(),
+        rounds: rounds
+            .iter()
+            .map(|r| {
+                let n = contributed(r).len();
+                RoundCard {
+                    round: r.round,
+                    institutions_contributed: n,
+                    institutions_missing: r.participants.len() - n,
+                    metrics: r.metrics.clone(),
+                    duration_secs: r.duration_secs,
+                }
+            })
+            .collect(),
+        final_metrics: rounds.last().map(|r| r.metrics.clone()).unwrap_or_default(),
+    }
+}
+
+/// The coefficient table of a logistic regression (None for other families).
+fn coefficient_table(job: &JobExport) -> Option<CoefficientTable> {
+    if job.spec.model != ModelSpec::LogisticRegression {
+        return None;
+    }
+    let weights = job.params.tensor("fc0.weight")?;
+    let bias = f64::from(*job.params.tensor("fc0.bias")?.first()?);
+    let mut rows = Vec::with_capacity(weights.len());
+    let mut intercept_raw = bias;
+    let mut w = weights.iter().map(|&v| f64::from(v));
+    for column in &job.preprocessing.columns {
+        match column {
+            ColumnTransform::Numeric {
+                name, mean, std, ..
+            } => {
+                let coefficient = w.next()?;
+                let raw = coefficient / std;
+                intercept_raw -= raw * mean;
+                rows.push(CoefficientRow {
+                    feature: name.clone(),
+                    coefficient,
+                    odds_ratio: coefficient.exp(),
+                    coefficient_raw_scale: Some(raw),
+                    odds_ratio_raw_scale: Some(raw.exp()),
+                });
+            }
+            ColumnTransform::Categorical { name, levels, .. } => {
+                for level in levels {
+                    let coefficient = w.next()?;
+                    rows.push(CoefficientRow {
+                        feature: format!("{name}={level}"),
+                        coefficient,
+                        odds_ratio: coefficient.exp(),
+                        coefficient_raw_scale: None,
+                        odds_ratio_raw_scale: None,
+                    });
+                }
+            }
+        }
+    }
+    Some(CoefficientTable {
+        intercept: bias,
+        intercept_raw_scale: intercept_raw,
+        rows,
+    })
+}

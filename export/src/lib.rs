@@ -1,0 +1,386 @@
+//! Exports a finished job's model for serving systems, without libtorch.
+//!
+//! [`export_job`] writes into one directory:
+//!
+//! | file | what |
+//! | --- | --- |
+//! | `model.onnx` | the model with the federated preprocessing in-graph ([`onnx`]): raw columns in, `probability` out |
+//! | `model.pt` | a TorchScript module ([`torchscript`]) for `torch.jit.load` (Python) or `torch::jit::load` (C++): encoded rows into `forward`, raw columns into `predict_raw` |
+//! | `model.safetensors` | the weights (tensor names as in the worker, `fc0.weight`, ...), job metadata in the header |
+//! | `preprocessing.json` | the federated means, standard deviations, modes and levels the model was trained with |
+//! | `model_card.json`, `model_card.md` | job, data, rounds, institutions, metrics, privacy settings, file hashes ([`card`]) |
+//!
+//! A model family maps to an exporter in [`Family::of`]; the tabular families (logistic
+//! regression, MLP) export today.
+
+pub mod card;
+pub mod onnx;
+pub mod torchscript;
+
+/// Protobuf types generated from the vendored `proto/onnx/onnx.proto` (package `onnx`).
+#[allow(clippy::all, missing_docs, unreachable_pub)]
+pub mod pb {
+    include!(concat!(env!("OUT_DIR"), "/onnx.rs"));
+}
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use confide_core::job::JobSpec;
+use confide_core::model::{ModelParams, ModelSpec};
+use confide_datasets::{DatasetSchema, Preprocessing};
+use serde::{Deserialize, Serialize};
+
+/// Errors exporting a model.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ExportError {
+    /// A stored input (job spec, schema, preprocessing, checkpoint) could not be read.
+    #[error("cannot read the job's {what}: {message}")]
+    Input {
+        /// Which input.
+        what: &'static str,
+        /// Why.
+        message: String,
+    },
+    /// The inputs disagree with each other (e.g. parameters that do not fit the schema).
+    #[error("inconsistent job: {0}")]
+    Inconsistent(String),
+    /// The job has no preprocessing or model yet (it never completed its first step).
+    #[error("job {job} has no {what} yet; only a job that trained can be exported")]
+    NotTrained {
+        /// Job id.
+        job: String,
+        /// What is missing.
+        what: &'static str,
+    },
+    /// This model family cannot be written in this format (yet).
+    #[error("{format} export is not supported for {family} models yet")]
+    Unsupported {
+        /// Format name.
+        format: &'static str,
+        /// Model label.
+        family: String,
+    },
+    /// The TorchScript archive could not be built.
+    #[error(transparent)]
+    TorchScript(#[from] torchscript::TorchScriptError),
+    /// A file could not be written.
+    #[error("cannot write {path}: {source}")]
+    Io {
+        /// File or directory.
+        path: PathBuf,
+        /// Underlying error.
+        source: std::io::Error,
+    },
+}
+
+/// An export format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Format {
+    /// `model.onnx`, preprocessing in-graph.
+    Onnx,
+    /// `model.safetensors` (with `preprocessing.json`).
+    Safetensors,
+    /// `model.pt`, a TorchScript archive.
+    #[serde(rename = "torchscript")]
+    TorchScript,
+}
+
+impl Format {
+    /// Every format this build can write (what `--format all` and the automatic export
+    /// after a job completes produce).
+    pub const AVAILABLE: &'static [Format] = &[Format::Onnx, Format::Safetensors, Format::TorchScript];
+
+    /// Lower-case name, as on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Onnx => "onnx",
+            Format::Safetensors => "safetensors",
+            Format::TorchScript => "torchscript",
+        }
+    }
+}
+
+/// How a model family is exported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    /// Fully connected binary classifiers over encoded tabular features (logistic regression,
+    /// MLP): raw-column ONNX graph, coefficient table for logistic regression.
+    Tabular,
+}
+
+impl Family {
+    /// The exporter family of a model spec; families without an exporter are refused.
+    pub fn of(spec: &ModelSpec) -> Result<Family, ExportError> {
+        #[allow(unreachable_patterns)] // new families are added to ModelSpec before their exporter
+        match spec {
+            ModelSpec::LogisticRegression | ModelSpec::Mlp { .. } => Ok(Family::Tabular),
+            other => Err(ExportError::Unsupported {
+                format: "any",
+                family: other.label(),
+            }),
+        }
+    }
+}
+
+/// The job as the coordinator records it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobInfo {
+    /// Job id.
+    pub id: String,
+    /// Job name.
+    pub name: String,
+    /// `completed`, `running`, ...
+    pub status: String,
+    /// RFC 3339 submission time.
+    pub created_at: String,
+    /// RFC 3339 time of the last change (completion, for a finished job).
+    pub updated_at: String,
+    /// Why the job stopped before its round budget, if it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_reason: Option<String>,
+    /// Content hash of the exported global model checkpoint.
+    pub model_hash: String,
+}
+
+/// How one institution fared in one round.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Participant {
+    /// Institution id.
+    pub institution: String,
+    /// `contributed`, `failed`, `dropped` or `refused`.
+    pub status: String,
+}
+
+/// One completed round.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RoundReport {
+    /// 1-based round.
+    pub round: u64,
+    /// Selected institutions and their outcome.
+    pub participants: Vec<Participant>,
+    /// Federated metrics of the model this round produced.
+    pub metrics: BTreeMap<String, f64>,
+    /// Wall-clock seconds.
+    pub duration_secs: f64,
+    /// RFC 3339 completion time.
+    pub completed_at: String,
+}
+
+/// Everything an export needs, already parsed.
+#[derive(Debug, Clone)]
+pub struct JobExport {
+    /// The job's record.
+    pub job: JobInfo,
+    /// The validated job spec.
+    pub spec: JobSpec,
+    /// The dataset schema.
+    pub schema: DatasetSchema,
+    /// The federated preprocessing the model was trained with.
+    pub preprocessing: Preprocessing,
+    /// The final global model.
+    pub params: ModelParams,
+    /// Completed rounds, in order.
+    pub rounds: Vec<RoundReport>,
+}
+
+impl JobExport {
+    /// Parses the stored texts: the spec (JSON), schema (TOML), preprocessing (JSON) and the
+    /// global model checkpoint (safetensors), checking they fit together.
+    pub fn from_stored(
+        job: JobInfo,
+        spec_json: &str,
+        schema_toml: &str,
+        preprocessing_json: Option<&str>,
+        model: Option<&[u8]>,
+        rounds: Vec<RoundReport>,
+    ) -> Result<Self, ExportError> {
+        let input = |what: &'static str| move |e: String| ExportError::Input { what, message: e };
+        let spec: JobSpec =
+            serde_json::from_str(spec_json).map_err(|e| input("job spec")(e.to_string()))?;
+        let schema = DatasetSchema::parse(schema_toml, "job schema")
+            .map_err(|e| input("dataset schema")(e.to_string()))?;
+        let not_trained = |what| ExportError::NotTrained {
+            job: job.id.clone(),
+            what,
+        };
+        let prep_json = preprocessing_json
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| not_trained("preprocessing"))?;
+        let preprocessing: Preprocessing =
+            serde_json::from_str(prep_json).map_err(|e| input("preprocessing")(e.to_string()))?;
+        if preprocessing.schema_fingerprint != schema.fingerprint() {
+            return Err(ExportError::Inconsistent(
+                "the preprocessing was computed for another schema than the job's".into(),
+            ));
+        }
+        let model = model
+            .filter(|m| !m.is_empty())
+            .ok_or_else(|| not_trained("model"))?;
+        let layout = spec.model.layout(preprocessing.input_dim());
+        let params = ModelParams::from_safetensors(model, &layout)
+            .map_err(|e| input("model checkpoint")(e.to_string()))?;
+        Ok(Self {
+            job,
+            spec,
+            schema,
+            preprocessing,
+            params,
+            rounds,
+        })
+    }
+
+    /// Key/value metadata stored in the ONNX and safetensors files.
+    pub fn metadata(&self) -> Vec<(String, String)> {
+        vec![
+            ("confide.job_id".into(), self.job.id.clone()),
+            ("confide.job_name".into(), self.job.name.clone()),
+            ("confide.model".into(), self.spec.model.label()),
+            ("confide.dataset".into(), self.schema.name.clone()),
+            (
+                "confide.schema_fingerprint".into(),
+                self.schema.fingerprint(),
+            ),
+            ("confide.model_hash".into(), self.job.model_hash.clone()),
+            (
+                "confide.rounds_completed".into(),
+                self.rounds.len().to_string(),
+            ),
+            (
+                "confide.feature_names".into(),
+                self.preprocessing.feature_names().join("\t"),
+            ),
+        ]
+    }
+}
+
+/// One written file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExportedFile {
+    /// File name inside the export directory.
+    pub name: String,
+    /// What it holds (`onnx`, `safetensors`, `preprocessing`).
+    pub kind: String,
+    /// Lower-case hex SHA-256 of the content.
+    pub sha256: String,
+    /// Size in bytes.
+    pub bytes: u64,
+}
+
+/// What [`export_job`] wrote.
+#[derive(Debug, Clone)]
+pub struct ExportManifest {
+    /// The directory.
+    pub dir: PathBuf,
+    /// Model files and `preprocessing.json`, with hashes (as listed in the card).
+    pub files: Vec<ExportedFile>,
+    /// The model card files (`model_card.json`, `model_card.md`).
+    pub card_files: Vec<PathBuf>,
+}
+
+/// File names inside an export directory.
+pub mod names {
+    /// ONNX graph.
+    pub const ONNX: &str = "model.onnx";
+    /// safetensors weights.
+    pub const SAFETENSORS: &str = "model.safetensors";
+    /// TorchScript archive.
+    pub const TORCHSCRIPT: &str = "model.pt";
+    /// Federated preprocessing.
+    pub const PREPROCESSING: &str = "preprocessing.json";
+    /// Model card, JSON.
+    pub const CARD_JSON: &str = "model_card.json";
+    /// Model card, markdown.
+    pub const CARD_MD: &str = "model_card.md";
+}
+
+/// Writes the requested formats, `preprocessing.json` and the model card into `dir` (created
+/// if needed; files of the same name are replaced atomically).
+pub fn export_job(
+    job: &JobExport,
+    dir: &Path,
+    formats: &[Format],
+) -> Result<ExportManifest, ExportError> {
+    let family = Family::of(&job.spec.model)?;
+    std::fs::create_dir_all(dir).map_err(|source| ExportError::Io {
+        path: dir.into(),
+        source,
+    })?;
+    let mut files = Vec::new();
+    let mut signature = None;
+    let mut formats = formats.to_vec();
+    formats.dedup();
+    for format in formats {
+        let (name, bytes) = match (format, family) {
+            (Format::Onnx, Family::Tabular) => {
+                let model = onnx::tabular(
+                    &job.spec.model,
+                    &job.schema,
+                    &job.preprocessing,
+                    &job.params,
+                    &job.metadata(),
+                )?;
+                signature = Some(model.signature);
+                (names::ONNX, model.bytes)
+            }
+            (Format::Safetensors, _) => {
+                let meta: HashMap<String, String> = job.metadata().into_iter().collect();
+                (names::SAFETENSORS, job.params.to_safetensors(Some(meta)))
+            }
+            (Format::TorchScript, Family::Tabular) => (
+                names::TORCHSCRIPT,
+                torchscript::torchscript_archive(&job.spec.model, &job.params, &job.preprocessing)?,
+            ),
+        };
+        files.push(write_file(dir, name, format.name(), &bytes)?);
+    }
+    let prep = serde_json::to_vec_pretty(&job.preprocessing)
+        .map_err(|e| ExportError::Inconsistent(format!("preprocessing: {e}")))?;
+    files.push(write_file(
+        dir,
+        names::PREPROCESSING,
+        "preprocessing",
+        &prep,
+    )?);
+
+    let card = card::ModelCard::new(job, &files, signature);
+    let json = serde_json::to_vec_pretty(&card)
+        .map_err(|e| ExportError::Inconsistent(format!("model card: {e}")))?;
+    write_file(dir, names::CARD_JSON, "model_card", &json)?;
+    write_file(
+        dir,
+        names::CARD_MD,
+        "model_card",
+        card.to_markdown().as_bytes(),
+    )?;
+    Ok(ExportManifest {
+        dir: dir.to_path_buf(),
+        files,
+        card_files: vec![dir.join(names::CARD_JSON), dir.join(names::CARD_MD)],
+    })
+}
+
+/// Writes `bytes` to `dir/name` through a temporary file and a rename.
+fn write_file(
+    dir: &Path,
+    name: &str,
+    kind: &str,
+    bytes: &[u8],
+) -> Result<ExportedFile, ExportError> {
+    let path = dir.join(name);
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let io = |source| ExportError::Io {
+        path: path.clone(),
+        source,
+    };
+    std::fs::write(&tmp, bytes).map_err(io)?;
+    std::fs::rename(&tmp, &path).map_err(io)?;
+    Ok(ExportedFile {
+        name: name.into(),
+        kind: kind.into(),
+        sha256: confide_core::sha256_hex(bytes),
+        bytes: bytes.len() as u64,
+    })
+}

@@ -1,0 +1,432 @@
+//! ONNX export of the tabular families (logistic regression, MLP) with the federated
+//! preprocessing inside the graph, so a serving system feeds raw feature columns.
+//!
+//! The graph mirrors [`confide_datasets::Preprocessing::encode`] and the worker's network:
+//!
+//! ```text
+//! numeric column x (float [N,1], NaN = missing)
+//!     bad = IsNaN(x) or IsInf(x);  z = Where(bad, 0, (x − mean) / std)   (0 is the mean)
+//!     refused if IsInf(x), or if IsNaN(x) and the column's policy is fail/drop
+//! categorical column s (string [N,1])
+//!     i = CategoryMapper(s): level → index; blank / na_values → mode (impute policy);
+//!         anything else → −1
+//!     onehot = Cast(Equal(i, [0..L)));  refused if i < 0
+//! X = Concat(columns, axis 1) → Gemm(fc0) → Relu → … → Gemm(fcK)           = h [N,1]
+//! logit = Reshape(Where(refused, NaN, h), [N]);  probability = Reshape(Where(refused, NaN, Sigmoid(h)), [N])
+//! ```
+//!
+//! A row the federation would not have accepted (a missing cell where the schema says `fail` or
+//! `drop`, an infinite number, or a category outside the agreed levels) therefore scores NaN
+//! instead of a guess. The NaN is selected at the end, never pushed through the matrix products,
+//! so runtimes whose kernels do not propagate NaN agree. Categorical cells are compared exactly:
+//! trim surrounding whitespace before feeding them, as the CSV loader does. Only operators both
+//! onnxruntime and tract implement are used (opset 13, `ai.onnx.ml` 1).
+
+use std::collections::HashSet;
+
+use confide_core::model::{ModelParams, ModelSpec};
+use confide_datasets::{ColumnTransform, DatasetSchema, MissingPolicy, Preprocessing};
+use prost::Message;
+
+use crate::ExportError;
+use crate::pb;
+
+/// Default-domain opset the graph is written for.
+pub const OPSET: i64 = 13;
+/// `ai.onnx.ml` opset (CategoryMapper).
+pub const ML_OPSET: i64 = 1;
+/// ONNX IR version matching [`OPSET`].
+pub const IR_VERSION: i64 = 7;
+/// Name of the probability output, float `[N]`.
+pub const PROBABILITY: &str = "probability";
+/// Name of the logit output, float `[N]`.
+pub const LOGIT: &str = "logit";
+
+/// What the exported graph reads and writes, for the model card and serving code.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct GraphSignature {
+    /// One input per feature column, in schema order.
+    pub inputs: Vec<GraphInput>,
+    /// Output names (`probability`, `logit`), each float `[N]`.
+    pub outputs: Vec<String>,
+}
+
+/// One raw-column input of the graph.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct GraphInput {
+    /// Input name: the schema column name.
+    pub name: String,
+    /// `float` (`[N,1]`, NaN = missing) or `string` (`[N,1]`).
+    pub dtype: &'static str,
+    /// How a missing cell is handled in the graph.
+    pub missing: String,
+}
+
+/// The ONNX file's bytes and its signature.
+#[derive(Debug, Clone)]
+pub struct OnnxModel {
+    /// Serialized `ModelProto`.
+    pub bytes: Vec<u8>,
+    /// Inputs and outputs.
+    pub signature: GraphSignature,
+}
+
+/// Builds the ONNX graph of a logistic regression or MLP with its preprocessing.
+/// `metadata` is stored as the model's `metadata_props` (job id, schema fingerprint, ...).
+pub fn tabular(
+    spec: &ModelSpec,
+    schema: &DatasetSchema,
+    preprocessing: &Preprocessing,
+    params: &ModelParams,
+    metadata: &[(String, String)],
+) -> Result<OnnxModel, ExportError> {
+    let layout = spec.layout(preprocessing.input_dim());
+    if params.layout != layout {
+        return Err(ExportError::Inconsistent(format!(
+            "the model's parameters do not fit {} with {} encoded inputs",
+            spec.label(),
+            preprocessing.input_dim()
+        )));
+    }
+    let mut g = GraphBuilder::default();
+    let mut signature = GraphSignature {
+        inputs: Vec::new(),
+        outputs: vec![PROBABILITY.into(), LOGIT.into()],
+    };
+    let mut seen = HashSet::new();
+    let mut encoded = Vec::new();
+    // Per column, a bool [N,1]: the row cannot be scored.
+    let mut refusals: Vec<String> = Vec::new();
+    for (i, transform) in preprocessing.columns.iter().enumerate() {
+        let name = transform.name();
+        let column = schema.column(name).ok_or_else(|| {
+            ExportError::Inconsistent(format!(
+                "preprocessing column `{name}` is not in the schema"
+            ))
+        })?;
+        if name == PROBABILITY || name == LOGIT || name.starts_with("confide/") {
+            return Err(ExportError::Inconsistent(format!(
+                "column `{name}` clashes with a name the exported graph uses"
+            )));
+        }
+        if !seen.insert(name) {
+            return Err(ExportError::Inconsistent(format!(
+                "column `{name}` appears twice"
+            )));
+        }
+        let impute = schema.policy_for(column) == MissingPolicy::Impute;
+        let p = format!("confide/c{i}");
+        match transform {
+            ColumnTransform::Numeric { mean, std, .. } => {
+                let missing = if impute {
+                    format!("NaN → federated mean {mean}")
+                } else {
+                    "NaN → NaN score (schema refuses missing cells)".into()
+                };
+                g.input(name, pb::tensor_proto::DataType::Float, &missing);
+                signature.inputs.push(GraphInput {
+                    name: name.into(),
+                    dtype: "float",
+                    missing,
+                });
+                let mean_c = g.float_const(&format!("{p}/mean"), &[], &[*mean as f32]);
+                let std_c = g.float_const(&format!("{p}/std"), &[], &[*std as f32]);
+                let centred = g.node("Sub", &[name, &mean_c], &format!("{p}/centred"), vec![]);
+                let z = g.node("Div", &[&centred, &std_c], &format!("{p}/z"), vec![]);
+                let nan = g.node("IsNaN", &[name], &format!("{p}/is_missing"), vec![]);
+                let inf = g.node("IsInf", &[name], &format!("{p}/is_infinite"), vec![]);
+                let bad = g.node("Or", &[&nan, &inf], &format!("{p}/is_bad"), vec![]);
+                let zero = g.float_const(&format!("{p}/zero"), &[], &[0.0]);
+                encoded.push(g.node("Where", &[&bad, &zero, &z], &format!("{p}/encoded"), vec![]));
+                refusals.push(if impute { inf } else { bad });
+            }
+            ColumnTransform::Categorical { levels, mode, .. } => {
+                let mode_name = levels.get(*mode as usize).cloned().unwrap_or_default();
+                let missing = if impute {
+                    format!(
+                        "blank or {:?} → federated mode `{mode_name}`; unknown level → NaN score",
+                        schema.na_values
+                    )
+                } else {
+                    "blank or unknown level → NaN score (schema refuses missing cells)".into()
+                };
+                g.input(name, pb::tensor_proto::DataType::String, &missing);
+                signature.inputs.push(GraphInput {
+                    name: name.into(),
+                    dtype: "string",
+                    missing,
+                });
+                let mut keys: Vec<String> = levels.clone();
+                let mut values: Vec<i64> = (0..levels.len() as i64).collect();
+                if impute {
+                    for marker in std::iter::once(String::new()).chain(schema.na_values.clone()) {
+                        if !keys.contains(&marker) {
+                            keys.push(marker);
+                            values.push(i64::from(*mode));
+                        }
+                    }
+                }
+                let index = g.node(
+                    "CategoryMapper",
+                    &[name],
+                    &format!("{p}/index"),
+                    vec![
+                        attr_strings("cats_strings", &keys),
+                        attr_ints("cats_int64s", &values),
+                        attr_int("default_int64", -1),
+                    ],
+                );
+                g.ml_node_last();
+                let width = levels.len() as i64;
+                let all_levels: Vec<i64> = (0..width).collect();
+                let range = g.int_const(&format!("{p}/levels"), &[1, width], &all_levels);
+                let hits = g.node("Equal", &[&index, &range], &format!("{p}/hits"), vec![]);
+                let onehot = g.node(
+                    "Cast",
+                    &[&hits],
+                    &format!("{p}/onehot"),
+                    vec![attr_int("to", pb::tensor_proto::DataType::Float as i64)],
+                );
+                encoded.push(onehot);
+                let zero = g.int_const(&format!("{p}/zero"), &[], &[0]);
+                refusals.push(g.node("Less", &[&index, &zero], &format!("{p}/unknown"), vec![]));
+            }
+        }
+    }
+    let refs: Vec<&str> = encoded.iter().map(String::as_str).collect();
+    let mut h = g.node(
+        "Concat",
+        &refs,
+        "confide/features",
+        vec![attr_int("axis", 1)],
+    );
+    let layers = spec.hidden().len() + 1;
+    for layer in 0..layers {
+        let (w_name, b_name) = (format!("fc{layer}.weight"), format!("fc{layer}.bias"));
+        let shape = |n: &str| {
+            params
+                .layout
+                .tensors
+                .iter()
+                .find(|t| t.name == n)
+                .map(|t| t.shape.clone())
+        };
+        let (Some(w_shape), Some(w), Some(b)) = (
+            shape(&w_name),
+            params.tensor(&w_name),
+            params.tensor(&b_name),
+        ) else {
+            return Err(ExportError::Inconsistent(format!(
+                "the model lacks layer fc{layer}"
+            )));
+        };
+        let dims: Vec<i64> = w_shape.iter().map(|&d| d as i64).collect();
+        let w_c = g.float_const(&w_name, &dims, w);
+        let b_c = g.float_const(&b_name, &[b.len() as i64], b);
+        h = g.node(
+            "Gemm",
+            &[&h, &w_c, &b_c],
+            &format!("confide/fc{layer}"),
+            vec![attr_int("transB", 1)],
+        );
+        if layer + 1 < layers {
+            h = g.node("Relu", &[&h], &format!("confide/relu{layer}"), vec![]);
+        }
+    }
+    let mut refused = refusals
+        .first()
+        .cloned()
+        .ok_or_else(|| ExportError::Inconsistent("the schema has no feature columns".into()))?;
+    for (i, r) in refusals.iter().enumerate().skip(1) {
+        refused = g.node("Or", &[&refused, r], &format!("confide/refused{i}"), vec![]);
+    }
+    let nan = g.float_const("confide/nan", &[], &[f32::NAN]);
+    let flat = g.int_const("confide/flat_shape", &[1], &[-1]);
+    let logit = g.node("Where", &[&refused, &nan, &h], "confide/logit", vec![]);
+    g.node("Reshape", &[&logit, &flat], LOGIT, vec![]);
+    let sigmoid = g.node("Sigmoid", &[&h], "confide/sigmoid", vec![]);
+    let probability = g.node(
+        "Where",
+        &[&refused, &nan, &sigmoid],
+        "confide/probability",
+        vec![],
+    );
+    g.node("Reshape", &[&probability, &flat], PROBABILITY, vec![]);
+    g.output(PROBABILITY);
+    g.output(LOGIT);
+
+    let model = pb::ModelProto {
+        ir_version: Some(IR_VERSION),
+        opset_import: vec![
+            pb::OperatorSetIdProto {
+                domain: Some(String::new()),
+                version: Some(OPSET),
+            },
+            pb::OperatorSetIdProto {
+                domain: Some("ai.onnx.ml".into()),
+                version: Some(ML_OPSET),
+            },
+        ],
+        producer_name: Some("confide".into()),
+        producer_version: Some(env!("CARGO_PKG_VERSION").into()),
+        domain: Some("org.confide".into()),
+        model_version: Some(1),
+        doc_string: Some(format!(
+            "{} over raw `{}` columns with federated preprocessing in-graph; outputs `{PROBABILITY}` and `{LOGIT}` [N]",
+            spec.label(),
+            schema.name
+        )),
+        graph: Some(pb::GraphProto {
+            name: Some(format!("confide_{}", spec.kind_name())),
+            node: g.nodes,
+            initializer: g.initializers,
+            input: g.inputs,
+            output: g.outputs,
+            ..Default::default()
+        }),
+        metadata_props: metadata
+            .iter()
+            .map(|(k, v)| pb::StringStringEntryProto {
+                key: Some(k.clone()),
+                value: Some(v.clone()),
+            })
+            .collect(),
+        ..Default::default()
+    };
+    Ok(OnnxModel {
+        bytes: model.encode_to_vec(),
+        signature,
+    })
+}
+
+/// Accumulates nodes, initializers, inputs and outputs.
+#[derive(Default)]
+struct GraphBuilder {
+    nodes: Vec<pb::NodeProto>,
+    initializers: Vec<pb::TensorProto>,
+    inputs: Vec<pb::ValueInfoProto>,
+    outputs: Vec<pb::ValueInfoProto>,
+}
+
+impl GraphBuilder {
+    /// A `[N,1]` graph input.
+    fn input(&mut self, name: &str, dtype: pb::tensor_proto::DataType, doc: &str) {
+        let mut info = value_info(name, dtype, &[Dim::Batch, Dim::Fixed(1)]);
+        info.doc_string = Some(doc.to_string());
+        self.inputs.push(info);
+    }
+
+    /// A float `[N]` graph output.
+    fn output(&mut self, name: &str) {
+        self.outputs.push(value_info(
+            name,
+            pb::tensor_proto::DataType::Float,
+            &[Dim::Batch],
+        ));
+    }
+
+    /// Appends a node whose single output is `out`; returns `out`.
+    fn node(
+        &mut self,
+        op: &str,
+        inputs: &[&str],
+        out: &str,
+        attribute: Vec<pb::AttributeProto>,
+    ) -> String {
+        self.nodes.push(pb::NodeProto {
+            input: inputs.iter().map(|s| s.to_string()).collect(),
+            output: vec![out.to_string()],
+            name: Some(out.to_string()),
+            op_type: Some(op.to_string()),
+            attribute,
+            ..Default::default()
+        });
+        out.to_string()
+    }
+
+    /// Moves the last node into the `ai.onnx.ml` domain.
+    fn ml_node_last(&mut self) {
+        if let Some(n) = self.nodes.last_mut() {
+            n.domain = Some("ai.onnx.ml".into());
+        }
+    }
+
+    fn float_const(&mut self, name: &str, dims: &[i64], values: &[f32]) -> String {
+        self.initializers.push(pb::TensorProto {
+            dims: dims.to_vec(),
+            data_type: Some(pb::tensor_proto::DataType::Float as i32),
+            float_data: values.to_vec(),
+            name: Some(name.to_string()),
+            ..Default::default()
+        });
+        name.to_string()
+    }
+
+    fn int_const(&mut self, name: &str, dims: &[i64], values: &[i64]) -> String {
+        self.initializers.push(pb::TensorProto {
+            dims: dims.to_vec(),
+            data_type: Some(pb::tensor_proto::DataType::Int64 as i32),
+            int64_data: values.to_vec(),
+            name: Some(name.to_string()),
+            ..Default::default()
+        });
+        name.to_string()
+    }
+}
+
+enum Dim {
+    Batch,
+    Fixed(i64),
+}
+
+fn value_info(name: &str, dtype: pb::tensor_proto::DataType, dims: &[Dim]) -> pb::ValueInfoProto {
+    use pb::tensor_shape_proto::{Dimension, dimension::Value};
+    let dim = dims
+        .iter()
+        .map(|d| Dimension {
+            value: Some(match d {
+                Dim::Batch => Value::DimParam("N".into()),
+                Dim::Fixed(n) => Value::DimValue(*n),
+            }),
+            ..Default::default()
+        })
+        .collect();
+    pb::ValueInfoProto {
+        name: Some(name.to_string()),
+        r#type: Some(pb::TypeProto {
+            value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
+                elem_type: Some(dtype as i32),
+                shape: Some(pb::TensorShapeProto { dim }),
+            })),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn attr_int(name: &str, i: i64) -> pb::AttributeProto {
+    pb::AttributeProto {
+        name: Some(name.into()),
+        r#type: Some(pb::attribute_proto::AttributeType::Int as i32),
+        i: Some(i),
+        ..Default::default()
+    }
+}
+
+fn attr_ints(name: &str, ints: &[i64]) -> pb::AttributeProto {
+    pb::AttributeProto {
+        name: Some(name.into()),
+        r#type: Some(pb::attribute_proto::AttributeType::Ints as i32),
+        ints: ints.to_vec(),
+        ..Default::default()
+    }
+}
+
+fn attr_strings(name: &str, strings: &[String]) -> pb::AttributeProto {
+    pb::AttributeProto {
+        name: Some(name.into()),
+        r#type: Some(pb::attribute_proto::AttributeType::Strings as i32),
+        strings: strings.iter().map(|s| s.as_bytes().to_vec()).collect(),
+        ..Default::default()
+    }
+}

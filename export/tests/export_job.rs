@@ -1,0 +1,299 @@
+//! Exporting a small job: files and hashes, the ONNX graph's signature, the coefficient table,
+//! and refusals of inputs that do not fit together.
+
+use std::collections::BTreeMap;
+
+use confide_core::model::{ModelParams, ModelSpec};
+use confide_datasets::{DatasetSchema, Preprocessing, load_csv_from_reader, local_stats};
+use confide_export::card::ModelCard;
+use confide_export::{
+    ExportError, Format, JobExport, JobInfo, Participant, RoundReport, export_job, names,
+};
+use prost::Message;
+
+const SCHEMA: &str = r#"
+name = "tiny"
+missing = "fail"
+[target]
+column = "y"
+positive = "1"
+[[columns]]
+name = "id"
+type = "id"
+[[columns]]
+name = "income"
+type = "numeric"
+missing = "impute"
+[[columns]]
+name = "segment"
+type = "categorical"
+levels = ["retail", "private", "sme"]
+[[columns]]
+name = "age"
+type = "numeric"
+"#;
+
+const ROWS: &str =
+    "id,income,segment,age,y\n1,10,retail,30,1\n2,20,private,40,0\n3,,sme,50,0\n4,40,sme,60,1\n";
+
+fn job(spec: ModelSpec, seed: u64) -> JobExport {
+    let schema = DatasetSchema::parse(SCHEMA, "tiny.toml").expect("schema");
+    let table = load_csv_from_reader(ROWS.as_bytes(), "rows.csv", &schema).expect("rows");
+    let prep = Preprocessing::from_aggregate(&schema, &local_stats(&table, &schema)).expect("prep");
+    let params = ModelParams::init(spec.layout(prep.input_dim()), seed);
+    let spec_json = format!(
+        r#"{{"name":"tiny-job","dataset":"tiny","model":{},"training":{{"rounds":2,"learning_rate":0.1}}}}"#,
+        serde_json::to_string(&spec).expect("spec")
+    );
+    let spec: confide_core::job::JobSpec = serde_json::from_str(&spec_json).expect("job spec");
+    let rounds = (1..=2)
+        .map(|round| RoundReport {
+            round,
+            participants: ["bank1", "bank2", "bank3"]
+                .iter()
+                .map(|b| Participant {
+                    institution: b.to_string(),
+                    status: if round == 2 && *b == "bank3" {
+                        "dropped".into()
+                    } else {
+                        "contributed".into()
+                    },
+                })
+                .collect(),
+            metrics: BTreeMap::from([("auc".to_string(), 0.7 + round as f64 / 100.0)]),
+            duration_secs: 0.5,
+            completed_at: "2026-01-01T00:00:00Z".into(),
+        })
+        .collect();
+    let info = JobInfo {
+        id: "job-1".into(),
+        name: "tiny-job".into(),
+        status: "completed".into(),
+        created_at: "2026-01-01T00:00:00Z".into(),
+        updated_at: "2026-01-01T00:01:00Z".into(),
+        stop_reason: None,
+        model_hash: "0".repeat(64),
+    };
+    JobExport::from_stored(
+        info,
+        &serde_json::to_string(&spec).expect("json"),
+        SCHEMA,
+        Some(&serde_json::to_string(&prep).expect("prep json")),
+        Some(&params.to_safetensors(None)),
+        rounds,
+    )
+    .expect("inputs fit together")
+}
+
+#[test]
+fn writes_every_format_and_a_card_whose_hashes_match_the_files() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let job = job(ModelSpec::Mlp { hidden: vec![4] }, 1);
+    let manifest = export_job(&job, dir.path(), Format::AVAILABLE).expect("export");
+    let card: ModelCard =
+        serde_json::from_slice(&std::fs::read(dir.path().join(names::CARD_JSON)).expect("card"))
+            .expect("card json");
+    let listed: Vec<&str> = card.files.iter().map(|f| f.name.as_str()).collect();
+    assert_eq!(listed, [names::ONNX, names::SAFETENSORS, names::TORCHSCRIPT, names::PREPROCESSING]);
+    assert_eq!(card.files, manifest.files);
+    for f in &card.files {
+        let bytes = std::fs::read(dir.path().join(&f.name)).expect("file");
+        assert_eq!(confide_core::sha256_hex(&bytes), f.sha256, "{}", f.name);
+        assert_eq!(bytes.len() as u64, f.bytes);
+    }
+    assert_eq!(card.training.rounds_completed, 2);
+    assert_eq!(card.training.institutions, ["bank1", "bank2", "bank3"]);
+    assert_eq!(card.training.rounds[1].institutions_contributed, 2);
+    assert_eq!(card.training.rounds[1].institutions_missing, 1);
+    assert!(card.privacy.secure_aggregation);
+    assert_eq!(card.privacy.differential_privacy, "not applied");
+    assert!(
+        card.coefficients.is_none(),
+        "only logistic regression has a coefficient table"
+    );
+    let md = std::fs::read_to_string(dir.path().join(names::CARD_MD)).expect("markdown");
+    for f in &card.files {
+        assert!(md.contains(&f.sha256), "markdown lists {}", f.name);
+    }
+    assert!(md.contains("differential privacy: not applied"));
+
+    // The safetensors file reads back as the same parameters and carries the job's metadata.
+    let st = std::fs::read(dir.path().join(names::SAFETENSORS)).expect("safetensors");
+    assert_eq!(
+        ModelParams::from_safetensors(&st, &job.params.layout).expect("reads"),
+        job.params
+    );
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&st).expect("header");
+    assert_eq!(
+        meta.metadata()
+            .as_ref()
+            .and_then(|m| m.get("confide.job_id"))
+            .map(String::as_str),
+        Some("job-1")
+    );
+}
+
+#[test]
+fn onnx_graph_reads_one_raw_input_per_feature_column() {
+    let job = job(ModelSpec::LogisticRegression, 2);
+    let dir = tempfile::tempdir().expect("tempdir");
+    export_job(&job, dir.path(), &[Format::Onnx]).expect("export");
+    let bytes = std::fs::read(dir.path().join(names::ONNX)).expect("onnx");
+    let model = confide_export::pb::ModelProto::decode(bytes.as_slice()).expect("valid protobuf");
+    let graph = model.graph.expect("graph");
+    let inputs: Vec<(String, i32)> = graph
+        .input
+        .iter()
+        .map(|i| {
+            let Some(confide_export::pb::type_proto::Value::TensorType(t)) =
+                i.r#type.as_ref().and_then(|t| t.value.clone())
+            else {
+                panic!("tensor input")
+            };
+            (
+                i.name.clone().unwrap_or_default(),
+                t.elem_type.unwrap_or_default(),
+            )
+        })
+        .collect();
+    use confide_export::pb::tensor_proto::DataType;
+    assert_eq!(
+        inputs,
+        [
+            ("income".into(), DataType::Float as i32),
+            ("segment".into(), DataType::String as i32),
+            ("age".into(), DataType::Float as i32)
+        ]
+    );
+    let outputs: Vec<String> = graph.output.iter().filter_map(|o| o.name.clone()).collect();
+    assert_eq!(outputs, ["probability", "logit"]);
+    // Missing `income` is imputed (only an infinite value refuses the row); missing `age` refuses it.
+    let refusal_inputs: Vec<&str> = graph
+        .node
+        .iter()
+        .filter(|n| n.output.iter().any(|o| o.starts_with("confide/refused")))
+        .flat_map(|n| n.input.iter().map(String::as_str))
+        .collect();
+    assert!(
+        refusal_inputs.contains(&"confide/c0/is_infinite"),
+        "{refusal_inputs:?}"
+    );
+    assert!(
+        !refusal_inputs.contains(&"confide/c0/is_bad"),
+        "{refusal_inputs:?}"
+    );
+    assert!(
+        refusal_inputs.contains(&"confide/c1/unknown"),
+        "{refusal_inputs:?}"
+    );
+    assert!(
+        refusal_inputs.contains(&"confide/c2/is_bad"),
+        "{refusal_inputs:?}"
+    );
+    let ml_ops: Vec<_> = graph
+        .node
+        .iter()
+        .filter(|n| n.domain.as_deref() == Some("ai.onnx.ml"))
+        .collect();
+    assert_eq!(
+        ml_ops.len(),
+        1,
+        "one CategoryMapper for the one categorical column"
+    );
+}
+
+#[test]
+fn logistic_regression_coefficients_on_the_raw_scale_give_the_same_logit() {
+    let job = job(ModelSpec::LogisticRegression, 3);
+    let card = ModelCard::new(&job, &[], None);
+    let table = card.coefficients.expect("coefficient table");
+    let w = job.params.tensor("fc0.weight").expect("weights");
+    assert_eq!(table.rows.len(), w.len());
+    assert_eq!(table.rows[1].feature, "segment=retail");
+    // A raw row: income 25, segment private, age 45.
+    let encoded = job
+        .preprocessing
+        .encode(
+            &load_csv_from_reader(
+                "id,income,segment,age,y\n9,25,private,45,0\n".as_bytes(),
+                "r",
+                &job.schema,
+            )
+            .expect("row"),
+        )
+        .expect("encode");
+    let standardised: f64 = table.intercept
+        + encoded
+            .features
+            .iter()
+            .zip(&table.rows)
+            .map(|(x, r)| f64::from(*x) * r.coefficient)
+            .sum::<f64>();
+    let raw: f64 = table.intercept_raw_scale
+        + 25.0 * table.rows[0].coefficient_raw_scale.expect("numeric")
+        + table.rows[2].coefficient
+        + 45.0 * table.rows[4].coefficient_raw_scale.expect("numeric");
+    assert!((standardised - raw).abs() < 1e-5, "{standardised} vs {raw}");
+    for r in &table.rows {
+        assert!((r.odds_ratio - r.coefficient.exp()).abs() < 1e-12);
+    }
+}
+
+#[test]
+fn writes_torchscript_alone_and_refuses_inputs_that_do_not_fit() {
+    let job = job(ModelSpec::LogisticRegression, 4);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let manifest = export_job(&job, dir.path(), &[Format::TorchScript]).expect("torchscript export");
+    let listed: Vec<&str> = manifest.files.iter().map(|f| f.name.as_str()).collect();
+    assert_eq!(listed, [names::TORCHSCRIPT, names::PREPROCESSING]);
+    let archive = std::fs::read(dir.path().join(names::TORCHSCRIPT)).expect("model.pt");
+    assert_eq!(archive[..2], *b"PK", "a TorchScript archive is a zip file");
+
+    let prep = serde_json::to_string(&job.preprocessing).expect("prep");
+    let spec = serde_json::to_string(&job.spec).expect("spec");
+    let model = job.params.to_safetensors(None);
+    let not_trained =
+        JobExport::from_stored(job.job.clone(), &spec, SCHEMA, None, Some(&model), vec![]);
+    assert!(matches!(
+        not_trained,
+        Err(ExportError::NotTrained {
+            what: "preprocessing",
+            ..
+        })
+    ));
+    let other_schema = SCHEMA.replace("\"sme\"]", "\"sme\", \"corporate\"]");
+    let mismatch = JobExport::from_stored(
+        job.job.clone(),
+        &spec,
+        &other_schema,
+        Some(&prep),
+        Some(&model),
+        vec![],
+    );
+    assert!(
+        matches!(mismatch, Err(ExportError::Inconsistent(_))),
+        "{mismatch:?}"
+    );
+    let mlp = ModelParams::init(
+        ModelSpec::Mlp { hidden: vec![3] }.layout(job.preprocessing.input_dim()),
+        1,
+    );
+    let wrong_model = JobExport::from_stored(
+        job.job.clone(),
+        &spec,
+        SCHEMA,
+        Some(&prep),
+        Some(&mlp.to_safetensors(None)),
+        vec![],
+    );
+    assert!(
+        matches!(
+            wrong_model,
+            Err(ExportError::Input {
+                what: "model checkpoint",
+                ..
+            })
+        ),
+        "{wrong_model:?}"
+    );
+}
