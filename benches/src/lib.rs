@@ -2,5 +2,6 @@
 //! criterion benches are in `benches/`, one-shot timing binaries in `src/bin/`, and measured
 //! numbers in `RESULTS.md`.
 
+pub mod comparison;
 pub mod secagg;
 pub mod sim;

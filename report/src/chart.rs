@@ -77,6 +77,21 @@ fn padded_range(values: impl Iterator<Item = f64>, pad_fraction: f64) -> std::op
     (lo - span * pad_fraction)..(hi + span * pad_fraction)
 }
 
+/// An axis tick: at most four decimals, without trailing zeros (`2`, not `2.0`; `0.845`).
+fn tick_label(value: &f64) -> String {
+    let text = format!("{value:.4}");
+    let trimmed = if text.contains('.') {
+        text.trim_end_matches('0').trim_end_matches('.')
+    } else {
+        &text
+    };
+    if trimmed == "-0" {
+        "0".to_owned()
+    } else {
+        trimmed.to_owned()
+    }
+}
+
 /// Draws `series` as lines with markers on one pair of axes and writes a
 /// [`CHART_WIDTH`]×[`CHART_HEIGHT`] PNG to `path`, with a title, axis labels and a legend.
 ///
@@ -133,7 +148,7 @@ fn draw(
     let root = BitMapBackend::new(path, (CHART_WIDTH, CHART_HEIGHT)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| e.to_string())?;
     let mut chart = ChartBuilder::on(&root)
-        .caption(title, (FONT_FAMILY, 26).into_font().style(FontStyle::Bold))
+        .caption(title, (FONT_FAMILY, 22).into_font().style(FontStyle::Bold))
         .margin(20)
         .x_label_area_size(50)
         .y_label_area_size(80)
@@ -141,6 +156,8 @@ fn draw(
         .map_err(|e| e.to_string())?;
     chart
         .configure_mesh()
+        .x_label_formatter(&tick_label)
+        .y_label_formatter(&tick_label)
         .x_desc(x_label)
         .y_desc(y_label)
         .label_style((FONT_FAMILY, 16))
@@ -281,6 +298,14 @@ mod tests {
         line_chart_png(&path, "flat", "x", "y", &flat).expect("a flat line still gets an axis");
         let single = [Series::new("one point", vec![(3.0, 0.25)])];
         line_chart_png(&path, "single", "x", "y", &single).expect("a single point still gets axes");
+    }
+
+    #[test]
+    fn tick_labels_drop_trailing_zeros() {
+        assert_eq!(tick_label(&2.0), "2");
+        assert_eq!(tick_label(&0.845), "0.845");
+        assert_eq!(tick_label(&-0.00001), "0");
+        assert_eq!(tick_label(&1250000.0), "1250000");
     }
 
     #[test]
