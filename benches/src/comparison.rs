@@ -26,7 +26,7 @@ use confide_datasets::{DatasetSchema, Encoded, Preprocessing};
 use confide_report::{Series, Table, line_chart_png};
 use confide_worker::config::DatasetConfig;
 use confide_worker::ml::{self, Device};
-use confide_worker::tasks::{
+use confide_worker::tasks::{UserStateStore, 
     Failure, LocalDataset, ModelInput, Split, eval_contribution, train_contribution,
 };
 
@@ -244,6 +244,12 @@ fn add_into(acc: &mut Vec<f64>, v: &[f64]) {
     }
 }
 
+/// The worker's per-job user-state store, which only recommendation models use; tabular
+/// models never read or write it.
+fn tabular_users() -> UserStateStore {
+    UserStateStore::new(&std::env::temp_dir().join("confide-comparison-unused"))
+}
+
 /// The summed evaluation of `params` over the test splits of `banks`: what the coordinator
 /// reads from the securely aggregated evaluation vectors.
 fn pooled_eval(
@@ -259,12 +265,14 @@ fn pooled_eval(
         module: None,
         prep: &prep.prep,
         prep_key: &prep.key,
+        job_id: "comparison",
+        round: 0,
     };
     let mut sum = Vec::new();
     for bank in banks {
         add_into(
             &mut sum,
-            &eval_contribution(&bank.data, &input, SCORE_BUCKETS, Device::Cpu)?,
+            &eval_contribution(&bank.data, &input, SCORE_BUCKETS, &tabular_users(), Device::Cpu)?,
         );
     }
     EvalContribution::from_slice(&sum, SCORE_BUCKETS)
@@ -408,13 +416,15 @@ fn run_one(
             module: None,
             prep: &fed_prep.prep,
             prep_key: &fed_prep.key,
+            job_id: "comparison",
+            round,
         };
         let mut sum = Vec::new();
         for (k, bank) in banks.iter().enumerate() {
             let local = job.local_training(round, k as u64);
             add_into(
                 &mut sum,
-                &train_contribution(&bank.data, &input, &local, Device::Cpu)?,
+                &train_contribution(&bank.data, &input, &local, &tabular_users(), Device::Cpu)?,
             );
         }
         // Layout of a training contribution: [n·Δ…, n, n·loss].

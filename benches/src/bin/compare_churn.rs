@@ -16,6 +16,7 @@ fn partition(label: &str, institutions: Option<usize>, scheme: Scheme) -> Partit
             test_fraction: 0.2,
             seed: 42,
             min_rows: 200,
+            holdout: Default::default(),
         },
     }
 }

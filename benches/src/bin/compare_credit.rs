@@ -17,6 +17,7 @@ fn partition(label: &str, institutions: usize, scheme: Scheme) -> PartitionPlan 
             test_fraction: 0.2,
             seed: 42,
             min_rows: 500,
+            holdout: Default::default(),
         },
     }
 }
