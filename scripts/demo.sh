@@ -2,7 +2,9 @@
 # The main job: a local federation on loopback — one coordinator and three bank workers, each
 # holding its own partition of the Telco churn data (../shared/datasets/telco_churn) — trains
 # the churn MLP of examples/local_federation/churn_job.toml with secure aggregation over mutual
-# TLS, printing each round's federated metrics and the final test AUC.
+# TLS, printing each round's federated metrics and the final test AUC; then writes the job's
+# report (markdown + PNG), exports the model (ONNX, TorchScript, safetensors, model card) and
+# scores bank1's raw test rows with the ONNX file in onnxruntime and in the Rust serving example.
 #
 # Installs libtorch into .venv on first use, builds, and cleans up its processes on exit.
 # Everything it writes goes to .data/demo (git-ignored).
@@ -62,4 +64,21 @@ job=$("$bin/confide" job submit examples/local_federation/churn_job.toml)
 echo "demo: submitted job $job"
 "$bin/confide" job watch "$job"
 "$bin/confide" job get "$job" --json >"$demo/job.json"
-echo "demo: the job as JSON is in $demo/job.json; the model: $bin/confide model pull $job"
+echo "demo: the job as JSON is in $demo/job.json"
+
+# What the data-science team does next: the report, the export, and scoring raw rows with the
+# exported ONNX file in onnxruntime and in the pure-Rust serving example.
+"$bin/confide" job report "$job" -o "$demo/report" >/dev/null
+echo "demo: report in $demo/report (report.md, metrics.png, rounds.csv)"
+"$bin/confide" model export "$job" --format all -o "$demo/export" >/dev/null
+echo "demo: exported to $demo/export (model.onnx, model.pt, model.safetensors, model_card.md)"
+rows=.data/demo/partitions/bank1/test.csv
+.venv/bin/python examples/serving/score_onnxruntime.py "$demo/export/model.onnx" "$rows" \
+  "$demo/scores_onnxruntime.csv" --id-column customerID
+"$bin/confide-score" "$demo/export/model.onnx" "$rows" --id-column customerID -o "$demo/scores_tract.csv"
+.venv/bin/python - "$demo/scores_onnxruntime.csv" "$demo/scores_tract.csv" <<'PY'
+import csv, sys
+a, b = ([float(r["probability"]) for r in csv.DictReader(open(p))] for p in sys.argv[1:3])
+print(f"demo: scored {len(a)} raw rows of bank1's test split; onnxruntime vs confide-score "
+      f"(tract) max abs difference {max(abs(x - y) for x, y in zip(a, b)):.2e}")
+PY
