@@ -39,6 +39,23 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
+/// Users 1..=`max_user` of MovieLens (the file is sorted by user), written as a CSV slice.
+pub fn movielens_slice(out: &Path, max_user: u32) -> PathBuf {
+    let text = std::fs::read_to_string(shared_datasets().join("movielens_latest_small/ratings.csv")).expect("ratings.csv");
+    let mut lines = text.lines();
+    let mut slice = format!("{}\n", lines.next().expect("header"));
+    for line in lines {
+        let user: u32 = line.split(',').next().and_then(|u| u.parse().ok()).expect("user id");
+        if user <= max_user {
+            slice.push_str(line);
+            slice.push('\n');
+        }
+    }
+    let path = out.join("ratings_slice.csv");
+    std::fs::write(&path, slice).expect("slice");
+    path
+}
+
 /// Splits the Telco data into `n` IID institutions under `out` (bank1..bankN, train/test).
 pub fn partition_telco(out: &Path, n: usize, seed: u64) -> PathBuf {
     let (csv, schema_path) = telco();

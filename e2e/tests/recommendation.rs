@@ -5,27 +5,10 @@
 //! Users are partitioned across the banks; each bank keeps its users' embeddings in its own
 //! state directory.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
-use confide_e2e::{Cluster, repo_root, shared_datasets};
-
-/// Users 1..=`max_user` of MovieLens (the file is sorted by user), written as a CSV slice.
-fn movielens_slice(out: &Path, max_user: u32) -> PathBuf {
-    let text = std::fs::read_to_string(shared_datasets().join("movielens_latest_small/ratings.csv")).expect("ratings.csv");
-    let mut lines = text.lines();
-    let mut slice = format!("{}\n", lines.next().expect("header"));
-    for line in lines {
-        let user: u32 = line.split(',').next().and_then(|u| u.parse().ok()).expect("user id");
-        if user <= max_user {
-            slice.push_str(line);
-            slice.push('\n');
-        }
-    }
-    let path = out.join("ratings_slice.csv");
-    std::fs::write(&path, slice).expect("slice");
-    path
-}
+use confide_e2e::{Cluster, movielens_slice, repo_root, shared_datasets};
 
 /// RMSE of predicting the mean training rating for every held-out rating, over all banks.
 fn global_mean_rmse(partition: &Path, banks: &[&str]) -> f64 {
