@@ -264,6 +264,32 @@ impl Cluster {
         self.spawn_worker(id, &config);
     }
 
+    /// Users 1..=`max_user` of MovieLens partitioned by user across bank1..bank3 under `out`
+    /// (`confide-partition --scheme users`), one worker per bank allowing both recommendation
+    /// families. Returns the schema path and the partition folder.
+    pub fn movielens_federation(&mut self, out: &Path, max_user: u32, seed: u64) -> (PathBuf, PathBuf) {
+        let schema = repo_root().join("datasets/schemas/movielens_latest_small.toml");
+        let slice = movielens_slice(out, max_user);
+        let partition = out.join("partition");
+        let seed = seed.to_string();
+        let result = Command::new(binary("confide-partition"))
+            .args(["--schema", schema.to_str().expect("utf-8"), "--input", slice.to_str().expect("utf-8")])
+            .args(["--out", partition.to_str().expect("utf-8"), "--institutions", "3", "--scheme", "users", "--seed", &seed])
+            .output()
+            .expect("confide-partition runs");
+        assert!(result.status.success(), "partition: {}", String::from_utf8_lossy(&result.stderr));
+        for bank in ["bank1", "bank2", "bank3"] {
+            let b = partition.join(bank);
+            let config = self.write_worker_config(
+                bank,
+                &[("movielens_latest_small", &schema, &b.join("train.csv"), &b.join("test.csv"))],
+                "[policy]\nallowed_models = [\"matrix_factorization\", \"two_tower\"]\n",
+            );
+            self.spawn_worker(bank, &config);
+        }
+        (schema, partition)
+    }
+
     /// Writes a worker configuration file (issuing the institution's certificate) and returns
     /// its path.
     pub fn write_worker_config(&self, id: &str, datasets: &[(&str, &Path, &Path, &Path)], extra_toml: &str) -> PathBuf {

@@ -10,13 +10,12 @@ use std::process::Command;
 use std::time::Duration;
 
 use confide_core::model::{ModelParams, ModelSpec};
-use confide_e2e::{Cluster, movielens_slice, repo_root, shared_datasets};
+use confide_e2e::{Cluster, repo_root, shared_datasets};
 use confide_export::card::ModelCard;
 use confide_worker::ml::recsys::{UserParams, score_pairs};
 
 /// Largest |onnxruntime − worker| accepted on a score (float32, a handful of products).
 const TOLERANCE: f64 = 1e-5;
-const BANKS: [&str; 3] = ["bank1", "bank2", "bank3"];
 
 /// `(user id, item id)` of every rating in a bank's ratings file (`userId,movieId,...`).
 fn pairs(ratings: &Path) -> Vec<(String, String)> {
@@ -62,6 +61,32 @@ fn onnxruntime_scores(export: &Path, user_state: &Path, pairs_csv: &Path, out: &
     text.lines().skip(1).map(|l| l.rsplit(',').next().and_then(|s| s.parse().ok()).expect("score")).collect()
 }
 
+/// Largest change across users of `score − user_vector·item_vector − user_bias` for the same
+/// items: zero when the graph's vector outputs are the factors of its score (the residual is
+/// then `item_bias + global_bias`, whoever the user).
+fn vector_residual_spread(export: &Path, dim: usize) -> f64 {
+    const CHECK: &str = r#"
+import sys, numpy as np, onnxruntime as ort
+s = ort.InferenceSession(sys.argv[1] + "/model.onnx", providers=["CPUExecutionProvider"])
+dim, rng, items = int(sys.argv[2]), np.random.default_rng(0), np.arange(32, dtype=np.int64)
+residuals = []
+for _ in range(3):
+    u = np.repeat(rng.normal(size=(1, dim)).astype(np.float32), len(items), 0)
+    b = np.full(len(items), rng.normal(), dtype=np.float32)
+    score, uv, iv = s.run(["score", "user_vector", "item_vector"], {"user_embedding": u, "user_bias": b, "item_index": items})
+    residuals.append(score - (uv * iv).sum(1) - b)
+print(float(np.max(np.ptp(np.stack(residuals), axis=0))))
+"#;
+    let out = Command::new(repo_root().join(".venv/bin/python"))
+        .args(["-c", CHECK])
+        .arg(export)
+        .arg(dim.to_string())
+        .output()
+        .expect("python runs");
+    assert!(out.status.success(), "vector check: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().parse().expect("a number")
+}
+
 fn checked_card(dir: &Path) -> ModelCard {
     let card: ModelCard = serde_json::from_slice(&std::fs::read(dir.join("model_card.json")).expect("card")).expect("card json");
     for f in &card.files {
@@ -82,24 +107,7 @@ struct Case {
 fn a_bank_scores_its_users_with_the_exported_item_side_like_its_worker() {
     let mut cluster = Cluster::start();
     let dir = cluster.dir.path().to_path_buf();
-    let schema = repo_root().join("datasets/schemas/movielens_latest_small.toml");
-    let slice = movielens_slice(&dir, 60);
-    let partition = dir.join("partition");
-    let out = Command::new(confide_e2e::binary("confide-partition"))
-        .args(["--schema", schema.to_str().expect("utf-8"), "--input", slice.to_str().expect("utf-8")])
-        .args(["--out", partition.to_str().expect("utf-8"), "--institutions", "3", "--scheme", "users", "--seed", "7"])
-        .output()
-        .expect("confide-partition runs");
-    assert!(out.status.success(), "partition: {}", String::from_utf8_lossy(&out.stderr));
-    for bank in BANKS {
-        let b = partition.join(bank);
-        let config = cluster.write_worker_config(
-            bank,
-            &[("movielens_latest_small", &schema, &b.join("train.csv"), &b.join("test.csv"))],
-            "[policy]\nallowed_models = [\"matrix_factorization\", \"two_tower\"]\n",
-        );
-        cluster.spawn_worker(bank, &config);
-    }
+    let (schema, partition) = cluster.movielens_federation(&dir, 60, 7);
     let job = |name: &str, model: &str, rounds: u64| {
         format!(
             "name = {name:?}\ndataset = \"movielens_latest_small\"\nschema = {schema:?}\ncatalogue = {:?}\nseed = 3\n\
@@ -176,5 +184,8 @@ fn a_bank_scores_its_users_with_the_exported_item_side_like_its_worker() {
         // Scores that vary by user and item: a graph ignoring either would not match the worker.
         let spread = worker.iter().copied().fold(f64::NEG_INFINITY, f64::max) - worker.iter().copied().fold(f64::INFINITY, f64::min);
         assert!(spread > 1e-3, "scores spread {spread}");
+        // The vector outputs (for a retrieval index) factor the score.
+        let residual = vector_residual_spread(&export, 8);
+        assert!(residual <= TOLERANCE, "score − user_vector·item_vector − user_bias varies by user: {residual}");
     }
 }

@@ -503,7 +503,7 @@ impl ModelCard {
             if self.recommendation.is_some() {
                 writeln!(
                     md,
-                    "The bank feeds its own user side (its worker's `user_state/<job>/round-<R>.safetensors`) with catalogue rows from `items.csv`; output `score`, float [N] (unclamped).\n"
+                    "The bank feeds its own user side (its worker's `user_state/<job>/round-<R>.safetensors`) with catalogue rows from `items.csv`; outputs `score`, float [N] (unclamped), and its factors `user_vector`, `item_vector`, float [N, k].\n"
                 )?;
                 writeln!(md, "| input | type | what |\n|---|---|---|")?;
             } else {

@@ -15,7 +15,7 @@
 //!
 //! | file | what |
 //! | --- | --- |
-//! | `model.onnx` | the scoring graph ([`onnx::recommendation`]): the bank's `user_embedding` [N, dim] and `user_bias` [N] with `item_index` [N] in, `score` [N] out |
+//! | `model.onnx` | the scoring graph ([`onnx::recommendation`]): the bank's `user_embedding` [N, dim] and `user_bias` [N] with `item_index` [N] in, `score` [N] out (and `user_vector`, `item_vector` [N, k] for a retrieval index) |
 //! | `model.safetensors` | the item side (`item_embedding`, `item_bias`, `global_bias`, tower layers) |
 //! | `items.csv` | `item_id,row`: the catalogue row of every item id |
 //! | `preprocessing.json`, model card | as above, with a recommendation section in the card |

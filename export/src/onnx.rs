@@ -279,6 +279,11 @@ pub const ITEM_INDEX: &str = "item_index";
 /// Name of the recommendation graph's output, float `[N]`: the predicted rating (explicit
 /// feedback) or preference logit (implicit feedback), unclamped, as the worker scores it.
 pub const SCORE: &str = "score";
+/// Name of the recommendation graph's user-vector output `f(p_u)`, float `[N, k]`.
+pub const USER_VECTOR: &str = "user_vector";
+/// Name of the recommendation graph's item-vector output `g(q_i)`, float `[N, k]`, for an
+/// approximate-nearest-neighbour index (`score = user_vector · item_vector + biases`).
+pub const ITEM_VECTOR: &str = "item_vector";
 
 /// Builds the scoring graph of a recommendation model from its federated item side:
 ///
@@ -287,6 +292,10 @@ pub const SCORE: &str = "score";
 /// f = user tower(user_embedding), g = item tower(q)   (Gemm → Relu → … → Gemm; identity for MF)
 /// score = ReduceSum(f · g, axis 1) + user_bias + b_i + global_bias
 /// ```
+///
+/// `f` and `g` are also outputs (`user_vector`, `item_vector`, `[N, k]`): feeding every
+/// catalogue row once gives the item vectors of a retrieval index, and a user's vector is its
+/// query (`score` = their dot product + `user_bias` + `item_bias` + `global_bias`).
 ///
 /// The user side (`user_embedding`, `user_bias`) is an input: it never leaves the bank that
 /// trained it, and the bank feeds its own rows. An `item_index` outside the catalogue is an
@@ -323,7 +332,10 @@ pub fn recommendation(
         (ITEM_INDEX, int64, vec![Dim::Batch], "int64",
          format!("catalogue row of the item, 0..{items} (items.csv)")),
     ];
-    let mut signature = GraphSignature { inputs: Vec::new(), outputs: vec![SCORE.into()] };
+    let mut signature = GraphSignature {
+        inputs: Vec::new(),
+        outputs: vec![SCORE.into(), USER_VECTOR.into(), ITEM_VECTOR.into()],
+    };
     for (name, dtype, dims, dtype_name, doc) in inputs {
         let mut info = value_info(name, dtype, &dims);
         info.doc_string = Some(doc.clone());
@@ -368,7 +380,13 @@ pub fn recommendation(
     let with_user = g.node("Add", &[&interaction, USER_BIAS], "confide/with_user_bias", vec![]);
     let with_item = g.node("Add", &[&with_user, &bi], "confide/with_item_bias", vec![]);
     g.node("Add", &[&with_item, &global_bias], SCORE, vec![]);
+    g.node("Identity", &[&f], USER_VECTOR, vec![]);
+    g.node("Identity", &[&item_vector], ITEM_VECTOR, vec![]);
+    let width = spec.hidden().last().copied().unwrap_or(dim) as i64;
     g.output(SCORE);
+    for name in [USER_VECTOR, ITEM_VECTOR] {
+        g.outputs.push(value_info(name, float, &[Dim::Batch, Dim::Fixed(width)]));
+    }
     let doc = format!(
         "{} scoring graph: the bank's `{USER_EMBEDDING}` [N,{dim}] and `{USER_BIAS}` [N] with `{ITEM_INDEX}` [N] (catalogue row) → `{SCORE}` [N] = μ + b_u + b_i + f(p_u)·g(q_i)",
         spec.label()

@@ -2,6 +2,8 @@
 //! signature and weights, the card's ratings target and recommendation section, and TorchScript
 //! refused for them without failing `all`.
 
+mod common;
+
 use std::collections::BTreeMap;
 
 use confide_core::job::Feedback;
@@ -9,7 +11,7 @@ use confide_core::model::{ModelParams, ModelSpec};
 use confide_datasets::{DatasetSchema, Preprocessing, RecommendationPrep};
 use confide_export::card::ModelCard;
 use confide_export::{
-    ExportError, Family, Format, JobExport, JobInfo, Participant, RoundReport, export_job, names,
+    ExportError, Family, Format, JobExport, Participant, RoundReport, export_job, names,
     onnx, pb,
 };
 use prost::Message;
@@ -47,11 +49,6 @@ fn job(spec: ModelSpec) -> JobExport {
         }),
     };
     let params = ModelParams::init(spec.layout(ITEMS.len()), 5);
-    let spec_json = format!(
-        r#"{{"name":"rec-job","dataset":"ratings","model":{},"training":{{"rounds":2,"learning_rate":0.01}}}}"#,
-        serde_json::to_string(&spec).expect("spec")
-    );
-    let spec: confide_core::job::JobSpec = serde_json::from_str(&spec_json).expect("job spec");
     let rounds = (1..=2)
         .map(|round| RoundReport {
             round,
@@ -65,24 +62,7 @@ fn job(spec: ModelSpec) -> JobExport {
             completed_at: "2026-01-01T00:00:00Z".into(),
         })
         .collect();
-    let info = JobInfo {
-        id: "job-rec".into(),
-        name: "rec-job".into(),
-        status: "completed".into(),
-        created_at: "2026-01-01T00:00:00Z".into(),
-        updated_at: "2026-01-01T00:01:00Z".into(),
-        stop_reason: None,
-        model_hash: "0".repeat(64),
-    };
-    JobExport::from_stored(
-        info,
-        &serde_json::to_string(&spec).expect("json"),
-        SCHEMA,
-        Some(&serde_json::to_string(&prep).expect("prep json")),
-        Some(&params.to_safetensors(None)),
-        rounds,
-    )
-    .expect("inputs fit together")
+    common::completed_job("rec-job", "ratings", &spec, SCHEMA, &prep, &params, rounds)
 }
 
 fn two_tower() -> ModelSpec {
@@ -128,8 +108,8 @@ fn the_scoring_graph_takes_the_banks_user_side_and_embeds_the_item_side() {
     let proto = pb::ModelProto::decode(model.bytes.as_slice()).expect("valid protobuf");
     let graph = proto.graph.expect("graph");
     assert_eq!(names_of(&graph.input), [onnx::USER_EMBEDDING, onnx::USER_BIAS, onnx::ITEM_INDEX]);
-    assert_eq!(names_of(&graph.output), [onnx::SCORE]);
-    assert_eq!(model.signature.outputs, [onnx::SCORE]);
+    assert_eq!(names_of(&graph.output), [onnx::SCORE, onnx::USER_VECTOR, onnx::ITEM_VECTOR]);
+    assert_eq!(model.signature.outputs, [onnx::SCORE, onnx::USER_VECTOR, onnx::ITEM_VECTOR]);
     // Every federated tensor is an initializer with the checkpoint's values; no user tensor is.
     for spec in &job.params.layout.tensors {
         let init = graph.initializer.iter().find(|t| t.name() == spec.name).unwrap_or_else(|| panic!("{} in graph", spec.name));
@@ -150,7 +130,7 @@ fn matrix_factorisation_scores_with_a_plain_dot_product() {
     let model = onnx::recommendation(&job.spec.model, &job.params, &[]).expect("graph");
     let graph = pb::ModelProto::decode(model.bytes.as_slice()).expect("protobuf").graph.expect("graph");
     let ops: Vec<&str> = graph.node.iter().map(|n| n.op_type()).collect();
-    assert_eq!(ops, ["Gather", "Gather", "Mul", "ReduceSum", "Add", "Add", "Add"]);
+    assert_eq!(ops, ["Gather", "Gather", "Mul", "ReduceSum", "Add", "Add", "Add", "Identity", "Identity"]);
 }
 
 #[test]
