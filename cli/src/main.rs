@@ -178,7 +178,7 @@ enum ExportFormat {
     Safetensors,
     /// model.pt
     Torchscript,
-    /// Every format this build writes.
+    /// Every format this build writes for the model's family (recommendation: no TorchScript).
     All,
 }
 

@@ -103,8 +103,8 @@ pub enum Format {
 }
 
 impl Format {
-    /// Every format this build can write (what `--format all` and the automatic export
-    /// after a job completes produce).
+    /// Every format this build can write; a family writes those of them it supports
+    /// ([`Family::formats`], what `--format all` and the automatic export produce).
     pub const AVAILABLE: &'static [Format] = &[Format::Onnx, Format::Safetensors, Format::TorchScript];
 
     /// Lower-case name, as on the command line.

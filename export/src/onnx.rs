@@ -325,12 +325,33 @@ pub fn recommendation(
     let float = pb::tensor_proto::DataType::Float;
     let int64 = pb::tensor_proto::DataType::Int64;
     let inputs = [
-        (USER_EMBEDDING, float, vec![Dim::Batch, Dim::Fixed(dim as i64)], "float",
-         format!("the bank's own user embeddings [N, {dim}] (its worker's user_state file, tensor `{}`)", rec_names::USER_EMBEDDING)),
-        (USER_BIAS, float, vec![Dim::Batch], "float",
-         format!("the bank's own user biases [N] (tensor `{}`)", rec_names::USER_BIAS)),
-        (ITEM_INDEX, int64, vec![Dim::Batch], "int64",
-         format!("catalogue row of the item, 0..{items} (items.csv)")),
+        (
+            USER_EMBEDDING,
+            float,
+            vec![Dim::Batch, Dim::Fixed(dim as i64)],
+            "float",
+            format!(
+                "the bank's own user embeddings [N, {dim}] (its worker's user_state file, tensor `{}`)",
+                rec_names::USER_EMBEDDING
+            ),
+        ),
+        (
+            USER_BIAS,
+            float,
+            vec![Dim::Batch],
+            "float",
+            format!(
+                "the bank's own user biases [N] (tensor `{}`)",
+                rec_names::USER_BIAS
+            ),
+        ),
+        (
+            ITEM_INDEX,
+            int64,
+            vec![Dim::Batch],
+            "int64",
+            format!("catalogue row of the item, 0..{items} (items.csv)"),
+        ),
     ];
     let mut signature = GraphSignature {
         inputs: Vec::new(),
@@ -340,29 +361,64 @@ pub fn recommendation(
         let mut info = value_info(name, dtype, &dims);
         info.doc_string = Some(doc.clone());
         g.inputs.push(info);
-        signature.inputs.push(GraphInput { name: name.into(), dtype: dtype_name, missing: doc });
+        signature.inputs.push(GraphInput {
+            name: name.into(),
+            dtype: dtype_name,
+            missing: doc,
+        });
     }
     let emb = g.float_const(
         rec_names::ITEM_EMBEDDING,
         &[items as i64, dim as i64],
         tensor(rec_names::ITEM_EMBEDDING)?,
     );
-    let item_bias = g.float_const(rec_names::ITEM_BIAS, &[items as i64], tensor(rec_names::ITEM_BIAS)?);
-    let global_bias = g.float_const(rec_names::GLOBAL_BIAS, &[1], tensor(rec_names::GLOBAL_BIAS)?);
-    let q = g.node("Gather", &[&emb, ITEM_INDEX], "confide/item_row", vec![attr_int("axis", 0)]);
-    let bi = g.node("Gather", &[&item_bias, ITEM_INDEX], "confide/item_bias_row", vec![attr_int("axis", 0)]);
+    let item_bias = g.float_const(
+        rec_names::ITEM_BIAS,
+        &[items as i64],
+        tensor(rec_names::ITEM_BIAS)?,
+    );
+    let global_bias = g.float_const(
+        rec_names::GLOBAL_BIAS,
+        &[1],
+        tensor(rec_names::GLOBAL_BIAS)?,
+    );
+    let q = g.node(
+        "Gather",
+        &[&emb, ITEM_INDEX],
+        "confide/item_row",
+        vec![attr_int("axis", 0)],
+    );
+    let bi = g.node(
+        "Gather",
+        &[&item_bias, ITEM_INDEX],
+        "confide/item_bias_row",
+        vec![attr_int("axis", 0)],
+    );
     let tower = |g: &mut GraphBuilder, prefix: &str, x: &str| -> Result<String, ExportError> {
         let layers = spec.hidden().len();
         let mut h = x.to_string();
         for layer in 0..layers {
-            let (w_name, b_name) = (format!("{prefix}.fc{layer}.weight"), format!("{prefix}.fc{layer}.bias"));
+            let (w_name, b_name) = (
+                format!("{prefix}.fc{layer}.weight"),
+                format!("{prefix}.fc{layer}.bias"),
+            );
             let (w, b) = (tensor(&w_name)?, tensor(&b_name)?);
             let fan_in = w.len() / b.len().max(1);
             let w_c = g.float_const(&w_name, &[b.len() as i64, fan_in as i64], w);
             let b_c = g.float_const(&b_name, &[b.len() as i64], b);
-            h = g.node("Gemm", &[&h, &w_c, &b_c], &format!("confide/{prefix}/fc{layer}"), vec![attr_int("transB", 1)]);
+            h = g.node(
+                "Gemm",
+                &[&h, &w_c, &b_c],
+                &format!("confide/{prefix}/fc{layer}"),
+                vec![attr_int("transB", 1)],
+            );
             if layer + 1 < layers {
-                h = g.node("Relu", &[&h], &format!("confide/{prefix}/relu{layer}"), vec![]);
+                h = g.node(
+                    "Relu",
+                    &[&h],
+                    &format!("confide/{prefix}/relu{layer}"),
+                    vec![],
+                );
             }
         }
         Ok(h)
@@ -377,7 +433,12 @@ pub fn recommendation(
         "confide/interaction",
         vec![attr_int("keepdims", 0)],
     );
-    let with_user = g.node("Add", &[&interaction, USER_BIAS], "confide/with_user_bias", vec![]);
+    let with_user = g.node(
+        "Add",
+        &[&interaction, USER_BIAS],
+        "confide/with_user_bias",
+        vec![],
+    );
     let with_item = g.node("Add", &[&with_user, &bi], "confide/with_item_bias", vec![]);
     g.node("Add", &[&with_item, &global_bias], SCORE, vec![]);
     g.node("Identity", &[&f], USER_VECTOR, vec![]);
@@ -385,13 +446,17 @@ pub fn recommendation(
     let width = spec.hidden().last().copied().unwrap_or(dim) as i64;
     g.output(SCORE);
     for name in [USER_VECTOR, ITEM_VECTOR] {
-        g.outputs.push(value_info(name, float, &[Dim::Batch, Dim::Fixed(width)]));
+        g.outputs
+            .push(value_info(name, float, &[Dim::Batch, Dim::Fixed(width)]));
     }
     let doc = format!(
         "{} scoring graph: the bank's `{USER_EMBEDDING}` [N,{dim}] and `{USER_BIAS}` [N] with `{ITEM_INDEX}` [N] (catalogue row) → `{SCORE}` [N] = μ + b_u + b_i + f(p_u)·g(q_i)",
         spec.label()
     );
-    Ok(OnnxModel { bytes: model_proto(spec, g, doc, metadata, false).encode_to_vec(), signature })
+    Ok(OnnxModel {
+        bytes: model_proto(spec, g, doc, metadata, false).encode_to_vec(),
+        signature,
+    })
 }
 
 /// The `ModelProto` around a built graph (`ai.onnx.ml` imported only when `ml` is set).
