@@ -178,7 +178,7 @@ enum ExportFormat {
     Safetensors,
     /// model.pt
     Torchscript,
-    /// Every format this build writes.
+    /// Every format this build writes for the model's family (recommendation: no TorchScript).
     All,
 }
 
@@ -428,7 +428,12 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                 return Err(anyhow!("the downloaded model does not match the job's model hash {}", job.model_hash).into());
             }
             let export = job_export(&job, &bytes).map_err(|e| bad_input(e.into()))?;
-            let manifest = confide_export::export_job(&export, &output, &format.formats()).map_err(|e| match e {
+            // `all` means every format this model's family is written in.
+            let formats = match format {
+                ExportFormat::All => export.available_formats().map_err(|e| bad_input(e.into()))?,
+                one => one.formats(),
+            };
+            let manifest = confide_export::export_job(&export, &output, &formats).map_err(|e| match e {
                 confide_export::ExportError::Io { .. } => Failure::from(anyhow::Error::from(e)),
                 other => bad_input(other.into()),
             })?;

@@ -79,6 +79,7 @@ fn export_now(shared: &Shared, job_id: &str, stop_reason: Option<String>) -> Res
     )
     .map_err(|e| e.to_string())?;
     let dir = export_dir(&shared.config.data_dir, job_id);
-    confide_export::export_job(&export, &dir, confide_export::Format::AVAILABLE).map_err(|e| e.to_string())?;
+    let formats = export.available_formats().map_err(|e| e.to_string())?;
+    confide_export::export_job(&export, &dir, &formats).map_err(|e| e.to_string())?;
     Ok(dir)
 }

@@ -39,6 +39,23 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
+/// Users 1..=`max_user` of MovieLens (the file is sorted by user), written as a CSV slice.
+pub fn movielens_slice(out: &Path, max_user: u32) -> PathBuf {
+    let text = std::fs::read_to_string(shared_datasets().join("movielens_latest_small/ratings.csv")).expect("ratings.csv");
+    let mut lines = text.lines();
+    let mut slice = format!("{}\n", lines.next().expect("header"));
+    for line in lines {
+        let user: u32 = line.split(',').next().and_then(|u| u.parse().ok()).expect("user id");
+        if user <= max_user {
+            slice.push_str(line);
+            slice.push('\n');
+        }
+    }
+    let path = out.join("ratings_slice.csv");
+    std::fs::write(&path, slice).expect("slice");
+    path
+}
+
 /// Splits the Telco data into `n` IID institutions under `out` (bank1..bankN, train/test).
 pub fn partition_telco(out: &Path, n: usize, seed: u64) -> PathBuf {
     let (csv, schema_path) = telco();
@@ -245,6 +262,32 @@ impl Cluster {
     pub fn add_dataset_worker(&mut self, id: &str, name: &str, schema: &Path, folder: &Path) {
         let config = self.write_worker_config(id, &[(name, schema, &folder.join("train.csv"), &folder.join("test.csv"))], "");
         self.spawn_worker(id, &config);
+    }
+
+    /// Users 1..=`max_user` of MovieLens partitioned by user across bank1..bank3 under `out`
+    /// (`confide-partition --scheme users`), one worker per bank allowing both recommendation
+    /// families. Returns the schema path and the partition folder.
+    pub fn movielens_federation(&mut self, out: &Path, max_user: u32, seed: u64) -> (PathBuf, PathBuf) {
+        let schema = repo_root().join("datasets/schemas/movielens_latest_small.toml");
+        let slice = movielens_slice(out, max_user);
+        let partition = out.join("partition");
+        let seed = seed.to_string();
+        let result = Command::new(binary("confide-partition"))
+            .args(["--schema", schema.to_str().expect("utf-8"), "--input", slice.to_str().expect("utf-8")])
+            .args(["--out", partition.to_str().expect("utf-8"), "--institutions", "3", "--scheme", "users", "--seed", &seed])
+            .output()
+            .expect("confide-partition runs");
+        assert!(result.status.success(), "partition: {}", String::from_utf8_lossy(&result.stderr));
+        for bank in ["bank1", "bank2", "bank3"] {
+            let b = partition.join(bank);
+            let config = self.write_worker_config(
+                bank,
+                &[("movielens_latest_small", &schema, &b.join("train.csv"), &b.join("test.csv"))],
+                "[policy]\nallowed_models = [\"matrix_factorization\", \"two_tower\"]\n",
+            );
+            self.spawn_worker(bank, &config);
+        }
+        (schema, partition)
     }
 
     /// Writes a worker configuration file (issuing the institution's certificate) and returns

@@ -5,27 +5,10 @@
 //! Users are partitioned across the banks; each bank keeps its users' embeddings in its own
 //! state directory.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use confide_e2e::{Cluster, repo_root, shared_datasets};
-
-/// Users 1..=`max_user` of MovieLens (the file is sorted by user), written as a CSV slice.
-fn movielens_slice(out: &Path, max_user: u32) -> PathBuf {
-    let text = std::fs::read_to_string(shared_datasets().join("movielens_latest_small/ratings.csv")).expect("ratings.csv");
-    let mut lines = text.lines();
-    let mut slice = format!("{}\n", lines.next().expect("header"));
-    for line in lines {
-        let user: u32 = line.split(',').next().and_then(|u| u.parse().ok()).expect("user id");
-        if user <= max_user {
-            slice.push_str(line);
-            slice.push('\n');
-        }
-    }
-    let path = out.join("ratings_slice.csv");
-    std::fs::write(&path, slice).expect("slice");
-    path
-}
 
 /// RMSE of predicting the mean training rating for every held-out rating, over all banks.
 fn global_mean_rmse(partition: &Path, banks: &[&str]) -> f64 {
@@ -48,25 +31,8 @@ fn global_mean_rmse(partition: &Path, banks: &[&str]) -> f64 {
 fn federated_mf_beats_the_global_mean_two_tower_ranks_above_chance_and_users_stay_at_their_banks() {
     let mut cluster = Cluster::start();
     let dir = tempfile::tempdir().expect("temp dir");
-    let schema = repo_root().join("datasets/schemas/movielens_latest_small.toml");
-    let slice = movielens_slice(dir.path(), 150);
-    let partition = dir.path().join("partition");
-    let out = std::process::Command::new(confide_e2e::binary("confide-partition"))
-        .args(["--schema", schema.to_str().expect("utf-8"), "--input", slice.to_str().expect("utf-8")])
-        .args(["--out", partition.to_str().expect("utf-8"), "--institutions", "3", "--scheme", "users", "--seed", "5"])
-        .output()
-        .expect("confide-partition runs");
-    assert!(out.status.success(), "partition: {}", String::from_utf8_lossy(&out.stderr));
+    let (schema, partition) = cluster.movielens_federation(dir.path(), 150, 5);
     let banks = ["bank1", "bank2", "bank3"];
-    for bank in banks {
-        let b = partition.join(bank);
-        let config = cluster.write_worker_config(
-            bank,
-            &[("movielens_latest_small", &schema, &b.join("train.csv"), &b.join("test.csv"))],
-            "[policy]\nallowed_models = [\"matrix_factorization\", \"two_tower\"]\n",
-        );
-        cluster.spawn_worker(bank, &config);
-    }
     let job = format!(
         "name = \"mf\"\ndataset = \"movielens_latest_small\"\nschema = {:?}\ncatalogue = {:?}\nseed = 3\n\
          [model]\nkind = \"matrix_factorization\"\ndim = 16\n\

@@ -5,6 +5,10 @@
 //! For logistic regression the card carries a scorecard-friendly coefficient table: per encoded
 //! feature the coefficient and odds ratio, and for numeric features the coefficient on the raw
 //! (unstandardised) scale, with the matching raw-scale intercept.
+//!
+//! For a recommendation model the card's target is the rating column and its range, and a
+//! [`RecommendationCard`] describes the catalogue, the embedding width, the towers and how the
+//! model was evaluated (the per-round RMSE / HR@k / NDCG@k are in the rounds table).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -37,6 +41,9 @@ pub struct ModelCard {
     pub training: TrainingSummary,
     /// Privacy settings the job ran under.
     pub privacy: PrivacySummary,
+    /// Recommendation models only: catalogue, embeddings, towers and evaluation settings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recommendation: Option<RecommendationCard>,
     /// Logistic regression only: the coefficient table.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub coefficients: Option<CoefficientTable>,
@@ -69,10 +76,14 @@ pub struct DataSummary {
     pub dataset: String,
     /// Schema fingerprint every institution's data matched.
     pub schema_fingerprint: String,
-    /// Target column.
+    /// Target column: the binary target, or a ratings schema's rating column.
     pub target: String,
-    /// Target value meaning positive (probability refers to it).
-    pub positive_class: String,
+    /// Target value meaning positive (probability refers to it); none for ratings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub positive_class: Option<String>,
+    /// Ratings schemas: the valid rating range `[min, max]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rating_range: Option<[f64; 2]>,
     /// Training rows across the federation (from the securely summed statistics).
     pub federation_rows: u64,
     /// Every column of the schema.
@@ -102,6 +113,31 @@ pub struct ColumnCard {
     /// Federated most frequent level (categorical).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<String>,
+}
+
+/// What a recommendation model is and how it was evaluated.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RecommendationCard {
+    /// Items in the shared catalogue (rows of `item_embedding`; `items.csv` maps ids to rows).
+    pub catalogue_items: usize,
+    /// Embedding width of users and items.
+    pub embedding_dim: usize,
+    /// Tower layer widths, input side first (empty for matrix factorisation: identity towers).
+    pub tower_layers: Vec<usize>,
+    /// How a pair is scored.
+    pub scoring: String,
+    /// `explicit` (ratings, squared error) or `implicit` (interactions, sampled negatives).
+    pub feedback: String,
+    /// Users across the federation; their embeddings stayed at their banks.
+    pub federation_users: u64,
+    /// Federated mean rating (where the global bias started).
+    pub mean_rating: f64,
+    /// Held-out ratings at or above this were relevant for HR@k / NDCG@k.
+    pub relevant_from: f64,
+    /// Cut-off k of HR@k and NDCG@k.
+    pub top_k: usize,
+    /// Sampled unrated items each relevant held-out item was ranked against.
+    pub ranking_negatives: usize,
 }
 
 /// Rounds and institutions.
@@ -229,8 +265,13 @@ impl ModelCard {
             data: DataSummary {
                 dataset: job.schema.name.clone(),
                 schema_fingerprint: job.schema.fingerprint(),
-                target: job.schema.target.as_ref().map(|t| t.column.clone()).unwrap_or_default(),
-                positive_class: job.schema.target.as_ref().map(|t| t.positive.clone()).unwrap_or_default(),
+                target: match (&job.schema.target, &job.schema.recommendation) {
+                    (Some(t), _) => t.column.clone(),
+                    (None, Some(r)) => r.rating.clone(),
+                    (None, None) => String::new(),
+                },
+                positive_class: job.schema.target.as_ref().map(|t| t.positive.clone()),
+                rating_range: job.schema.recommendation.as_ref().map(|r| [r.min_rating, r.max_rating]),
                 federation_rows: prep.rows,
                 columns,
             },
@@ -244,6 +285,7 @@ impl ModelCard {
                 min_institutions_per_round: job.spec.selection.min_workers,
                 differential_privacy: "not applied".into(),
             },
+            recommendation: recommendation_card(job),
             coefficients: coefficient_table(job),
             onnx_signature: signature.and_then(|s| serde_json::to_value(s).ok()),
             files: files.to_vec(),
@@ -274,11 +316,19 @@ impl ModelCard {
             self.data.dataset,
             short(&self.data.schema_fingerprint)
         )?;
-        writeln!(
-            md,
-            "| target | `{}` = `{}` (the probability output) |",
-            self.data.target, self.data.positive_class
-        )?;
+        match (&self.data.positive_class, self.data.rating_range) {
+            (Some(positive), _) => writeln!(
+                md,
+                "| target | `{}` = `{positive}` (the probability output) |",
+                self.data.target
+            )?,
+            (None, Some([lo, hi])) => writeln!(
+                md,
+                "| target | rating `{}` in [{lo}, {hi}] (the score output) |",
+                self.data.target
+            )?,
+            (None, None) => writeln!(md, "| target | `{}` |", self.data.target)?,
+        }
         writeln!(
             md,
             "| rounds | {} of {} |",
@@ -392,6 +442,30 @@ impl ModelCard {
             writeln!(md, "| `{}` | {kind} | {missing} | {prep} |", c.name)?;
         }
 
+        if let Some(r) = &self.recommendation {
+            writeln!(md, "\n## Recommendation model\n")?;
+            writeln!(md, "| | |\n|---|---|")?;
+            writeln!(md, "| catalogue | {} items (`items.csv`: item id → row) |", r.catalogue_items)?;
+            writeln!(md, "| embedding width | {} |", r.embedding_dim)?;
+            let towers = if r.tower_layers.is_empty() {
+                "none (matrix factorisation)".to_string()
+            } else {
+                format!("{:?} per tower, ReLU between layers", r.tower_layers)
+            };
+            writeln!(md, "| towers | {towers} |")?;
+            writeln!(md, "| scoring | {} |", r.scoring)?;
+            writeln!(md, "| feedback | {} |", r.feedback)?;
+            writeln!(md, "| users | {} across the federation; their embeddings never left their banks |", r.federation_users)?;
+            writeln!(md, "| mean rating | {:.4} |", r.mean_rating)?;
+            writeln!(
+                md,
+                "| ranking evaluation | HR@{k} / NDCG@{k}: each held-out rating ≥ {} ranked against {} sampled unrated items |",
+                r.relevant_from,
+                r.ranking_negatives,
+                k = r.top_k
+            )?;
+        }
+
         if let Some(t) = &self.coefficients {
             writeln!(md, "\n## Coefficients (logistic regression)\n")?;
             writeln!(
@@ -426,11 +500,19 @@ impl ModelCard {
 
         if let Some(sig) = &self.onnx_signature {
             writeln!(md, "\n## Serving (model.onnx)\n")?;
-            writeln!(
-                md,
-                "One input per feature column, shape [N,1]; outputs `probability` and `logit`, float [N].\n"
-            )?;
-            writeln!(md, "| input | type | missing |\n|---|---|---|")?;
+            if self.recommendation.is_some() {
+                writeln!(
+                    md,
+                    "The bank feeds its own user side (its worker's `user_state/<job>/round-<R>.safetensors`) with catalogue rows from `items.csv`; outputs `score`, float [N] (unclamped), and its factors `user_vector`, `item_vector`, float [N, k].\n"
+                )?;
+                writeln!(md, "| input | type | what |\n|---|---|---|")?;
+            } else {
+                writeln!(
+                    md,
+                    "One input per feature column, shape [N,1]; outputs `probability` and `logit`, float [N].\n"
+                )?;
+                writeln!(md, "| input | type | missing |\n|---|---|---|")?;
+            }
             for input in sig
                 .get("inputs")
                 .and_then(|v| v.as_array())
@@ -495,6 +577,32 @@ fn training_summary(rounds: &[RoundReport], budget: u64) -> TrainingSummary {
             .collect(),
         final_metrics: rounds.last().map(|r| r.metrics.clone()).unwrap_or_default(),
     }
+}
+
+/// The recommendation section (None for tabular models).
+fn recommendation_card(job: &JobExport) -> Option<RecommendationCard> {
+    let rec = job.preprocessing.recommendation.as_ref()?;
+    let spec = &job.spec.model;
+    let scoring = if spec.hidden().is_empty() {
+        "μ + b_u + b_i + p_u·q_i"
+    } else {
+        "μ + b_u + b_i + f(p_u)·g(q_i), f and g the user and item towers"
+    };
+    Some(RecommendationCard {
+        catalogue_items: rec.items.len(),
+        embedding_dim: spec.embedding_dim()?,
+        tower_layers: spec.hidden().to_vec(),
+        scoring: scoring.into(),
+        feedback: serde_json::to_value(rec.feedback)
+            .ok()
+            .and_then(|v| v.as_str().map(String::from))
+            .unwrap_or_default(),
+        federation_users: rec.users,
+        mean_rating: rec.mean_rating,
+        relevant_from: rec.relevant_from,
+        top_k: rec.top_k,
+        ranking_negatives: rec.ranking_negatives,
+    })
 }
 
 /// The coefficient table of a logistic regression (None for other families).

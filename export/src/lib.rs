@@ -10,8 +10,22 @@
 //! | `preprocessing.json` | the federated means, standard deviations, modes and levels the model was trained with |
 //! | `model_card.json`, `model_card.md` | job, data, rounds, institutions, metrics, privacy settings, file hashes ([`card`]) |
 //!
-//! A model family maps to an exporter in [`Family::of`]; the tabular families (logistic
-//! regression, MLP) export today.
+//! A recommendation model (matrix factorisation, two-tower) exports its federated item side
+//! only, since user embeddings never leave the bank that trained them:
+//!
+//! | file | what |
+//! | --- | --- |
+//! | `model.onnx` | the scoring graph ([`onnx::recommendation`]): the bank's `user_embedding` [N, dim] and `user_bias` [N] with `item_index` [N] in, `score` [N] out (and `user_vector`, `item_vector` [N, k] for a retrieval index) |
+//! | `model.safetensors` | the item side (`item_embedding`, `item_bias`, `global_bias`, tower layers) |
+//! | `items.csv` | `item_id,row`: the catalogue row of every item id |
+//! | `preprocessing.json`, model card | as above, with a recommendation section in the card |
+//!
+//! TorchScript is not written for recommendation models: asking for it alone is an
+//! [`ExportError::Unsupported`], and `--format all` and the automatic export after a job
+//! completes write the formats [`Family::formats`] lists.
+//!
+//! A model family maps to an exporter in [`Family::of`]; TorchScript models written by a job's
+//! owner are refused (their owner already has the module).
 
 pub mod card;
 pub mod onnx;
@@ -89,8 +103,8 @@ pub enum Format {
 }
 
 impl Format {
-    /// Every format this build can write (what `--format all` and the automatic export
-    /// after a job completes produce).
+    /// Every format this build can write; a family writes those of them it supports
+    /// ([`Family::formats`], what `--format all` and the automatic export produce).
     pub const AVAILABLE: &'static [Format] = &[Format::Onnx, Format::Safetensors, Format::TorchScript];
 
     /// Lower-case name, as on the command line.
@@ -109,6 +123,9 @@ pub enum Family {
     /// Fully connected binary classifiers over encoded tabular features (logistic regression,
     /// MLP): raw-column ONNX graph, coefficient table for logistic regression.
     Tabular,
+    /// Matrix factorisation and two-tower models: the item side and a scoring graph the bank
+    /// feeds its own user side into.
+    Recommendation,
 }
 
 impl Family {
@@ -117,11 +134,31 @@ impl Family {
         #[allow(unreachable_patterns)] // new families are added to ModelSpec before their exporter
         match spec {
             ModelSpec::LogisticRegression | ModelSpec::Mlp { .. } => Ok(Family::Tabular),
+            ModelSpec::MatrixFactorization { .. } | ModelSpec::TwoTower { .. } => {
+                Ok(Family::Recommendation)
+            }
             other => Err(ExportError::Unsupported {
                 format: "any",
                 family: other.label(),
             }),
         }
+    }
+}
+
+impl Family {
+    /// The formats this family is written in: what `--format all` and the automatic export
+    /// after a job completes produce ([`Format::AVAILABLE`] less the unsupported ones).
+    pub fn formats(self) -> Vec<Format> {
+        Format::AVAILABLE
+            .iter()
+            .copied()
+            .filter(|&f| self.supports(f))
+            .collect()
+    }
+
+    /// True when `format` can be written for this family.
+    pub fn supports(self, format: Format) -> bool {
+        !matches!((self, format), (Family::Recommendation, Format::TorchScript))
     }
 }
 
@@ -232,6 +269,11 @@ impl JobExport {
         })
     }
 
+    /// Every format this job's model family is written in (see [`Family::formats`]).
+    pub fn available_formats(&self) -> Result<Vec<Format>, ExportError> {
+        Ok(Family::of(&self.spec.model)?.formats())
+    }
+
     /// Key/value metadata stored in the ONNX and safetensors files.
     pub fn metadata(&self) -> Vec<(String, String)> {
         vec![
@@ -290,6 +332,8 @@ pub mod names {
     pub const TORCHSCRIPT: &str = "model.pt";
     /// Federated preprocessing.
     pub const PREPROCESSING: &str = "preprocessing.json";
+    /// Recommendation models: `item_id,row` for every catalogue item.
+    pub const ITEMS: &str = "items.csv";
     /// Model card, JSON.
     pub const CARD_JSON: &str = "model_card.json";
     /// Model card, markdown.
@@ -312,6 +356,10 @@ pub fn export_job(
     let mut signature = None;
     let mut formats = formats.to_vec();
     formats.dedup();
+    // Refused before anything is written.
+    if let Some(&refused) = formats.iter().find(|&&f| !family.supports(f)) {
+        return Err(unsupported(job, refused));
+    }
     for format in formats {
         let (name, bytes) = match (format, family) {
             (Format::Onnx, Family::Tabular) => {
@@ -329,10 +377,16 @@ pub fn export_job(
                 let meta: HashMap<String, String> = job.metadata().into_iter().collect();
                 (names::SAFETENSORS, job.params.to_safetensors(Some(meta)))
             }
+            (Format::Onnx, Family::Recommendation) => {
+                let model = onnx::recommendation(&job.spec.model, &job.params, &job.metadata())?;
+                signature = Some(model.signature);
+                (names::ONNX, model.bytes)
+            }
             (Format::TorchScript, Family::Tabular) => (
                 names::TORCHSCRIPT,
                 torchscript::torchscript_archive(&job.spec.model, &job.params, &job.preprocessing)?,
             ),
+            (Format::TorchScript, Family::Recommendation) => return Err(unsupported(job, format)),
         };
         files.push(write_file(dir, name, format.name(), &bytes)?);
     }
@@ -344,6 +398,10 @@ pub fn export_job(
         "preprocessing",
         &prep,
     )?);
+
+    if let Some(rec) = &job.preprocessing.recommendation {
+        files.push(write_file(dir, names::ITEMS, "items", &items_csv(&rec.items)?)?);
+    }
 
     let card = card::ModelCard::new(job, &files, signature);
     let json = serde_json::to_vec_pretty(&card)
@@ -360,6 +418,26 @@ pub fn export_job(
         files,
         card_files: vec![dir.join(names::CARD_JSON), dir.join(names::CARD_MD)],
     })
+}
+
+/// The error for a format the job's family is not written in.
+fn unsupported(job: &JobExport, format: Format) -> ExportError {
+    ExportError::Unsupported {
+        format: format.name(),
+        family: format!("recommendation ({})", job.spec.model.label()),
+    }
+}
+
+/// The catalogue as `item_id,row` CSV (ids quoted where they need it).
+fn items_csv(items: &[String]) -> Result<Vec<u8>, ExportError> {
+    let mut out = csv::Writer::from_writer(Vec::new());
+    let failed = |e: csv::Error| ExportError::Inconsistent(format!("catalogue: {e}"));
+    out.write_record(["item_id", "row"]).map_err(failed)?;
+    for (row, id) in items.iter().enumerate() {
+        out.write_record([id.as_str(), &row.to_string()]).map_err(failed)?;
+    }
+    out.into_inner()
+        .map_err(|e| ExportError::Inconsistent(format!("catalogue: {e}")))
 }
 
 /// Writes `bytes` to `dir/name` through a temporary file and a rename.

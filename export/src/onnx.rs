@@ -21,6 +21,9 @@
 //! so runtimes whose kernels do not propagate NaN agree. Categorical cells are compared exactly:
 //! trim surrounding whitespace before feeding them, as the CSV loader does. Only operators both
 //! onnxruntime and tract implement are used (opset 13, `ai.onnx.ml` 1).
+//!
+//! The recommendation families get a scoring graph instead ([`recommendation`]): the federated
+//! item side is in the graph, the bank's own user side is fed in.
 
 use std::collections::HashSet;
 
@@ -255,27 +258,233 @@ pub fn tabular(
     g.output(PROBABILITY);
     g.output(LOGIT);
 
-    let model = pb::ModelProto {
+    let doc = format!(
+        "{} over raw `{}` columns with federated preprocessing in-graph; outputs `{PROBABILITY}` and `{LOGIT}` [N]",
+        spec.label(),
+        schema.name
+    );
+    let model = model_proto(spec, g, doc, metadata, true);
+    Ok(OnnxModel {
+        bytes: model.encode_to_vec(),
+        signature,
+    })
+}
+
+/// Name of the recommendation graph's user-embedding input, float `[N, dim]`.
+pub const USER_EMBEDDING: &str = "user_embedding";
+/// Name of the recommendation graph's user-bias input, float `[N]`.
+pub const USER_BIAS: &str = "user_bias";
+/// Name of the recommendation graph's catalogue-row input, int64 `[N]`.
+pub const ITEM_INDEX: &str = "item_index";
+/// Name of the recommendation graph's output, float `[N]`: the predicted rating (explicit
+/// feedback) or preference logit (implicit feedback), unclamped, as the worker scores it.
+pub const SCORE: &str = "score";
+/// Name of the recommendation graph's user-vector output `f(p_u)`, float `[N, k]`.
+pub const USER_VECTOR: &str = "user_vector";
+/// Name of the recommendation graph's item-vector output `g(q_i)`, float `[N, k]`, for an
+/// approximate-nearest-neighbour index (`score = user_vector · item_vector + biases`).
+pub const ITEM_VECTOR: &str = "item_vector";
+
+/// Builds the scoring graph of a recommendation model from its federated item side:
+///
+/// ```text
+/// q = Gather(item_embedding, item_index)        b_i = Gather(item_bias, item_index)
+/// f = user tower(user_embedding), g = item tower(q)   (Gemm → Relu → … → Gemm; identity for MF)
+/// score = ReduceSum(f · g, axis 1) + user_bias + b_i + global_bias
+/// ```
+///
+/// `f` and `g` are also outputs (`user_vector`, `item_vector`, `[N, k]`): feeding every
+/// catalogue row once gives the item vectors of a retrieval index, and a user's vector is its
+/// query (`score` = their dot product + `user_bias` + `item_bias` + `global_bias`).
+///
+/// The user side (`user_embedding`, `user_bias`) is an input: it never leaves the bank that
+/// trained it, and the bank feeds its own rows. An `item_index` outside the catalogue is an
+/// error of the runtime's `Gather`, not a guess.
+pub fn recommendation(
+    spec: &ModelSpec,
+    params: &ModelParams,
+    metadata: &[(String, String)],
+) -> Result<OnnxModel, ExportError> {
+    use confide_core::model::rec_names;
+    let dim = spec.embedding_dim().ok_or_else(|| {
+        ExportError::Inconsistent(format!("{} is not a recommendation model", spec.label()))
+    })?;
+    let items = params.tensor(rec_names::ITEM_BIAS).map_or(0, <[f32]>::len);
+    if params.layout != spec.layout(items) || items == 0 {
+        return Err(ExportError::Inconsistent(format!(
+            "the model's parameters are not the item side of {} over a catalogue",
+            spec.label()
+        )));
+    }
+    let tensor = |name: &str| {
+        params
+            .tensor(name)
+            .ok_or_else(|| ExportError::Inconsistent(format!("the model lacks `{name}`")))
+    };
+    let mut g = GraphBuilder::default();
+    let float = pb::tensor_proto::DataType::Float;
+    let int64 = pb::tensor_proto::DataType::Int64;
+    let inputs = [
+        (
+            USER_EMBEDDING,
+            float,
+            vec![Dim::Batch, Dim::Fixed(dim as i64)],
+            "float",
+            format!(
+                "the bank's own user embeddings [N, {dim}] (its worker's user_state file, tensor `{}`)",
+                rec_names::USER_EMBEDDING
+            ),
+        ),
+        (
+            USER_BIAS,
+            float,
+            vec![Dim::Batch],
+            "float",
+            format!(
+                "the bank's own user biases [N] (tensor `{}`)",
+                rec_names::USER_BIAS
+            ),
+        ),
+        (
+            ITEM_INDEX,
+            int64,
+            vec![Dim::Batch],
+            "int64",
+            format!("catalogue row of the item, 0..{items} (items.csv)"),
+        ),
+    ];
+    let mut signature = GraphSignature {
+        inputs: Vec::new(),
+        outputs: vec![SCORE.into(), USER_VECTOR.into(), ITEM_VECTOR.into()],
+    };
+    for (name, dtype, dims, dtype_name, doc) in inputs {
+        let mut info = value_info(name, dtype, &dims);
+        info.doc_string = Some(doc.clone());
+        g.inputs.push(info);
+        signature.inputs.push(GraphInput {
+            name: name.into(),
+            dtype: dtype_name,
+            missing: doc,
+        });
+    }
+    let emb = g.float_const(
+        rec_names::ITEM_EMBEDDING,
+        &[items as i64, dim as i64],
+        tensor(rec_names::ITEM_EMBEDDING)?,
+    );
+    let item_bias = g.float_const(
+        rec_names::ITEM_BIAS,
+        &[items as i64],
+        tensor(rec_names::ITEM_BIAS)?,
+    );
+    let global_bias = g.float_const(
+        rec_names::GLOBAL_BIAS,
+        &[1],
+        tensor(rec_names::GLOBAL_BIAS)?,
+    );
+    let q = g.node(
+        "Gather",
+        &[&emb, ITEM_INDEX],
+        "confide/item_row",
+        vec![attr_int("axis", 0)],
+    );
+    let bi = g.node(
+        "Gather",
+        &[&item_bias, ITEM_INDEX],
+        "confide/item_bias_row",
+        vec![attr_int("axis", 0)],
+    );
+    let tower = |g: &mut GraphBuilder, prefix: &str, x: &str| -> Result<String, ExportError> {
+        let layers = spec.hidden().len();
+        let mut h = x.to_string();
+        for layer in 0..layers {
+            let (w_name, b_name) = (
+                format!("{prefix}.fc{layer}.weight"),
+                format!("{prefix}.fc{layer}.bias"),
+            );
+            let (w, b) = (tensor(&w_name)?, tensor(&b_name)?);
+            let fan_in = w.len() / b.len().max(1);
+            let w_c = g.float_const(&w_name, &[b.len() as i64, fan_in as i64], w);
+            let b_c = g.float_const(&b_name, &[b.len() as i64], b);
+            h = g.node(
+                "Gemm",
+                &[&h, &w_c, &b_c],
+                &format!("confide/{prefix}/fc{layer}"),
+                vec![attr_int("transB", 1)],
+            );
+            if layer + 1 < layers {
+                h = g.node(
+                    "Relu",
+                    &[&h],
+                    &format!("confide/{prefix}/relu{layer}"),
+                    vec![],
+                );
+            }
+        }
+        Ok(h)
+    };
+    let f = tower(&mut g, rec_names::USER_TOWER, USER_EMBEDDING)?;
+    let item_vector = tower(&mut g, rec_names::ITEM_TOWER, &q)?;
+    let product = g.node("Mul", &[&f, &item_vector], "confide/product", vec![]);
+    let axis = g.int_const("confide/feature_axis", &[1], &[1]);
+    let interaction = g.node(
+        "ReduceSum",
+        &[&product, &axis],
+        "confide/interaction",
+        vec![attr_int("keepdims", 0)],
+    );
+    let with_user = g.node(
+        "Add",
+        &[&interaction, USER_BIAS],
+        "confide/with_user_bias",
+        vec![],
+    );
+    let with_item = g.node("Add", &[&with_user, &bi], "confide/with_item_bias", vec![]);
+    g.node("Add", &[&with_item, &global_bias], SCORE, vec![]);
+    g.node("Identity", &[&f], USER_VECTOR, vec![]);
+    g.node("Identity", &[&item_vector], ITEM_VECTOR, vec![]);
+    let width = spec.hidden().last().copied().unwrap_or(dim) as i64;
+    g.output(SCORE);
+    for name in [USER_VECTOR, ITEM_VECTOR] {
+        g.outputs
+            .push(value_info(name, float, &[Dim::Batch, Dim::Fixed(width)]));
+    }
+    let doc = format!(
+        "{} scoring graph: the bank's `{USER_EMBEDDING}` [N,{dim}] and `{USER_BIAS}` [N] with `{ITEM_INDEX}` [N] (catalogue row) → `{SCORE}` [N] = μ + b_u + b_i + f(p_u)·g(q_i)",
+        spec.label()
+    );
+    Ok(OnnxModel {
+        bytes: model_proto(spec, g, doc, metadata, false).encode_to_vec(),
+        signature,
+    })
+}
+
+/// The `ModelProto` around a built graph (`ai.onnx.ml` imported only when `ml` is set).
+fn model_proto(
+    spec: &ModelSpec,
+    g: GraphBuilder,
+    doc: String,
+    metadata: &[(String, String)],
+    ml: bool,
+) -> pb::ModelProto {
+    let mut opset_import = vec![pb::OperatorSetIdProto {
+        domain: Some(String::new()),
+        version: Some(OPSET),
+    }];
+    if ml {
+        opset_import.push(pb::OperatorSetIdProto {
+            domain: Some("ai.onnx.ml".into()),
+            version: Some(ML_OPSET),
+        });
+    }
+    pb::ModelProto {
         ir_version: Some(IR_VERSION),
-        opset_import: vec![
-            pb::OperatorSetIdProto {
-                domain: Some(String::new()),
-                version: Some(OPSET),
-            },
-            pb::OperatorSetIdProto {
-                domain: Some("ai.onnx.ml".into()),
-                version: Some(ML_OPSET),
-            },
-        ],
+        opset_import,
         producer_name: Some("confide".into()),
         producer_version: Some(env!("CARGO_PKG_VERSION").into()),
         domain: Some("org.confide".into()),
         model_version: Some(1),
-        doc_string: Some(format!(
-            "{} over raw `{}` columns with federated preprocessing in-graph; outputs `{PROBABILITY}` and `{LOGIT}` [N]",
-            spec.label(),
-            schema.name
-        )),
+        doc_string: Some(doc),
         graph: Some(pb::GraphProto {
             name: Some(format!("confide_{}", spec.kind_name())),
             node: g.nodes,
@@ -292,11 +501,7 @@ pub fn tabular(
             })
             .collect(),
         ..Default::default()
-    };
-    Ok(OnnxModel {
-        bytes: model.encode_to_vec(),
-        signature,
-    })
+    }
 }
 
 /// Accumulates nodes, initializers, inputs and outputs.

@@ -1,13 +1,15 @@
 //! Exporting a small job: files and hashes, the ONNX graph's signature, the coefficient table,
 //! and refusals of inputs that do not fit together.
 
+mod common;
+
 use std::collections::BTreeMap;
 
 use confide_core::model::{ModelParams, ModelSpec};
 use confide_datasets::{DatasetSchema, Preprocessing, load_csv_from_reader, local_stats};
 use confide_export::card::ModelCard;
 use confide_export::{
-    ExportError, Format, JobExport, JobInfo, Participant, RoundReport, export_job, names,
+    ExportError, Format, JobExport, Participant, RoundReport, export_job, names,
 };
 use prost::Message;
 
@@ -41,11 +43,6 @@ fn job(spec: ModelSpec, seed: u64) -> JobExport {
     let table = load_csv_from_reader(ROWS.as_bytes(), "rows.csv", &schema).expect("rows");
     let prep = Preprocessing::from_aggregate(&schema, &local_stats(&table, &schema)).expect("prep");
     let params = ModelParams::init(spec.layout(prep.input_dim()), seed);
-    let spec_json = format!(
-        r#"{{"name":"tiny-job","dataset":"tiny","model":{},"training":{{"rounds":2,"learning_rate":0.1}}}}"#,
-        serde_json::to_string(&spec).expect("spec")
-    );
-    let spec: confide_core::job::JobSpec = serde_json::from_str(&spec_json).expect("job spec");
     let rounds = (1..=2)
         .map(|round| RoundReport {
             round,
@@ -65,24 +62,7 @@ fn job(spec: ModelSpec, seed: u64) -> JobExport {
             completed_at: "2026-01-01T00:00:00Z".into(),
         })
         .collect();
-    let info = JobInfo {
-        id: "job-1".into(),
-        name: "tiny-job".into(),
-        status: "completed".into(),
-        created_at: "2026-01-01T00:00:00Z".into(),
-        updated_at: "2026-01-01T00:01:00Z".into(),
-        stop_reason: None,
-        model_hash: "0".repeat(64),
-    };
-    JobExport::from_stored(
-        info,
-        &serde_json::to_string(&spec).expect("json"),
-        SCHEMA,
-        Some(&serde_json::to_string(&prep).expect("prep json")),
-        Some(&params.to_safetensors(None)),
-        rounds,
-    )
-    .expect("inputs fit together")
+    common::completed_job("tiny-job", "tiny", &spec, SCHEMA, &prep, &params, rounds)
 }
 
 #[test]
