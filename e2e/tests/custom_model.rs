@@ -81,6 +81,15 @@ fn a_scripted_module_trains_federatedly_and_matches_the_builtin_mlp() {
         .expect("init");
     assert_eq!(global.layout, init.layout);
     assert_ne!(global.values, init.values, "training moved the parameters");
+
+    // The automatic export holds the same trained parameters under the module's names, and the
+    // CLI refuses to generate a graph from the owner's code.
+    assert!(custom_done["export_error"].is_null(), "{custom_done:#}");
+    let export_dir = custom_done["export_dir"].as_str().expect("exported on completion");
+    let exported = std::fs::read(std::path::Path::new(export_dir).join("model.safetensors")).expect("exported weights");
+    assert_eq!(ModelParams::read_safetensors_any(&exported).expect("weights").values, global.values);
+    let onnx = cluster.confide(&["model", "export", &custom, "--format", "onnx", "-o", cluster.dir.path().join("x").to_str().expect("utf-8")]);
+    assert_eq!(onnx.status.code(), Some(2), "{}", String::from_utf8_lossy(&onnx.stderr));
 }
 
 #[test]

@@ -24,8 +24,10 @@
 //! [`ExportError::Unsupported`], and `--format all` and the automatic export after a job
 //! completes write the formats [`Family::formats`] lists.
 //!
-//! A model family maps to an exporter in [`Family::of`]; TorchScript models written by a job's
-//! owner are refused (their owner already has the module).
+//! A model family maps to an exporter in [`Family::of`]. A custom TorchScript model (written by
+//! the job's owner) is exported as its trained parameters under the module's own names
+//! (safetensors, for `load_state_dict` into the owner's module) with the model card; no graph is
+//! generated from someone else's code.
 
 pub mod card;
 pub mod onnx;
@@ -126,6 +128,10 @@ pub enum Family {
     /// Matrix factorisation and two-tower models: the item side and a scoring graph the bank
     /// feeds its own user side into.
     Recommendation,
+    /// A job owner's scripted TorchScript module: its trained parameters under the module's own
+    /// names (safetensors, ready for `load_state_dict` into the owner's module) and the card.
+    /// The graph is the owner's code, so no ONNX or TorchScript file is generated for it.
+    Custom,
 }
 
 impl Family {
@@ -137,6 +143,7 @@ impl Family {
             ModelSpec::MatrixFactorization { .. } | ModelSpec::TwoTower { .. } => {
                 Ok(Family::Recommendation)
             }
+            ModelSpec::TorchScript(_) => Ok(Family::Custom),
             other => Err(ExportError::Unsupported {
                 format: "any",
                 family: other.label(),
@@ -158,7 +165,11 @@ impl Family {
 
     /// True when `format` can be written for this family.
     pub fn supports(self, format: Format) -> bool {
-        !matches!((self, format), (Family::Recommendation, Format::TorchScript))
+        match self {
+            Family::Tabular => true,
+            Family::Recommendation => format != Format::TorchScript,
+            Family::Custom => format == Format::Safetensors,
+        }
     }
 }
 
@@ -386,7 +397,10 @@ pub fn export_job(
                 names::TORCHSCRIPT,
                 torchscript::torchscript_archive(&job.spec.model, &job.params, &job.preprocessing)?,
             ),
-            (Format::TorchScript, Family::Recommendation) => return Err(unsupported(job, format)),
+            (Format::TorchScript, Family::Recommendation)
+            | (Format::Onnx | Format::TorchScript, Family::Custom) => {
+                return Err(unsupported(job, format));
+            }
         };
         files.push(write_file(dir, name, format.name(), &bytes)?);
     }
@@ -422,9 +436,13 @@ pub fn export_job(
 
 /// The error for a format the job's family is not written in.
 fn unsupported(job: &JobExport, format: Format) -> ExportError {
+    let family = match job.spec.model {
+        ModelSpec::TorchScript(_) => "custom TorchScript",
+        _ => "recommendation",
+    };
     ExportError::Unsupported {
         format: format.name(),
-        family: format!("recommendation ({})", job.spec.model.label()),
+        family: format!("{family} ({})", job.spec.model.label()),
     }
 }
 

@@ -277,3 +277,39 @@ fn writes_torchscript_alone_and_refuses_inputs_that_do_not_fit() {
         "{wrong_model:?}"
     );
 }
+
+#[test]
+fn custom_torchscript_models_export_their_trained_parameters_and_card_only() {
+    use confide_core::model::{ParamLayout, TensorSpec, TorchScriptSpec};
+    let input_dim = job(ModelSpec::LogisticRegression, 1).preprocessing.input_dim();
+    let layout = ParamLayout {
+        tensors: vec![
+            TensorSpec { name: "deep.0.weight".into(), shape: vec![4, input_dim] },
+            TensorSpec { name: "deep.0.bias".into(), shape: vec![4] },
+            TensorSpec { name: "head.weight".into(), shape: vec![1, 4] },
+        ],
+    };
+    let spec = ModelSpec::TorchScript(TorchScriptSpec {
+        module: "model.pt".into(),
+        parameters: "init.safetensors".into(),
+        module_sha256: Some("ab".repeat(32)),
+        parameters_sha256: None,
+        input_dim: Some(input_dim),
+        layout,
+    });
+    let custom = job(spec, 5);
+    assert_eq!(custom.available_formats().expect("family"), [Format::Safetensors]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let err = export_job(&custom, dir.path(), &[Format::Onnx]).expect_err("no ONNX from the owner's code");
+    assert!(err.to_string().contains("custom TorchScript"), "{err}");
+    assert!(!dir.path().join(names::ONNX).exists(), "nothing written on refusal");
+
+    let manifest = export_job(&custom, dir.path(), &custom.available_formats().expect("formats")).expect("export");
+    let listed: Vec<&str> = manifest.files.iter().map(|f| f.name.as_str()).collect();
+    assert_eq!(listed, [names::SAFETENSORS, names::PREPROCESSING]);
+    let bytes = std::fs::read(dir.path().join(names::SAFETENSORS)).expect("weights");
+    let back = ModelParams::read_safetensors_any(&bytes).expect("readable");
+    assert_eq!(back.values, custom.params.values, "the trained values under the module's names");
+    assert_eq!(back.layout.tensors[0].name, "deep.0.weight");
+    assert!(dir.path().join(names::CARD_JSON).exists() && dir.path().join(names::CARD_MD).exists());
+}
