@@ -394,15 +394,14 @@ pub fn partition_file(
         return partition_csv_verbatim(input, schema, out, cfg, overwrite);
     }
     let origin = input.display().to_string();
-    let grid = match input_format {
+    let (grid, input_sha256) = match input_format {
         DataFormat::Csv => {
             let bytes = std::fs::read(input).map_err(|e| DataError::io(input, e))?;
-            Grid::from_csv(&bytes, &origin, schema)?
+            (Grid::from_csv(&bytes, &origin, schema)?, confide_core::sha256_hex(&bytes))
         }
-        DataFormat::Parquet => Grid::from_parquet(input, &origin, schema)?,
+        DataFormat::Parquet => (Grid::from_parquet(input, &origin, schema)?, file_sha256(input)?),
     };
     let (labels, keys) = grid.labels_and_keys(schema, &cfg.scheme)?;
-    let input_sha256 = file_sha256(input)?;
     let write = |path: &Path, rows: &[usize]| grid.write(path, format, rows, overwrite);
     let plan = plan_partition(&labels, keys.as_deref(), cfg)
         .map_err(|message| DataError::Partition { path: origin.clone(), message })?;

@@ -174,8 +174,7 @@ impl Grid {
         schema: &DatasetSchema,
         scheme: &Scheme,
     ) -> Result<(Vec<f32>, Option<Vec<String>>), DataError> {
-        let target_column = &schema.target.as_ref().map(|t| t.column.clone()).unwrap_or_default();
-        let target = self.index(target_column).unwrap_or_default();
+        let target = schema.target.as_ref().and_then(|t| self.index(&t.column)).unwrap_or_default();
         let labels = self
             .rows
             .iter()
