@@ -6,11 +6,15 @@
 //! - [`job`]: the job specification a data-science team submits (TOML), validated field by field.
 //! - [`strategy`]: server-side optimizers (FedAvg, FedProx, FedAdam, FedYogi) applied to aggregated updates.
 //! - [`metrics`]: exact binary-classification metrics from summed score histograms.
+//! - [`contribution`]: the training contribution vector's layout, as a codec both sides use.
+//! - [`outcome`]: participant statuses and failure kinds, typed.
 
 pub mod config_file;
+pub mod contribution;
 pub mod job;
 pub mod metrics;
 pub mod model;
+pub mod outcome;
 pub mod strategy;
 
 /// Hex-encoded SHA-256 of `bytes`: the content address of checkpoints and the schema fingerprint.

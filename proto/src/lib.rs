@@ -5,6 +5,7 @@
 //!   travel as chunked streams so they are not bound by the gRPC message limit.
 //! - `Admin`: what the data-science team's CLI calls to submit, watch, cancel and fetch jobs.
 //!
+//! [`outcome`] converts participant statuses and failure kinds between wire and domain.
 //! [`secagg`] converts between the wire form of a secure-aggregation setup and the parameters
 //! of the `confide-secagg` state machines, so coordinator and worker agree by construction.
 
@@ -15,6 +16,7 @@ pub mod v1 {
     tonic::include_proto!("confide.v1");
 }
 
+pub mod outcome;
 pub mod secagg;
 
 /// Size of one chunk of a streamed blob (model or contribution). Well under tonic's 4 MiB default.
