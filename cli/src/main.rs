@@ -287,7 +287,8 @@ fn job_export(job: &pb::Job, model: &[u8]) -> Result<confide_export::JobExport, 
             participants: r
                 .participants
                 .iter()
-                .map(|p| confide_export::Participant { institution: p.worker_id.clone(), status: p.status.clone() })
+                // A status this CLI does not know (a newer coordinator's) is left off the card.
+                .filter_map(|p| Some(confide_export::Participant { institution: p.worker_id.clone(), status: p.typed_status()? }))
                 .collect(),
             metrics: r.metrics.iter().map(|(k, v)| (k.clone(), *v)).collect(),
             duration_secs: r.duration_secs,

@@ -179,7 +179,7 @@ fn markdown_report(job: &pb::Job, with_chart: bool) -> anyhow::Result<String> {
         let ids = |pred: &dyn Fn(&pb::ParticipantOutcome) -> bool| {
             r.participants.iter().filter(|p| pred(p)).map(describe_participant).collect::<Vec<_>>().join(", ")
         };
-        participants.push_row([r.round.to_string(), ids(&|p| p.status == "contributed"), ids(&|p| p.status != "contributed")])?;
+        participants.push_row([r.round.to_string(), ids(&|p| p.contributed()), ids(&|p| !p.contributed())])?;
     }
     writeln!(out, "{}", participants.to_markdown())?;
     Ok(out)
@@ -192,7 +192,7 @@ fn rounds_table(job: &pb::Job, names: &[String], value: fn(f64) -> String) -> an
     headers.extend(names.iter().cloned());
     let mut rounds = Table::new(headers);
     for r in &job.rounds {
-        let contributed = r.participants.iter().filter(|p| p.status == "contributed").count();
+        let contributed = r.participants.iter().filter(|p| p.contributed()).count();
         let mut row = vec![
             r.round.to_string(),
             r.status.clone(),
@@ -206,10 +206,10 @@ fn rounds_table(job: &pb::Job, names: &[String], value: fn(f64) -> String) -> an
 }
 
 fn describe_participant(p: &pb::ParticipantOutcome) -> String {
-    match (p.status.as_str(), p.reason.is_empty()) {
-        ("contributed", _) => p.worker_id.clone(),
-        (_, true) => format!("{} ({})", p.worker_id, p.status),
-        (_, false) => format!("{} ({}: {})", p.worker_id, p.status, p.reason),
+    match (p.contributed(), p.reason.is_empty()) {
+        (true, _) => p.worker_id.clone(),
+        (_, true) => format!("{} ({})", p.worker_id, p.status_name()),
+        (_, false) => format!("{} ({}: {})", p.worker_id, p.status_name(), p.reason),
     }
 }
 
@@ -247,9 +247,9 @@ mod tests {
     use super::*;
 
     fn round(n: u64, auc: f64, log_loss: f64, dropped: Option<&str>) -> pb::RoundSummary {
-        let mut participants = vec![pb::ParticipantOutcome { worker_id: "bank1".into(), status: "contributed".into(), reason: String::new() }];
+        let mut participants = vec![pb::ParticipantOutcome { worker_id: "bank1".into(), status: pb::ParticipantStatus::Contributed.into(), reason: String::new() }];
         if let Some(reason) = dropped {
-            participants.push(pb::ParticipantOutcome { worker_id: "bank2".into(), status: "dropped".into(), reason: reason.into() });
+            participants.push(pb::ParticipantOutcome { worker_id: "bank2".into(), status: pb::ParticipantStatus::Dropped.into(), reason: reason.into() });
         }
         pb::RoundSummary {
             round: n,

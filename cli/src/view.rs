@@ -75,8 +75,8 @@ pub fn job_text(j: &pb::Job) -> String {
     }
     for r in &j.rounds {
         let _ = writeln!(out, "  round {:>3}  {:>6.1}s  {}", r.round, r.duration_secs, metrics_line(&r.metrics));
-        for p in r.participants.iter().filter(|p| p.status != "contributed" || !p.reason.is_empty()) {
-            let _ = writeln!(out, "             {} {}: {}", p.worker_id, p.status, p.reason);
+        for p in r.participants.iter().filter(|p| !p.contributed() || !p.reason.is_empty()) {
+            let _ = writeln!(out, "             {} {}: {}", p.worker_id, p.status_name(), p.reason);
         }
     }
     out
@@ -91,7 +91,7 @@ fn round_json(r: &pb::RoundSummary) -> Value {
         "completed_at": r.completed_at,
         "model_hash": r.model_hash,
         "metrics": metrics,
-        "participants": r.participants.iter().map(|p| json!({"worker_id": p.worker_id, "status": p.status, "reason": p.reason})).collect::<Vec<_>>(),
+        "participants": r.participants.iter().map(|p| json!({"worker_id": p.worker_id, "status": p.status_name(), "reason": p.reason})).collect::<Vec<_>>(),
     })
 }
 
@@ -144,13 +144,13 @@ pub async fn watch(mut stream: tonic::Streaming<pb::JobEvent>) -> anyhow::Result
             Some(Kind::RoundCompleted(r)) => {
                 bar.set_position(r.round);
                 say(&bar, format!("round {:>3}  {:>6.1}s  {}", r.round, r.duration_secs, metrics_line(&r.metrics)));
-                for p in r.participants.iter().filter(|p| p.status != "contributed" || !p.reason.is_empty()) {
-                    say(&bar, format!("           {} {}: {}", p.worker_id, p.status, p.reason));
+                for p in r.participants.iter().filter(|p| !p.contributed() || !p.reason.is_empty()) {
+                    say(&bar, format!("           {} {}: {}", p.worker_id, p.status_name(), p.reason));
                 }
                 bar.set_message(String::new());
             }
             Some(Kind::RoundFailed(f)) => say(&bar, format!("round {:>3}  attempt failed: {}", ev.round, f.reason)),
-            Some(Kind::ParticipantFailed(p)) => say(&bar, format!("           {} {}: {}", p.worker_id, p.status, p.reason)),
+            Some(Kind::ParticipantFailed(p)) => say(&bar, format!("           {} {}: {}", p.worker_id, p.status_name(), p.reason)),
             Some(Kind::JobFinished(job)) => {
                 bar.set_length(job.rounds_total);
                 bar.set_position(job.rounds_completed);

@@ -3,8 +3,8 @@
 //! (securely by default), applies the server optimizer and keeps every round durable.
 //!
 //! Layout: [`store`] (SQLite + checkpoints), [`hub`] (connected workers, task routing),
-//! [`round`] (pure phase and scheduling logic, and the tokio runner that drives a job),
-//! [`jobs`] (the running set and its API views), [`service`] (the two gRPC services),
+//! [`round`] (the job's pure state machine and the tokio runner that drives it),
+//! [`jobs`] (the running set, submission checks and API views), [`service`] (the two gRPC services),
 //! [`telemetry`] (Prometheus metrics), [`export`] (model export when a job completes).
 //! [`run`] serves until a shutdown future completes, so tests start it on `127.0.0.1:0`.
 
@@ -117,5 +117,7 @@ pub async fn run(config: CoordinatorConfig, listener: TcpListener, shutdown: imp
         .add_service(admin)
         .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), shutdown)
         .await?;
+    // Wait for every runner to return, so no store write is cut off when the process exits.
+    shared.jobs.drain().await;
     Ok(())
 }

@@ -553,7 +553,7 @@ fn training_summary(rounds: &[RoundReport], budget: u64) -> TrainingSummary {
     let contributed = |r: &RoundReport| {
         r.participants
             .iter()
-            .filter(|p| p.status == "contributed")
+            .filter(|p| p.status.contributed())
             .map(|p| p.institution.clone())
             .collect::<Vec<_>>()
     };

@@ -198,8 +198,8 @@ pub struct JobInfo {
 pub struct Participant {
     /// Institution id.
     pub institution: String,
-    /// `contributed`, `failed`, `dropped` or `refused`.
-    pub status: String,
+    /// How it fared in the round.
+    pub status: confide_core::outcome::ParticipantStatus,
 }
 
 /// One completed round.

@@ -3,6 +3,7 @@
 
 mod common;
 
+use confide_core::outcome::ParticipantStatus;
 use std::collections::BTreeMap;
 
 use confide_core::model::{ModelParams, ModelSpec};
@@ -51,9 +52,9 @@ fn job(spec: ModelSpec, seed: u64) -> JobExport {
                 .map(|b| Participant {
                     institution: b.to_string(),
                     status: if round == 2 && *b == "bank3" {
-                        "dropped".into()
+                        ParticipantStatus::Dropped
                     } else {
-                        "contributed".into()
+                        ParticipantStatus::Contributed
                     },
                 })
                 .collect(),

@@ -4,6 +4,7 @@
 
 mod common;
 
+use confide_core::outcome::ParticipantStatus;
 use std::collections::BTreeMap;
 
 use confide_core::job::Feedback;
@@ -52,7 +53,7 @@ fn job(spec: ModelSpec) -> JobExport {
     let rounds = (1..=2)
         .map(|round| RoundReport {
             round,
-            participants: vec![Participant { institution: "bank1".into(), status: "contributed".into() }],
+            participants: vec![Participant { institution: "bank1".into(), status: ParticipantStatus::Contributed }],
             metrics: BTreeMap::from([
                 ("rmse".to_string(), 1.0 - round as f64 / 10.0),
                 ("hr@10".to_string(), 0.3),

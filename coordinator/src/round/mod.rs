@@ -1,7 +1,10 @@
-//! Rounds: the pure pieces (one aggregation [`phase`], [`schedule`] decisions, the
-//! [`secure`] adapter over the secure-aggregation state machine) and the tokio [`runner`] that
-//! drives a job through them.
+//! Rounds. The pure core: [`machine`] (a job's whole life as a state machine), [`phase`] (one
+//! aggregation), [`secure`] (the adapter over the secure-aggregation server), [`schedule`]
+//! (who takes part, when to stop early) and [`errors`]. The tokio [`runner`] drives a
+//! [`machine::JobMachine`] and owns the clock, the channels and the store calls.
 
+pub mod errors;
+pub mod machine;
 pub mod phase;
 pub mod runner;
 pub mod schedule;

@@ -12,8 +12,11 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Instant;
 
-use confide_proto::v1::{TaskFailure, contribution::Body};
+use confide_proto::v1::contribution::Body;
 
+use confide_core::outcome::{FailureKind, ParticipantStatus};
+
+pub use super::errors::PhaseError;
 use crate::store::ParticipantRecord;
 
 /// How a selected worker stands in the phase.
@@ -25,8 +28,8 @@ pub enum ParticipantState {
     Contributed,
     /// It reported that it could not do the task.
     Failed {
-        /// `data`, `training`, `policy`, ...
-        kind: String,
+        /// How the worker classified the failure (None: a kind this coordinator does not know).
+        kind: Option<FailureKind>,
         /// Its explanation.
         reason: String,
     },
@@ -40,54 +43,15 @@ pub enum ParticipantState {
 impl ParticipantState {
     fn record(&self, worker_id: &str) -> ParticipantRecord {
         let (status, reason) = match self {
-            ParticipantState::Pending => ("pending", String::new()),
-            ParticipantState::Contributed => ("contributed", String::new()),
-            ParticipantState::Failed { kind, reason } if kind == "policy" => ("refused", reason.clone()),
-            ParticipantState::Failed { kind, reason } => ("failed", format!("{kind}: {reason}")),
-            ParticipantState::Dropped { reason } => ("dropped", reason.clone()),
+            ParticipantState::Pending => (ParticipantStatus::Pending, String::new()),
+            ParticipantState::Contributed => (ParticipantStatus::Contributed, String::new()),
+            ParticipantState::Failed { kind: Some(FailureKind::Policy), reason } => (ParticipantStatus::Refused, reason.clone()),
+            ParticipantState::Failed { kind: Some(kind), reason } => (ParticipantStatus::Failed, format!("{kind}: {reason}")),
+            ParticipantState::Failed { kind: None, reason } => (ParticipantStatus::Failed, format!("unclassified: {reason}")),
+            ParticipantState::Dropped { reason } => (ParticipantStatus::Dropped, reason.clone()),
         };
-        ParticipantRecord { worker_id: worker_id.to_string(), status: status.into(), reason }
+        ParticipantRecord { worker_id: worker_id.to_string(), status, reason }
     }
-}
-
-/// Why a contribution was rejected. The worker is told; the phase is unaffected.
-#[derive(Debug, thiserror::Error, PartialEq)]
-#[non_exhaustive]
-pub enum PhaseError {
-    /// The sender was not selected for this phase.
-    #[error("worker `{0}` is not a participant of this phase")]
-    NotParticipant(String),
-    /// The sender already contributed or was already dropped.
-    #[error("worker `{0}` already finished this phase")]
-    AlreadyFinished(String),
-    /// The vector has the wrong length.
-    #[error("contribution has {found} values, the phase needs {expected}")]
-    Length {
-        /// Values received.
-        found: usize,
-        /// Values expected.
-        expected: usize,
-    },
-    /// A value is NaN or infinite.
-    #[error("contribution value {index} is not finite")]
-    NotFinite {
-        /// Index of the value.
-        index: usize,
-    },
-    /// A plain vector arrived in a secure phase, or the reverse.
-    #[error("contribution uses {found} aggregation, this phase uses {expected}")]
-    WrongMode {
-        /// What arrived.
-        found: &'static str,
-        /// What the phase runs.
-        expected: &'static str,
-    },
-    /// The phase is over.
-    #[error("the phase is already over")]
-    Over,
-    /// The secure-aggregation state machine refused the message.
-    #[error("secure aggregation: {0}")]
-    SecAgg(String),
 }
 
 /// Why a phase produced no sum.
@@ -179,8 +143,9 @@ impl Phase {
             return Err(PhaseError::AlreadyFinished(from.into()));
         }
         let result = match body {
-            Body::Failure(TaskFailure { kind, reason }) => {
-                self.set(from, ParticipantState::Failed { kind, reason });
+            Body::Failure(failure) => {
+                let kind = failure.typed_kind();
+                self.set(from, ParticipantState::Failed { kind, reason: failure.reason });
                 if let Summation::Secure(s) = &mut self.summation {
                     s.drop_participant(from, now);
                 }
@@ -300,7 +265,7 @@ impl Phase {
         let others: Vec<String> = self
             .records()
             .into_iter()
-            .filter(|r| r.status != "contributed")
+            .filter(|r| !r.status.contributed())
             .map(|r| format!("{} {}: {}", r.worker_id, r.status, r.reason))
             .collect();
         format!(
@@ -374,7 +339,7 @@ pub fn check_vector(values: &[f64], expected: usize) -> Result<(), PhaseError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use confide_proto::v1::PlainVector;
+    use confide_proto::v1::{PlainVector, TaskFailure};
     use std::time::Duration;
 
     fn workers(n: usize) -> Vec<String> {
@@ -395,7 +360,7 @@ mod tests {
         phase.handle_contribution("bank3", plain(&[5.0, 6.0]), t0).expect("3");
         let out = phase.outcome().expect("done");
         assert_eq!(out.sum.as_ref().expect("sum"), &vec![9.0, 12.0]);
-        assert!(out.participants.iter().all(|p| p.status == "contributed"));
+        assert!(out.participants.iter().all(|p| p.status == ParticipantStatus::Contributed));
     }
 
     #[test]
@@ -430,7 +395,7 @@ mod tests {
         let out = phase.outcome().expect("done");
         assert_eq!(out.sum.as_ref().expect("sum"), &vec![2.0]);
         let late = out.participants.iter().find(|p| p.worker_id == "bank3").expect("bank3");
-        assert_eq!(late.status, "dropped");
+        assert_eq!(late.status, ParticipantStatus::Dropped);
     }
 
     #[test]
@@ -441,7 +406,7 @@ mod tests {
         phase
             .handle_contribution(
                 "bank2",
-                Body::Failure(TaskFailure { kind: "data".into(), reason: "train.csv line 7, column tenure: not a number: 'x'".into() }),
+                Body::Failure(TaskFailure::new(FailureKind::Data, "train.csv line 7, column tenure: not a number: 'x'")),
                 t0,
             )
             .expect("failure report");

@@ -17,7 +17,7 @@ use confide_secagg::{
     ClientMessage, FixedPoint, Graph, ParticipantId, Server, ServerEvent, SessionParams, Stage,
 };
 
-use super::phase::PhaseError;
+use super::errors::PhaseError;
 use crate::hub::WorkerInfo;
 
 /// What a phase's vector holds, which decides its fixed-point encoding.
@@ -89,7 +89,9 @@ impl std::fmt::Debug for SecurePhase {
 impl SecurePhase {
     /// Sets up the server for `participants` (sorted ids 1..=n) and one
     /// [`pb::AggregationSetup`] per participant. Fails when a participant has no registered
-    /// signing key, or the parameters break a protocol rule.
+    /// signing key, or the parameters break a protocol rule. `session_id` must be fresh for
+    /// every phase (the caller draws it from its seeded generator).
+    #[allow(clippy::too_many_arguments)] // each is a distinct input of one session's setup
     pub fn new(
         spec: &JobSpec,
         participants: &[String],
@@ -97,6 +99,7 @@ impl SecurePhase {
         vector_len: usize,
         encoding: Encoding,
         round: u64,
+        session_id: [u8; 32],
         now: Instant,
     ) -> Result<(Self, Vec<(String, pb::AggregationSetup)>), String> {
         let mut sorted: Vec<&String> = participants.iter().collect();
@@ -124,8 +127,6 @@ impl SecurePhase {
             k => Graph::Sparse { k: k as usize },
         };
         let (modulus_bits, fixed) = encoding.fixed_point(spec, n);
-        let mut session_id = [0u8; 32];
-        rand::Rng::fill(&mut rand::rng(), &mut session_id);
         let mut params = SessionParams {
             session_id,
             round,

@@ -8,7 +8,7 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use crate::Shared;
-use crate::jobs::{self, SubmitError};
+use crate::jobs::{self, SubmitError, views};
 use crate::service::auth;
 use crate::service::federation::blob_stream;
 
@@ -28,16 +28,22 @@ impl AdminService {
         auth::require_admin(&auth::caller(&self.shared, request)?)
     }
 
-    fn job(&self, id: &str) -> Result<crate::store::JobRecord, Status> {
-        self.shared
-            .store
-            .job(id)
-            .map_err(|e| Status::internal(e.to_string()))?
-            .ok_or_else(|| Status::not_found(format!("no job `{id}`")))
+    /// Runs store work off the async threads.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Shared) -> Result<T, crate::store::StoreError> + Send + 'static,
+    ) -> Result<T, Status> {
+        let shared = Arc::clone(&self.shared);
+        tokio::task::spawn_blocking(move || f(&shared))
+            .await
+            .map_err(|e| Status::internal(format!("store task failed: {e}")))?
+            .map_err(|e| Status::internal(e.to_string()))
     }
 
-    fn view(&self, job: &crate::store::JobRecord) -> Result<pb::Job, Status> {
-        jobs::job_proto(&self.shared, job).map_err(|e| Status::internal(e.to_string()))
+    /// A job's view, or `not_found`.
+    async fn view(&self, id: &str) -> Result<pb::Job, Status> {
+        let key = id.to_string();
+        self.blocking(move |s| views::load_job(s, &key)).await?.ok_or_else(|| Status::not_found(format!("no job `{id}`")))
     }
 }
 
@@ -48,8 +54,15 @@ impl Admin for AdminService {
     async fn submit_job(&self, request: Request<pb::SubmitJobRequest>) -> Result<Response<pb::SubmitJobResponse>, Status> {
         self.authorize(&request)?;
         let r = request.into_inner();
-        let files = jobs::ModelFiles { module: &r.model_module, parameters: &r.model_parameters };
-        let job_id = jobs::submit(&self.shared, &r.spec_toml, &r.schema_toml, files, r.catalogue_items).map_err(|e| match e {
+        let shared = Arc::clone(&self.shared);
+        // Validation hashes the custom module and writes checkpoints: off the async threads.
+        let job_id = tokio::task::spawn_blocking(move || {
+            let files = jobs::ModelFiles { module: &r.model_module, parameters: &r.model_parameters };
+            jobs::submit(&shared, &r.spec_toml, &r.schema_toml, files, r.catalogue_items)
+        })
+        .await
+        .map_err(|e| Status::internal(format!("submission task failed: {e}")))?
+        .map_err(|e| match e {
             SubmitError::Store(e) => Status::internal(e.to_string()),
             other => Status::invalid_argument(other.to_string()),
         })?;
@@ -59,15 +72,13 @@ impl Admin for AdminService {
 
     async fn list_jobs(&self, request: Request<pb::ListJobsRequest>) -> Result<Response<pb::ListJobsResponse>, Status> {
         self.authorize(&request)?;
-        let records = self.shared.store.jobs().map_err(|e| Status::internal(e.to_string()))?;
-        let jobs = records.iter().map(|j| self.view(j)).collect::<Result<_, _>>()?;
+        let jobs = self.blocking(views::load_jobs).await?;
         Ok(Response::new(pb::ListJobsResponse { jobs }))
     }
 
     async fn get_job(&self, request: Request<pb::GetJobRequest>) -> Result<Response<pb::Job>, Status> {
         self.authorize(&request)?;
-        let job = self.job(&request.into_inner().job_id)?;
-        Ok(Response::new(self.view(&job)?))
+        Ok(Response::new(self.view(&request.into_inner().job_id).await?))
     }
 
     type WatchJobStream = BoxStream<pb::JobEvent>;
@@ -77,8 +88,7 @@ impl Admin for AdminService {
         let id = request.into_inner().job_id;
         // Subscribe before reading history so no event falls between the two.
         let mut live = self.shared.jobs.subscribe(&id);
-        let job = self.job(&id)?;
-        let view = self.view(&job)?;
+        let view = self.view(&id).await?;
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         tokio::spawn(async move {
             let mut last_round = 0;
@@ -90,7 +100,8 @@ impl Admin for AdminService {
                 }
             }
             let finished = |job: pb::Job| pb::JobEvent { job_id: job.id.clone(), round: job.rounds_completed, kind: Some(pb::job_event::Kind::JobFinished(job)) };
-            let Some(live) = live.as_mut().filter(|_| !job.status.is_final()) else {
+            let is_final = crate::store::JobStatus::parse(&view.status).is_final();
+            let Some(live) = live.as_mut().filter(|_| !is_final) else {
                 let _ = tx.send(Ok(finished(view))).await;
                 return;
             };
@@ -119,19 +130,23 @@ impl Admin for AdminService {
     async fn cancel_job(&self, request: Request<pb::CancelJobRequest>) -> Result<Response<pb::Job>, Status> {
         self.authorize(&request)?;
         let id = request.into_inner().job_id;
-        let job = jobs::cancel(&self.shared, &id)
-            .map_err(|e| Status::internal(e.to_string()))?
+        let key = id.clone();
+        let job = self
+            .blocking(move |s| jobs::cancel(s, &key)?.map(|j| views::job_view(s, &j)).transpose())
+            .await?
             .ok_or_else(|| Status::not_found(format!("no job `{id}`")))?;
-        Ok(Response::new(self.view(&job)?))
+        Ok(Response::new(job))
     }
 
     type FetchModelStream = BoxStream<pb::BlobChunk>;
 
     async fn fetch_model(&self, request: Request<pb::FetchModelRequest>) -> Result<Response<Self::FetchModelStream>, Status> {
         self.authorize(&request)?;
-        let job = self.job(&request.into_inner().job_id)?;
-        let hash = job.model_hash.ok_or_else(|| Status::failed_precondition("the job has no model yet"))?;
-        Ok(Response::new(blob_stream(&self.shared, &hash)?))
+        let job = self.view(&request.into_inner().job_id).await?;
+        if job.model_hash.is_empty() {
+            return Err(Status::failed_precondition("the job has no model yet"));
+        }
+        Ok(Response::new(blob_stream(&self.shared, &job.model_hash).await?))
     }
 
     async fn list_workers(&self, request: Request<pb::ListWorkersRequest>) -> Result<Response<pb::ListWorkersResponse>, Status> {

@@ -18,7 +18,8 @@ use crate::hub::{Inbound, WorkerInfo};
 use crate::service::auth::{self, Caller};
 
 /// Protocol version spoken by this coordinator.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// Version 2: participant statuses and failure kinds are protobuf enums.
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The `Federation` service.
 #[derive(Debug, Clone)]
@@ -41,23 +42,27 @@ pub fn validate_id(what: &str, id: &str) -> Result<(), Status> {
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
-/// Streams a checkpoint in chunks, verifying its hash first.
-pub fn blob_stream(shared: &Shared, hash: &str) -> Result<BoxStream<pb::BlobChunk>, Status> {
-    let bytes = shared.store.checkpoints().get_shared(hash).map_err(|e| match e {
+/// Streams a checkpoint in chunks, verifying its hash first. The file is read and hashed off
+/// the async threads; the chunks are cut from that one shared copy as the stream is polled,
+/// so a download never holds the model twice.
+pub async fn blob_stream(shared: &Arc<Shared>, hash: &str) -> Result<BoxStream<pb::BlobChunk>, Status> {
+    let (store, key) = (Arc::clone(shared), hash.to_string());
+    let read = tokio::task::spawn_blocking(move || store.store.checkpoints().get_shared(&key))
+        .await
+        .map_err(|e| Status::internal(format!("checkpoint read failed: {e}")))?;
+    let bytes = read.map_err(|e| match e {
         crate::store::StoreError::BadHash(_) => Status::invalid_argument(e.to_string()),
         crate::store::StoreError::Io { .. } => Status::not_found(format!("no checkpoint {hash}")),
         other => Status::data_loss(other.to_string()),
     })?;
     let total = bytes.len() as u64;
     shared.metrics.bytes_out.inc_by(total);
-    let chunks: Vec<Result<pb::BlobChunk, Status>> = bytes
-        .chunks(confide_proto::CHUNK_SIZE)
-        .enumerate()
-        .map(|(i, c)| {
-            Ok(pb::BlobChunk { data: c.to_vec(), offset: (i * confide_proto::CHUNK_SIZE) as u64, total_size: total })
-        })
-        .collect();
-    Ok(Box::pin(tokio_stream::iter(chunks)))
+    let chunks = bytes.len().div_ceil(confide_proto::CHUNK_SIZE);
+    Ok(Box::pin(tokio_stream::iter((0..chunks).map(move |i| {
+        let start = i * confide_proto::CHUNK_SIZE;
+        let end = (start + confide_proto::CHUNK_SIZE).min(bytes.len());
+        Ok(pb::BlobChunk { data: bytes[start..end].to_vec(), offset: start as u64, total_size: total })
+    }))))
 }
 
 #[tonic::async_trait]
@@ -91,7 +96,11 @@ impl Federation for FederationService {
             "worker_version": capabilities.worker_version,
             "min_participants": r.min_participants,
         });
-        self.shared.store.upsert_worker(&r.institution_id, &info_json.to_string()).map_err(|e| Status::internal(e.to_string()))?;
+        let (shared, id) = (Arc::clone(&self.shared), r.institution_id.clone());
+        tokio::task::spawn_blocking(move || shared.store.upsert_worker(&id, &info_json.to_string()))
+            .await
+            .map_err(|e| Status::internal(format!("store task failed: {e}")))?
+            .map_err(|e| Status::internal(e.to_string()))?;
         self.shared.hub.register(WorkerInfo {
             id: r.institution_id.clone(),
             datasets: r.datasets,
@@ -134,7 +143,7 @@ impl Federation for FederationService {
         if !self.shared.hub.is_registered(&r.worker_id) {
             return Err(Status::unauthenticated(format!("unknown worker `{}`: register first", r.worker_id)));
         }
-        Ok(Response::new(blob_stream(&self.shared, &r.hash)?))
+        Ok(Response::new(blob_stream(&self.shared, &r.hash).await?))
     }
 
     async fn submit(&self, request: Request<Streaming<SubmitChunk>>) -> Result<Response<SubmitAck>, Status> {

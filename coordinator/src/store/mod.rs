@@ -8,10 +8,11 @@
 
 pub mod checkpoints;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use confide_core::outcome::ParticipantStatus;
 use rusqlite::{Connection, OptionalExtension, params};
 
 pub use checkpoints::CheckpointDir;
@@ -81,7 +82,8 @@ impl JobStatus {
         }
     }
 
-    fn parse(s: &str) -> Self {
+    /// The status a stored name stands for (an unknown name reads as pending).
+    pub fn parse(s: &str) -> Self {
         match s {
             "running" => JobStatus::Running,
             "completed" => JobStatus::Completed,
@@ -137,14 +139,14 @@ pub struct JobRecord {
 pub struct ParticipantRecord {
     /// Worker (institution) id.
     pub worker_id: String,
-    /// `contributed`, `failed`, `dropped` or `refused`.
-    pub status: String,
+    /// How it fared.
+    pub status: ParticipantStatus,
     /// Why, when it did not contribute.
     pub reason: String,
 }
 
 /// A completed round.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RoundRecord {
     /// 1-based round number.
     pub round: u64,
@@ -242,6 +244,32 @@ fn add_missing_columns(conn: &Connection) -> rusqlite::Result<()> {
         }
     }
     Ok(())
+}
+
+/// A stored participant status; an unknown name is an error, never a default.
+fn status_column(r: &rusqlite::Row<'_>, index: usize) -> rusqlite::Result<ParticipantStatus> {
+    let name: String = r.get(index)?;
+    name.parse().map_err(|e| rusqlite::Error::FromSqlConversionFailure(index, rusqlite::types::Type::Text, Box::new(e)))
+}
+
+impl StoreError {
+    /// True for faults that may clear by themselves (a full disk, an I/O error, a locked
+    /// database): the job pauses and retries. Corruption and unreadable records are permanent.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StoreError::Io { .. } => true,
+            StoreError::Sqlite { source: rusqlite::Error::SqliteFailure(e, _), .. } => matches!(
+                e.code,
+                rusqlite::ErrorCode::DiskFull
+                    | rusqlite::ErrorCode::SystemIoFailure
+                    | rusqlite::ErrorCode::DatabaseBusy
+                    | rusqlite::ErrorCode::DatabaseLocked
+                    | rusqlite::ErrorCode::CannotOpen
+                    | rusqlite::ErrorCode::OutOfMemory
+            ),
+            _ => false,
+        }
+    }
 }
 
 /// Current time as RFC 3339 (UTC).
@@ -453,7 +481,7 @@ impl Store {
                 tx.execute(
                     "INSERT INTO participants (job_id, round, attempt, worker_id, status, reason, completed, recorded_at)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, 1, ?7)",
-                    params![job_id, round.round as i64, attempt, p.worker_id, p.status, p.reason, round.completed_at],
+                    params![job_id, round.round as i64, attempt, p.worker_id, p.status.as_str(), p.reason, round.completed_at],
                 )?;
             }
             tx.execute(
@@ -480,7 +508,7 @@ impl Store {
                 tx.execute(
                     "INSERT INTO participants (job_id, round, attempt, worker_id, status, reason, completed, recorded_at)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, ?7)",
-                    params![job_id, round as i64, attempt, p.worker_id, p.status, p.reason, now],
+                    params![job_id, round as i64, attempt, p.worker_id, p.status.as_str(), p.reason, now],
                 )?;
             }
             tx.commit()
@@ -489,65 +517,80 @@ impl Store {
 
     /// Completed rounds of a job, in order, with their participants.
     pub fn rounds(&self, job_id: &str) -> Result<Vec<RoundRecord>, StoreError> {
-        let raw = self.with(|c| {
+        Ok(self.rounds_where(Some(job_id))?.into_iter().map(|(_, r)| r).collect())
+    }
+
+    /// Every job's completed rounds as (job id, round), in job and round order: two queries
+    /// for any number of jobs.
+    pub fn all_rounds(&self) -> Result<Vec<(String, RoundRecord)>, StoreError> {
+        self.rounds_where(None)
+    }
+
+    fn rounds_where(&self, job: Option<&str>) -> Result<Vec<(String, RoundRecord)>, StoreError> {
+        type Row = (String, i64, String, String, String, f64, String);
+        let (rounds, parts) = self.with(|c| {
             let mut st = c.prepare(
-                "SELECT round, model_hash, state_hash, metrics_json, duration_secs, completed_at
-                 FROM rounds WHERE job_id = ?1 ORDER BY round",
+                "SELECT job_id, round, model_hash, state_hash, metrics_json, duration_secs, completed_at
+                 FROM rounds WHERE ?1 IS NULL OR job_id = ?1 ORDER BY job_id, round",
             )?;
-            let rows = st.query_map(params![job_id], |r| {
+            let rows = st.query_map(params![job], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?))
+            })?;
+            let rounds: Vec<Row> = rows.collect::<rusqlite::Result<_>>()?;
+            let mut st = c.prepare(
+                "SELECT job_id, round, worker_id, status, reason FROM participants
+                 WHERE completed = 1 AND (?1 IS NULL OR job_id = ?1) ORDER BY job_id, round, worker_id",
+            )?;
+            let parts = st.query_map(params![job], |r| {
                 Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, String>(3)?,
-                    r.get::<_, f64>(4)?,
-                    r.get::<_, String>(5)?,
+                    (r.get::<_, String>(0)?, r.get::<_, i64>(1)?),
+                    ParticipantRecord { worker_id: r.get(2)?, status: status_column(r, 3)?, reason: r.get(4)? },
                 ))
             })?;
-            let rounds: Vec<_> = rows.collect::<rusqlite::Result<_>>()?;
-            let mut st = c.prepare(
-                "SELECT round, worker_id, status, reason FROM participants
-                 WHERE job_id = ?1 AND completed = 1 ORDER BY round, worker_id",
-            )?;
-            let parts = st.query_map(params![job_id], |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    ParticipantRecord { worker_id: r.get(1)?, status: r.get(2)?, reason: r.get(3)? },
-                ))
-            })?;
-            let parts: Vec<_> = parts.collect::<rusqlite::Result<_>>()?;
-            Ok((rounds, parts))
+            let mut by_round: HashMap<(String, i64), Vec<ParticipantRecord>> = HashMap::new();
+            for p in parts {
+                let (key, record) = p?;
+                by_round.entry(key).or_default().push(record);
+            }
+            Ok((rounds, by_round))
         })?;
-        let (rounds, parts) = raw;
+        let mut parts = parts;
         rounds
             .into_iter()
-            .map(|(round, model_hash, state_hash, metrics_json, duration_secs, completed_at)| {
+            .map(|(job_id, round, model_hash, state_hash, metrics_json, duration_secs, completed_at)| {
                 let metrics = serde_json::from_str(&metrics_json).map_err(|e| StoreError::Record(e.to_string()))?;
-                Ok(RoundRecord {
-                    round: round as u64,
-                    model_hash,
-                    state_hash,
-                    metrics,
-                    duration_secs,
-                    completed_at,
-                    participants: parts.iter().filter(|(r, _)| *r == round).map(|(_, p)| p.clone()).collect(),
-                })
+                let participants = parts.remove(&(job_id.clone(), round)).unwrap_or_default();
+                let record = RoundRecord { round: round.max(0) as u64, model_hash, state_hash, metrics, duration_secs, completed_at, participants };
+                Ok((job_id, record))
             })
             .collect()
     }
 
     /// Outcomes of failed attempts at rounds not (yet) completed: why workers failed or refused.
     pub fn failed_attempts(&self, job_id: &str) -> Result<Vec<(u64, u32, ParticipantRecord)>, StoreError> {
+        Ok(self.failed_attempts_where(Some(job_id))?.into_iter().map(|(_, a)| a).collect())
+    }
+
+    /// Every job's failed-attempt outcomes as (job id, outcome), in one query.
+    pub fn all_failed_attempts(&self) -> Result<Vec<(String, (u64, u32, ParticipantRecord))>, StoreError> {
+        self.failed_attempts_where(None)
+    }
+
+    #[allow(clippy::type_complexity)] // (job, (round, attempt, outcome)), named in the callers' docs
+    fn failed_attempts_where(&self, job: Option<&str>) -> Result<Vec<(String, (u64, u32, ParticipantRecord))>, StoreError> {
         self.with(|c| {
             let mut st = c.prepare(
-                "SELECT round, attempt, worker_id, status, reason FROM participants
-                 WHERE job_id = ?1 AND completed = 0 ORDER BY round, attempt, worker_id",
+                "SELECT job_id, round, attempt, worker_id, status, reason FROM participants
+                 WHERE completed = 0 AND (?1 IS NULL OR job_id = ?1) ORDER BY job_id, round, attempt, worker_id",
             )?;
-            let rows = st.query_map(params![job_id], |r| {
+            let rows = st.query_map(params![job], |r| {
                 Ok((
-                    r.get::<_, i64>(0)?.max(0) as u64,
-                    r.get::<_, u32>(1)?,
-                    ParticipantRecord { worker_id: r.get(2)?, status: r.get(3)?, reason: r.get(4)? },
+                    r.get::<_, String>(0)?,
+                    (
+                        r.get::<_, i64>(1)?.max(0) as u64,
+                        r.get::<_, u32>(2)?,
+                        ParticipantRecord { worker_id: r.get(3)?, status: status_column(r, 4)?, reason: r.get(5)? },
+                    ),
                 ))
             })?;
             rows.collect()
@@ -567,7 +610,7 @@ mod tests {
             metrics: BTreeMap::from([("auc".to_string(), 0.8)]),
             duration_secs: 1.5,
             completed_at: now_rfc3339(),
-            participants: vec![ParticipantRecord { worker_id: "bank1".into(), status: "contributed".into(), reason: String::new() }],
+            participants: vec![ParticipantRecord { worker_id: "bank1".into(), status: ParticipantStatus::Contributed, reason: String::new() }],
         }
     }
 
@@ -642,7 +685,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(dir.path()).expect("open");
         store.insert_job("j1", "churn", "{}", "").expect("insert");
-        let p = ParticipantRecord { worker_id: "bank2".into(), status: "failed".into(), reason: "bad.csv line 3".into() };
+        let p = ParticipantRecord { worker_id: "bank2".into(), status: ParticipantStatus::Failed, reason: "bad.csv line 3".into() };
         store.record_failed_attempt("j1", 1, 1, std::slice::from_ref(&p)).expect("attempt");
         assert!(store.rounds("j1").expect("rounds").is_empty());
         assert_eq!(store.failed_attempts("j1").expect("attempts"), vec![(1, 1, p)]);

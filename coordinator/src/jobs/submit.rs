@@ -1,21 +1,14 @@
-//! Jobs in this coordinator process: submission, the running set, events, and their API views.
-//!
-//! Each running job has one runner task ([`crate::round::runner`]), a cancellation token and
-//! a broadcast channel of [`JobEvent`]s that `WatchJob` streams subscribe to. On start-up every
-//! job the database says is unfinished is resumed from its last completed round.
+//! Submission: a job file, its schema and (for custom models) its module and parameters are
+//! validated before anything is stored, then the job is stored and started.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use confide_core::job::JobSpec;
 use confide_core::model::ModelSpec;
 use confide_datasets::DatasetSchema;
-use confide_proto::v1::{self as pb, JobEvent};
-use tokio::sync::broadcast;
-use tokio_util::sync::CancellationToken;
 
 use crate::Shared;
-use crate::store::{JobRecord, JobStatus, RoundRecord, StoreError};
+use crate::store::StoreError;
 
 /// Why a submission was refused.
 #[derive(Debug, thiserror::Error)]
@@ -55,64 +48,6 @@ pub enum SubmitError {
     /// The state could not be written.
     #[error(transparent)]
     Store(#[from] StoreError),
-}
-
-#[derive(Debug)]
-struct Running {
-    cancel: CancellationToken,
-    events: broadcast::Sender<JobEvent>,
-}
-
-/// The jobs running in this process.
-#[derive(Debug, Default)]
-pub struct Jobs {
-    running: Mutex<HashMap<String, Running>>,
-}
-
-impl Jobs {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Running>> {
-        self.running.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Subscribes to a running job's events (None when it is not running here).
-    pub fn subscribe(&self, job_id: &str) -> Option<broadcast::Receiver<JobEvent>> {
-        self.lock().get(job_id).map(|r| r.events.subscribe())
-    }
-
-    /// Publishes an event to a job's watchers.
-    pub fn publish(&self, event: JobEvent) {
-        if let Some(r) = self.lock().get(&event.job_id) {
-            let _ = r.events.send(event);
-        }
-    }
-
-    /// Asks a running job to stop. False when it is not running here.
-    pub fn cancel(&self, job_id: &str) -> bool {
-        self.lock().get(job_id).map(|r| r.cancel.cancel()).is_some()
-    }
-
-    /// Stops every runner in this process without changing the jobs' stored status, so they
-    /// resume when the coordinator starts again (shutdown).
-    pub fn stop_all(&self) {
-        for r in self.lock().values() {
-            r.cancel.cancel();
-        }
-    }
-
-    fn insert(&self, job_id: &str) -> Option<CancellationToken> {
-        let mut running = self.lock();
-        if running.contains_key(job_id) {
-            return None;
-        }
-        let cancel = CancellationToken::new();
-        let (events, _) = broadcast::channel(1024);
-        running.insert(job_id.to_string(), Running { cancel: cancel.clone(), events });
-        Some(cancel)
-    }
-
-    pub(crate) fn remove(&self, job_id: &str) {
-        self.lock().remove(job_id);
-    }
 }
 
 /// The files a job's model comes with (a TorchScript module and its initial parameters).
@@ -183,97 +118,10 @@ pub fn submit(
     if spec.insecure_plain_aggregation {
         tracing::warn!(job = %id, "job uses INSECURE plain aggregation: the coordinator sees every institution's update (debugging only)");
     }
-    start(shared, &id);
+    super::start(shared, &id);
     Ok(id)
 }
 
-/// Starts the runner of a stored job (no-op when it already runs).
-pub fn start(shared: &Arc<Shared>, job_id: &str) {
-    let Some(cancel) = shared.jobs.insert(job_id) else { return };
-    let shared = Arc::clone(shared);
-    let job_id = job_id.to_string();
-    tokio::spawn(async move {
-        crate::round::runner::run(&shared, &job_id, cancel).await;
-        shared.jobs.remove(&job_id);
-    });
-}
-
-/// Resumes every unfinished job in the database.
-pub fn resume_all(shared: &Arc<Shared>) -> Result<usize, StoreError> {
-    let mut n = 0;
-    for job in shared.store.jobs()? {
-        if !job.status.is_final() {
-            tracing::info!(job = %job.id, completed = job.rounds_completed, "resuming job");
-            start(shared, &job.id);
-            n += 1;
-        }
-    }
-    Ok(n)
-}
-
-/// The API view of a round.
-pub fn round_proto(r: &RoundRecord) -> pb::RoundSummary {
-    pb::RoundSummary {
-        round: r.round,
-        status: "completed".into(),
-        participants: r
-            .participants
-            .iter()
-            .map(|p| pb::ParticipantOutcome { worker_id: p.worker_id.clone(), status: p.status.clone(), reason: p.reason.clone() })
-            .collect(),
-        metrics: r.metrics.iter().map(|(k, v)| (k.clone(), *v)).collect(),
-        duration_secs: r.duration_secs,
-        model_hash: r.model_hash.clone(),
-        completed_at: r.completed_at.clone(),
-    }
-}
-
-/// The API view of a job, with its rounds.
-pub fn job_proto(shared: &Shared, job: &JobRecord) -> Result<pb::Job, StoreError> {
-    let rounds = shared.store.rounds(&job.id)?;
-    let rounds_total = serde_json::from_str::<JobSpec>(&job.spec_json).map(|s| s.training.rounds).unwrap_or(0);
-    let mut error = job.error.clone().unwrap_or_default();
-    if error.is_empty() && !job.status.is_final() {
-        // Surface why the current round keeps failing (e.g. a worker's data error).
-        if let Some((round, attempt, p)) = shared
-            .store
-            .failed_attempts(&job.id)?
-            .into_iter()
-            .rev()
-            .find(|(r, _, p)| *r > job.rounds_completed && p.status != "contributed")
-        {
-            error = format!("round {round} attempt {attempt}: {} {}: {}", p.worker_id, p.status, p.reason);
-        }
-    }
-    Ok(pb::Job {
-        id: job.id.clone(),
-        name: job.name.clone(),
-        status: job.status.as_str().into(),
-        spec_json: job.spec_json.clone(),
-        rounds_completed: job.rounds_completed,
-        rounds_total,
-        created_at: job.created_at.clone(),
-        updated_at: job.updated_at.clone(),
-        error,
-        rounds: rounds.iter().map(round_proto).collect(),
-        model_hash: job.model_hash.clone().unwrap_or_default(),
-        stop_reason: job.stop_reason.clone().unwrap_or_default(),
-        schema_toml: job.schema_toml.clone(),
-        preprocessing_json: job.preprocessing_json.clone().unwrap_or_default(),
-        export_dir: job.export_dir.clone().unwrap_or_default(),
-        export_error: job.export_error.clone().unwrap_or_default(),
-    })
-}
-
-/// Marks a job cancelled (in the database, and its runner if it runs here).
-pub fn cancel(shared: &Shared, job_id: &str) -> Result<Option<JobRecord>, StoreError> {
-    let Some(job) = shared.store.job(job_id)? else { return Ok(None) };
-    if !job.status.is_final() {
-        shared.store.set_job_status(job_id, JobStatus::Cancelled, None, Some("cancelled by the job's owner"))?;
-        shared.jobs.cancel(job_id);
-    }
-    shared.store.job(job_id)
-}
 
 #[cfg(test)]
 mod tests {
@@ -289,7 +137,7 @@ mod tests {
         Arc::new(Shared {
             store: crate::store::Store::open(dir).expect("store"),
             hub: crate::hub::Hub::default(),
-            jobs: Jobs::default(),
+            jobs: crate::jobs::Jobs::default(),
             config: crate::config::CoordinatorConfig::default(),
             metrics: Arc::new(crate::telemetry::Metrics::default()),
         })

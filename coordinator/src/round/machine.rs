@@ -1,0 +1,851 @@
+//! The whole life of one job, as a pure state machine: wait for eligible workers → federated
+//! preprocessing statistics → round after round of select → train → server optimizer step →
+//! evaluate → commit, until the round budget or early stopping.
+//!
+//! [`JobMachine`] has no sockets, no tokio, no database, no wall clock and no OS randomness (in
+//! the style of `quinn-proto`, like `confide-secagg` below it). Time comes in as the caller's
+//! `now`, randomness (task ids, secure-aggregation session ids) from the seed it is built with,
+//! and everything it wants done leaves as an [`Effect`]. The secure-aggregation server sits
+//! inside it (through [`Phase`]). The tokio driver is [`super::runner`]; tests drive it on a
+//! virtual clock (the workspace's `confide-harness` crate, and `fuzz/`).
+//!
+//! ## How to drive it
+//! 1. Load the job's committed state into a [`JobSnapshot`] and call [`JobMachine::new`]
+//!    (resuming after a crash is exactly this: the machine starts from the last committed
+//!    round, so an interrupted round is run again).
+//! 2. Tell it who is connected ([`JobMachine::handle_workers`]) now and whenever that changes.
+//! 3. After every call, drain [`JobMachine::poll_effect`] in order and carry each effect out:
+//!    - [`Effect::Assign`]: open a route for the task's contributions, send it to the worker
+//!      (if it cannot be sent, call [`JobMachine::handle_disconnect`]);
+//!    - [`Effect::Relay`]: send a secure-aggregation relay or a cancel for an assigned task;
+//!    - [`Effect::CloseTasks`]: refuse further contributions to those tasks;
+//!    - [`Effect::Persist`]: write it durably, then report with [`JobMachine::handle_persisted`]
+//!      (the machine emits nothing else until then, so nothing is sent that depends on an
+//!      unwritten checkpoint);
+//!    - [`Effect::Publish`]: show the event to the job's watchers;
+//!    - [`Effect::Finish`]: record how the job ended; the machine is done.
+//! 4. Feed what arrives: [`JobMachine::handle_contribution`] (its error goes back to the
+//!    sender), [`JobMachine::handle_disconnect`], [`JobMachine::handle_stop`] (cancel or
+//!    shutdown), and [`JobMachine::handle_timeout`] once [`JobMachine::poll_timeout`] passed.
+//!
+//! ## Store faults
+//! A write that fails transiently (full disk, I/O error) pauses the job; after a backoff
+//! (1 s doubling to 60 s) the machine asks for the very same write again, so the round is not
+//! lost and the job survives. A permanent fault (corruption) fails the job.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use confide_core::contribution::TrainContribution;
+use confide_core::job::JobSpec;
+use confide_core::metrics::{EvalContribution, RECOMMENDATION_EVAL_LEN, RecommendationEval};
+use confide_core::model::{ModelParams, ModelSpec, ParamLayout, rec_names};
+use confide_core::outcome::ParticipantStatus;
+use confide_core::strategy::{ServerOptimizer, ServerState};
+use confide_datasets::{DatasetSchema, Preprocessing};
+use confide_proto::v1::{self as pb, contribution::Body, task::Kind};
+use rand::{RngCore, SeedableRng};
+use rand_chacha::ChaCha20Rng;
+
+use super::errors::{JobError, PhaseError};
+use super::phase::{Phase, PhaseFailure, PhaseOutcome};
+use super::schedule::{self, EarlyStopping};
+use super::secure::{Encoding, SecurePhase};
+use crate::hub::WorkerInfo;
+use crate::store::{ParticipantRecord, RoundRecord, StoreError};
+
+/// First pause after a transient store fault; it doubles up to [`MAX_STORE_BACKOFF`].
+pub const STORE_BACKOFF: Duration = Duration::from_secs(1);
+/// Longest pause between retries of a failing write.
+pub const MAX_STORE_BACKOFF: Duration = Duration::from_secs(60);
+
+/// A job's committed state, as the store holds it: what [`JobMachine::new`] starts from.
+#[derive(Debug, Clone)]
+pub struct JobSnapshot {
+    /// Job id.
+    pub job_id: String,
+    /// The validated job.
+    pub spec: JobSpec,
+    /// The dataset schema the job was submitted with.
+    pub schema: DatasetSchema,
+    /// The job's head once its statistics phase committed; None before (the job starts there).
+    pub head: Option<Head>,
+    /// Rounds committed.
+    pub rounds_completed: u64,
+    /// Metrics of the committed rounds, in order (early stopping picks up from them).
+    pub past_metrics: Vec<BTreeMap<String, f64>>,
+    /// A recommendation job's item catalogue.
+    pub catalogue: Option<Vec<String>>,
+    /// A custom model's submitted initial parameters (safetensors).
+    pub initial_params: Option<Vec<u8>>,
+}
+
+/// The latest committed model and everything needed to continue from it.
+#[derive(Debug, Clone)]
+pub struct Head {
+    /// The federation's preprocessing.
+    pub prep: Preprocessing,
+    /// The global model's checkpoint (safetensors).
+    pub model: Vec<u8>,
+    /// The server optimizer's checkpoint, if any.
+    pub optimizer_state: Option<Vec<u8>>,
+}
+
+/// Content-addressed bytes to write (a checkpoint); cheap to clone.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Blob {
+    /// SHA-256 hex of `bytes`: the name the store files it under.
+    pub hash: String,
+    /// The content.
+    pub bytes: Arc<Vec<u8>>,
+}
+
+impl Blob {
+    /// A blob of `bytes`, hashed.
+    pub fn new(bytes: Vec<u8>) -> Self {
+        Self { hash: confide_core::sha256_hex(&bytes), bytes: Arc::new(bytes) }
+    }
+}
+
+/// A durable write the machine waits for.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Persist {
+    /// The statistics phase's result: preprocessing, initial model and optimizer state (round 0).
+    Start {
+        /// Preprocessing as JSON.
+        prep_json: String,
+        /// Initial model.
+        model: Blob,
+        /// Initial optimizer state.
+        optimizer_state: Blob,
+    },
+    /// A provisional checkpoint (the model being evaluated, which becomes the round's model
+    /// once the round commits).
+    Checkpoint(Blob),
+    /// The outcomes of a failed attempt at a round (0 = statistics).
+    FailedAttempt {
+        /// The round.
+        round: u64,
+        /// The attempt.
+        attempt: u32,
+        /// Outcome per selected worker.
+        participants: Vec<ParticipantRecord>,
+    },
+    /// A completed round: write both checkpoints, then the record in one transaction. The
+    /// record's `completed_at` is left empty for the driver to stamp with the wall clock.
+    Round {
+        /// The attempt that completed it.
+        attempt: u32,
+        /// The round's record.
+        record: RoundRecord,
+        /// Its model.
+        model: Blob,
+        /// Its optimizer state.
+        optimizer_state: Blob,
+    },
+}
+
+/// How a job ended.
+#[derive(Debug)]
+pub enum JobEnd {
+    /// Round budget reached, or stopped early (with the reason).
+    Completed {
+        /// Why it stopped before its round budget.
+        stop_reason: Option<String>,
+    },
+    /// It cannot go on.
+    Failed(JobError),
+    /// Cancelled or shut down: its stored status is left as it is.
+    Stopped,
+}
+
+/// What the machine wants done; see the module docs for each.
+#[derive(Debug)]
+pub enum Effect {
+    /// Open a route for a new task's contributions and send it to `worker`.
+    Assign {
+        /// Recipient.
+        worker: String,
+        /// The task (statistics, training or evaluation).
+        task: pb::Task,
+    },
+    /// Send a message about an assigned task (a secure-aggregation relay, a cancel).
+    Relay {
+        /// Recipient.
+        worker: String,
+        /// The message.
+        task: pb::Task,
+    },
+    /// Close these tasks: later contributions to them are refused.
+    CloseTasks(Vec<String>),
+    /// Write durably, then call [`JobMachine::handle_persisted`].
+    Persist(Persist),
+    /// Show an event to the job's watchers.
+    Publish {
+        /// The round it concerns (0 = statistics).
+        round: u64,
+        /// The event.
+        event: pb::job_event::Kind,
+    },
+    /// The job is over.
+    Finish(JobEnd),
+}
+
+/// Which aggregation a phase performs.
+#[derive(Debug)]
+enum Step {
+    /// Preprocessing statistics (round 0).
+    Statistics,
+    /// Local training; sums weighted updates.
+    Train,
+    /// Evaluation of the advanced model; sums metric histograms.
+    Evaluate(Box<Advanced>),
+}
+
+/// A round's model after the server step, not yet committed.
+#[derive(Debug)]
+struct Advanced {
+    global: ModelParams,
+    optimizer: ServerOptimizer,
+    model: Blob,
+    metrics: BTreeMap<String, f64>,
+    train_participants: Vec<ParticipantRecord>,
+}
+
+/// The job once its statistics committed.
+#[derive(Debug)]
+struct Trained {
+    prep: Preprocessing,
+    prep_json: String,
+    layout: ParamLayout,
+    global: ModelParams,
+    optimizer: ServerOptimizer,
+    /// The committed global model as shipped in training tasks.
+    model_ref: pb::ModelRef,
+}
+
+/// One attempt at a round.
+#[derive(Debug, Clone, Copy)]
+struct Attempt {
+    /// 0 = statistics.
+    round: u64,
+    attempt: u32,
+    /// When the attempt began waiting for workers (round durations count from here).
+    started: Instant,
+}
+
+#[derive(Debug)]
+struct Aggregation {
+    step: Step,
+    at: Attempt,
+    phase: Phase,
+    /// Task id per participant.
+    tasks: BTreeMap<String, String>,
+}
+
+/// What to do once a write is durable.
+#[derive(Debug)]
+enum Then {
+    StartTraining(Box<Trained>),
+    Evaluate(Box<Advanced>, Attempt, Vec<String>),
+    RoundCommitted(Box<Advanced>, u64),
+    Retry { at: Attempt, reason: String },
+}
+
+#[derive(Debug)]
+struct Pending {
+    write: Persist,
+    then: Then,
+}
+
+#[derive(Debug)]
+enum Stage {
+    Waiting(Attempt),
+    Aggregating(Box<Aggregation>),
+    Persisting(Box<Pending>),
+    Stalled { until: Instant, pending: Box<Pending> },
+    Finished,
+}
+
+/// One job's state machine; see the module docs for the calling order.
+#[derive(Debug)]
+pub struct JobMachine {
+    id: String,
+    spec: JobSpec,
+    schema: DatasetSchema,
+    fingerprint: String,
+    model_spec_json: String,
+    catalogue: Option<Vec<String>>,
+    initial_params: Option<Vec<u8>>,
+    rng: ChaCha20Rng,
+    workers: Vec<WorkerInfo>,
+    trained: Option<Box<Trained>>,
+    early: EarlyStopping,
+    stage: Stage,
+    effects: VecDeque<Effect>,
+    backoff: Duration,
+}
+
+impl JobMachine {
+    /// A machine resuming `snapshot` at `now`, drawing its randomness from `seed`. Fails when
+    /// the committed state cannot be read back.
+    pub fn new(snapshot: JobSnapshot, seed: [u8; 32], now: Instant) -> Result<Self, JobError> {
+        let JobSnapshot { job_id, spec, schema, head, rounds_completed, past_metrics, catalogue, initial_params } = snapshot;
+        let model_spec_json = serde_json::to_string(&spec.model).map_err(|e| JobError::StoredState(e.to_string()))?;
+        let mut early = EarlyStopping::new(spec.early_stopping.clone());
+        for m in &past_metrics {
+            early.observe(m);
+        }
+        let mut machine = Self {
+            id: job_id,
+            fingerprint: schema.fingerprint(),
+            spec,
+            schema,
+            model_spec_json,
+            catalogue,
+            initial_params,
+            rng: ChaCha20Rng::from_seed(seed),
+            workers: Vec::new(),
+            trained: None,
+            early,
+            stage: Stage::Finished,
+            effects: VecDeque::new(),
+            backoff: STORE_BACKOFF,
+        };
+        let Some(head) = head else {
+            machine.stage = Stage::Waiting(Attempt { round: 0, attempt: 1, started: now });
+            return Ok(machine);
+        };
+        let layout = machine.spec.model.layout(head.prep.input_dim());
+        let global = ModelParams::from_safetensors(&head.model, &layout).map_err(|e| JobError::StoredState(format!("model checkpoint: {e}")))?;
+        let optimizer = match head.optimizer_state {
+            Some(bytes) if ServerOptimizer::is_adaptive(&machine.spec.strategy) => {
+                let state = ServerState::from_bytes(&bytes, layout.len())
+                    .map_err(|e| JobError::StoredState(format!("optimizer checkpoint: {e}")))?;
+                ServerOptimizer::with_state(machine.spec.strategy.clone(), state)
+            }
+            _ => ServerOptimizer::new(machine.spec.strategy.clone(), layout.len()),
+        };
+        let prep_json = serde_json::to_string(&head.prep).map_err(|e| JobError::StoredState(e.to_string()))?;
+        let model_ref = machine.model_ref(&Blob::new(head.model));
+        machine.trained = Some(Box::new(Trained { prep: head.prep, prep_json, layout, global, optimizer, model_ref }));
+        if let Some(reason) = machine.early.should_stop() {
+            machine.finish(JobEnd::Completed { stop_reason: Some(reason) });
+        } else if rounds_completed >= machine.spec.training.rounds {
+            machine.finish(JobEnd::Completed { stop_reason: None });
+        } else {
+            machine.stage = Stage::Waiting(Attempt { round: rounds_completed + 1, attempt: 1, started: now });
+        }
+        Ok(machine)
+    }
+
+    /// The job's id.
+    pub fn job_id(&self) -> &str {
+        &self.id
+    }
+
+    /// The next effect to carry out.
+    pub fn poll_effect(&mut self) -> Option<Effect> {
+        self.effects.pop_front()
+    }
+
+    /// When [`Self::handle_timeout`] must be called next (None: only events move it on).
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match &self.stage {
+            Stage::Waiting(at) => {
+                let limit = self.spec.selection.wait_for_workers_secs;
+                (limit > 0).then(|| at.started + Duration::from_secs(limit))
+            }
+            Stage::Aggregating(agg) => Some(agg.phase.poll_timeout()),
+            Stage::Stalled { until, .. } => Some(*until),
+            Stage::Persisting(_) | Stage::Finished => None,
+        }
+    }
+
+    /// True once [`Effect::Finish`] was emitted.
+    pub fn is_finished(&self) -> bool {
+        matches!(self.stage, Stage::Finished)
+    }
+
+    /// The workers connected now, with what they registered.
+    pub fn handle_workers(&mut self, now: Instant, connected: Vec<WorkerInfo>) {
+        self.workers = connected;
+        if let Stage::Aggregating(agg) = &mut self.stage {
+            let gone: Vec<String> = agg.phase.pending().filter(|w| !self.workers.iter().any(|c| &c.id == w)).collect();
+            for w in gone {
+                agg.phase.handle_disconnect(&w, now);
+            }
+        }
+        self.pump(now);
+    }
+
+    /// A contribution from `worker` to `task_id`. The error (if any) is for the sender; the
+    /// round goes on either way.
+    pub fn handle_contribution(&mut self, now: Instant, worker: &str, task_id: &str, body: Body) -> Result<(), PhaseError> {
+        let Stage::Aggregating(agg) = &mut self.stage else { return Err(PhaseError::Over) };
+        match agg.tasks.get(worker) {
+            Some(t) if t == task_id => {}
+            Some(_) => return Err(PhaseError::Over),
+            None => return Err(PhaseError::NotParticipant(worker.into())),
+        }
+        let r = agg.phase.handle_contribution(worker, body, now);
+        self.pump(now);
+        r
+    }
+
+    /// `worker`'s task stream closed (or its task could not be sent, or it reconnected and
+    /// lost its tasks).
+    pub fn handle_disconnect(&mut self, now: Instant, worker: &str) {
+        if let Stage::Aggregating(agg) = &mut self.stage {
+            agg.phase.handle_disconnect(worker, now);
+        }
+        self.pump(now);
+    }
+
+    /// Advances time to `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        match std::mem::replace(&mut self.stage, Stage::Finished) {
+            Stage::Waiting(at) => {
+                self.stage = Stage::Waiting(at);
+                let limit = self.spec.selection.wait_for_workers_secs;
+                if limit > 0 && now >= at.started + Duration::from_secs(limit) && !self.try_start(now) {
+                    let eligible = self.eligible().len();
+                    self.finish(JobEnd::Failed(JobError::NotEnoughWorkers {
+                        round: at.round,
+                        eligible,
+                        needed: self.spec.selection.min_workers,
+                        dataset: self.spec.dataset.clone(),
+                        waited_secs: limit,
+                    }));
+                }
+            }
+            Stage::Aggregating(mut agg) => {
+                agg.phase.handle_timeout(now);
+                self.stage = Stage::Aggregating(agg);
+            }
+            Stage::Stalled { until, pending } if now >= until => {
+                tracing::info!(job = %self.id, "retrying the store write");
+                self.effects.push_back(Effect::Persist(pending.write.clone()));
+                self.stage = Stage::Persisting(pending);
+            }
+            other => self.stage = other,
+        }
+        self.pump(now);
+    }
+
+    /// The job was cancelled, or the coordinator is shutting down: tell the workers still busy
+    /// with its phase to stop, and end.
+    pub fn handle_stop(&mut self) {
+        if let Stage::Aggregating(agg) = std::mem::replace(&mut self.stage, Stage::Finished) {
+            self.close(&agg, "job stopped");
+        }
+        self.finish(JobEnd::Stopped);
+    }
+
+    /// The outcome of the last [`Effect::Persist`].
+    pub fn handle_persisted(&mut self, now: Instant, result: Result<(), StoreError>) {
+        let Stage::Persisting(pending) = std::mem::replace(&mut self.stage, Stage::Finished) else {
+            // Not waiting for a write (stopped meanwhile): nothing to do.
+            return;
+        };
+        match result {
+            Ok(()) => {
+                self.backoff = STORE_BACKOFF;
+                self.then(now, pending.then);
+            }
+            Err(e) if e.is_transient() => {
+                tracing::warn!(job = %self.id, error = %e, retry_in = ?self.backoff, "store write failed; the job is paused and will retry");
+                self.stage = Stage::Stalled { until: now + self.backoff, pending };
+                self.backoff = (self.backoff * 2).min(MAX_STORE_BACKOFF);
+            }
+            Err(e) => self.finish(JobEnd::Failed(JobError::Store(e))),
+        }
+        self.pump(now);
+    }
+
+    fn finish(&mut self, end: JobEnd) {
+        self.stage = Stage::Finished;
+        self.effects.push_back(Effect::Finish(end));
+    }
+
+    fn persist(&mut self, write: Persist, then: Then) {
+        self.effects.push_back(Effect::Persist(write.clone()));
+        self.stage = Stage::Persisting(Box::new(Pending { write, then }));
+    }
+
+    /// Relays the phase's messages, starts what can start and ends what is over, until nothing
+    /// changes.
+    fn pump(&mut self, now: Instant) {
+        loop {
+            match std::mem::replace(&mut self.stage, Stage::Finished) {
+                Stage::Waiting(at) => {
+                    self.stage = Stage::Waiting(at);
+                    if !self.try_start(now) {
+                        return;
+                    }
+                }
+                Stage::Aggregating(mut agg) => {
+                    while let Some((worker, message)) = agg.phase.poll_transmit() {
+                        if let Some(task_id) = agg.tasks.get(&worker) {
+                            let task = self.task(task_id.clone(), agg.at.round, Kind::Secagg(pb::SecAggRelay { message }));
+                            self.effects.push_back(Effect::Relay { worker, task });
+                        }
+                    }
+                    let Some(outcome) = agg.phase.outcome().cloned() else {
+                        self.stage = Stage::Aggregating(agg);
+                        return;
+                    };
+                    self.close(&agg, "phase over");
+                    let Aggregation { step, at, .. } = *agg;
+                    self.phase_over(now, step, at, outcome);
+                }
+                other => {
+                    self.stage = other;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Ids of the connected workers that offer the job's dataset with its schema.
+    fn eligible(&self) -> Vec<String> {
+        self.workers.iter().filter(|w| w.offers(&self.spec.dataset, &self.fingerprint)).map(|w| w.id.clone()).collect()
+    }
+
+    /// Starts the waiting attempt's phase if enough eligible workers are connected.
+    fn try_start(&mut self, now: Instant) -> bool {
+        let Stage::Waiting(at) = self.stage else { return false };
+        let eligible = self.eligible();
+        if eligible.len() < self.spec.selection.min_workers {
+            return false;
+        }
+        let participants = schedule::select(&eligible, &self.spec.selection, self.spec.seed, at.round, at.attempt);
+        if at.round == 0 {
+            self.start_phase(now, Step::Statistics, at, &participants);
+        } else {
+            let event = pb::job_event::Kind::RoundStarted(pb::RoundStarted {
+                participants: participants.clone(),
+                rounds_total: self.spec.training.rounds,
+            });
+            self.effects.push_back(Effect::Publish { round: at.round, event });
+            self.start_phase(now, Step::Train, at, &participants);
+        }
+        true
+    }
+
+    fn fresh_task_id(&mut self) -> String {
+        let mut bytes = [0u8; 16];
+        self.rng.fill_bytes(&mut bytes);
+        uuid::Builder::from_random_bytes(bytes).into_uuid().to_string()
+    }
+
+    fn task(&self, task_id: String, round: u64, kind: Kind) -> pb::Task {
+        pb::Task { task_id, job_id: self.id.clone(), round, kind: Some(kind) }
+    }
+
+    fn dataset_ref(&self) -> pb::DatasetRef {
+        pb::DatasetRef { name: self.spec.dataset.clone(), schema_fingerprint: self.fingerprint.clone() }
+    }
+
+    fn model_ref(&self, blob: &Blob) -> pb::ModelRef {
+        pb::ModelRef { hash: blob.hash.clone(), size_bytes: blob.bytes.len() as u64, spec_json: self.model_spec_json.clone() }
+    }
+
+    /// Vector length and encoding of a step's contributions.
+    fn vector_of(&self, step: &Step) -> (usize, Encoding) {
+        let trained = self.trained.as_deref();
+        match step {
+            Step::Statistics => (confide_datasets::stats_len(&self.schema), Encoding::Statistics),
+            Step::Train => {
+                let params = trained.map_or(0, |t| t.layout.len());
+                (TrainContribution::vector_len(params), Encoding::WeightedUpdate { rows: trained.map_or(1, |t| t.prep.rows) })
+            }
+            Step::Evaluate(_) if self.spec.model.is_recommendation() => (RECOMMENDATION_EVAL_LEN, Encoding::Counts),
+            Step::Evaluate(_) => (EvalContribution::vector_len(self.spec.evaluation.score_buckets as usize), Encoding::Counts),
+        }
+    }
+
+    /// The task a participant gets for a step.
+    fn task_kind(&self, step: &Step, round: u64, index: u64, aggregation: pb::AggregationSetup) -> Kind {
+        let dataset = Some(self.dataset_ref());
+        let aggregation = Some(aggregation);
+        match (step, self.trained.as_deref()) {
+            (Step::Statistics, _) | (_, None) => Kind::Stats(pb::StatsTask { dataset, aggregation }),
+            (Step::Train, Some(t)) => Kind::Train(pb::TrainTask {
+                dataset,
+                model: Some(t.model_ref.clone()),
+                preprocessing_json: t.prep_json.clone(),
+                train_config_json: serde_json::to_string(&self.spec.local_training(round, index)).unwrap_or_default(),
+                aggregation,
+            }),
+            (Step::Evaluate(adv), Some(t)) => Kind::Evaluate(pb::EvaluateTask {
+                dataset,
+                model: Some(self.model_ref(&adv.model)),
+                preprocessing_json: t.prep_json.clone(),
+                score_buckets: self.spec.evaluation.score_buckets,
+                aggregation,
+            }),
+        }
+    }
+
+    /// Hands a task to each participant and starts summing their contributions.
+    fn start_phase(&mut self, now: Instant, step: Step, at: Attempt, participants: &[String]) {
+        let (vector_len, encoding) = self.vector_of(&step);
+        let deadline = now + Duration::from_secs(self.spec.selection.round_deadline_secs);
+        let min = self.spec.selection.min_workers.min(participants.len());
+        let (present, absent): (Vec<String>, Vec<String>) =
+            participants.iter().cloned().partition(|w| self.workers.iter().any(|c| &c.id == w));
+        let (mut phase, setups) = if self.spec.insecure_plain_aggregation {
+            let setups = present
+                .iter()
+                .map(|w| (w.clone(), pb::AggregationSetup { insecure_plain: true, vector_len: vector_len as u64, secure: None }))
+                .collect();
+            (Phase::plain(participants, vector_len, min, deadline), setups)
+        } else if present.len() < 2 {
+            let outcome = PhaseOutcome {
+                sum: Err(PhaseFailure { reason: format!("only {} selected workers still connected", present.len()) }),
+                participants: absent.iter().map(|w| record(w, ParticipantStatus::Dropped, "disconnected before the phase")).collect(),
+            };
+            return self.phase_over(now, step, at, outcome);
+        } else {
+            let mut session_id = [0u8; 32];
+            self.rng.fill_bytes(&mut session_id);
+            match SecurePhase::new(&self.spec, &present, &self.workers, vector_len, encoding, at.round, session_id, now) {
+                Ok((secure, setups)) => (Phase::secure(participants, vector_len, min, deadline, secure), setups),
+                Err(e) => {
+                    let outcome = PhaseOutcome {
+                        sum: Err(PhaseFailure { reason: format!("secure aggregation setup: {e}") }),
+                        participants: participants.iter().map(|w| record(w, ParticipantStatus::Failed, &e)).collect(),
+                    };
+                    return self.phase_over(now, step, at, outcome);
+                }
+            }
+        };
+        for w in &absent {
+            phase.handle_disconnect(w, now);
+        }
+        let index: BTreeMap<&str, u64> = participants.iter().enumerate().map(|(i, w)| (w.as_str(), i as u64)).collect();
+        let mut tasks = BTreeMap::new();
+        for (worker, setup) in setups {
+            let task_id = self.fresh_task_id();
+            let kind = self.task_kind(&step, at.round, index.get(worker.as_str()).copied().unwrap_or_default(), setup);
+            let task = self.task(task_id.clone(), at.round, kind);
+            tasks.insert(worker.clone(), task_id);
+            self.effects.push_back(Effect::Assign { worker, task });
+        }
+        self.stage = Stage::Aggregating(Box::new(Aggregation { step, at, phase, tasks }));
+    }
+
+    /// Closes a phase's tasks and tells the workers still busy with it to stop.
+    fn close(&mut self, agg: &Aggregation, reason: &str) {
+        for w in agg.phase.pending().collect::<Vec<_>>() {
+            if let Some(task_id) = agg.tasks.get(&w) {
+                let task = self.task(task_id.clone(), agg.at.round, Kind::Cancel(pb::CancelTask { reason: reason.into() }));
+                self.effects.push_back(Effect::Relay { worker: w, task });
+            }
+        }
+        self.effects.push_back(Effect::CloseTasks(agg.tasks.values().cloned().collect()));
+    }
+
+    /// Takes a finished phase's outcome to the job's next step.
+    fn phase_over(&mut self, now: Instant, step: Step, at: Attempt, outcome: PhaseOutcome) {
+        let PhaseOutcome { sum, participants } = outcome;
+        match step {
+            Step::Statistics => match sum {
+                Ok(sum) => match self.start_training(&sum) {
+                    Ok((write, trained)) => self.persist(write, Then::StartTraining(trained)),
+                    Err(e) => self.finish(JobEnd::Failed(e)),
+                },
+                Err(f) => self.attempt_failed(at, format!("preprocessing statistics: {}", f.reason), participants),
+            },
+            Step::Train => match sum {
+                Ok(sum) => self.server_step(now, at, &sum, participants),
+                Err(f) => self.attempt_failed(at, f.reason, participants),
+            },
+            Step::Evaluate(mut adv) => {
+                let participants = merge(std::mem::take(&mut adv.train_participants), participants);
+                match sum.map_err(|f| f.reason).and_then(|s| self.eval_metrics(&s)) {
+                    Ok(metrics) => {
+                        adv.metrics.extend(metrics);
+                        adv.train_participants = participants;
+                        self.commit(now, at, adv);
+                    }
+                    Err(reason) => self.attempt_failed(at, format!("evaluation: {reason}"), participants),
+                }
+            }
+        }
+    }
+
+    /// The preprocessing from the summed statistics, the initial model and optimizer.
+    fn start_training(&self, summed: &[f64]) -> Result<(Persist, Box<Trained>), JobError> {
+        let mut prep = Preprocessing::from_aggregate(&self.schema, summed)?;
+        if let Some(rec) = prep.recommendation.as_mut() {
+            // Every institution indexes items and ranks held-out items identically.
+            rec.items = self.catalogue.clone().ok_or_else(|| JobError::StoredState("recommendation job has no item catalogue".into()))?;
+            rec.ranking_negatives = self.spec.evaluation.ranking_negatives;
+            rec.top_k = self.spec.evaluation.top_k;
+            rec.eval_seed = self.spec.seed;
+            rec.feedback = self.spec.training.feedback;
+        }
+        let layout = self.spec.model.layout(prep.input_dim());
+        let mut global = match &self.spec.model {
+            ModelSpec::TorchScript(ts) => {
+                if let Some(dim) = ts.input_dim
+                    && dim != prep.input_dim()
+                {
+                    return Err(JobError::Model(format!(
+                        "the torchscript module was built for {dim} inputs, the federation encodes {}",
+                        prep.input_dim()
+                    )));
+                }
+                let bytes = self.initial_params.as_deref().ok_or_else(|| JobError::Model("torchscript job without stored initial parameters".into()))?;
+                ModelParams::from_safetensors(bytes, &layout).map_err(|e| JobError::Model(format!("initial parameters: {e}")))?
+            }
+            _ => ModelParams::init(layout.clone(), self.spec.seed),
+        };
+        if let (Some(rec), Some(bias)) = (&prep.recommendation, global.tensor_mut(rec_names::GLOBAL_BIAS)) {
+            // The global bias starts at the federation's mean rating (securely summed).
+            bias[0] = rec.mean_rating as f32;
+        }
+        let optimizer = ServerOptimizer::new(self.spec.strategy.clone(), layout.len());
+        let prep_json = serde_json::to_string(&prep).map_err(|e| JobError::StoredState(e.to_string()))?;
+        let model = Blob::new(self.checkpoint_bytes(&global, 0));
+        let optimizer_state = Blob::new(optimizer.state().to_bytes());
+        let model_ref = self.model_ref(&model);
+        let write = Persist::Start { prep_json: prep_json.clone(), model, optimizer_state };
+        Ok((write, Box::new(Trained { prep, prep_json, layout, global, optimizer, model_ref })))
+    }
+
+    fn checkpoint_bytes(&self, params: &ModelParams, round: u64) -> Vec<u8> {
+        let meta = std::collections::HashMap::from([
+            ("confide.job".to_string(), self.id.clone()),
+            ("confide.round".to_string(), round.to_string()),
+            ("confide.model".to_string(), self.spec.model.label()),
+        ]);
+        params.to_safetensors(Some(meta))
+    }
+
+    /// Applies the summed training contributions with the server optimizer.
+    fn server_step(&mut self, now: Instant, at: Attempt, sum: &[f64], participants: Vec<ParticipantRecord>) {
+        let Some(trained) = self.trained.as_deref() else {
+            return self.finish(JobEnd::Failed(JobError::StoredState("training before statistics".into())));
+        };
+        let Some(summed) = TrainContribution::from_slice(sum, trained.layout.len()) else {
+            return self.attempt_failed(at, "aggregate has the wrong length".into(), participants);
+        };
+        let mut global = trained.global.clone();
+        let mut optimizer = trained.optimizer.clone();
+        if let Err(e) = optimizer.step(&mut global, &summed.weighted_update, summed.weight) {
+            return self.attempt_failed(at, format!("aggregate refused: {e}"), participants);
+        }
+        let contributors: Vec<String> = participants.iter().filter(|p| p.status.contributed()).map(|p| p.worker_id.clone()).collect();
+        let metrics = BTreeMap::from([
+            ("train_loss".to_string(), summed.mean_loss()),
+            ("train_examples".to_string(), summed.weight.round()),
+            ("contributors".to_string(), contributors.len() as f64),
+        ]);
+        let model = Blob::new(self.checkpoint_bytes(&global, at.round));
+        let adv = Box::new(Advanced { global, optimizer, model, metrics, train_participants: participants });
+        if self.spec.evaluates(at.round) {
+            // The evaluated model is written first: workers download it by hash.
+            self.persist(Persist::Checkpoint(adv.model.clone()), Then::Evaluate(adv, at, contributors));
+        } else {
+            self.commit(now, at, adv);
+        }
+    }
+
+    fn eval_metrics(&self, sum: &[f64]) -> Result<BTreeMap<String, f64>, String> {
+        if self.spec.model.is_recommendation() {
+            let c = RecommendationEval::from_slice(sum).ok_or("evaluation vector has the wrong length")?;
+            Ok(c.metrics(self.spec.evaluation.top_k))
+        } else {
+            let c = EvalContribution::from_slice(sum, self.spec.evaluation.score_buckets as usize).ok_or("evaluation vector has the wrong length")?;
+            Ok(c.metrics())
+        }
+    }
+
+    fn commit(&mut self, now: Instant, at: Attempt, adv: Box<Advanced>) {
+        let optimizer_state = Blob::new(adv.optimizer.state().to_bytes());
+        let record = RoundRecord {
+            round: at.round,
+            model_hash: adv.model.hash.clone(),
+            state_hash: optimizer_state.hash.clone(),
+            metrics: adv.metrics.clone(),
+            duration_secs: now.saturating_duration_since(at.started).as_secs_f64(),
+            completed_at: String::new(),
+            participants: adv.train_participants.clone(),
+        };
+        let write = Persist::Round { attempt: at.attempt, record, model: adv.model.clone(), optimizer_state };
+        self.persist(write, Then::RoundCommitted(adv, at.round));
+    }
+
+    fn attempt_failed(&mut self, at: Attempt, reason: String, participants: Vec<ParticipantRecord>) {
+        tracing::warn!(job = %self.id, round = at.round, attempt = at.attempt, %reason, "round attempt failed");
+        self.persist(Persist::FailedAttempt { round: at.round, attempt: at.attempt, participants }, Then::Retry { at, reason });
+    }
+
+    /// Continues once a write is durable.
+    fn then(&mut self, now: Instant, then: Then) {
+        match then {
+            Then::StartTraining(trained) => {
+                self.trained = Some(trained);
+                self.stage = Stage::Waiting(Attempt { round: 1, attempt: 1, started: now });
+            }
+            Then::Evaluate(adv, at, contributors) => self.start_phase(now, Step::Evaluate(adv), at, &contributors),
+            Then::RoundCommitted(adv, round) => {
+                self.early.observe(&adv.metrics);
+                if let Some(t) = self.trained.as_deref_mut() {
+                    t.model_ref = pb::ModelRef {
+                        hash: adv.model.hash.clone(),
+                        size_bytes: adv.model.bytes.len() as u64,
+                        spec_json: self.model_spec_json.clone(),
+                    };
+                    let Advanced { global, optimizer, .. } = *adv;
+                    t.global = global;
+                    t.optimizer = optimizer;
+                }
+                if let Some(reason) = self.early.should_stop() {
+                    self.finish(JobEnd::Completed { stop_reason: Some(reason) });
+                } else if round >= self.spec.training.rounds {
+                    self.finish(JobEnd::Completed { stop_reason: None });
+                } else {
+                    self.stage = Stage::Waiting(Attempt { round: round + 1, attempt: 1, started: now });
+                }
+            }
+            Then::Retry { at, reason } => {
+                let event = pb::job_event::Kind::RoundFailed(pb::RoundAttemptFailed { reason: reason.clone() });
+                self.effects.push_back(Effect::Publish { round: at.round, event });
+                if at.attempt >= self.spec.selection.max_round_attempts {
+                    let attempts = at.attempt;
+                    let end = if at.round == 0 {
+                        JobError::StatisticsFailed { attempts, last: reason }
+                    } else {
+                        JobError::RoundFailed { round: at.round, attempts, last: reason }
+                    };
+                    self.finish(JobEnd::Failed(end));
+                } else {
+                    self.stage = Stage::Waiting(Attempt { round: at.round, attempt: at.attempt + 1, started: now });
+                }
+            }
+        }
+    }
+}
+
+fn record(worker: &str, status: ParticipantStatus, reason: &str) -> ParticipantRecord {
+    ParticipantRecord { worker_id: worker.to_string(), status, reason: reason.to_string() }
+}
+
+/// Combines train and evaluation outcomes: the status is the training one (whether the
+/// worker's update is in the model); an evaluation failure is added as the reason.
+fn merge(train: Vec<ParticipantRecord>, eval: Vec<ParticipantRecord>) -> Vec<ParticipantRecord> {
+    train
+        .into_iter()
+        .map(|t| match eval.iter().find(|e| e.worker_id == t.worker_id) {
+            Some(e) if !e.status.contributed() && t.status.contributed() => {
+                ParticipantRecord { reason: format!("evaluation {}: {}", e.status, e.reason), ..t }
+            }
+            _ => t,
+        })
+        .collect()
+}
