@@ -15,6 +15,7 @@
 //! Schemas for the shared public datasets live in `datasets/schemas/`.
 
 pub mod error;
+pub mod load;
 pub mod output;
 pub mod parquet;
 pub mod partition;
@@ -25,6 +26,7 @@ pub mod synth;
 pub mod table;
 
 pub use error::{DataError, Location};
+pub use load::load_table;
 pub use parquet::load_parquet;
 pub use ratings::{Catalogue, CatalogueError, Ratings, load_ratings, ratings_stats};
 pub use schema::{
@@ -35,5 +37,5 @@ pub use stats::{
     stats_names,
 };
 pub use table::{
-    ColumnData, DataFormat, RawColumn, RawTable, load_csv, load_csv_from_reader, load_table,
+    ColumnData, DataFormat, RawColumn, RawTable, load_csv, load_csv_from_reader,
 };

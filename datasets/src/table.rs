@@ -10,7 +10,8 @@
 //! decoded, so they never leave this module.
 //!
 //! Both formats feed the same [`TableBuilder`], so a cell means the same whichever file it came
-//! from; [`crate::parquet`] holds the Parquet side and [`load_table`] picks a loader by extension.
+//! from; [`crate::parquet`] holds the Parquet side and [`crate::load::load_table`] picks a loader
+//! by extension.
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -102,15 +103,6 @@ impl DataFormat {
             DataFormat::Csv => "csv",
             DataFormat::Parquet => "parquet",
         }
-    }
-}
-
-/// Loads a CSV or Parquet file, chosen by extension (see [`DataFormat::of_path`]).
-pub fn load_table(path: impl AsRef<Path>, schema: &DatasetSchema) -> Result<RawTable, DataError> {
-    let path = path.as_ref();
-    match DataFormat::of_path(path) {
-        DataFormat::Csv => load_csv(path, schema),
-        DataFormat::Parquet => crate::parquet::load_parquet(path, schema),
     }
 }
 

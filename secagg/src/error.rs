@@ -3,11 +3,10 @@
 //!
 //! Every error names the fault (and, where there is one, the participant that caused it) so that
 //! a coordinator or worker can log it and decide whom to blame. Decoding faults live in
-//! [`crate::wire::DecodeError`]; configuration faults in [`crate::params::ConfigError`].
+//! [`DecodeError`] (re-exported from [`crate::wire`]); configuration faults in [`crate::params::ConfigError`].
 
 use crate::ParticipantId;
 use crate::params::ConfigError;
-use crate::wire::DecodeError;
 
 /// The protocol stages, in order (Bonawitz et al. rounds 0–4), plus the two terminal states.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -328,3 +327,41 @@ pub enum Error {
     #[error("secret sharing failed: {0}")]
     SecretSharing(String),
 }
+
+/// A fault in received bytes.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DecodeError {
+    /// The input ended while reading `what`.
+    #[error("truncated while reading {what}")]
+    Truncated {
+        /// Field being read.
+        what: &'static str,
+    },
+    /// Unknown version byte.
+    #[error("unsupported wire version {0}")]
+    UnsupportedVersion(u8),
+    /// Unknown message tag.
+    #[error("unknown message tag {0:#04x}")]
+    UnknownTag(u8),
+    /// A count above its limit.
+    #[error("{what} has {len} entries, the limit is {max}")]
+    TooLong {
+        /// Field.
+        what: &'static str,
+        /// Count found.
+        len: usize,
+        /// Limit.
+        max: usize,
+    },
+    /// Bytes left after the message.
+    #[error("{0} trailing bytes")]
+    TrailingBytes(usize),
+    /// A value that is not in canonical form.
+    #[error("non-canonical {what}")]
+    NotCanonical {
+        /// Field.
+        what: &'static str,
+    },
+}
+

@@ -14,6 +14,7 @@
 //! in-range values, and `encode(decode(b)) == b` for every accepted `b`.
 
 use crate::ParticipantId;
+pub use crate::error::DecodeError;
 use crate::error::{MessageKind, Stage};
 use crate::params::{MAX_PARTICIPANTS, MAX_VECTOR_LEN, modulus_mask};
 
@@ -21,43 +22,6 @@ use crate::params::{MAX_PARTICIPANTS, MAX_VECTOR_LEN, modulus_mask};
 pub const WIRE_VERSION: u8 = 1;
 /// Longest ciphertext accepted by the decoder.
 pub const MAX_CIPHERTEXT_LEN: usize = 1024;
-
-/// A fault in received bytes.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum DecodeError {
-    /// The input ended while reading `what`.
-    #[error("truncated while reading {what}")]
-    Truncated {
-        /// Field being read.
-        what: &'static str,
-    },
-    /// Unknown version byte.
-    #[error("unsupported wire version {0}")]
-    UnsupportedVersion(u8),
-    /// Unknown message tag.
-    #[error("unknown message tag {0:#04x}")]
-    UnknownTag(u8),
-    /// A count above its limit.
-    #[error("{what} has {len} entries, the limit is {max}")]
-    TooLong {
-        /// Field.
-        what: &'static str,
-        /// Count found.
-        len: usize,
-        /// Limit.
-        max: usize,
-    },
-    /// Bytes left after the message.
-    #[error("{0} trailing bytes")]
-    TrailingBytes(usize),
-    /// A value that is not in canonical form.
-    #[error("non-canonical {what}")]
-    NotCanonical {
-        /// Field.
-        what: &'static str,
-    },
-}
 
 /// A client's two public keys for this round, signed with its long-term identity.
 #[derive(Clone, Debug, PartialEq, Eq)]
