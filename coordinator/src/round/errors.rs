@@ -8,7 +8,7 @@
 use crate::store::StoreError;
 
 /// Why a contribution was rejected. The worker is told; the phase is unaffected.
-#[derive(Debug, thiserror::Error, PartialEq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq)]
 #[non_exhaustive]
 pub enum PhaseError {
     /// The sender was not selected for this phase.
