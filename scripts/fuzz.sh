@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every fuzz target for a bounded time and reports executions and findings: the
 # secure-aggregation codec and state machines (secagg/fuzz) and every other decoder of network
-# bytes (fuzz/: uploads, tasks, job submissions, checkpoints).
+# bytes (fuzz/: uploads, tasks, job submissions, checkpoints), and random event sequences against
+# the coordinator's JobMachine (fuzz/: job_machine).
 #
 #   scripts/fuzz.sh [seconds-per-target]     (default 60)
 #

@@ -17,25 +17,29 @@ pub fn export_dir(data_dir: &Path, job_id: &str) -> PathBuf {
     data_dir.join("jobs").join(job_id).join("export")
 }
 
-/// Exports a job that has just completed and records the outcome; never fails.
+/// Exports a job that has just completed and records the outcome; never fails. Runs off the
+/// async threads (it reads checkpoints and writes files).
 pub async fn export_completed(shared: &Arc<Shared>, job_id: &str, stop_reason: Option<String>) {
     let worker = Arc::clone(shared);
     let id = job_id.to_string();
-    let outcome = tokio::task::spawn_blocking(move || export_now(&worker, &id, stop_reason))
-        .await
-        .unwrap_or_else(|e| Err(format!("export task panicked: {e}")));
-    let recorded = match &outcome {
-        Ok(dir) => {
-            tracing::info!(job = %job_id, dir = %dir.display(), "model exported");
-            shared.store.set_export(job_id, Some(&dir.display().to_string()), None)
+    let recorded = tokio::task::spawn_blocking(move || {
+        let outcome = export_now(&worker, &id, stop_reason);
+        match &outcome {
+            Ok(dir) => {
+                tracing::info!(job = %id, dir = %dir.display(), "model exported");
+                worker.store.set_export(&id, Some(&dir.display().to_string()), None)
+            }
+            Err(e) => {
+                tracing::error!(job = %id, error = %e, "automatic model export failed (the job still completed)");
+                worker.store.set_export(&id, None, Some(e))
+            }
         }
-        Err(e) => {
-            tracing::error!(job = %job_id, error = %e, "automatic model export failed (the job still completed)");
-            shared.store.set_export(job_id, None, Some(e))
-        }
-    };
-    if let Err(e) = recorded {
-        tracing::error!(job = %job_id, error = %e, "could not record the export outcome");
+    })
+    .await;
+    match recorded {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::error!(job = %job_id, error = %e, "could not record the export outcome"),
+        Err(e) => tracing::error!(job = %job_id, error = %e, "export task panicked"),
     }
 }
 

@@ -5,7 +5,7 @@
 //! registered (datasets, capabilities, signing key), and routes each task's contributions to the
 //! job runner that owns the task.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use confide_proto::v1::{Capabilities, DatasetOffer, Task, contribution::Body};
@@ -69,6 +69,31 @@ struct Inner {
     sessions: HashMap<String, Session>,
     tasks: HashMap<String, OpenTask>,
     next_generation: u64,
+    /// Per worker, the blobs named in tasks it was sent (most recent last): the only ones it
+    /// may download.
+    grants: HashMap<String, VecDeque<String>>,
+}
+
+/// Blobs a worker may still download, per worker (a model and a module per task, for the last
+/// few tasks; older grants lapse).
+const GRANTS_PER_WORKER: usize = 32;
+
+/// The blobs a task names: its model checkpoint and, for a custom model, its module.
+pub fn blobs_of(task: &Task) -> Vec<String> {
+    use confide_proto::v1::task::Kind;
+    let model = match &task.kind {
+        Some(Kind::Train(t)) => t.model.as_ref(),
+        Some(Kind::Evaluate(t)) => t.model.as_ref(),
+        _ => None,
+    };
+    let Some(model) = model else { return Vec::new() };
+    let mut hashes = vec![model.hash.clone()];
+    if let Ok(confide_core::model::ModelSpec::TorchScript(ts)) = serde_json::from_str(&model.spec_json)
+        && let Some(h) = ts.module_sha256
+    {
+        hashes.push(h);
+    }
+    hashes
 }
 
 /// Registry of workers, their task streams, and open tasks. Cheap to clone.
@@ -175,6 +200,29 @@ impl Hub {
         }
     }
 
+    /// Lets `worker_id` download the blobs `task` names (call before sending the task).
+    pub fn grant_blobs(&self, worker_id: &str, task: &Task) {
+        let hashes = blobs_of(task);
+        if hashes.is_empty() {
+            return;
+        }
+        let mut inner = self.lock();
+        let grants = inner.grants.entry(worker_id.to_string()).or_default();
+        for h in hashes {
+            grants.retain(|g| *g != h);
+            grants.push_back(h);
+        }
+        while grants.len() > GRANTS_PER_WORKER {
+            grants.pop_front();
+        }
+    }
+
+    /// True when `worker_id` was sent a task naming blob `hash` (recently enough). Other jobs'
+    /// models, the server optimizer's state and modules of jobs it is not in are refused.
+    pub fn may_download(&self, worker_id: &str, hash: &str) -> bool {
+        self.lock().grants.get(worker_id).is_some_and(|g| g.iter().any(|h| h == hash))
+    }
+
     /// Opens a task so its contributions reach `inbox`.
     pub fn open_task(&self, task_id: &str, worker_id: &str, job_id: &str, round: u64, inbox: mpsc::Sender<Inbound>) {
         self.lock().tasks.insert(
@@ -242,6 +290,30 @@ mod tests {
         assert!(matches!(hub.route("bank1", "t1", "job", 2), Err(RouteError::WrongRound { .. })));
         hub.close_tasks([&"t1".to_string()]);
         assert_eq!(hub.route("bank1", "t1", "job", 3).err(), Some(RouteError::UnknownTask("t1".into())));
+    }
+
+    fn train_task(hash: &str, spec_json: &str) -> Task {
+        use confide_proto::v1::{ModelRef, TrainTask, task::Kind};
+        let model = ModelRef { hash: hash.into(), size_bytes: 1, spec_json: spec_json.into() };
+        Task { kind: Some(Kind::Train(TrainTask { model: Some(model), ..Default::default() })), ..Default::default() }
+    }
+
+    #[test]
+    fn a_worker_may_download_only_the_blobs_of_tasks_it_was_sent() {
+        let hub = Hub::default();
+        let module = "m".repeat(64);
+        let spec = format!(
+            r#"{{"kind":"torchscript","module":"model.pt","parameters":"init.safetensors","module_sha256":"{module}","layout":{{"tensors":[]}}}}"#
+        );
+        hub.grant_blobs("bank1", &train_task(&"a".repeat(64), &spec));
+        assert!(hub.may_download("bank1", &"a".repeat(64)));
+        assert!(hub.may_download("bank1", &module), "the custom module of its own task");
+        assert!(!hub.may_download("bank2", &"a".repeat(64)), "another bank's task");
+        assert!(!hub.may_download("bank1", &"b".repeat(64)), "a blob no task named (another job's model, optimizer state)");
+        for i in 0..GRANTS_PER_WORKER {
+            hub.grant_blobs("bank1", &train_task(&format!("{i:064}"), "{}"));
+        }
+        assert!(!hub.may_download("bank1", &"a".repeat(64)), "old grants lapse");
     }
 
     #[tokio::test]

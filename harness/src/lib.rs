@@ -248,6 +248,44 @@ impl Federation {
         }
     }
 
+    /// Moves the clock forward by `d` and lets everyone whose timeout passed act.
+    pub fn advance(&mut self, d: std::time::Duration) {
+        self.clock.advance(d);
+        self.fire_timeouts();
+    }
+
+    fn fire_timeouts(&mut self) {
+        let now = self.clock.now();
+        self.machine.handle_timeout(now);
+        let due: Vec<String> = self
+            .banks
+            .iter()
+            .filter(|(id, b)| self.connected.contains(*id) && b.poll_timeout().is_some_and(|t| t <= now))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in due {
+            if let Some(b) = self.banks.get_mut(&id) {
+                b.handle_timeout(now);
+            }
+        }
+    }
+
+    /// Open tasks as (task id, bank).
+    pub fn open_tasks(&self) -> Vec<(String, String)> {
+        self.open.iter().map(|(t, w)| (t.clone(), w.clone())).collect()
+    }
+
+    /// Hands the machine a contribution as if `worker` had uploaded it (a malicious or broken
+    /// bank's message), routed like the coordinator's hub does; returns the answer it would get.
+    pub fn inject(&mut self, worker: &str, task_id: &str, body: Body) -> Result<(), String> {
+        let now = self.clock.now();
+        match self.open.get(task_id) {
+            Some(owner) if owner == worker => self.machine.handle_contribution(now, worker, task_id, body).map_err(|e| e.to_string()),
+            Some(_) => Err(format!("task `{task_id}` was not given to worker `{worker}`")),
+            None => Err(format!("task `{task_id}` is not open")),
+        }
+    }
+
     /// The earliest timeout anyone asked for.
     fn next_timeout(&self) -> Option<Instant> {
         let banks = self.banks.iter().filter(|(id, _)| self.connected.contains(*id)).filter_map(|(_, b)| b.poll_timeout());
@@ -271,19 +309,7 @@ impl Federation {
             }
             let Some(t) = self.next_timeout() else { return &self.ended };
             self.clock.advance_to(t);
-            let now = self.clock.now();
-            self.machine.handle_timeout(now);
-            let due: Vec<String> = self
-                .banks
-                .iter()
-                .filter(|(id, b)| self.connected.contains(*id) && b.poll_timeout().is_some_and(|t| t <= now))
-                .map(|(id, _)| id.clone())
-                .collect();
-            for id in due {
-                if let Some(b) = self.banks.get_mut(&id) {
-                    b.handle_timeout(now);
-                }
-            }
+            self.fire_timeouts();
         }
         panic!("the federation did not settle in {MAX_STEPS} steps");
     }

@@ -169,6 +169,7 @@ async fn drive(shared: &Arc<Shared>, job_id: &str, cancel: &CancellationToken) -
                 Effect::Assign { worker, task } => {
                     shared.hub.open_task(&task.task_id, &worker, job_id, task.round, inbox_tx.clone());
                     sessions.insert(task.task_id.clone(), (worker.clone(), shared.hub.generation(&worker)));
+                    shared.hub.grant_blobs(&worker, &task);
                     if !shared.hub.send(&worker, task).await {
                         machine.handle_disconnect(Instant::now(), &worker);
                     }

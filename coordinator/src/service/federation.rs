@@ -143,6 +143,12 @@ impl Federation for FederationService {
         if !self.shared.hub.is_registered(&r.worker_id) {
             return Err(Status::unauthenticated(format!("unknown worker `{}`: register first", r.worker_id)));
         }
+        // A bank gets only what its own tasks name: never another job's model, the server
+        // optimizer's state, or a module of a job it is not in.
+        if !self.shared.hub.may_download(&r.worker_id, &r.hash) {
+            tracing::warn!(worker = %r.worker_id, hash = %r.hash, "download refused: no task sent to this worker names the blob");
+            return Err(Status::permission_denied(format!("blob {} was not named in a task sent to `{}`", r.hash, r.worker_id)));
+        }
         Ok(Response::new(blob_stream(&self.shared, &r.hash).await?))
     }
 
