@@ -18,6 +18,7 @@
 //! banks ([`Bank::deliver`]) instead of going through the machine.
 
 pub mod fixture;
+#[cfg(feature = "honest")]
 pub mod honest;
 pub mod store;
 
@@ -42,6 +43,12 @@ pub trait Bank {
     fn poll_upload(&mut self) -> Option<Upload>;
     /// The coordinator's answer to its last upload of `task_id`.
     fn handle_ack(&mut self, _now: Instant, _task_id: &str, _result: Result<(), String>) {}
+    /// The next blob it wants to download (by hash).
+    fn poll_download(&mut self) -> Option<String> {
+        None
+    }
+    /// The answer to its last download: the bytes, or None when the coordinator refused.
+    fn handle_download(&mut self, _now: Instant, _bytes: Option<std::sync::Arc<Vec<u8>>>) {}
     /// When it wants [`Bank::handle_timeout`].
     fn poll_timeout(&self) -> Option<Instant> {
         None
@@ -215,6 +222,18 @@ impl Federation {
             }
         }
         let ids: Vec<String> = self.banks.keys().cloned().collect();
+        for id in &ids {
+            while let Some(hash) = self.banks.get_mut(id).and_then(|b| b.poll_download()) {
+                progressed = true;
+                // As the coordinator's hub does: only blobs named in tasks sent to this bank.
+                let granted = self.assigned.iter().any(|(w, t)| w == id && confide_coordinator::hub::blobs_of(t).contains(&hash));
+                let bytes = if granted { self.store.blobs.get(&hash).cloned() } else { None };
+                let now = self.clock.now();
+                if let Some(b) = self.banks.get_mut(id) {
+                    b.handle_download(now, bytes);
+                }
+            }
+        }
         for id in ids {
             while let Some(upload) = self.banks.get_mut(&id).and_then(|b| b.poll_upload()) {
                 progressed = true;
