@@ -248,6 +248,24 @@ mod tests {
     }
 
     #[test]
+    fn an_in_memory_policy_answers_admission_requests_without_a_file() {
+        let p = Policy::in_memory(PolicyConfig { max_jobs_per_day: 1, ..Default::default() });
+        let request = |job: &str, purpose: Purpose| AdmissionRequest {
+            job_id: job.into(),
+            round: 1,
+            purpose,
+            peers: Vec::new(),
+            federation_ca: None,
+        };
+        p.admit_request(&request("a", Purpose::Statistics)).expect("first job");
+        p.admit_request(&request("a", Purpose::Training { model: mlp() })).expect("the same job");
+        let err = p.admit_request(&request("b", Purpose::Statistics)).expect_err("a second job today");
+        assert_eq!(err.kind, FailureKind::Policy);
+        let err = p.admit_request(&request("a", Purpose::Evaluation { model: scripted(&"a".repeat(64)) })).expect_err("custom code");
+        assert!(err.reason.contains("allowed_models"), "{err}");
+    }
+
+    #[test]
     fn a_corrupted_usage_file_is_an_error_not_a_reset() {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::write(dir.path().join("policy_usage.json"), b"{not json").expect("write");

@@ -384,7 +384,7 @@ pub struct BlobRequest {
 }
 
 /// The local computation a task needs, with everything it reads.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ComputeRequest {
     /// The job (recommendation models keep their user side per job).
     pub job_id: String,
@@ -398,6 +398,19 @@ pub struct ComputeRequest {
     pub checkpoint: Option<Arc<Vec<u8>>>,
     /// A `torchscript` model's module bytes, verified against its hash.
     pub module: Option<Arc<Vec<u8>>>,
+}
+
+impl std::fmt::Debug for ComputeRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ComputeRequest")
+            .field("job_id", &self.job_id)
+            .field("round", &self.round)
+            .field("vector_len", &self.vector_len)
+            .field("kind", &self.kind)
+            .field("checkpoint_bytes", &self.checkpoint.as_ref().map(|b| b.len()))
+            .field("module_bytes", &self.module.as_ref().map(|b| b.len()))
+            .finish()
+    }
 }
 
 /// One upload to the coordinator.
@@ -1023,4 +1036,446 @@ fn bank_rules(profile: &BankProfile, task: &Task) -> Result<(), Failure> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    //! The machine driven like `confide_secagg::testing` drives clients: a few banks' machines
+    //! and a real `confide_secagg::Server` on a virtual clock, with every effect answered in
+    //! memory (or held back, to play a slow computation).
+
+    use std::collections::BTreeMap;
+
+    use confide_secagg::testing::{self, VirtualClock};
+    use confide_secagg::{ClientMessage, Graph, Server, ServerEvent, ServerPayload, Stage};
+
+    use super::*;
+    use crate::config::PolicyConfig;
+    use crate::policy::Policy;
+
+    const ROUND: u64 = 7;
+    const DATASET: &str = "telco";
+    const FINGERPRINT: &str = "f00d";
+
+    fn profile(id: u32) -> BankProfile {
+        BankProfile {
+            institution_id: format!("bank{id}"),
+            identity: testing::identity(id),
+            datasets: vec![DatasetRef { name: DATASET.into(), schema_fingerprint: FINGERPRINT.into() }],
+            min_participants: 3,
+            federation_ca: None,
+        }
+    }
+
+    fn params(n: u32, vector_len: usize) -> SessionParams {
+        let mut p = testing::session_params(n, 2, vector_len, Graph::Complete, 32);
+        p.round = ROUND;
+        p
+    }
+
+    fn secure(params: &SessionParams, me: u32) -> pb::AggregationSetup {
+        let institutions = params.participants.keys().map(|&id| (id, (format!("bank{id}"), Vec::new()))).collect();
+        pb::AggregationSetup {
+            insecure_plain: false,
+            vector_len: params.vector_len as u64,
+            secure: Some(confide_proto::secagg::setup_for(params, me, &institutions, 3)),
+        }
+    }
+
+    fn plain(vector_len: u64) -> pb::AggregationSetup {
+        pb::AggregationSetup { insecure_plain: true, vector_len, secure: None }
+    }
+
+    fn wire(me: u32, kind: Kind) -> pb::Task {
+        pb::Task { task_id: format!("task-{me}"), job_id: "job-1".into(), round: ROUND, kind: Some(kind) }
+    }
+
+    fn dataset_ref() -> Option<pb::DatasetRef> {
+        Some(pb::DatasetRef { name: DATASET.into(), schema_fingerprint: FINGERPRINT.into() })
+    }
+
+    fn stats(aggregation: pb::AggregationSetup) -> Kind {
+        Kind::Stats(pb::StatsTask { dataset: dataset_ref(), aggregation: Some(aggregation) })
+    }
+
+    const PREP: &str = r#"{"schema_fingerprint":"f00d","rows":10,"columns":[]}"#;
+
+    fn train_with(aggregation: pb::AggregationSetup, spec_json: &str, prep_json: &str) -> Kind {
+        let local = LocalTraining {
+            epochs: 1,
+            batch_size: 8,
+            learning_rate: 0.1,
+            optimizer: Default::default(),
+            prox_mu: 0.0,
+            pos_weight: None,
+            seed: 1,
+            l2: 0.0,
+            feedback: Default::default(),
+            negatives: 1,
+        };
+        Kind::Train(pb::TrainTask {
+            dataset: dataset_ref(),
+            model: Some(pb::ModelRef { hash: "ab".repeat(32), size_bytes: 10, spec_json: spec_json.into() }),
+            preprocessing_json: prep_json.into(),
+            train_config_json: serde_json::to_string(&local).expect("json"),
+            aggregation: Some(aggregation),
+        })
+    }
+
+    const MLP: &str = r#"{"kind":"mlp","hidden":[4]}"#;
+
+    fn train(aggregation: pb::AggregationSetup) -> Kind {
+        train_with(aggregation, MLP, PREP)
+    }
+
+    /// The kind of failure a submission reports, if it is a failure report.
+    fn reported(s: &Submission) -> Option<FailureKind> {
+        match &s.contribution.body {
+            Some(Body::Failure(f)) => f.typed_kind(),
+            _ => None,
+        }
+    }
+
+    fn failed(outcome: Option<&TaskOutcome>) -> &Failure {
+        match outcome {
+            Some(TaskOutcome::Failed { failure, .. }) => failure,
+            other => panic!("expected a failure, got {other:?}"),
+        }
+    }
+
+    /// Banks' machines and a secagg server, effects answered in memory.
+    #[derive(Default)]
+    struct Federation {
+        clock: VirtualClock,
+        server: Option<Server>,
+        machines: BTreeMap<u32, TaskMachine>,
+        /// What each bank's computation returns; absent: the request is held.
+        results: BTreeMap<u32, Result<Vec<f64>, Failure>>,
+        /// A bank's durable policy (absent: admit everything).
+        policies: BTreeMap<u32, Policy>,
+        held: BTreeMap<u32, ComputeRequest>,
+        admissions: BTreeMap<u32, Vec<AdmissionRequest>>,
+        submitted: BTreeMap<u32, Vec<Submission>>,
+        outcomes: BTreeMap<u32, TaskOutcome>,
+        server_events: Vec<ServerEvent>,
+    }
+
+    impl Federation {
+        /// One stats task per bank `1..=n` with their vectors, and the server of the session.
+        fn secure_stats(n: u32, inputs: &BTreeMap<u32, Vec<f64>>) -> Federation {
+            let params = params(n, inputs.values().next().map_or(0, Vec::len));
+            let mut f = Federation::default();
+            f.server = Some(Server::new(params.clone(), f.clock.now()).expect("server"));
+            for id in 1..=n {
+                f.start(id, wire(id, stats(secure(&params, id))));
+                if let Some(x) = inputs.get(&id) {
+                    f.results.insert(id, Ok(x.clone()));
+                }
+            }
+            f
+        }
+
+        fn start(&mut self, id: u32, task: pb::Task) {
+            let mut seed = [0x17u8; 32];
+            seed[..4].copy_from_slice(&id.to_be_bytes());
+            self.machines.insert(id, TaskMachine::from_wire(&profile(id), task, seed));
+        }
+
+        /// Executes every machine's effects and delivers the server's messages, until quiet.
+        fn run(&mut self) {
+            loop {
+                let mut busy = false;
+                let ids: Vec<u32> = self.machines.keys().copied().collect();
+                for id in ids {
+                    while self.step(id) {
+                        busy = true;
+                    }
+                }
+                if let Some(server) = self.server.as_mut() {
+                    while let Some(ev) = server.poll_event() {
+                        self.server_events.push(ev);
+                    }
+                    let out: Vec<_> = std::iter::from_fn(|| server.poll_transmit()).collect();
+                    for (to, msg) in out {
+                        busy = true;
+                        if let Some(m) = self.machines.get_mut(&to) {
+                            m.handle_relay(&msg.encode(), self.clock.now());
+                        }
+                    }
+                }
+                if !busy {
+                    return;
+                }
+            }
+        }
+
+        /// Executes one effect of bank `id`; false when it has none.
+        fn step(&mut self, id: u32) -> bool {
+            let now = self.clock.now();
+            let Some(m) = self.machines.get_mut(&id) else { return false };
+            let Some(effect) = m.poll_effect() else { return false };
+            match effect {
+                Effect::Admit(request) => {
+                    let result = self.policies.get(&id).map_or(Ok(()), |p| p.admit_request(&request));
+                    self.admissions.entry(id).or_default().push(request);
+                    m.handle_admission(result);
+                }
+                Effect::Fetch(request) => m.handle_fetched(request.blob, Ok(Arc::new(Vec::new()))),
+                Effect::Compute(request) => match self.results.get(&id) {
+                    Some(result) => m.handle_computed(result.clone()),
+                    None => {
+                        self.held.insert(id, request);
+                    }
+                },
+                Effect::Submit(submission) => {
+                    if let (Some(server), Some(Body::Secagg(bytes))) = (self.server.as_mut(), &submission.contribution.body) {
+                        let msg = ClientMessage::decode(bytes).expect("the machine sends well-formed messages");
+                        let _ = server.handle_message(id, msg, now);
+                    }
+                    self.submitted.entry(id).or_default().push(submission);
+                    m.handle_submitted(Ok(()), now);
+                }
+                Effect::Finished(outcome) => {
+                    self.outcomes.insert(id, outcome);
+                }
+            }
+            true
+        }
+
+        fn secagg_sent(&self, id: u32) -> usize {
+            self.submitted.get(&id).map_or(0, |s| s.iter().filter(|s| s.secagg.is_some()).count())
+        }
+
+        fn sum(&self) -> Option<Vec<f64>> {
+            self.server_events.iter().find_map(|e| match e {
+                ServerEvent::Finished(o) => Some(o.sum.clone()),
+                _ => None,
+            })
+        }
+    }
+
+    fn inputs(rows: &[&[f64]]) -> BTreeMap<u32, Vec<f64>> {
+        rows.iter().enumerate().map(|(i, r)| (i as u32 + 1, r.to_vec())).collect()
+    }
+
+    fn assert_close(got: &[f64], want: &[f64], tolerance: f64) {
+        assert_eq!(got.len(), want.len());
+        for (g, w) in got.iter().zip(want) {
+            assert!((g - w).abs() <= tolerance, "got {got:?}, want {want:?}");
+        }
+    }
+
+    #[test]
+    fn a_secure_stats_task_contributes_its_vector_to_the_sum() {
+        let x = inputs(&[&[0.5, -0.25, 0.125], &[0.1, 0.2, 0.3], &[-0.3, 0.0, 0.9]]);
+        let mut f = Federation::secure_stats(3, &x);
+        f.run();
+        for id in 1..=3 {
+            assert_eq!(f.outcomes.get(&id), Some(&TaskOutcome::Contributed { clipped: 0, plain: false }), "bank {id}");
+            assert!(f.machines[&id].is_finished());
+            assert!(f.machines.get_mut(&id).and_then(TaskMachine::poll_effect).is_none(), "nothing after Finished");
+        }
+        let scale = params(3, 3).encoding.scale;
+        let sum = f.sum().expect("the round finished");
+        assert_close(&sum, &[0.3, -0.05, 1.325], 3.0 / scale);
+        let admitted = &f.admissions[&1][0];
+        assert_eq!((admitted.purpose.clone(), admitted.round, admitted.peers.len()), (Purpose::Statistics, ROUND, 3));
+    }
+
+    #[test]
+    fn a_policy_refusal_is_reported_and_no_key_leaves() {
+        let params = params(3, 2);
+        let mut f = Federation::default();
+        f.server = Some(Server::new(params.clone(), f.clock.now()).expect("server"));
+        let strict = PolicyConfig { allowed_models: vec!["logistic_regression".into()], ..Default::default() };
+        f.policies.insert(1, Policy::in_memory(strict));
+        for id in 1..=3 {
+            f.start(id, wire(id, train(secure(&params, id))));
+            f.results.insert(id, Ok(vec![0.0; 2]));
+        }
+        f.run();
+        let failure = failed(f.outcomes.get(&1));
+        assert_eq!(failure.kind, FailureKind::Policy);
+        assert!(failure.reason.contains("`mlp` is not allowed"), "{failure}");
+        assert_eq!(f.secagg_sent(1), 0, "no key advertisement from the refusing bank");
+        let sent = &f.submitted[&1];
+        assert_eq!((sent.len(), reported(&sent[0])), (1, Some(FailureKind::Policy)));
+        assert!(f.secagg_sent(2) > 0, "the others advertised");
+    }
+
+    #[test]
+    fn a_schema_mismatch_or_an_unoffered_dataset_is_refused_before_admission() {
+        let params = params(3, 2);
+        let changed = pb::DatasetRef { name: DATASET.into(), schema_fingerprint: "beef".into() };
+        let unoffered = pb::DatasetRef { name: "cards".into(), schema_fingerprint: FINGERPRINT.into() };
+        for (dataset, kind) in [(changed, FailureKind::Data), (unoffered, FailureKind::Policy)] {
+            let task = Kind::Stats(pb::StatsTask { dataset: Some(dataset), aggregation: Some(secure(&params, 1)) });
+            let mut f = Federation::default();
+            f.start(1, wire(1, task));
+            f.run();
+            assert_eq!(failed(f.outcomes.get(&1)).kind, kind);
+            assert!(f.admissions.is_empty(), "decided before asking the driver");
+            assert_eq!(f.secagg_sent(1), 0);
+        }
+    }
+
+    #[test]
+    fn a_round_below_the_banks_floor_is_refused() {
+        let params = params(3, 2);
+        let mut m = TaskMachine::from_wire(&BankProfile { min_participants: 4, ..profile(1) }, wire(1, stats(secure(&params, 1))), [1; 32]);
+        let Some(Effect::Submit(s)) = m.poll_effect() else { panic!("the refusal is reported first") };
+        assert_eq!(reported(&s), Some(FailureKind::Policy));
+    }
+
+    #[test]
+    fn a_cancelled_task_stops_mid_protocol_and_sends_nothing_more() {
+        let x = inputs(&[&[0.1], &[0.2], &[0.3]]);
+        let mut f = Federation::secure_stats(3, &x);
+        f.results.remove(&1);
+        f.run();
+        assert_eq!(f.machines[&1].stage(), Some(Stage::MaskedInput), "keys and shares exchanged, input pending");
+        let sent = f.submitted[&1].len();
+        let m = f.machines.get_mut(&1).expect("bank 1");
+        m.handle_cancel("job cancelled");
+        m.handle_computed(Ok(vec![0.1]));
+        m.handle_relay(b"late", f.clock.now());
+        f.run();
+        assert_eq!(f.outcomes.get(&1), Some(&TaskOutcome::Cancelled { reason: "job cancelled".into() }));
+        assert_eq!(f.submitted[&1].len(), sent, "no masked input, no failure report");
+        assert_eq!(f.machines[&1].poll_timeout(), None);
+    }
+
+    fn abort(params: &SessionParams, to: u32) -> Vec<u8> {
+        confide_secagg::ServerMessage { session_id: params.session_id, round: ROUND, recipient: to, payload: ServerPayload::Abort(Stage::MaskedInput) }
+            .encode()
+    }
+
+    #[test]
+    fn an_abort_while_computing_prefers_the_local_failure_within_the_grace() {
+        let x = inputs(&[&[0.1], &[0.2], &[0.3]]);
+        let mut f = Federation::secure_stats(3, &x);
+        f.results.clear();
+        f.run();
+        let params = params(3, 1);
+        let t0 = f.clock.now();
+        for id in 1..=3 {
+            f.machines.get_mut(&id).expect("bank").handle_relay(&abort(&params, id), t0);
+        }
+        f.run();
+        assert!(f.outcomes.is_empty(), "every bank waits for its computation");
+        assert_eq!(f.machines[&1].poll_timeout(), Some(t0 + LOCAL_FAILURE_GRACE));
+
+        // Bank 1's computation fails within the grace: its own reason is reported.
+        let local = Failure::data("bank1/train.csv line 42, column tenure: not a number");
+        f.machines.get_mut(&1).expect("bank").handle_computed(Err(local.clone()));
+        // Bank 2's succeeds: the protocol's reason stands.
+        f.machines.get_mut(&2).expect("bank").handle_computed(Ok(vec![0.2]));
+        // Bank 3's never answers: the protocol's reason once the grace is over, not before.
+        f.machines.get_mut(&3).expect("bank").handle_timeout(t0 + LOCAL_FAILURE_GRACE / 2);
+        f.run();
+        assert!(!f.outcomes.contains_key(&3), "still within the grace");
+        f.machines.get_mut(&3).expect("bank").handle_timeout(t0 + LOCAL_FAILURE_GRACE);
+        f.run();
+
+        assert_eq!(failed(f.outcomes.get(&1)), &local);
+        for id in [2, 3] {
+            let failure = failed(f.outcomes.get(&id));
+            assert_eq!(failure.kind, FailureKind::Protocol);
+            assert!(failure.reason.contains("aborted secure aggregation"), "{failure}");
+        }
+        assert_eq!(f.submitted[&1].last().and_then(reported), Some(FailureKind::Data));
+    }
+
+    #[test]
+    fn out_of_range_values_are_clipped_for_training_and_refused_for_statistics() {
+        let mut f = Federation::secure_stats(3, &inputs(&[&[5.0, 0.0], &[0.1, 0.1], &[0.1, 0.1]]));
+        f.run();
+        let failure = failed(f.outcomes.get(&1));
+        assert_eq!(failure.kind, FailureKind::Data);
+        assert!(failure.reason.contains("exceed the secure-aggregation range"), "{failure}");
+        assert_eq!(f.submitted[&1].iter().filter(|s| s.secagg == Some(MessageKind::MaskedInput)).count(), 0, "no masked input");
+
+        let params = params(3, 2);
+        let mut f = Federation::default();
+        f.server = Some(Server::new(params.clone(), f.clock.now()).expect("server"));
+        for (id, x) in [(1, vec![5.0, -7.0]), (2, vec![0.1, 0.1]), (3, vec![0.1, 0.1])] {
+            f.start(id, wire(id, train(secure(&params, id))));
+            f.results.insert(id, Ok(x));
+        }
+        f.run();
+        assert_eq!(f.outcomes.get(&1), Some(&TaskOutcome::Contributed { clipped: 2, plain: false }));
+        assert_close(&f.sum().expect("sum"), &[1.2, -0.8], 3.0 / params.encoding.scale);
+    }
+
+    #[test]
+    fn plain_mode_checks_the_length_then_sends_the_vector() {
+        let mut f = Federation::default();
+        f.start(1, wire(1, stats(plain(3))));
+        f.results.insert(1, Ok(vec![1.0, 2.0]));
+        f.start(2, wire(2, stats(plain(3))));
+        f.results.insert(2, Ok(vec![1.0, 2.0, 3.0]));
+        f.run();
+        let failure = failed(f.outcomes.get(&1));
+        assert_eq!(failure.kind, FailureKind::Protocol);
+        assert!(failure.reason.contains("computed 2 values, the task expects 3"), "{failure}");
+        assert_eq!(f.outcomes.get(&2), Some(&TaskOutcome::Contributed { clipped: 0, plain: true }));
+        let Some(Body::Plain(v)) = &f.submitted[&2][0].contribution.body else { panic!("a plain vector") };
+        assert_eq!(v.values, vec![1.0, 2.0, 3.0]);
+        assert!(f.admissions[&2][0].peers.is_empty());
+    }
+
+    #[test]
+    fn a_malformed_task_is_a_protocol_failure_reported_before_anything_else() {
+        let params = params(3, 2);
+        let mut bad_setup = secure(&params, 1);
+        if let Some(s) = bad_setup.secure.as_mut() {
+            s.session_id.truncate(3);
+        }
+        let cases = [
+            ("no kind", pb::Task { kind: None, ..wire(1, stats(plain(1))) }, "no kind"),
+            ("spec", wire(1, train_with(plain(2), "{not json", PREP)), "model spec"),
+            ("prep", wire(1, train_with(plain(2), MLP, "[1, 2]")), "preprocessing"),
+            ("no setup", wire(1, Kind::Stats(pb::StatsTask { dataset: dataset_ref(), aggregation: None })), "no aggregation setup"),
+            ("bad session", wire(1, stats(bad_setup)), "session id"),
+            ("buckets", wire(1, Kind::Evaluate(pb::EvaluateTask {
+                dataset: dataset_ref(),
+                model: Some(pb::ModelRef { hash: "ab".repeat(32), size_bytes: 1, spec_json: MLP.into() }),
+                preprocessing_json: PREP.into(),
+                score_buckets: 1,
+                aggregation: Some(plain(3)),
+            })), "score_buckets"),
+        ];
+        for (what, task, reason) in cases {
+            let mut m = TaskMachine::from_wire(&profile(1), task, [1; 32]);
+            let Some(Effect::Submit(s)) = m.poll_effect() else { panic!("{what}: the failure is reported first") };
+            assert_eq!(reported(&s), Some(FailureKind::Protocol), "{what}");
+            m.handle_submitted(Ok(()), Instant::now());
+            let Some(Effect::Finished(TaskOutcome::Failed { failure, report: Ok(()) })) = m.poll_effect() else { panic!("{what}") };
+            assert!(failure.reason.contains(reason), "{what}: {failure}");
+            assert!(m.poll_effect().is_none());
+        }
+    }
+
+    #[test]
+    fn a_task_over_the_cap_is_answered_busy_at_once() {
+        let params = params(3, 2);
+        let Incoming::Start(mut busy) = receive(&profile(1), wire(1, stats(secure(&params, 1))), 8, 8, [1; 32]) else {
+            panic!("a task")
+        };
+        let Some(Effect::Submit(s)) = busy.poll_effect() else { panic!("answered at once") };
+        assert_eq!(reported(&s), Some(FailureKind::Internal));
+        let Some(Body::Failure(f)) = &s.contribution.body else { panic!("a failure") };
+        assert_eq!(f.reason, "worker busy: 8 tasks in progress");
+        assert!(busy.poll_effect().is_none(), "no admission, no key");
+
+        let Incoming::Start(mut taken) = receive(&profile(1), wire(1, stats(secure(&params, 1))), 7, 8, [1; 32]) else {
+            panic!("a task")
+        };
+        assert!(matches!(taken.poll_effect(), Some(Effect::Admit(_))), "below the cap the task is taken");
+
+        let relay = pb::Task { kind: Some(Kind::Secagg(pb::SecAggRelay { message: vec![1] })), ..wire(1, stats(plain(1))) };
+        assert!(matches!(receive(&profile(1), relay, 8, 8, [1; 32]), Incoming::Relay { message, .. } if message == [1]));
+        let cancel = pb::Task { kind: Some(Kind::Cancel(pb::CancelTask { reason: "over".into() })), ..wire(1, stats(plain(1))) };
+        assert!(matches!(receive(&profile(1), cancel, 8, 8, [1; 32]), Incoming::Cancel { reason, .. } if reason == "over"));
+    }
 }
