@@ -108,14 +108,12 @@ impl Policy {
         let listed = allowed.iter().any(|m| m == kind);
         if let ModelSpec::TorchScript(ts) = model {
             if !listed {
-                return Err(Failure::policy("custom TorchScript models are not allowed by this bank (add \"torchscript\" to policy.allowed_models)",
-                ));
+                return Err(Failure::policy("custom TorchScript models are not allowed by this bank (add \"torchscript\" to policy.allowed_models)"));
             }
             let pins = &self.config.allowed_torchscript_sha256;
             let hash = ts.module_sha256.as_deref().unwrap_or_default();
             if !pins.is_empty() && !pins.iter().any(|p| p.eq_ignore_ascii_case(hash)) {
-                return Err(Failure::policy(format!("TorchScript module {hash} is not among this bank's allowed_torchscript_sha256"),
-                ));
+                return Err(Failure::policy(format!("TorchScript module {hash} is not among this bank's allowed_torchscript_sha256")));
             }
             return Ok(());
         }

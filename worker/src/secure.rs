@@ -16,8 +16,10 @@ pub fn check_peer_bindings(ca: &std::path::Path, peers: &[pb::SecAggPeer]) -> Re
         let bound = confide_tls::verify_institution_key(ca, &peer.certificate, &peer.institution_id)
             .map_err(|e| Failure::policy(format!("refusing secure aggregation: peer {}: {e}", peer.participant_id)))?;
         if bound.as_slice() != peer.verifying_key.as_slice() {
-            return Err(Failure::policy(format!("refusing secure aggregation: the key given for `{}` is not the one in its certificate", peer.institution_id),
-            ));
+            return Err(Failure::policy(format!(
+                "refusing secure aggregation: the key given for `{}` is not the one in its certificate",
+                peer.institution_id
+            )));
         }
     }
     Ok(())

@@ -793,10 +793,8 @@ impl TaskMachine {
     /// A relayed secure-aggregation message from the coordinator.
     pub fn handle_relay(&mut self, bytes: &[u8], now: Instant) {
         match self.phase {
-            Phase::Admitting if self.task.is_some() => {
-                if self.early_relays.len() < MAX_EARLY_RELAYS {
-                    self.early_relays.push_back((bytes.to_vec(), now));
-                }
+            Phase::Admitting if self.task.is_some() && self.early_relays.len() < MAX_EARLY_RELAYS => {
+                self.early_relays.push_back((bytes.to_vec(), now));
             }
             Phase::Working => self.relay(bytes, now),
             _ => {}

@@ -61,10 +61,9 @@ impl Split {
 impl LocalDataset {
     /// Loads the schema (data files are read on first use).
     pub fn open(config: DatasetConfig) -> Result<Self, Failure> {
-        let schema = DatasetSchema::from_file(&config.schema).map_err(|e| Failure::data(e))?;
+        let schema = DatasetSchema::from_file(&config.schema).map_err(Failure::data)?;
         if schema.name != config.name {
-            return Err(Failure::data(format!("{}: schema describes dataset `{}`, config names it `{}`", config.schema.display(), schema.name, config.name),
-            ));
+            return Err(Failure::data(format!("{}: schema describes dataset `{}`, config names it `{}`", config.schema.display(), schema.name, config.name)));
         }
         let fingerprint = schema.fingerprint();
         Ok(Self {
@@ -90,7 +89,7 @@ impl LocalDataset {
         if let Some(t) = lock(&self.tables).get(split.key()) {
             return Ok(t.clone());
         }
-        let table = Arc::new(confide_datasets::load_table(self.path(split), &self.schema).map_err(|e| Failure::data(e))?);
+        let table = Arc::new(confide_datasets::load_table(self.path(split), &self.schema).map_err(Failure::data)?);
         if table.rows == 0 {
             return Err(Failure::data(format!("{}: no usable rows", self.path(split).display())));
         }
@@ -105,7 +104,7 @@ impl LocalDataset {
             return Ok(e.clone());
         }
         let table = self.table(split)?;
-        let enc = Arc::new(prep.encode(&table).map_err(|e| Failure::data(e))?);
+        let enc = Arc::new(prep.encode(&table).map_err(Failure::data)?);
         lock(&self.encoded).insert(key, enc.clone());
         Ok(enc)
     }
@@ -115,7 +114,7 @@ impl LocalDataset {
         if let Some(r) = lock(&self.ratings).get(split.key()) {
             return Ok(r.clone());
         }
-        let ratings = Arc::new(confide_datasets::load_ratings(self.path(split), &self.schema).map_err(|e| Failure::data(e))?);
+        let ratings = Arc::new(confide_datasets::load_ratings(self.path(split), &self.schema).map_err(Failure::data)?);
         if ratings.is_empty() {
             return Err(Failure::data(format!("{}: no ratings", self.path(split).display())));
         }
@@ -166,7 +165,7 @@ impl ModelInput<'_> {
 
     /// The model with `params` loaded, for rows of width `input_dim`.
     fn build(&self, params: &ModelParams, input_dim: usize, device: Device) -> Result<Box<dyn ml::Classifier>, Failure> {
-        ml::build_model(self.spec, self.module, params, input_dim, device).map_err(|e| Failure::training(e))
+        ml::build_model(self.spec, self.module, params, input_dim, device).map_err(Failure::training)
     }
 }
 
@@ -190,7 +189,7 @@ pub fn train_contribution(
         let (mut user_side, train, _) = rec_data(data, model, users, false)?;
         let cfg = ml::recsys::RecTrainConfig::from(local);
         let out = ml::recsys::train_recommender(model.spec, &global, &mut user_side, &train, &cfg, device)
-            .map_err(|e| Failure::training(e))?;
+            .map_err(Failure::training)?;
         let v = weighted_update(&out.shared, &global, out.samples, out.mean_loss)?;
         users.save(model.job_id, model.round, model.spec, &user_side)?;
         return Ok(v);
@@ -198,7 +197,7 @@ pub fn train_contribution(
     let enc = data.encoded(Split::Train, model.prep, model.prep_key)?;
     let cfg = ml::TrainConfig::from(local);
     let mut net = model.build(&global, enc.dim, device)?;
-    let out = ml::train_model(net.as_mut(), &enc, &cfg, device).map_err(|e| Failure::training(e))?;
+    let out = ml::train_model(net.as_mut(), &enc, &cfg, device).map_err(Failure::training)?;
     weighted_update(&out.params, &global, out.samples, out.mean_loss)
 }
 
@@ -218,7 +217,7 @@ pub fn eval_contribution(
         let range = data.schema.recommendation.as_ref().map_or((f64::MIN, f64::MAX), |r| (r.min_rating, r.max_rating));
         let test = test.unwrap_or_default();
         let mut e = ml::recsys::evaluate_recommender(model.spec, &params, &user_side, &train, &test, rec, range, device)
-            .map_err(|e| Failure::training(e))?;
+            .map_err(Failure::training)?;
         if test.is_empty() {
             e.users = 0.0;
         }
@@ -226,7 +225,7 @@ pub fn eval_contribution(
     }
     let enc = data.encoded(Split::Test, model.prep, model.prep_key)?;
     let mut net = model.build(&params, enc.dim, device)?;
-    let c = ml::evaluate_with(net.as_mut(), &enc, buckets, device).map_err(|e| Failure::training(e))?;
+    let c = ml::evaluate_with(net.as_mut(), &enc, buckets, device).map_err(Failure::training)?;
     Ok(c.to_vec())
 }
 
@@ -246,7 +245,7 @@ fn rec_data(
 ) -> Result<(ml::recsys::UserParams, ml::recsys::RecData, Option<ml::recsys::RecData>), Failure> {
     let rec = recommendation_prep(model.prep)?;
     let spec = confide_datasets::ratings::recommendation_spec(&data.schema, &data.config.schema.display().to_string())
-        .map_err(|e| Failure::data(e))?;
+        .map_err(Failure::data)?;
     let catalogue = Catalogue::new(rec.items.clone()).map_err(|e| Failure::protocol(format!("item catalogue: {e}")))?;
     // Training round R starts from the users of the latest round before R (a retried round does
     // not train them twice); evaluating round R uses the users round R's training produced.
@@ -255,7 +254,7 @@ fn rec_data(
     let seed = user_seed(model.job_id);
     let index = |split, user_side: &mut ml::recsys::UserParams| -> Result<ml::recsys::RecData, Failure> {
         let ratings = data.ratings(split)?;
-        ml::recsys::RecData::index(&ratings, &catalogue, spec, user_side, seed).map_err(|e| Failure::data(e))
+        ml::recsys::RecData::index(&ratings, &catalogue, spec, user_side, seed).map_err(Failure::data)
     };
     let train = index(Split::Train, &mut user_side)?;
     let test = if with_test { Some(index(Split::Test, &mut user_side)?) } else { None };
@@ -325,7 +324,7 @@ impl UserStateStore {
         let path = dir.join(format!("round-{round}.safetensors"));
         let io = |e: std::io::Error| Failure::internal(format!("{}: {e}", path.display()));
         std::fs::create_dir_all(&dir).map_err(io)?;
-        let bytes = users.to_safetensors(spec).map_err(|e| Failure::internal(e))?;
+        let bytes = users.to_safetensors(spec).map_err(Failure::internal)?;
         let tmp = path.with_extension("safetensors.tmp");
         {
             use std::io::Write;
