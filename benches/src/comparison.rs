@@ -26,9 +26,8 @@ use confide_datasets::{DatasetSchema, Encoded, Preprocessing};
 use confide_report::{Series, Table, line_chart_png};
 use confide_worker::config::DatasetConfig;
 use confide_worker::ml::{self, Device};
-use confide_worker::tasks::{UserStateStore, 
-    Failure, LocalDataset, ModelInput, Split, eval_contribution, train_contribution,
-};
+use confide_worker::failure::Failure;
+use confide_worker::tasks::{LocalDataset, ModelInput, Split, UserStateStore, eval_contribution, train_contribution};
 
 /// Score buckets of the evaluation histograms (AUC and KS exact to 1e-4 in score).
 pub const SCORE_BUCKETS: usize = 10_000;

@@ -1,201 +1,88 @@
-//! Lightweight simulated institutions for round and load benchmarks: real gRPC clients that
-//! register, take tasks from their stream, download the global model and contribute through
-//! the worker's real secure-aggregation driver — but with synthetic updates instead of
-//! libtorch training, so hundreds fit in one process.
+//! Lightweight simulated institutions for round and load benchmarks: real gRPC clients run by
+//! the worker's own session driver and task machines (so cancellation, the bank's policy and
+//! secure aggregation behave exactly as in a real worker) — but computing synthetic updates
+//! instead of libtorch training ([`SimCompute`]), so hundreds fit in one process.
 
 use std::sync::Arc;
 
 use confide_core::metrics::EvalContribution;
-use confide_proto::v1::{
-    self as pb, Contribution, admin_client::AdminClient, DatasetOffer, RegisterRequest, SubscribeRequest, contribution::Body,
-    federation_client::FederationClient, task::Kind,
-};
-use confide_worker::secure::{Contributor, OutOfRange};
-use confide_worker::tasks::Failure;
-use confide_worker::transport::{self, TaskAddress};
+use confide_proto::v1::{self as pb, admin_client::AdminClient};
+use confide_worker::compute::Compute;
+use confide_worker::config::PolicyConfig;
+use confide_worker::failure::Failure;
+use confide_worker::policy::Policy;
+use confide_worker::session::{Bank, BlobCache};
+use confide_worker::task::{BankProfile, ComputeRequest, DatasetRef, TaskKind};
 use rand::{Rng, SeedableRng};
-use tokio::sync::mpsc;
-use tonic::transport::Channel;
 
-/// One simulated institution.
-pub struct SimWorker {
-    /// Institution id.
-    pub id: String,
-    key: ed25519_dalek::SigningKey,
+/// A simulated institution's computation: the real statistics of its rows, synthetic training
+/// updates and evaluation sums of random scores.
+#[derive(Debug)]
+pub struct SimCompute {
     /// Additive statistics of its (real) training rows, contributed in the statistics phase.
     stats: Arc<Vec<f64>>,
-    offer: DatasetOffer,
-    tls: Option<confide_tls::TlsFiles>,
+    /// The dataset it offers.
+    offer: DatasetRef,
 }
 
-impl SimWorker {
-    /// A simulated institution offering `dataset` with `fingerprint`, whose statistics phase
-    /// contributes `stats`. With `tls` it connects with that certificate, whose key is its
-    /// signing key; without, it uses a key derived from `seed` (plaintext coordinators only).
-    pub fn new(
-        id: &str,
-        seed: u64,
-        dataset: &str,
-        fingerprint: &str,
-        stats: Arc<Vec<f64>>,
-        tls: Option<confide_tls::TlsFiles>,
-    ) -> Result<Self, confide_tls::TlsError> {
-        let key = match &tls {
-            Some(files) => files.signing_key()?,
-            None => {
-                let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-                let mut secret = [0u8; 32];
-                rng.fill(&mut secret);
-                ed25519_dalek::SigningKey::from_bytes(&secret)
-            }
-        };
-        let offer = DatasetOffer { name: dataset.into(), schema_fingerprint: fingerprint.into() };
-        Ok(Self { id: id.into(), key, stats, offer, tls })
+impl Compute for SimCompute {
+    fn offers(&self) -> Vec<DatasetRef> {
+        vec![self.offer.clone()]
     }
 
-    /// Registers, subscribes and serves tasks until the stream ends.
-    pub async fn run(self: Arc<Self>, url: String) -> Result<(), tonic::Status> {
-        let mut endpoint = tonic::transport::Endpoint::from_shared(url).map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
-        if let Some(files) = &self.tls {
-            let tls = confide_tls::client_config(files, "127.0.0.1").map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
-            endpoint = endpoint.tls_config(tls).map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
-        }
-        let channel = endpoint
-            .connect()
-            .await
-            .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-        let mut client = FederationClient::new(channel).max_decoding_message_size(8 << 20);
-        client
-            .register(RegisterRequest {
-                institution_id: self.id.clone(),
-                datasets: vec![self.offer.clone()],
-                capabilities: None,
-                signing_public_key: self.key.verifying_key().to_bytes().to_vec(),
-                min_participants: 3,
-            })
-            .await?;
-        let mut tasks = client
-            .subscribe(SubscribeRequest {
-                worker_id: self.id.clone(),
-            })
-            .await?
-            .into_inner();
-        let mut relays: std::collections::HashMap<String, mpsc::Sender<Vec<u8>>> =
-            Default::default();
-        while let Some(task) = tasks.message().await? {
-            relays.retain(|_, tx| !tx.is_closed());
-            match task.kind {
-                Some(Kind::Secagg(r)) => {
-                    if let Some(tx) = relays.get(&task.task_id) {
-                        let _ = tx.send(r.message).await;
-                    }
-                }
-                Some(Kind::Cancel(_)) | None => {}
-                Some(kind) => {
-                    let (tx, rx) = mpsc::channel(64);
-                    relays.insert(task.task_id.clone(), tx);
-                    let addr = TaskAddress {
-                        worker_id: self.id.clone(),
-                        task_id: task.task_id,
-                        job_id: task.job_id,
-                        round: task.round,
-                    };
-                    let me = self.clone();
-                    let client = client.clone();
-                    tokio::spawn(async move { me.handle(client, addr, kind, rx).await });
-                }
+    fn compute(&self, request: ComputeRequest) -> Result<Vec<f64>, Failure> {
+        match request.kind {
+            TaskKind::Stats { .. } => Ok(self.stats.as_ref().clone()),
+            TaskKind::Train { .. } => Ok(synthetic_update(request.vector_len, request.round)),
+            TaskKind::Evaluate { buckets, .. } => {
+                let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(request.round);
+                let probs: Vec<f32> = (0..200).map(|_| rng.random::<f32>()).collect();
+                let labels: Vec<f32> = probs.iter().map(|p| if rng.random::<f32>() < *p { 1.0 } else { 0.0 }).collect();
+                Ok(EvalContribution::from_predictions(&probs, &labels, buckets).to_vec())
             }
         }
-        Ok(())
     }
+}
 
-    async fn handle(
-        &self,
-        mut client: FederationClient<Channel>,
-        addr: TaskAddress,
-        kind: Kind,
-        relays: mpsc::Receiver<Vec<u8>>,
-    ) {
-        let (setup, task) = match &kind {
-            Kind::Stats(t) => (t.aggregation.clone(), "stats"),
-            Kind::Train(t) => (t.aggregation.clone(), "train"),
-            Kind::Evaluate(t) => (t.aggregation.clone(), "evaluate"),
-            _ => (None, ""),
-        };
-        let Some(setup) = setup else { return };
-        let len = setup.vector_len as usize;
-        let mut download = client.clone();
-        let compute = async {
-            match &kind {
-                Kind::Stats(_) => Ok(self.stats.as_ref().clone()),
-                Kind::Train(t) => {
-                    let model = t
-                        .model
-                        .as_ref()
-                        .ok_or_else(|| Failure::new("protocol", "no model"))?;
-                    transport::download_model(
-                        &mut download,
-                        &addr.worker_id,
-                        &model.hash,
-                        model.size_bytes,
-                    )
-                    .await
-                    .map_err(|e| Failure::new("protocol", e))?;
-                    Ok(synthetic_update(len, addr.round))
-                }
-                Kind::Evaluate(t) => {
-                    let buckets = t.score_buckets as usize;
-                    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(addr.round);
-                    let probs: Vec<f32> = (0..200).map(|_| rng.random::<f32>()).collect();
-                    let labels: Vec<f32> = probs
-                        .iter()
-                        .map(|p| if rng.random::<f32>() < *p { 1.0 } else { 0.0 })
-                        .collect();
-                    Ok(EvalContribution::from_predictions(&probs, &labels, buckets).to_vec())
-                }
-                _ => Err(Failure::new("protocol", "not a task")),
-            }
-        };
-        let result = if setup.insecure_plain {
-            match compute.await {
-                Ok(values) => {
-                    let c = Contribution {
-                        body: Some(Body::Plain(pb::PlainVector { values })),
-                    };
-                    transport::submit(&mut client, &addr, &c)
-                        .await
-                        .map_err(|e| Failure::new("protocol", e))
-                }
-                Err(e) => Err(e),
-            }
-        } else {
-            let me = Contributor {
-                identity: &self.key,
-                min_participants: 3,
-                fault: None,
-                federation_ca: self.tls.as_ref().map(|t| t.ca.as_path()),
-            };
-            let policy = if task == "train" {
-                OutOfRange::Clip
-            } else {
-                OutOfRange::Fail
-            };
-            confide_worker::secure::contribute(
-                me,
-                &mut client,
-                &addr,
-                &setup,
-                compute,
-                policy,
-                task,
-                relays,
-            )
-            .await
-        };
-        if let Err(e) = result {
-            eprintln!("{}: {e}", self.id);
+/// A simulated institution `id` against the coordinator at `url`, offering `dataset` with
+/// `fingerprint` and contributing `stats` in the statistics phase, under the default bank
+/// policy kept in memory. With `tls` it connects with that certificate, whose key is its
+/// signing key; without, it uses a key derived from `seed` (plaintext coordinators only).
+pub fn sim_bank(
+    id: &str,
+    seed: u64,
+    url: &str,
+    offer: DatasetRef,
+    stats: Arc<Vec<f64>>,
+    tls: Option<confide_tls::TlsFiles>,
+) -> Result<Bank<SimCompute>, confide_tls::TlsError> {
+    let identity = match &tls {
+        Some(files) => files.signing_key()?,
+        None => {
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+            let mut secret = [0u8; 32];
+            rng.fill(&mut secret);
+            ed25519_dalek::SigningKey::from_bytes(&secret)
         }
-    }
+    };
+    let policy = PolicyConfig::default();
+    let profile = BankProfile {
+        institution_id: id.into(),
+        identity,
+        datasets: vec![offer.clone()],
+        min_participants: policy.min_participants,
+        federation_ca: tls.as_ref().map(|t| t.ca.clone()),
+    };
+    Ok(Bank {
+        profile,
+        compute: SimCompute { stats, offer },
+        policy: Policy::in_memory(policy),
+        coordinator: url.into(),
+        tls,
+        fault: None,
+        max_concurrent_tasks: 8,
+        blobs: BlobCache::default(),
+    })
 }
 
 /// `[n·Δ…, n, n·loss]` with small random Δ, n = 100.
@@ -244,14 +131,9 @@ impl TelcoFixture {
                 }
                 None => None,
             };
-            let w = Arc::new(SimWorker::new(&id, i as u64 + 1, &self.schema.name, &self.schema.fingerprint(), self.stats.clone(), tls)?);
-            let url = url.to_string();
-            tokio::spawn(async move {
-                let id = w.id.clone();
-                if let Err(e) = w.run(url).await {
-                    eprintln!("{id}: {e}");
-                }
-            });
+            let offer = DatasetRef { name: self.schema.name.clone(), schema_fingerprint: self.schema.fingerprint() };
+            let bank = Arc::new(sim_bank(&id, i as u64 + 1, url, offer, self.stats.clone(), tls)?);
+            tokio::spawn(confide_worker::session::run(bank, std::future::pending::<()>()));
         }
         Ok(())
     }

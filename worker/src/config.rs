@@ -93,7 +93,7 @@ fn default_min_participants() -> u32 {
 }
 
 /// Where and how to compute.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ComputeConfig {
     /// `auto` (CUDA when available), `cpu` or `cuda`.
@@ -102,6 +102,21 @@ pub struct ComputeConfig {
     /// libtorch CPU threads (default 1: the tabular models are small).
     #[serde(default)]
     pub threads: Option<usize>,
+    /// Tasks this worker runs at once (default 8, at least 1). A task arriving while this many
+    /// are in progress is answered at once with an `internal` failure ("worker busy"), so the
+    /// coordinator sees it instead of waiting on a queue.
+    #[serde(default = "default_max_concurrent_tasks")]
+    pub max_concurrent_tasks: usize,
+}
+
+impl Default for ComputeConfig {
+    fn default() -> Self {
+        Self { device: DeviceChoice::default(), threads: None, max_concurrent_tasks: default_max_concurrent_tasks() }
+    }
+}
+
+fn default_max_concurrent_tasks() -> usize {
+    8
 }
 
 /// Device selection.
@@ -175,6 +190,9 @@ impl WorkerConfig {
         }
         if let Some(h) = self.policy.allowed_torchscript_sha256.iter().find(|h| !(h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))) {
             return Err(format!("field `policy.allowed_torchscript_sha256`: {h:?} is not a SHA-256 (64 hexadecimal digits)"));
+        }
+        if self.compute.max_concurrent_tasks == 0 {
+            return Err("field `compute.max_concurrent_tasks`: must be at least 1".into());
         }
         if self.policy.min_participants < 3 {
             return Err("field `policy.min_participants`: must be at least 3 (a bank never joins a round where it could be singled out)".into());

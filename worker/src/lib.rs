@@ -2,23 +2,34 @@
 //! inbound connections), trains on local data with libtorch, and sends only contributions that
 //! are summed across institutions — never a customer row.
 //!
+//! - [`task`]: one task's whole logic as a sans-IO state machine (decoding, admission, the
+//!   secure-aggregation client, what is reported), driven by effects.
+//! - [`session`]: the tokio driver of those machines — connection, registration, the task
+//!   stream, effects and reconnection with backoff — generic over [`compute::Compute`].
+//! - [`compute`]: the blocking local computation behind a trait; [`compute::TorchCompute`]
+//!   is libtorch's.
+//! - [`daemon`]: the real worker assembled from its configuration.
 //! - [`config`]: the bank's configuration file (datasets, policy, compute).
-//! - [`daemon`]: connection, registration, the task stream and reconnection with backoff.
 //! - [`policy`]: the bank's own rules (models, rounds per job, jobs per day).
-//! - [`tasks`]: what each task computes from local data.
+//! - [`failure`]: the worker's one error type, [`failure::Failure`].
+//! - [`tasks`]: what each task computes from local data with libtorch.
 //! - [`transport`]: chunked model download and contribution upload.
-//! - [`secure`]: the worker's side of secure aggregation.
+//! - [`secure`]: the federation-CA check on a round's peers.
 //! - [`identity`]: the institution's long-term Ed25519 key.
 //! - [`fault`]: crash drills for rehearsing dropouts.
 //! - [`ml`]: model construction, local training (FedAvg/FedProx), prediction and additive
 //!   evaluation statistics.
 
+pub mod compute;
 pub mod config;
 pub mod daemon;
+pub mod failure;
 pub mod fault;
 pub mod identity;
 pub mod ml;
 pub mod policy;
 pub mod secure;
+pub mod session;
+pub mod task;
 pub mod tasks;
 pub mod transport;

@@ -6,7 +6,12 @@
 //! failure, which the job's owner sees as `refused` with this module's reason.
 //!
 //! Usage counters survive restarts: they live in `data_dir/policy_usage.json`, written
-//! atomically.
+//! atomically ([`Policy::load`]); simulated banks keep them in memory ([`Policy::in_memory`]).
+//!
+//! The task machine ([`crate::task`]) checks the rules it can decide alone (datasets, schema
+//! fingerprints, participant floor) and asks its driver for the rest with an
+//! [`AdmissionRequest`], answered here by [`Policy::admit_request`] — so the file I/O of the
+//! counters and of the federation CA stays out of the machine.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -18,7 +23,8 @@ use serde::{Deserialize, Serialize};
 use confide_core::model::ModelSpec;
 
 use crate::config::PolicyConfig;
-use crate::tasks::Failure;
+use crate::failure::Failure;
+use crate::task::{AdmissionRequest, Purpose};
 
 const DAY_SECS: u64 = 24 * 3600;
 
@@ -38,8 +44,11 @@ struct JobUsage {
 /// Enforces a [`PolicyConfig`].
 #[derive(Debug)]
 pub struct Policy {
+    /// The bank's rules.
     config: PolicyConfig,
-    path: PathBuf,
+    /// Where the usage counters persist; None keeps them in memory only.
+    path: Option<PathBuf>,
+    /// What this bank has agreed to so far.
     usage: Mutex<Usage>,
 }
 
@@ -54,11 +63,34 @@ impl Policy {
         let path = data_dir.join("policy_usage.json");
         let usage = match std::fs::read(&path) {
             Ok(bytes) => serde_json::from_slice(&bytes)
-                .map_err(|e| Failure::new("policy", format!("{}: unreadable usage record: {e}", path.display())))?,
+                .map_err(|e| Failure::policy(format!("{}: unreadable usage record: {e}", path.display())))?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Usage::default(),
-            Err(e) => return Err(Failure::new("policy", format!("{}: {e}", path.display()))),
+            Err(e) => return Err(Failure::policy(format!("{}: {e}", path.display()))),
         };
-        Ok(Self { config, path, usage: Mutex::new(usage) })
+        Ok(Self { config, path: Some(path), usage: Mutex::new(usage) })
+    }
+
+    /// A policy whose usage counters live in memory only (simulated banks, tests): limits hold
+    /// for the life of the process.
+    pub fn in_memory(config: PolicyConfig) -> Self {
+        Self { config, path: None, usage: Mutex::default() }
+    }
+
+    /// Answers a task machine's [`AdmissionRequest`]: every peer key bound by the federation
+    /// CA (when one is configured), then the model and usage rules (recorded when admitted, so
+    /// a task refused for its peers does not use up the bank's budget).
+    pub fn admit_request(&self, request: &AdmissionRequest) -> Result<(), Failure> {
+        if let Some(ca) = &request.federation_ca {
+            crate::secure::check_peer_bindings(ca, &request.peers)?;
+        }
+        match &request.purpose {
+            Purpose::Statistics => self.admit_job(&request.job_id),
+            Purpose::Training { model } => self.admit_training(&request.job_id, request.round, model),
+            Purpose::Evaluation { model } => {
+                self.admit_model(model)?;
+                self.admit_job(&request.job_id)
+            }
+        }
     }
 
     /// Checks a training task for `job` round `round` of `model`, and records it.
@@ -76,23 +108,17 @@ impl Policy {
         let listed = allowed.iter().any(|m| m == kind);
         if let ModelSpec::TorchScript(ts) = model {
             if !listed {
-                return Err(Failure::new(
-                    "policy",
-                    "custom TorchScript models are not allowed by this bank (add \"torchscript\" to policy.allowed_models)",
-                ));
+                return Err(Failure::policy("custom TorchScript models are not allowed by this bank (add \"torchscript\" to policy.allowed_models)"));
             }
             let pins = &self.config.allowed_torchscript_sha256;
             let hash = ts.module_sha256.as_deref().unwrap_or_default();
             if !pins.is_empty() && !pins.iter().any(|p| p.eq_ignore_ascii_case(hash)) {
-                return Err(Failure::new(
-                    "policy",
-                    format!("TorchScript module {hash} is not among this bank's allowed_torchscript_sha256"),
-                ));
+                return Err(Failure::policy(format!("TorchScript module {hash} is not among this bank's allowed_torchscript_sha256")));
             }
             return Ok(());
         }
         if !allowed.is_empty() && !listed {
-            return Err(Failure::new("policy", format!("model kind `{kind}` is not allowed by this bank (allowed: {})", allowed.join(", "))));
+            return Err(Failure::policy(format!("model kind `{kind}` is not allowed by this bank (allowed: {})", allowed.join(", "))));
         }
         Ok(())
     }
@@ -110,7 +136,7 @@ impl Policy {
             let recent = usage.jobs.values().filter(|j| now.saturating_sub(j.first_seen) < DAY_SECS).count();
             let max = self.config.max_jobs_per_day;
             if max > 0 && recent >= max as usize {
-                return Err(Failure::new("policy", format!("this bank takes part in at most {max} jobs per 24 hours")));
+                return Err(Failure::policy(format!("this bank takes part in at most {max} jobs per 24 hours")));
             }
             usage.jobs.insert(job.to_string(), JobUsage { first_seen: now, rounds: Vec::new() });
         }
@@ -118,26 +144,28 @@ impl Policy {
             && !entry.rounds.contains(&round) {
                 let max = self.config.max_rounds_per_job;
                 if max > 0 && entry.rounds.len() as u64 >= max {
-                    return Err(Failure::new("policy", format!("this bank contributes to at most {max} rounds of a job")));
+                    return Err(Failure::policy(format!("this bank contributes to at most {max} rounds of a job")));
                 }
                 entry.rounds.push(round);
             }
-        if *usage != before {
-            self.save(&usage)?;
+        if *usage != before
+            && let Some(path) = &self.path
+        {
+            save(path, &usage)?;
         }
         Ok(())
     }
+}
 
-    fn save(&self, usage: &Usage) -> Result<(), Failure> {
-        let io = |e: std::io::Error| Failure::new("internal", format!("{}: {e}", self.path.display()));
-        let bytes = serde_json::to_vec_pretty(usage).map_err(|e| Failure::new("internal", e))?;
-        let tmp = self.path.with_extension("tmp");
-        if let Some(dir) = self.path.parent() {
-            std::fs::create_dir_all(dir).map_err(io)?;
-        }
-        std::fs::write(&tmp, bytes).map_err(io)?;
-        std::fs::rename(&tmp, &self.path).map_err(io)
+fn save(path: &Path, usage: &Usage) -> Result<(), Failure> {
+    let io = |e: std::io::Error| Failure::internal(format!("{}: {e}", path.display()));
+    let bytes = serde_json::to_vec_pretty(usage).map_err(Failure::internal)?;
+    let tmp = path.with_extension("tmp");
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io)?;
     }
+    std::fs::write(&tmp, bytes).map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(io)
 }
 
 #[cfg(test)]
@@ -145,6 +173,7 @@ mod tests {
     use confide_core::model::TorchScriptSpec;
 
     use super::*;
+    use crate::failure::FailureKind;
 
     fn mlp() -> ModelSpec {
         ModelSpec::Mlp { hidden: vec![4] }
@@ -166,7 +195,7 @@ mod tests {
         drop(p);
         let p = policy(dir.path(), |c| c.max_rounds_per_job = 2);
         let err = p.admit_training("j", 3, &mlp()).expect_err("third round");
-        assert_eq!(err.kind, "policy");
+        assert_eq!(err.kind, FailureKind::Policy);
         assert!(err.reason.contains("at most 2 rounds"), "{err}");
         p.admit_training("other", 1, &mlp()).expect("another job has its own budget");
     }
@@ -202,7 +231,7 @@ mod tests {
         let open = policy(dir.path(), |_| {});
         open.admit_model(&mlp()).expect("an empty list allows the built-in kinds");
         let err = open.admit_training("j", 1, &scripted(&a)).expect_err("custom code is denied by default");
-        assert_eq!(err.kind, "policy");
+        assert_eq!(err.kind, FailureKind::Policy);
         assert!(err.reason.contains("allowed_models"), "{err}");
         let allowed = policy(dir.path(), |c| c.allowed_models = vec!["torchscript".into()]);
         allowed.admit_model(&scripted(&a)).expect("any module once torchscript is listed");
@@ -214,6 +243,24 @@ mod tests {
         pinned.admit_model(&scripted(&a)).expect("the pinned module");
         let err = pinned.admit_model(&scripted(&b)).expect_err("another module");
         assert!(err.reason.contains(&b), "{err}");
+    }
+
+    #[test]
+    fn an_in_memory_policy_answers_admission_requests_without_a_file() {
+        let p = Policy::in_memory(PolicyConfig { max_jobs_per_day: 1, ..Default::default() });
+        let request = |job: &str, purpose: Purpose| AdmissionRequest {
+            job_id: job.into(),
+            round: 1,
+            purpose,
+            peers: Vec::new(),
+            federation_ca: None,
+        };
+        p.admit_request(&request("a", Purpose::Statistics)).expect("first job");
+        p.admit_request(&request("a", Purpose::Training { model: mlp() })).expect("the same job");
+        let err = p.admit_request(&request("b", Purpose::Statistics)).expect_err("a second job today");
+        assert_eq!(err.kind, FailureKind::Policy);
+        let err = p.admit_request(&request("a", Purpose::Evaluation { model: scripted(&"a".repeat(64)) })).expect_err("custom code");
+        assert!(err.reason.contains("allowed_models"), "{err}");
     }
 
     #[test]

@@ -16,30 +16,15 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use confide_core::contribution::TrainContribution;
 use confide_core::job::LocalTraining;
 use confide_core::model::{ModelParams, ModelSpec};
 use confide_datasets::{Catalogue, DatasetSchema, Encoded, Preprocessing, Ratings, RawTable};
 use tch::Device;
 
 use crate::config::DatasetConfig;
+use crate::failure::Failure;
 use crate::ml;
-
-/// Why a task could not be done; reported to the coordinator.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("{kind}: {reason}")]
-pub struct Failure {
-    /// `data`, `training`, `protocol`, `policy` or `internal`.
-    pub kind: &'static str,
-    /// Human-readable reason.
-    pub reason: String,
-}
-
-impl Failure {
-    /// A failure of kind `kind`.
-    pub fn new(kind: &'static str, reason: impl std::fmt::Display) -> Self {
-        Self { kind, reason: reason.to_string() }
-    }
-}
 
 /// A dataset this worker offers, with its schema loaded and its splits loaded on first use.
 #[derive(Debug)]
@@ -76,12 +61,9 @@ impl Split {
 impl LocalDataset {
     /// Loads the schema (data files are read on first use).
     pub fn open(config: DatasetConfig) -> Result<Self, Failure> {
-        let schema = DatasetSchema::from_file(&config.schema).map_err(|e| Failure::new("data", e))?;
+        let schema = DatasetSchema::from_file(&config.schema).map_err(Failure::data)?;
         if schema.name != config.name {
-            return Err(Failure::new(
-                "data",
-                format!("{}: schema describes dataset `{}`, config names it `{}`", config.schema.display(), schema.name, config.name),
-            ));
+            return Err(Failure::data(format!("{}: schema describes dataset `{}`, config names it `{}`", config.schema.display(), schema.name, config.name)));
         }
         let fingerprint = schema.fingerprint();
         Ok(Self {
@@ -107,9 +89,9 @@ impl LocalDataset {
         if let Some(t) = lock(&self.tables).get(split.key()) {
             return Ok(t.clone());
         }
-        let table = Arc::new(confide_datasets::load_table(self.path(split), &self.schema).map_err(|e| Failure::new("data", e))?);
+        let table = Arc::new(confide_datasets::load_table(self.path(split), &self.schema).map_err(Failure::data)?);
         if table.rows == 0 {
-            return Err(Failure::new("data", format!("{}: no usable rows", self.path(split).display())));
+            return Err(Failure::data(format!("{}: no usable rows", self.path(split).display())));
         }
         lock(&self.tables).insert(split.key(), table.clone());
         Ok(table)
@@ -122,7 +104,7 @@ impl LocalDataset {
             return Ok(e.clone());
         }
         let table = self.table(split)?;
-        let enc = Arc::new(prep.encode(&table).map_err(|e| Failure::new("data", e))?);
+        let enc = Arc::new(prep.encode(&table).map_err(Failure::data)?);
         lock(&self.encoded).insert(key, enc.clone());
         Ok(enc)
     }
@@ -132,9 +114,9 @@ impl LocalDataset {
         if let Some(r) = lock(&self.ratings).get(split.key()) {
             return Ok(r.clone());
         }
-        let ratings = Arc::new(confide_datasets::load_ratings(self.path(split), &self.schema).map_err(|e| Failure::new("data", e))?);
+        let ratings = Arc::new(confide_datasets::load_ratings(self.path(split), &self.schema).map_err(Failure::data)?);
         if ratings.is_empty() {
-            return Err(Failure::new("data", format!("{}: no ratings", self.path(split).display())));
+            return Err(Failure::data(format!("{}: no ratings", self.path(split).display())));
         }
         lock(&self.ratings).insert(split.key(), ratings.clone());
         Ok(ratings)
@@ -165,7 +147,8 @@ pub struct ModelInput<'a> {
     pub module: Option<&'a [u8]>,
     /// Federation preprocessing.
     pub prep: &'a Preprocessing,
-    /// Cache key of the preprocessing (its JSON text).
+    /// Cache key of the preprocessing: its stable id (the SHA-256 of its JSON, see
+    /// [`crate::task::Prep`]).
     pub prep_key: &'a str,
     /// The job the task belongs to (recommendation models keep their user side per job).
     pub job_id: &'a str,
@@ -177,26 +160,20 @@ pub struct ModelInput<'a> {
 impl ModelInput<'_> {
     fn params(&self) -> Result<ModelParams, Failure> {
         let layout = self.spec.layout(self.prep.input_dim());
-        ModelParams::from_safetensors(self.checkpoint, &layout).map_err(|e| Failure::new("protocol", format!("global model: {e}")))
+        ModelParams::from_safetensors(self.checkpoint, &layout).map_err(|e| Failure::protocol(format!("global model: {e}")))
     }
 
     /// The model with `params` loaded, for rows of width `input_dim`.
     fn build(&self, params: &ModelParams, input_dim: usize, device: Device) -> Result<Box<dyn ml::Classifier>, Failure> {
-        ml::build_model(self.spec, self.module, params, input_dim, device).map_err(|e| Failure::new("training", e))
+        ml::build_model(self.spec, self.module, params, input_dim, device).map_err(Failure::training)
     }
 }
 
-/// `[n·(w_local − w_global)…, n, n·loss]`, refusing non-finite values.
+/// The training contribution vector ([`TrainContribution`]), refusing non-finite values.
 fn weighted_update(local: &ModelParams, global: &ModelParams, samples: usize, mean_loss: f64) -> Result<Vec<f64>, Failure> {
-    let n = samples as f64;
-    let mut v: Vec<f64> =
-        local.values.iter().zip(&global.values).map(|(w, g)| n * (f64::from(*w) - f64::from(*g))).collect();
-    v.push(n);
-    v.push(n * mean_loss);
-    if let Some(i) = v.iter().position(|x| !x.is_finite()) {
-        return Err(Failure::new("training", format!("update element {i} is not finite")));
-    }
-    Ok(v)
+    TrainContribution::from_training(&local.values, &global.values, samples, mean_loss)
+        .map(|c| c.to_vec())
+        .map_err(Failure::training)
 }
 
 /// Trains locally and returns `[n·Δ…, n, n·loss]` over the model's federated layout.
@@ -212,7 +189,7 @@ pub fn train_contribution(
         let (mut user_side, train, _) = rec_data(data, model, users, false)?;
         let cfg = ml::recsys::RecTrainConfig::from(local);
         let out = ml::recsys::train_recommender(model.spec, &global, &mut user_side, &train, &cfg, device)
-            .map_err(|e| Failure::new("training", e))?;
+            .map_err(Failure::training)?;
         let v = weighted_update(&out.shared, &global, out.samples, out.mean_loss)?;
         users.save(model.job_id, model.round, model.spec, &user_side)?;
         return Ok(v);
@@ -220,7 +197,7 @@ pub fn train_contribution(
     let enc = data.encoded(Split::Train, model.prep, model.prep_key)?;
     let cfg = ml::TrainConfig::from(local);
     let mut net = model.build(&global, enc.dim, device)?;
-    let out = ml::train_model(net.as_mut(), &enc, &cfg, device).map_err(|e| Failure::new("training", e))?;
+    let out = ml::train_model(net.as_mut(), &enc, &cfg, device).map_err(Failure::training)?;
     weighted_update(&out.params, &global, out.samples, out.mean_loss)
 }
 
@@ -240,7 +217,7 @@ pub fn eval_contribution(
         let range = data.schema.recommendation.as_ref().map_or((f64::MIN, f64::MAX), |r| (r.min_rating, r.max_rating));
         let test = test.unwrap_or_default();
         let mut e = ml::recsys::evaluate_recommender(model.spec, &params, &user_side, &train, &test, rec, range, device)
-            .map_err(|e| Failure::new("training", e))?;
+            .map_err(Failure::training)?;
         if test.is_empty() {
             e.users = 0.0;
         }
@@ -248,14 +225,14 @@ pub fn eval_contribution(
     }
     let enc = data.encoded(Split::Test, model.prep, model.prep_key)?;
     let mut net = model.build(&params, enc.dim, device)?;
-    let c = ml::evaluate_with(net.as_mut(), &enc, buckets, device).map_err(|e| Failure::new("training", e))?;
+    let c = ml::evaluate_with(net.as_mut(), &enc, buckets, device).map_err(Failure::training)?;
     Ok(c.to_vec())
 }
 
 fn recommendation_prep(prep: &Preprocessing) -> Result<&confide_datasets::RecommendationPrep, Failure> {
     prep.recommendation
         .as_ref()
-        .ok_or_else(|| Failure::new("protocol", "a recommendation model was sent without the recommendation preprocessing"))
+        .ok_or_else(|| Failure::protocol("a recommendation model was sent without the recommendation preprocessing"))
 }
 
 /// The job's user side (loaded from the state store), the indexed training ratings and, when
@@ -268,8 +245,8 @@ fn rec_data(
 ) -> Result<(ml::recsys::UserParams, ml::recsys::RecData, Option<ml::recsys::RecData>), Failure> {
     let rec = recommendation_prep(model.prep)?;
     let spec = confide_datasets::ratings::recommendation_spec(&data.schema, &data.config.schema.display().to_string())
-        .map_err(|e| Failure::new("data", e))?;
-    let catalogue = Catalogue::new(rec.items.clone()).map_err(|e| Failure::new("protocol", format!("item catalogue: {e}")))?;
+        .map_err(Failure::data)?;
+    let catalogue = Catalogue::new(rec.items.clone()).map_err(|e| Failure::protocol(format!("item catalogue: {e}")))?;
     // Training round R starts from the users of the latest round before R (a retried round does
     // not train them twice); evaluating round R uses the users round R's training produced.
     let before = if with_test { model.round.saturating_add(1) } else { model.round };
@@ -277,7 +254,7 @@ fn rec_data(
     let seed = user_seed(model.job_id);
     let index = |split, user_side: &mut ml::recsys::UserParams| -> Result<ml::recsys::RecData, Failure> {
         let ratings = data.ratings(split)?;
-        ml::recsys::RecData::index(&ratings, &catalogue, spec, user_side, seed).map_err(|e| Failure::new("data", e))
+        ml::recsys::RecData::index(&ratings, &catalogue, spec, user_side, seed).map_err(Failure::data)
     };
     let train = index(Split::Train, &mut user_side)?;
     let test = if with_test { Some(index(Split::Test, &mut user_side)?) } else { None };
@@ -308,7 +285,7 @@ impl UserStateStore {
     pub fn job_dir(&self, job_id: &str) -> Result<PathBuf, Failure> {
         let plain = !job_id.is_empty() && job_id.len() <= 128 && job_id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
         if !plain {
-            return Err(Failure::new("protocol", format!("job id {job_id:?} cannot name a state directory")));
+            return Err(Failure::protocol(format!("job id {job_id:?} cannot name a state directory")));
         }
         Ok(self.dir.join(job_id))
     }
@@ -319,7 +296,7 @@ impl UserStateStore {
         let entries = match std::fs::read_dir(&dir) {
             Ok(e) => e,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(Failure::new("internal", format!("{}: {e}", dir.display()))),
+            Err(e) => return Err(Failure::internal(format!("{}: {e}", dir.display()))),
         };
         let mut rounds: Vec<u64> = entries
             .filter_map(|e| e.ok())
@@ -331,13 +308,13 @@ impl UserStateStore {
 
     /// The user side after the latest round before `round`; empty when there is none.
     pub fn load_before(&self, job_id: &str, round: u64, spec: &ModelSpec) -> Result<ml::recsys::UserParams, Failure> {
-        let dim = spec.embedding_dim().ok_or_else(|| Failure::new("protocol", "not a recommendation model"))?;
+        let dim = spec.embedding_dim().ok_or_else(|| Failure::protocol("not a recommendation model"))?;
         let Some(latest) = self.rounds(job_id)?.into_iter().rfind(|&r| r < round) else {
             return Ok(ml::recsys::UserParams::new(dim));
         };
         let path = self.job_dir(job_id)?.join(format!("round-{latest}.safetensors"));
-        let bytes = std::fs::read(&path).map_err(|e| Failure::new("internal", format!("{}: {e}", path.display())))?;
-        ml::recsys::UserParams::from_safetensors(&bytes, spec).map_err(|e| Failure::new("internal", format!("{}: {e}", path.display())))
+        let bytes = std::fs::read(&path).map_err(|e| Failure::internal(format!("{}: {e}", path.display())))?;
+        ml::recsys::UserParams::from_safetensors(&bytes, spec).map_err(|e| Failure::internal(format!("{}: {e}", path.display())))
     }
 
     /// Saves the user side after training `round` atomically (write, sync, rename) and removes
@@ -345,9 +322,9 @@ impl UserStateStore {
     pub fn save(&self, job_id: &str, round: u64, spec: &ModelSpec, users: &ml::recsys::UserParams) -> Result<(), Failure> {
         let dir = self.job_dir(job_id)?;
         let path = dir.join(format!("round-{round}.safetensors"));
-        let io = |e: std::io::Error| Failure::new("internal", format!("{}: {e}", path.display()));
+        let io = |e: std::io::Error| Failure::internal(format!("{}: {e}", path.display()));
         std::fs::create_dir_all(&dir).map_err(io)?;
-        let bytes = users.to_safetensors(spec).map_err(|e| Failure::new("internal", e))?;
+        let bytes = users.to_safetensors(spec).map_err(Failure::internal)?;
         let tmp = path.with_extension("safetensors.tmp");
         {
             use std::io::Write;

@@ -16,6 +16,14 @@ pub enum TransferError {
     /// The coordinator refused or the connection broke.
     #[error("coordinator: {0}")]
     Rpc(#[from] tonic::Status),
+    /// The blob announced is larger than the limit (nothing was allocated for it).
+    #[error("model download: {announced} bytes announced, at most {limit} accepted")]
+    TooLarge {
+        /// The announced size.
+        announced: u64,
+        /// The limit.
+        limit: u64,
+    },
     /// The stream's chunks do not add up to a consistent blob.
     #[error("model download: {0}")]
     Malformed(String),
@@ -29,7 +37,9 @@ pub enum TransferError {
     },
 }
 
-/// Downloads checkpoint `hash`, refusing more than `max_bytes` and any hash mismatch.
+/// Downloads checkpoint `hash`, refusing an announced size over `max_bytes` and any hash
+/// mismatch. The bytes stream into one buffer allocated once at the announced size
+/// ([`BlobBuffer`]), so a download never holds the blob twice.
 pub async fn download_model(
     client: &mut FederationClient<Channel>,
     worker_id: &str,
@@ -40,33 +50,72 @@ pub async fn download_model(
         .download_model(DownloadModelRequest { worker_id: worker_id.into(), hash: hash.into() })
         .await?
         .into_inner();
-    let mut buf: Vec<u8> = Vec::new();
-    let mut total: Option<u64> = None;
-    while let Some(BlobChunk { data, offset, total_size }) = stream.message().await? {
-        if total_size > max_bytes {
-            return Err(TransferError::Malformed(format!("{total_size} bytes announced, at most {max_bytes} expected")));
-        }
-        match total {
+    let mut buf = BlobBuffer::new(max_bytes);
+    while let Some(chunk) = stream.message().await? {
+        buf.push(chunk)?;
+    }
+    buf.finish(hash)
+}
+
+/// A blob being assembled from its chunks: allocated once, at the first chunk's announced
+/// size (after checking it against the limit), then filled in order.
+#[derive(Debug)]
+pub struct BlobBuffer {
+    /// Largest announced size accepted.
+    max_bytes: u64,
+    /// The announced size (from the first chunk) and the bytes so far.
+    buf: Option<(u64, Vec<u8>)>,
+}
+
+impl BlobBuffer {
+    /// An empty buffer accepting blobs of at most `max_bytes`.
+    pub fn new(max_bytes: u64) -> Self {
+        Self { max_bytes, buf: None }
+    }
+
+    /// Appends one chunk; every chunk must announce the same total and continue where the
+    /// previous one ended.
+    pub fn push(&mut self, chunk: BlobChunk) -> Result<(), TransferError> {
+        let BlobChunk { data, offset, total_size } = chunk;
+        let (total, buf) = match &mut self.buf {
+            Some((total, buf)) => (*total, buf),
             None => {
-                total = Some(total_size);
-                buf.reserve(total_size as usize);
+                if total_size > self.max_bytes {
+                    return Err(TransferError::TooLarge { announced: total_size, limit: self.max_bytes });
+                }
+                let size = usize::try_from(total_size)
+                    .map_err(|_| TransferError::TooLarge { announced: total_size, limit: usize::MAX as u64 })?;
+                let mut buf = Vec::new();
+                buf.try_reserve_exact(size).map_err(|_| TransferError::Malformed(format!("cannot allocate {size} bytes")))?;
+                let (total, buf) = self.buf.insert((total_size, buf));
+                (*total, buf)
             }
-            Some(t) if t != total_size => return Err(TransferError::Malformed("chunks disagree on the total size".into())),
-            Some(_) => {}
+        };
+        if total_size != total {
+            return Err(TransferError::Malformed("chunks disagree on the total size".into()));
         }
-        if offset != buf.len() as u64 || buf.len() as u64 + data.len() as u64 > total_size {
+        if offset != buf.len() as u64 || buf.len() as u64 + data.len() as u64 > total {
             return Err(TransferError::Malformed(format!("chunk at offset {offset} out of order or past the end")));
         }
+        // Within the capacity reserved above: no reallocation, no second copy.
         buf.extend_from_slice(&data);
+        Ok(())
     }
-    if Some(buf.len() as u64) != total {
-        return Err(TransferError::Malformed(format!("stream ended after {} bytes of {:?}", buf.len(), total)));
+
+    /// The complete blob, verified against `hash`.
+    pub fn finish(self, hash: &str) -> Result<Vec<u8>, TransferError> {
+        let Some((total, buf)) = self.buf else {
+            return Err(TransferError::Malformed("stream ended before the first chunk".into()));
+        };
+        if buf.len() as u64 != total {
+            return Err(TransferError::Malformed(format!("stream ended after {} bytes of {total}", buf.len())));
+        }
+        let actual = confide_core::sha256_hex(&buf);
+        if actual != hash {
+            return Err(TransferError::HashMismatch { expected: hash.into(), actual });
+        }
+        Ok(buf)
     }
-    let actual = confide_core::sha256_hex(&buf);
-    if actual != hash {
-        return Err(TransferError::HashMismatch { expected: hash.into(), actual });
-    }
-    Ok(buf)
 }
 
 /// Identifies the task a contribution answers.
@@ -104,4 +153,40 @@ pub async fn submit(
         return Err(TransferError::Rpc(tonic::Status::failed_precondition(ack.message)));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunk(data: &[u8], offset: u64, total_size: u64) -> BlobChunk {
+        BlobChunk { data: data.to_vec(), offset, total_size }
+    }
+
+    #[test]
+    fn a_blob_fills_one_buffer_of_the_announced_size() {
+        let blob = b"hello, world";
+        let mut buf = BlobBuffer::new(64);
+        buf.push(chunk(&blob[..5], 0, 12)).expect("first");
+        let capacity = buf.buf.as_ref().map(|(_, b)| b.capacity());
+        buf.push(chunk(&blob[5..], 5, 12)).expect("second");
+        assert_eq!(buf.buf.as_ref().map(|(_, b)| b.capacity()), capacity, "no reallocation");
+        assert_eq!(buf.finish(&confide_core::sha256_hex(blob)).expect("complete"), blob);
+    }
+
+    #[test]
+    fn oversized_inconsistent_short_or_tampered_blobs_are_refused() {
+        let err = BlobBuffer::new(10).push(chunk(b"x", 0, 11)).expect_err("announced too large");
+        assert!(matches!(err, TransferError::TooLarge { announced: 11, limit: 10 }), "{err}");
+        let mut b = BlobBuffer::new(10);
+        b.push(chunk(b"ab", 0, 4)).expect("first");
+        assert!(b.push(chunk(b"cd", 2, 5)).is_err(), "total changed");
+        assert!(b.push(chunk(b"cd", 3, 4)).is_err(), "gap");
+        assert!(b.push(chunk(b"cde", 2, 4)).is_err(), "past the end");
+        assert!(b.finish("00").is_err(), "short");
+        let mut b = BlobBuffer::new(10);
+        b.push(chunk(b"ab", 0, 2)).expect("whole");
+        assert!(matches!(b.finish(&"0".repeat(64)), Err(TransferError::HashMismatch { .. })));
+        assert!(BlobBuffer::new(10).finish("00").is_err(), "no chunk at all");
+    }
 }

@@ -123,7 +123,7 @@ fn user_embeddings_stay_in_the_bank_and_only_the_item_side_update_is_sent() {
     assert!(store.load_before("job-2", 9, &spec).expect("empty").is_empty());
     let evil = ModelInput { job_id: "../../etc", ..model };
     let err = train_contribution(&data, &evil, &local(1, Feedback::Explicit), &store, Device::Cpu).expect_err("path id");
-    assert_eq!(err.kind, "protocol");
+    assert_eq!(err.kind, confide_worker::failure::FailureKind::Protocol);
 }
 
 #[test]

@@ -48,7 +48,7 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let worker = match confide_worker::daemon::Worker::new(config) {
+    let worker = match confide_worker::daemon::start(config) {
         Ok(w) => w,
         Err(e) => {
             eprintln!("confide-worker: {e}");

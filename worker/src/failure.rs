@@ -1,0 +1,55 @@
+//! Why a task could not be done: the worker's one error type. Every part of the worker (the
+//! task machine, the local computation, the bank's policy, transfers) reports a [`Failure`],
+//! whose [`FailureKind`] travels to the coordinator as the protobuf enum and decides whether the
+//! job's owner sees the bank as `failed` or `refused`.
+
+pub use confide_core::outcome::FailureKind;
+use confide_proto::v1 as pb;
+
+/// Why a task could not be done; reported to the coordinator.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{kind}: {reason}")]
+pub struct Failure {
+    /// What kind of fault (data, policy, training, protocol, internal).
+    pub kind: FailureKind,
+    /// Human-readable reason (names files and lines of the bank's own data, never the other
+    /// side's data).
+    pub reason: String,
+}
+
+impl Failure {
+    /// A failure of kind `kind`.
+    pub fn new(kind: FailureKind, reason: impl std::fmt::Display) -> Self {
+        Self { kind, reason: reason.to_string() }
+    }
+
+    /// A malformed task or protocol message, or a protocol that ended early.
+    pub fn protocol(reason: impl std::fmt::Display) -> Self {
+        Self::new(FailureKind::Protocol, reason)
+    }
+
+    /// The bank's own rules refuse the task.
+    pub fn policy(reason: impl std::fmt::Display) -> Self {
+        Self::new(FailureKind::Policy, reason)
+    }
+
+    /// The bank's data cannot be read or does not fit.
+    pub fn data(reason: impl std::fmt::Display) -> Self {
+        Self::new(FailureKind::Data, reason)
+    }
+
+    /// Local training or evaluation failed.
+    pub fn training(reason: impl std::fmt::Display) -> Self {
+        Self::new(FailureKind::Training, reason)
+    }
+
+    /// Anything else inside the worker (its disk, a panic, overload).
+    pub fn internal(reason: impl std::fmt::Display) -> Self {
+        Self::new(FailureKind::Internal, reason)
+    }
+
+    /// The failure as the wire reports it.
+    pub fn to_wire(&self) -> pb::TaskFailure {
+        pb::TaskFailure::new(self.kind, self.reason.clone())
+    }
+}

@@ -1,0 +1,358 @@
+//! The session driver: the tokio side of a bank, shared by the real worker and the benchmarks'
+//! simulated institutions. It dials out to the coordinator (TLS when configured), registers,
+//! opens the task stream and runs one [`TaskMachine`] per task — routing relays and
+//! cancellations to them, executing their [`Effect`]s (policy checks, blob downloads through a
+//! small cache, the blocking [`Compute`] on the blocking pool, uploads with the crash drills
+//! around secure-aggregation messages) and firing their timers — and reconnects with
+//! exponential backoff whenever the coordinator is unreachable or restarts.
+//!
+//! Everything a task decides lives in [`crate::task`]; this file only moves bytes and time.
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use confide_proto::v1::{self as pb, RegisterRequest, SubscribeRequest, federation_client::FederationClient};
+use tokio::task::JoinSet;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::compute::Compute;
+use crate::failure::Failure;
+use crate::fault::Fault;
+use crate::policy::Policy;
+use crate::task::{self, BankProfile, Blob, BlobRequest, Effect, Incoming, TaskMachine, TaskOutcome};
+use crate::transport::{self, TaskAddress};
+
+/// Blobs kept in memory (the current global, the one being evaluated, a custom module).
+const BLOB_CACHE: usize = 5;
+
+/// One bank as the driver runs it: who it is, what it computes, its rules and where its
+/// coordinator is.
+pub struct Bank<C> {
+    /// Identity, offered datasets and floor on participants, as the task machines see them.
+    pub profile: BankProfile,
+    /// The local computation.
+    pub compute: C,
+    /// The bank's durable rules.
+    pub policy: Policy,
+    /// Coordinator URL (`https://` with `tls`, else `http://`).
+    pub coordinator: String,
+    /// Mutual TLS files (None: plaintext, development only).
+    pub tls: Option<confide_tls::TlsFiles>,
+    /// A crash drill, if configured.
+    pub fault: Option<Fault>,
+    /// Tasks run at once; more are answered "worker busy".
+    pub max_concurrent_tasks: usize,
+    /// Downloaded checkpoints and modules, by hash.
+    pub blobs: BlobCache,
+}
+
+impl<C> std::fmt::Debug for Bank<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bank")
+            .field("institution", &self.profile.institution_id)
+            .field("coordinator", &self.coordinator)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<C: Compute> Bank<C> {
+    /// This institution's id.
+    pub fn id(&self) -> &str {
+        &self.profile.institution_id
+    }
+
+    fn register_request(&self) -> RegisterRequest {
+        RegisterRequest {
+            institution_id: self.profile.institution_id.clone(),
+            datasets: self
+                .profile
+                .datasets
+                .iter()
+                .map(|d| pb::DatasetOffer { name: d.name.clone(), schema_fingerprint: d.schema_fingerprint.clone() })
+                .collect(),
+            capabilities: self.compute.capabilities(),
+            signing_public_key: self.profile.identity.verifying_key().to_bytes().to_vec(),
+            min_participants: self.profile.min_participants,
+        }
+    }
+}
+
+/// A few content-addressed blobs, most recent last; the bytes are shared, never copied.
+#[derive(Debug, Default)]
+pub struct BlobCache {
+    entries: Mutex<VecDeque<(String, Arc<Vec<u8>>)>>,
+}
+
+impl BlobCache {
+    /// The blob `hash`, if cached.
+    pub fn get(&self, hash: &str) -> Option<Arc<Vec<u8>>> {
+        lock(&self.entries).iter().find(|(h, _)| h == hash).map(|(_, b)| b.clone())
+    }
+
+    /// Caches `blob` as `hash`, evicting the oldest beyond the cache's size.
+    pub fn insert(&self, hash: &str, blob: Arc<Vec<u8>>) {
+        let mut entries = lock(&self.entries);
+        if entries.iter().any(|(h, _)| h == hash) {
+            return;
+        }
+        entries.push_back((hash.to_string(), blob));
+        while entries.len() > BLOB_CACHE {
+            entries.pop_front();
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Runs the bank until `shutdown` completes, reconnecting with backoff (0.5 s doubling to
+/// 30 s; back to 0.5 s once a connection got as far as registering).
+pub async fn run<C: Compute>(bank: Arc<Bank<C>>, shutdown: impl Future<Output = ()>) {
+    tokio::pin!(shutdown);
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        let mut registered = false;
+        tokio::select! {
+            _ = &mut shutdown => return,
+            r = session(&bank, &mut registered) => match r {
+                Ok(()) => tracing::warn!(worker = %bank.id(), "task stream closed by the coordinator; reconnecting"),
+                Err(e) => tracing::warn!(worker = %bank.id(), error = %e, retry_in = ?backoff, "coordinator unreachable"),
+            },
+        }
+        if registered {
+            backoff = Duration::from_millis(500);
+        }
+        tokio::select! {
+            _ = &mut shutdown => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(30));
+    }
+}
+
+/// The result of an effect executed off the session loop, for the machine of generation `.0`.
+type Completion = (u64, Done);
+
+/// What came back for a machine.
+enum Done {
+    Fetched(Blob, Result<Arc<Vec<u8>>, Failure>),
+    Computed(Result<Vec<f64>, Failure>),
+    Submitted(Result<(), Failure>),
+}
+
+/// One connection's tasks.
+struct Session<C> {
+    bank: Arc<Bank<C>>,
+    client: FederationClient<Channel>,
+    worker_id: String,
+    /// Running machines by task id, with the generation their completions carry (so a late
+    /// result never reaches a newer task of the same id).
+    machines: HashMap<String, (u64, TaskMachine)>,
+    next_generation: u64,
+    /// Effects in progress; dropped (aborted) with the session.
+    pending: JoinSet<Completion>,
+}
+
+async fn session<C: Compute>(bank: &Arc<Bank<C>>, registered: &mut bool) -> Result<(), tonic::Status> {
+    let invalid = |e: String| tonic::Status::invalid_argument(e);
+    let mut endpoint = Endpoint::from_shared(bank.coordinator.clone()).map_err(|e| invalid(e.to_string()))?;
+    if let Some(files) = &bank.tls {
+        let host = endpoint.uri().host().unwrap_or_default().to_string();
+        let tls = confide_tls::client_config(files, &host).map_err(|e| invalid(e.to_string()))?;
+        endpoint = endpoint.tls_config(tls).map_err(|e| invalid(e.to_string()))?;
+    }
+    let channel = endpoint
+        .connect_timeout(Duration::from_secs(5))
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(20))
+        .keep_alive_while_idle(true)
+        .connect()
+        .await
+        .map_err(|e| tonic::Status::unavailable(format!("connecting to {}: {e}", bank.coordinator)))?;
+    let mut client = FederationClient::new(channel).max_decoding_message_size(8 << 20);
+    let reply = client.register(bank.register_request()).await?.into_inner();
+    tracing::info!(worker = %reply.worker_id, protocol = reply.protocol_version, "registered with the coordinator");
+    *registered = true;
+    let mut stream = client.subscribe(SubscribeRequest { worker_id: reply.worker_id.clone() }).await?.into_inner();
+    let mut s = Session {
+        bank: bank.clone(),
+        client,
+        worker_id: reply.worker_id,
+        machines: HashMap::new(),
+        next_generation: 0,
+        pending: JoinSet::new(),
+    };
+    loop {
+        let deadline = s.machines.values().filter_map(|(_, m)| m.poll_timeout()).min();
+        let timer = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(tokio::time::Instant::from_std(d)).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            message = stream.message() => match message? {
+                Some(wire) => s.on_task(wire),
+                None => return Ok(()),
+            },
+            Some(joined) = s.pending.join_next(), if !s.pending.is_empty() => match joined {
+                Ok((generation, done)) => s.on_done(generation, done),
+                Err(e) => tracing::error!(error = %e, "a task effect panicked"),
+            },
+            () = timer => {
+                let now = Instant::now();
+                let ids: Vec<String> = s.machines.keys().cloned().collect();
+                for id in ids {
+                    if let Some((_, m)) = s.machines.get_mut(&id) {
+                        m.handle_timeout(now);
+                    }
+                    s.drive(&id);
+                }
+            }
+        }
+    }
+}
+
+impl<C: Compute> Session<C> {
+    /// A message on the task stream.
+    fn on_task(&mut self, wire: pb::Task) {
+        let mut seed = [0u8; 32];
+        rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut seed);
+        let bank = &self.bank;
+        match task::receive(&bank.profile, wire, self.machines.len(), bank.max_concurrent_tasks, seed) {
+            Incoming::Relay { task_id, message } => match self.machines.get_mut(&task_id) {
+                Some((_, m)) => {
+                    m.handle_relay(&message, Instant::now());
+                    self.drive(&task_id);
+                }
+                None => tracing::debug!(task = %task_id, "relay for a task not in progress"),
+            },
+            Incoming::Cancel { task_id, reason } => {
+                if let Some((_, m)) = self.machines.get_mut(&task_id) {
+                    m.handle_cancel(reason);
+                    self.drive(&task_id);
+                }
+            }
+            Incoming::Start(machine) => {
+                let task_id = machine.id().task_id.clone();
+                if self.machines.contains_key(&task_id) {
+                    tracing::warn!(task = %task_id, "task already in progress; duplicate ignored");
+                    return;
+                }
+                self.next_generation += 1;
+                self.machines.insert(task_id.clone(), (self.next_generation, *machine));
+                self.drive(&task_id);
+            }
+        }
+    }
+
+    /// An effect's result.
+    fn on_done(&mut self, generation: u64, done: Done) {
+        let Some(task_id) = self.machines.iter().find(|(_, (g, _))| *g == generation).map(|(id, _)| id.clone()) else {
+            return;
+        };
+        if let Some((_, m)) = self.machines.get_mut(&task_id) {
+            match done {
+                Done::Fetched(blob, result) => m.handle_fetched(blob, result),
+                Done::Computed(result) => m.handle_computed(result),
+                Done::Submitted(result) => m.handle_submitted(result, Instant::now()),
+            }
+        }
+        self.drive(&task_id);
+    }
+
+    /// Executes the effects of `task_id`'s machine until it waits for something.
+    fn drive(&mut self, task_id: &str) {
+        loop {
+            let Some((generation, m)) = self.machines.get_mut(task_id) else { return };
+            let generation = *generation;
+            let Some(effect) = m.poll_effect() else { return };
+            let id = m.id().clone();
+            let task_name = m.task_name();
+            match effect {
+                Effect::Admit(request) => {
+                    let result = self.bank.policy.admit_request(&request);
+                    m.handle_admission(result);
+                }
+                Effect::Fetch(request) => {
+                    let (bank, mut client, worker_id) = (self.bank.clone(), self.client.clone(), self.worker_id.clone());
+                    self.pending.spawn(async move {
+                        let result = fetch(&bank, &mut client, &worker_id, &request).await;
+                        (generation, Done::Fetched(request.blob, result))
+                    });
+                }
+                Effect::Compute(request) => {
+                    let bank = self.bank.clone();
+                    self.pending.spawn(async move {
+                        let result = tokio::task::spawn_blocking(move || bank.compute.compute(request))
+                            .await
+                            .unwrap_or_else(|e| Err(Failure::internal(format!("task panicked: {e}"))));
+                        (generation, Done::Computed(result))
+                    });
+                }
+                Effect::Submit(submission) => {
+                    let (bank, mut client) = (self.bank.clone(), self.client.clone());
+                    let addr =
+                        TaskAddress { worker_id: self.worker_id.clone(), task_id: id.task_id, job_id: id.job_id, round: id.round };
+                    if matches!(submission.contribution.body, Some(pb::contribution::Body::Plain(_))) {
+                        tracing::warn!(job = %addr.job_id, round = addr.round, "INSECURE plain aggregation: this contribution is visible to the coordinator");
+                    }
+                    self.pending.spawn(async move {
+                        let drill = bank.fault.as_ref().zip(submission.secagg);
+                        if let Some((fault, kind)) = drill {
+                            fault.check(task_name, kind, false).await;
+                        }
+                        let result = transport::submit(&mut client, &addr, &submission.contribution).await.map_err(Failure::protocol);
+                        if let (Some((fault, kind)), Ok(())) = (drill, &result) {
+                            fault.check(task_name, kind, true).await;
+                        }
+                        (generation, Done::Submitted(result))
+                    });
+                }
+                Effect::Finished(outcome) => {
+                    log_outcome(&id, &outcome);
+                    self.machines.remove(task_id);
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// A blob from the cache, or downloaded (verified against its hash) and cached.
+async fn fetch<C>(
+    bank: &Bank<C>,
+    client: &mut FederationClient<Channel>,
+    worker_id: &str,
+    request: &BlobRequest,
+) -> Result<Arc<Vec<u8>>, Failure> {
+    if let Some(b) = bank.blobs.get(&request.hash) {
+        return Ok(b);
+    }
+    let bytes = transport::download_model(client, worker_id, &request.hash, request.max_bytes).await.map_err(Failure::protocol)?;
+    let blob = Arc::new(bytes);
+    bank.blobs.insert(&request.hash, blob.clone());
+    Ok(blob)
+}
+
+fn log_outcome(id: &task::TaskId, outcome: &TaskOutcome) {
+    let (job, round, task) = (&id.job_id, id.round, &id.task_id);
+    match outcome {
+        TaskOutcome::Contributed { clipped, .. } => {
+            if *clipped > 0 {
+                tracing::warn!(%job, round, clipped, "update values were clipped to the secure-aggregation range");
+            }
+            tracing::info!(%job, round, %task, "contribution accepted");
+        }
+        TaskOutcome::Failed { failure, report } => {
+            tracing::error!(%job, round, %failure, "task failed; reported to the coordinator");
+            if let Err(e) = report {
+                tracing::warn!(error = %e, "could not report the failure");
+            }
+        }
+        TaskOutcome::Cancelled { reason } => tracing::info!(%task, %reason, "task cancelled by the coordinator"),
+    }
+}

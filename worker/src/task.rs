@@ -1,0 +1,1479 @@
+//! # The task machine — one task's whole logic, without I/O
+//!
+//! [`TaskMachine`] owns everything a bank decides and does for one task of the coordinator's:
+//! it decodes the wire [`pb::Task`] once into a typed [`Task`], applies the bank's admission
+//! rules before any key or share leaves, drives the [`confide_secagg::Client`] (or the insecure
+//! plain mode), and decides what is reported. It is sans-IO in the style of `quinn-proto` (and
+//! of `confide_secagg`): no sockets, no clock, no OS randomness, no files, neither tokio nor
+//! tonic. The caller passes the time in as a [`std::time::Instant`] and a fresh 32-byte random
+//! seed, executes the [`Effect`]s the machine yields and feeds the results back.
+//!
+//! ## How to drive it
+//!
+//! 1. For every message on the task stream call [`receive`]`(profile, wire, in_progress,
+//!    max_tasks, seed)`: it routes a relay or a cancellation to the running machine named by its
+//!    task id, and otherwise creates a [`TaskMachine`] (over the cap, one that only reports
+//!    "worker busy"). [`TaskMachine::from_wire`] does the same for one task.
+//! 2. After creating a machine and after every `handle_*` call, drain
+//!    [`TaskMachine::poll_effect`] and execute each [`Effect`]:
+//!    - [`Effect::Admit`]: check the request against the bank's durable policy and the
+//!      federation CA ([`crate::policy::Policy::admit_request`]) and answer
+//!      [`TaskMachine::handle_admission`]. Nothing has left the bank before the answer.
+//!    - [`Effect::Fetch`]: download the content-addressed blob (verified against its hash,
+//!      refusing more than `max_bytes`) and answer [`TaskMachine::handle_fetched`].
+//!    - [`Effect::Compute`]: run the local computation ([`crate::compute::Compute`]) off the
+//!      async threads and answer [`TaskMachine::handle_computed`].
+//!    - [`Effect::Submit`]: upload the contribution (a crash drill may act around a secagg
+//!      message of the named [`MessageKind`]) and answer [`TaskMachine::handle_submitted`]`(result,
+//!      now)`. The machine has at most one submission outstanding, so uploads keep their order.
+//!    - [`Effect::Finished`]: the task is over; drop the machine (later results are ignored).
+//! 3. Hand every relayed secure-aggregation message to [`TaskMachine::handle_relay`]`(bytes,
+//!    now)` and a coordinator's cancellation to [`TaskMachine::handle_cancel`].
+//! 4. Arm a timer for [`TaskMachine::poll_timeout`] and call [`TaskMachine::handle_timeout`]`(now)`
+//!    when it fires (the secagg client's own deadline, and the [`LOCAL_FAILURE_GRACE`] below).
+//!
+//! Fetch and compute run concurrently with the key exchange: the keys are advertised as soon as
+//! the task is admitted, and the vector is masked once it is ready.
+//!
+//! ## Rules
+//!
+//! - Malformed input (no kind, an unreadable model spec, preprocessing or training config, an
+//!   impossible secure-aggregation setup) is a [`FailureKind::Protocol`] failure, never a panic.
+//! - Admission, in order: the dataset is offered (policy) with the same schema fingerprint
+//!   (data); score buckets within [`SCORE_BUCKETS`] (protocol); at least
+//!   max(bank's, job's) `min_participants` institutions (policy); then, through the driver,
+//!   peer-certificate bindings and the durable policy (model kinds, rounds per job, jobs per day).
+//! - Values outside the session's fixed-point range are clipped for training updates (bounded-
+//!   update FedAvg; the count is in [`TaskOutcome::Contributed`]) and refused (data) for
+//!   statistics and evaluation, which must be exact.
+//! - When the protocol ends early while the local computation still runs, the computation's own
+//!   failure (a data error naming file and line, say) is the more useful report: the machine
+//!   waits up to [`LOCAL_FAILURE_GRACE`] of the caller's time for it, then reports the protocol's
+//!   reason.
+//! - A failure is reported to the coordinator as a [`pb::TaskFailure`]; a cancellation is not
+//!   answered.
+
+use std::collections::VecDeque;
+use std::ops::RangeInclusive;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use confide_core::job::LocalTraining;
+use confide_core::model::ModelSpec;
+use confide_datasets::Preprocessing;
+use confide_proto::v1::{self as pb, contribution::Body, task::Kind};
+use confide_secagg::{Client, ClientEvent, ClientPolicy, Error as SecAggError, MessageKind, ServerMessage, SessionParams};
+use ed25519_dalek::SigningKey;
+
+pub use crate::failure::{Failure, FailureKind};
+
+/// Largest checkpoint a worker downloads.
+pub const MAX_MODEL_BYTES: u64 = 4 << 30;
+/// Largest TorchScript module a worker downloads.
+pub const MAX_MODULE_BYTES: u64 = confide_core::model::MAX_MODULE_BYTES as u64;
+/// How long a machine waits, after the protocol ended early, for the local computation's own
+/// failure.
+pub const LOCAL_FAILURE_GRACE: Duration = Duration::from_secs(2);
+/// Score buckets an evaluation task may ask for.
+pub const SCORE_BUCKETS: RangeInclusive<usize> = 2..=1_000_000;
+/// Relays kept while the admission is pending (an honest coordinator sends none before the
+/// bank's key advertisement).
+const MAX_EARLY_RELAYS: usize = 64;
+
+/// A dataset, by name and schema fingerprint (what a bank offers, what a task names).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DatasetRef {
+    /// Name jobs refer to.
+    pub name: String,
+    /// SHA-256 of the dataset schema.
+    pub schema_fingerprint: String,
+}
+
+/// Who the bank is and what it offers: everything a machine needs of its bank, as plain data
+/// (no libtorch, no connection), so a test can build one for any scripted bank.
+#[derive(Clone)]
+pub struct BankProfile {
+    /// The institution's id.
+    pub institution_id: String,
+    /// The long-term key its secure-aggregation advertisements are signed with.
+    pub identity: SigningKey,
+    /// The datasets it offers.
+    pub datasets: Vec<DatasetRef>,
+    /// Its floor on institutions per round (the job's may be higher, never lower).
+    pub min_participants: u32,
+    /// The federation CA (with mutual TLS): every peer key must be bound by a certificate it
+    /// signed. Checked by the driver when admitting ([`AdmissionRequest::federation_ca`]).
+    pub federation_ca: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for BankProfile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BankProfile")
+            .field("institution_id", &self.institution_id)
+            .field("datasets", &self.datasets)
+            .field("min_participants", &self.min_participants)
+            .field("federation_ca", &self.federation_ca)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Which task, of which round of which job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskId {
+    /// The coordinator's task id.
+    pub task_id: String,
+    /// Its job.
+    pub job_id: String,
+    /// Its round.
+    pub round: u64,
+}
+
+/// A task, decoded once from the wire.
+#[derive(Debug, Clone)]
+pub struct Task {
+    /// What to compute.
+    pub kind: TaskKind,
+    /// How the result is summed across institutions.
+    pub aggregation: Aggregation,
+}
+
+/// What a task computes.
+#[derive(Debug, Clone)]
+pub enum TaskKind {
+    /// The additive statistics of the training split.
+    Stats {
+        /// The dataset.
+        dataset: DatasetRef,
+    },
+    /// Local training from the global model: the weighted update.
+    Train {
+        /// The dataset.
+        dataset: DatasetRef,
+        /// The global model.
+        model: ModelRef,
+        /// The federation's preprocessing.
+        prep: Prep,
+        /// Local hyper-parameters.
+        local: LocalTraining,
+    },
+    /// Evaluation of the model on the test split: additive metric sums.
+    Evaluate {
+        /// The dataset.
+        dataset: DatasetRef,
+        /// The model evaluated.
+        model: ModelRef,
+        /// The federation's preprocessing.
+        prep: Prep,
+        /// Score histogram buckets (within [`SCORE_BUCKETS`]).
+        buckets: usize,
+    },
+}
+
+impl TaskKind {
+    /// `stats`, `train` or `evaluate` (the crash drills' and the logs' name).
+    pub fn name(&self) -> &'static str {
+        match self {
+            TaskKind::Stats { .. } => "stats",
+            TaskKind::Train { .. } => "train",
+            TaskKind::Evaluate { .. } => "evaluate",
+        }
+    }
+
+    /// The dataset the task reads.
+    pub fn dataset(&self) -> &DatasetRef {
+        match self {
+            TaskKind::Stats { dataset } | TaskKind::Train { dataset, .. } | TaskKind::Evaluate { dataset, .. } => dataset,
+        }
+    }
+
+    /// The model the task runs, if any.
+    pub fn model(&self) -> Option<&ModelRef> {
+        match self {
+            TaskKind::Stats { .. } => None,
+            TaskKind::Train { model, .. } | TaskKind::Evaluate { model, .. } => Some(model),
+        }
+    }
+}
+
+/// A model as a task names it.
+#[derive(Debug, Clone)]
+pub struct ModelRef {
+    /// Content address (SHA-256 hex) of the safetensors checkpoint.
+    pub hash: String,
+    /// Announced checkpoint size (a download announcing more is refused).
+    pub size_bytes: u64,
+    /// The model family, parsed once.
+    pub spec: ModelSpec,
+    /// For a `torchscript` model: the content address of its scripted module.
+    pub module_sha256: Option<String>,
+}
+
+/// The federation's preprocessing with a stable id.
+#[derive(Debug, Clone)]
+pub struct Prep {
+    /// SHA-256 hex of the preprocessing JSON as sent: the key local caches of encoded splits use.
+    pub id: String,
+    /// The preprocessing, parsed once.
+    pub preprocessing: Arc<Preprocessing>,
+}
+
+/// How a task's vector is summed.
+#[derive(Debug, Clone)]
+pub enum Aggregation {
+    /// Debug only: the vector travels in the clear.
+    Plain {
+        /// The length the coordinator expects.
+        vector_len: usize,
+    },
+    /// Secure aggregation.
+    Secure(Box<SecureSetup>),
+}
+
+impl Aggregation {
+    /// The length of the contributed vector.
+    pub fn vector_len(&self) -> usize {
+        match self {
+            Aggregation::Plain { vector_len } => *vector_len,
+            Aggregation::Secure(s) => s.params.vector_len,
+        }
+    }
+}
+
+/// A secure-aggregation session as a task sets it up.
+#[derive(Debug, Clone)]
+pub struct SecureSetup {
+    /// The session's parameters (checked by `SessionParams::validate`).
+    pub params: SessionParams,
+    /// This bank's participant id.
+    pub participant_id: confide_secagg::ParticipantId,
+    /// The job's floor on institutions per round.
+    pub min_participants: u32,
+    /// The peers with their institution ids and certificates (for the CA check).
+    pub peers: Vec<pb::SecAggPeer>,
+}
+
+impl Task {
+    /// Decodes a task's wire kind (`round` is the task's round, which the session binds).
+    pub fn decode(kind: Option<Kind>, round: u64) -> Result<Task, Failure> {
+        let (kind, aggregation) = match kind {
+            None => return Err(Failure::protocol("task has no kind")),
+            Some(Kind::Secagg(_) | Kind::Cancel(_)) => return Err(Failure::protocol("not a task: a relay or a cancellation")),
+            Some(Kind::Stats(t)) => (TaskKind::Stats { dataset: dataset(t.dataset)? }, t.aggregation),
+            Some(Kind::Train(t)) => {
+                let local = serde_json::from_str(&t.train_config_json).map_err(|e| Failure::protocol(format!("training config: {e}")))?;
+                let kind = TaskKind::Train { dataset: dataset(t.dataset)?, model: model(t.model)?, prep: prep(&t.preprocessing_json)?, local };
+                (kind, t.aggregation)
+            }
+            Some(Kind::Evaluate(t)) => {
+                let kind = TaskKind::Evaluate {
+                    dataset: dataset(t.dataset)?,
+                    model: model(t.model)?,
+                    prep: prep(&t.preprocessing_json)?,
+                    buckets: t.score_buckets as usize,
+                };
+                (kind, t.aggregation)
+            }
+        };
+        let aggregation = aggregation.ok_or_else(|| Failure::protocol("task carries no aggregation setup"))?;
+        let vector_len = usize::try_from(aggregation.vector_len).map_err(|_| Failure::protocol("vector length overflows"))?;
+        let aggregation = if aggregation.insecure_plain {
+            Aggregation::Plain { vector_len }
+        } else {
+            let secure = aggregation.secure.ok_or_else(|| Failure::protocol("secure aggregation setup missing"))?;
+            let params = confide_proto::secagg::params_from(&secure, round, aggregation.vector_len).map_err(Failure::protocol)?;
+            Aggregation::Secure(Box::new(SecureSetup {
+                params,
+                participant_id: secure.participant_id,
+                min_participants: secure.min_participants,
+                peers: secure.peers,
+            }))
+        };
+        Ok(Task { kind, aggregation })
+    }
+}
+
+fn dataset(r: Option<pb::DatasetRef>) -> Result<DatasetRef, Failure> {
+    let r = r.ok_or_else(|| Failure::protocol("task names no dataset"))?;
+    Ok(DatasetRef { name: r.name, schema_fingerprint: r.schema_fingerprint })
+}
+
+fn model(r: Option<pb::ModelRef>) -> Result<ModelRef, Failure> {
+    let r = r.ok_or_else(|| Failure::protocol("task names no model"))?;
+    let spec: ModelSpec = serde_json::from_str(&r.spec_json).map_err(|e| Failure::protocol(format!("model spec: {e}")))?;
+    let module_sha256 = match &spec {
+        ModelSpec::TorchScript(ts) => {
+            Some(ts.module_sha256.clone().ok_or_else(|| Failure::protocol("torchscript model without a module hash"))?)
+        }
+        _ => None,
+    };
+    Ok(ModelRef { hash: r.hash, size_bytes: r.size_bytes, spec, module_sha256 })
+}
+
+fn prep(json: &str) -> Result<Prep, Failure> {
+    let preprocessing: Preprocessing = serde_json::from_str(json).map_err(|e| Failure::protocol(format!("preprocessing: {e}")))?;
+    Ok(Prep { id: confide_core::sha256_hex(json.as_bytes()), preprocessing: Arc::new(preprocessing) })
+}
+
+/// Something the driver must do for a machine.
+#[derive(Debug)]
+pub enum Effect {
+    /// Check the durable policy and the peers' certificates; answer
+    /// [`TaskMachine::handle_admission`].
+    Admit(AdmissionRequest),
+    /// Download a blob; answer [`TaskMachine::handle_fetched`].
+    Fetch(BlobRequest),
+    /// Run the local computation; answer [`TaskMachine::handle_computed`].
+    Compute(ComputeRequest),
+    /// Upload a contribution; answer [`TaskMachine::handle_submitted`].
+    Submit(Submission),
+    /// The task is over.
+    Finished(TaskOutcome),
+}
+
+/// What the driver checks before the bank takes part (see [`crate::policy::Policy::admit_request`]).
+#[derive(Debug, Clone)]
+pub struct AdmissionRequest {
+    /// The job.
+    pub job_id: String,
+    /// The round.
+    pub round: u64,
+    /// What the task does with the bank's data.
+    pub purpose: Purpose,
+    /// The round's peers (empty in plain mode), to be checked against `federation_ca`.
+    pub peers: Vec<pb::SecAggPeer>,
+    /// The federation CA from the bank's profile; None skips the certificate check.
+    pub federation_ca: Option<PathBuf>,
+}
+
+/// What a task does with the bank's data, as its policy sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Purpose {
+    /// Additive statistics.
+    Statistics,
+    /// Training `model` (counts against the rounds-per-job limit).
+    Training {
+        /// The model trained.
+        model: ModelSpec,
+    },
+    /// Evaluating `model`.
+    Evaluation {
+        /// The model evaluated.
+        model: ModelSpec,
+    },
+}
+
+/// Which blob of a task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Blob {
+    /// The model checkpoint (safetensors).
+    Checkpoint,
+    /// A `torchscript` model's scripted module.
+    Module,
+}
+
+/// A content-addressed download.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlobRequest {
+    /// Which blob of the task.
+    pub blob: Blob,
+    /// Its SHA-256 hex; the driver verifies the bytes against it.
+    pub hash: String,
+    /// A download announcing more is refused.
+    pub max_bytes: u64,
+}
+
+/// The local computation a task needs, with everything it reads.
+#[derive(Clone)]
+pub struct ComputeRequest {
+    /// The job (recommendation models keep their user side per job).
+    pub job_id: String,
+    /// The round.
+    pub round: u64,
+    /// The length the vector must have.
+    pub vector_len: usize,
+    /// What to compute.
+    pub kind: TaskKind,
+    /// The checkpoint's bytes (training and evaluation), verified against its hash.
+    pub checkpoint: Option<Arc<Vec<u8>>>,
+    /// A `torchscript` model's module bytes, verified against its hash.
+    pub module: Option<Arc<Vec<u8>>>,
+}
+
+impl std::fmt::Debug for ComputeRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ComputeRequest")
+            .field("job_id", &self.job_id)
+            .field("round", &self.round)
+            .field("vector_len", &self.vector_len)
+            .field("kind", &self.kind)
+            .field("checkpoint_bytes", &self.checkpoint.as_ref().map(|b| b.len()))
+            .field("module_bytes", &self.module.as_ref().map(|b| b.len()))
+            .finish()
+    }
+}
+
+/// One upload to the coordinator.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Submission {
+    /// What is uploaded.
+    pub contribution: pb::Contribution,
+    /// For a secure-aggregation message, its kind (crash drills act around masked inputs).
+    pub secagg: Option<MessageKind>,
+}
+
+/// How a task ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TaskOutcome {
+    /// The contribution went out (and, with secure aggregation, the bank's part of the protocol
+    /// is complete).
+    Contributed {
+        /// Values clipped to the secure-aggregation range (training updates only).
+        clipped: usize,
+        /// The vector travelled in the clear (insecure plain mode).
+        plain: bool,
+    },
+    /// The task failed; `report` says whether the coordinator got the failure report.
+    Failed {
+        /// Why.
+        failure: Failure,
+        /// The upload of the failure report.
+        report: Result<(), Failure>,
+    },
+    /// The coordinator cancelled the task; nothing more was sent.
+    Cancelled {
+        /// The coordinator's reason.
+        reason: String,
+    },
+}
+
+/// What a message on the task stream is for.
+#[derive(Debug)]
+pub enum Incoming {
+    /// A new task: drive this machine.
+    Start(Box<TaskMachine>),
+    /// A relayed secure-aggregation message for a running task.
+    Relay {
+        /// The task.
+        task_id: String,
+        /// The message's bytes.
+        message: Vec<u8>,
+    },
+    /// The coordinator abandoned a task.
+    Cancel {
+        /// The task.
+        task_id: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Routes one message of the task stream. A new task beyond `max_tasks` in progress is answered
+/// at once with an [`FailureKind::Internal`] failure ("worker busy"), not queued.
+pub fn receive(profile: &BankProfile, wire: pb::Task, in_progress: usize, max_tasks: usize, seed: [u8; 32]) -> Incoming {
+    let pb::Task { task_id, job_id, round, kind } = wire;
+    match kind {
+        Some(Kind::Secagg(relay)) => Incoming::Relay { task_id, message: relay.message },
+        Some(Kind::Cancel(c)) => Incoming::Cancel { task_id, reason: c.reason },
+        kind => {
+            let id = TaskId { task_id, job_id, round };
+            if in_progress >= max_tasks {
+                let busy = Failure::internal(format!("worker busy: {in_progress} tasks in progress"));
+                return Incoming::Start(Box::new(TaskMachine::refuse(id, busy)));
+            }
+            let task = Task::decode(kind, round);
+            Incoming::Start(Box::new(TaskMachine::new(profile, id, task, seed)))
+        }
+    }
+}
+
+/// Where the task stands.
+#[derive(Debug)]
+enum Phase {
+    /// The admission request is out.
+    Admitting,
+    /// Admitted: protocol and local computation running.
+    Working,
+    /// The protocol ended early while the local computation runs: waiting until `until` for
+    /// its own failure, else reporting `failure`.
+    Grace { failure: Failure, until: Instant },
+    /// The failure report is queued or being uploaded.
+    Reporting(Failure),
+    /// Over.
+    Finished,
+}
+
+/// Where the local computation stands.
+#[derive(Debug)]
+enum Local {
+    /// Not started (before admission, or never for an undecodable task).
+    Idle,
+    /// Downloading the model's blobs.
+    Fetching { checkpoint: Option<Arc<Vec<u8>>>, module: Option<Arc<Vec<u8>>> },
+    /// The compute request is out.
+    Computing,
+    /// The vector was handed on (or the computation failed).
+    Done,
+}
+
+/// What the outstanding upload is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Upload {
+    Secagg,
+    Plain,
+    Report,
+}
+
+/// One task's logic. See the module docs for the call order.
+pub struct TaskMachine {
+    /// Which task.
+    id: TaskId,
+    /// The decoded task (None when it could not be decoded: the machine only reports).
+    task: Option<Arc<Task>>,
+    /// The bank's key (used once, when the secagg client is created).
+    identity: Option<SigningKey>,
+    /// The bank's floor on participants.
+    bank_min_participants: u32,
+    /// The federation CA, passed on in the admission request.
+    federation_ca: Option<PathBuf>,
+    /// The seed of the secagg client's randomness (taken once).
+    seed: Option<[u8; 32]>,
+    /// Where the task stands.
+    phase: Phase,
+    /// Where the local computation stands.
+    local: Local,
+    /// The secure-aggregation client, while the protocol runs.
+    client: Option<Client>,
+    /// The bank's part of the protocol is complete (its last messages may still be queued).
+    protocol_done: bool,
+    /// Effects for the driver.
+    effects: VecDeque<Effect>,
+    /// Uploads waiting for the outstanding one.
+    uploads: VecDeque<(Upload, Submission)>,
+    /// The outstanding upload.
+    uploading: Option<Upload>,
+    /// Relays received before the client existed, with their time of arrival.
+    early_relays: VecDeque<(Vec<u8>, Instant)>,
+    /// Values clipped to the secure-aggregation range.
+    clipped: usize,
+}
+
+impl std::fmt::Debug for TaskMachine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TaskMachine")
+            .field("id", &self.id)
+            .field("task", &self.task_name())
+            .field("phase", &self.phase)
+            .field("local", &self.local)
+            .field("stage", &self.client.as_ref().map(Client::stage))
+            .finish_non_exhaustive()
+    }
+}
+
+impl TaskMachine {
+    /// A machine for one wire task (a relay or cancellation given here is a protocol failure).
+    pub fn from_wire(profile: &BankProfile, wire: pb::Task, seed: [u8; 32]) -> TaskMachine {
+        let pb::Task { task_id, job_id, round, kind } = wire;
+        TaskMachine::new(profile, TaskId { task_id, job_id, round }, Task::decode(kind, round), seed)
+    }
+
+    /// A machine for a decoded task (or one that could not be decoded, which it reports). It
+    /// checks the rules it can decide alone, then asks for admission ([`Effect::Admit`]).
+    pub fn new(profile: &BankProfile, id: TaskId, task: Result<Task, Failure>, seed: [u8; 32]) -> TaskMachine {
+        let mut m = TaskMachine {
+            identity: Some(profile.identity.clone()),
+            bank_min_participants: profile.min_participants,
+            federation_ca: profile.federation_ca.clone(),
+            seed: Some(seed),
+            ..TaskMachine::blank(id)
+        };
+        let task = match task {
+            Ok(t) => Arc::new(t),
+            Err(f) => {
+                m.report(f);
+                return m;
+            }
+        };
+        m.task = Some(task.clone());
+        if let Err(f) = bank_rules(profile, &task) {
+            m.report(f);
+            return m;
+        }
+        let purpose = match &task.kind {
+            TaskKind::Stats { .. } => Purpose::Statistics,
+            TaskKind::Train { model, .. } => Purpose::Training { model: model.spec.clone() },
+            TaskKind::Evaluate { model, .. } => Purpose::Evaluation { model: model.spec.clone() },
+        };
+        let peers = match &task.aggregation {
+            Aggregation::Plain { .. } => Vec::new(),
+            Aggregation::Secure(s) => s.peers.clone(),
+        };
+        m.effects.push_back(Effect::Admit(AdmissionRequest {
+            job_id: m.id.job_id.clone(),
+            round: m.id.round,
+            purpose,
+            peers,
+            federation_ca: m.federation_ca.clone(),
+        }));
+        m
+    }
+
+    /// A machine that only reports `failure` (a task the worker cannot take, e.g. when busy).
+    pub fn refuse(id: TaskId, failure: Failure) -> TaskMachine {
+        let mut m = TaskMachine::blank(id);
+        m.report(failure);
+        m
+    }
+
+    /// A machine with nothing decided yet and no secrets.
+    fn blank(id: TaskId) -> TaskMachine {
+        TaskMachine {
+            id,
+            task: None,
+            identity: None,
+            bank_min_participants: 0,
+            federation_ca: None,
+            seed: None,
+            phase: Phase::Admitting,
+            local: Local::Idle,
+            client: None,
+            protocol_done: false,
+            effects: VecDeque::new(),
+            uploads: VecDeque::new(),
+            uploading: None,
+            early_relays: VecDeque::new(),
+            clipped: 0,
+        }
+    }
+
+    /// Which task.
+    pub fn id(&self) -> &TaskId {
+        &self.id
+    }
+
+    /// The decoded task (None when it could not be decoded).
+    pub fn task(&self) -> Option<&Task> {
+        self.task.as_deref()
+    }
+
+    /// `stats`, `train`, `evaluate`, or `none` for an undecodable task.
+    pub fn task_name(&self) -> &'static str {
+        self.task.as_ref().map_or("none", |t| t.kind.name())
+    }
+
+    /// True once [`Effect::Finished`] was queued.
+    pub fn is_finished(&self) -> bool {
+        matches!(self.phase, Phase::Finished)
+    }
+
+    /// The secure-aggregation stage the bank is in (None without a running client).
+    pub fn stage(&self) -> Option<confide_secagg::Stage> {
+        self.client.as_ref().map(Client::stage)
+    }
+
+    /// The next effect to execute.
+    pub fn poll_effect(&mut self) -> Option<Effect> {
+        self.effects.pop_front()
+    }
+
+    /// When [`Self::handle_timeout`] should be called next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match &self.phase {
+            Phase::Grace { until, .. } => Some(*until),
+            Phase::Working => self.client.as_ref().and_then(Client::poll_timeout),
+            _ => None,
+        }
+    }
+
+    /// The driver's answer to [`Effect::Admit`].
+    pub fn handle_admission(&mut self, result: Result<(), Failure>) {
+        if !matches!(self.phase, Phase::Admitting) {
+            return;
+        }
+        let Some(task) = self.task.clone() else { return };
+        if let Err(f) = result {
+            return self.report(f);
+        }
+        self.phase = Phase::Working;
+        if let Aggregation::Secure(setup) = &task.aggregation {
+            let (Some(identity), Some(seed)) = (self.identity.take(), self.seed.take()) else {
+                return self.report(Failure::internal("task admitted twice"));
+            };
+            // The round-level floor was checked on the whole participant list; the client's own
+            // checks count share holders (a SecAgg+ neighbourhood of k + 1 under a sparse
+            // graph), so they get the floor capped at that size.
+            let floor = self.bank_min_participants.max(setup.min_participants) as usize;
+            let policy = ClientPolicy { min_participants: floor.min(setup.params.holders()) };
+            match Client::new(setup.params.clone(), setup.participant_id, identity, policy, seed) {
+                Ok(client) => self.client = Some(client),
+                Err(e) => return self.report(Failure::protocol(e)),
+            }
+            self.drain_client(None);
+        }
+        self.start_local(&task);
+        let early: Vec<(Vec<u8>, Instant)> = self.early_relays.drain(..).collect();
+        for (bytes, at) in early {
+            self.relay(&bytes, at);
+        }
+    }
+
+    /// The driver's answer to [`Effect::Fetch`] (bytes verified against the requested hash).
+    pub fn handle_fetched(&mut self, blob: Blob, result: Result<Arc<Vec<u8>>, Failure>) {
+        if !matches!(self.local, Local::Fetching { .. }) {
+            return;
+        }
+        let bytes = match result {
+            Ok(b) => b,
+            Err(f) => return self.local_failure(f),
+        };
+        let Local::Fetching { checkpoint, module } = &mut self.local else { return };
+        match blob {
+            Blob::Checkpoint => *checkpoint = Some(bytes),
+            Blob::Module => *module = Some(bytes),
+        }
+        let Some(task) = self.task.clone() else { return };
+        let needs_module = task.kind.model().is_some_and(|m| m.module_sha256.is_some());
+        if checkpoint.is_some() && (module.is_some() || !needs_module) {
+            let (checkpoint, module) = (checkpoint.take(), module.take());
+            self.request_compute(&task, checkpoint, module);
+        }
+    }
+
+    /// The driver's answer to [`Effect::Compute`]: the vector, or the computation's failure.
+    pub fn handle_computed(&mut self, result: Result<Vec<f64>, Failure>) {
+        if !matches!(self.local, Local::Computing) {
+            return;
+        }
+        self.local = Local::Done;
+        let mut vector = match result {
+            Ok(v) => v,
+            Err(f) => return self.local_failure(f),
+        };
+        if let Phase::Grace { failure, .. } = &self.phase {
+            // The computation succeeded after all: the protocol's reason stands.
+            let failure = failure.clone();
+            return self.report(failure);
+        }
+        if !matches!(self.phase, Phase::Working) {
+            return;
+        }
+        let Some(task) = self.task.clone() else { return };
+        match &task.aggregation {
+            Aggregation::Plain { vector_len } => {
+                if vector.len() != *vector_len {
+                    return self
+                        .report(Failure::protocol(format!("computed {} values, the task expects {vector_len}", vector.len())));
+                }
+                let contribution = pb::Contribution { body: Some(Body::Plain(pb::PlainVector { values: vector })) };
+                self.upload(Upload::Plain, Submission { contribution, secagg: None });
+            }
+            Aggregation::Secure(setup) => {
+                let clip = setup.params.encoding.clip;
+                let outside = vector.iter().filter(|v| v.abs() > clip).count();
+                if outside > 0 {
+                    if matches!(task.kind, TaskKind::Train { .. }) {
+                        vector.iter_mut().for_each(|v| *v = v.clamp(-clip, clip));
+                        self.clipped = outside;
+                    } else {
+                        let worst = vector.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+                        return self.report(Failure::data(format!(
+                            "{outside} aggregate values exceed the secure-aggregation range ±{clip:e} (largest {worst:e}); rescale the data"
+                        )));
+                    }
+                }
+                let Some(client) = self.client.as_mut() else { return };
+                if let Err(e) = client.set_input(&vector) {
+                    return self.report(Failure::protocol(e));
+                }
+                self.drain_client(None);
+            }
+        }
+    }
+
+    /// A relayed secure-aggregation message from the coordinator.
+    pub fn handle_relay(&mut self, bytes: &[u8], now: Instant) {
+        match self.phase {
+            Phase::Admitting if self.task.is_some() && self.early_relays.len() < MAX_EARLY_RELAYS => {
+                self.early_relays.push_back((bytes.to_vec(), now));
+            }
+            Phase::Working => self.relay(bytes, now),
+            _ => {}
+        }
+    }
+
+    /// The driver's answer to [`Effect::Submit`].
+    pub fn handle_submitted(&mut self, result: Result<(), Failure>, now: Instant) {
+        let Some(upload) = self.uploading.take() else { return };
+        match (upload, &self.phase) {
+            (Upload::Report, Phase::Reporting(failure)) => {
+                let failure = failure.clone();
+                self.finish(TaskOutcome::Failed { failure, report: result });
+                return;
+            }
+            (Upload::Plain, Phase::Working) => match result {
+                Ok(()) => return self.finish(TaskOutcome::Contributed { clipped: 0, plain: true }),
+                Err(f) => return self.report(f),
+            },
+            (Upload::Secagg, Phase::Working) => {
+                if let Err(f) = result {
+                    return self.protocol_ended(f, Some(now));
+                }
+            }
+            _ => {}
+        }
+        self.next_upload();
+        self.maybe_done();
+    }
+
+    /// The coordinator cancelled the task: stop, send nothing more.
+    pub fn handle_cancel(&mut self, reason: impl Into<String>) {
+        if self.is_finished() {
+            return;
+        }
+        self.effects.clear();
+        self.uploads.clear();
+        self.finish(TaskOutcome::Cancelled { reason: reason.into() });
+    }
+
+    /// Time passed: the secagg client's deadline and the local-failure grace.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        match &self.phase {
+            Phase::Grace { failure, until } if now >= *until => {
+                let failure = failure.clone();
+                self.report(failure);
+            }
+            Phase::Working => {
+                if let Some(client) = self.client.as_mut() {
+                    client.handle_timeout(now);
+                    self.drain_client(Some(now));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Starts the local computation of an admitted task.
+    fn start_local(&mut self, task: &Task) {
+        match task.kind.model() {
+            None => self.request_compute(task, None, None),
+            Some(model) => {
+                self.local = Local::Fetching { checkpoint: None, module: None };
+                let max_bytes = model.size_bytes.min(MAX_MODEL_BYTES);
+                self.effects.push_back(Effect::Fetch(BlobRequest { blob: Blob::Checkpoint, hash: model.hash.clone(), max_bytes }));
+                if let Some(hash) = &model.module_sha256 {
+                    self.effects.push_back(Effect::Fetch(BlobRequest {
+                        blob: Blob::Module,
+                        hash: hash.clone(),
+                        max_bytes: MAX_MODULE_BYTES,
+                    }));
+                }
+            }
+        }
+    }
+
+    fn request_compute(&mut self, task: &Task, checkpoint: Option<Arc<Vec<u8>>>, module: Option<Arc<Vec<u8>>>) {
+        self.local = Local::Computing;
+        self.effects.push_back(Effect::Compute(ComputeRequest {
+            job_id: self.id.job_id.clone(),
+            round: self.id.round,
+            vector_len: task.aggregation.vector_len(),
+            kind: task.kind.clone(),
+            checkpoint,
+            module,
+        }));
+    }
+
+    /// Hands one relay to the client.
+    fn relay(&mut self, bytes: &[u8], now: Instant) {
+        let Some(client) = self.client.as_mut() else { return };
+        let msg = match ServerMessage::decode(bytes) {
+            Ok(m) => m,
+            Err(e) => return self.protocol_ended(Failure::protocol(e), Some(now)),
+        };
+        match client.handle_message(msg, now) {
+            Ok(()) => self.drain_client(Some(now)),
+            Err(SecAggError::Refused(r)) => {
+                self.protocol_ended(Failure::policy(format!("refused to continue secure aggregation: {r}")), Some(now))
+            }
+            Err(e) => self.protocol_ended(Failure::protocol(e), Some(now)),
+        }
+    }
+
+    /// Moves the client's messages to the upload queue and acts on its events.
+    fn drain_client(&mut self, now: Option<Instant>) {
+        let Some(client) = self.client.as_mut() else { return };
+        while let Some(msg) = client.poll_transmit() {
+            let kind = msg.payload.kind();
+            let contribution = pb::Contribution { body: Some(Body::Secagg(msg.encode())) };
+            self.uploads.push_back((Upload::Secagg, Submission { contribution, secagg: Some(kind) }));
+        }
+        let mut ended = None;
+        while let Some(ev) = client.poll_event() {
+            match ev {
+                ClientEvent::Done => self.protocol_done = true,
+                ClientEvent::Refused(r) => {
+                    ended = Some(Failure::policy(format!("refused to continue secure aggregation: {r}")));
+                }
+                ClientEvent::Failed(e) => ended = Some(Failure::protocol(e)),
+                ClientEvent::Aborted(stage) => {
+                    ended = Some(Failure::protocol(format!("the coordinator aborted secure aggregation at {stage:?}")));
+                }
+                _ => {}
+            }
+            if ended.is_some() {
+                break;
+            }
+        }
+        if self.protocol_done {
+            // Its last messages are queued; the secrets can go.
+            self.client = None;
+        }
+        if let Some(f) = ended {
+            return self.protocol_ended(f, now);
+        }
+        self.next_upload();
+        self.maybe_done();
+    }
+
+    /// The protocol ended without the bank's part being complete.
+    fn protocol_ended(&mut self, failure: Failure, now: Option<Instant>) {
+        if !matches!(self.phase, Phase::Working) {
+            return;
+        }
+        self.client = None;
+        self.uploads.retain(|(u, _)| *u != Upload::Secagg);
+        match (&self.local, now) {
+            (Local::Fetching { .. } | Local::Computing, Some(now)) => {
+                self.phase = Phase::Grace { failure, until: now + LOCAL_FAILURE_GRACE };
+            }
+            _ => self.report(failure),
+        }
+    }
+
+    /// The local computation (a download, or the computation itself) failed: its reason is
+    /// reported, also in preference to a protocol that already ended.
+    fn local_failure(&mut self, failure: Failure) {
+        self.local = Local::Done;
+        if matches!(self.phase, Phase::Working | Phase::Grace { .. }) {
+            self.report(failure);
+        }
+    }
+
+    /// Stops everything and queues the failure report.
+    fn report(&mut self, failure: Failure) {
+        if matches!(self.phase, Phase::Reporting(_) | Phase::Finished) {
+            return;
+        }
+        self.client = None;
+        self.local = Local::Done;
+        self.early_relays.clear();
+        self.uploads.clear();
+        let contribution = pb::Contribution { body: Some(Body::Failure(failure.to_wire())) };
+        self.uploads.push_back((Upload::Report, Submission { contribution, secagg: None }));
+        self.phase = Phase::Reporting(failure);
+        self.next_upload();
+    }
+
+    fn upload(&mut self, what: Upload, submission: Submission) {
+        self.uploads.push_back((what, submission));
+        self.next_upload();
+    }
+
+    /// Releases the next upload when none is outstanding.
+    fn next_upload(&mut self) {
+        if self.uploading.is_some() || self.is_finished() {
+            return;
+        }
+        if let Some((what, submission)) = self.uploads.pop_front() {
+            self.uploading = Some(what);
+            self.effects.push_back(Effect::Submit(submission));
+        }
+    }
+
+    /// Finishes once the bank's part of the protocol is complete and uploaded.
+    fn maybe_done(&mut self) {
+        if self.protocol_done && matches!(self.phase, Phase::Working) && self.uploading.is_none() && self.uploads.is_empty() {
+            let clipped = self.clipped;
+            self.finish(TaskOutcome::Contributed { clipped, plain: false });
+        }
+    }
+
+    fn finish(&mut self, outcome: TaskOutcome) {
+        self.phase = Phase::Finished;
+        self.client = None;
+        self.local = Local::Done;
+        self.uploading = None;
+        self.effects.push_back(Effect::Finished(outcome));
+    }
+}
+
+/// The bank's rules a machine decides alone, before asking for admission.
+fn bank_rules(profile: &BankProfile, task: &Task) -> Result<(), Failure> {
+    let wanted = task.kind.dataset();
+    let offered = profile
+        .datasets
+        .iter()
+        .find(|d| d.name == wanted.name)
+        .ok_or_else(|| Failure::policy(format!("dataset `{}` is not offered by this institution", wanted.name)))?;
+    if offered.schema_fingerprint != wanted.schema_fingerprint {
+        return Err(Failure::data(format!(
+            "dataset `{}`: the job's schema (fingerprint {}) differs from this institution's ({})",
+            wanted.name, wanted.schema_fingerprint, offered.schema_fingerprint
+        )));
+    }
+    if let TaskKind::Evaluate { buckets, .. } = &task.kind
+        && !SCORE_BUCKETS.contains(buckets)
+    {
+        return Err(Failure::protocol(format!("score_buckets {buckets} out of range")));
+    }
+    if let Aggregation::Secure(setup) = &task.aggregation {
+        let min = profile.min_participants.max(setup.min_participants) as usize;
+        let have = setup.params.participants.len();
+        if have < min {
+            return Err(Failure::policy(format!("{have} institutions in this round; this bank requires at least {min}")));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    //! The machine driven like `confide_secagg::testing` drives clients: a few banks' machines
+    //! and a real `confide_secagg::Server` on a virtual clock, with every effect answered in
+    //! memory (or held back, to play a slow computation).
+
+    use std::collections::BTreeMap;
+
+    use confide_secagg::testing::{self, VirtualClock};
+    use confide_secagg::{ClientMessage, Graph, Server, ServerEvent, ServerPayload, Stage};
+
+    use super::*;
+    use crate::config::PolicyConfig;
+    use crate::policy::Policy;
+
+    const ROUND: u64 = 7;
+    const DATASET: &str = "telco";
+    const FINGERPRINT: &str = "f00d";
+
+    fn profile(id: u32) -> BankProfile {
+        BankProfile {
+            institution_id: format!("bank{id}"),
+            identity: testing::identity(id),
+            datasets: vec![DatasetRef { name: DATASET.into(), schema_fingerprint: FINGERPRINT.into() }],
+            min_participants: 3,
+            federation_ca: None,
+        }
+    }
+
+    fn params(n: u32, vector_len: usize) -> SessionParams {
+        let mut p = testing::session_params(n, 2, vector_len, Graph::Complete, 32);
+        p.round = ROUND;
+        p
+    }
+
+    fn secure(params: &SessionParams, me: u32) -> pb::AggregationSetup {
+        let institutions = params.participants.keys().map(|&id| (id, (format!("bank{id}"), Vec::new()))).collect();
+        pb::AggregationSetup {
+            insecure_plain: false,
+            vector_len: params.vector_len as u64,
+            secure: Some(confide_proto::secagg::setup_for(params, me, &institutions, 3)),
+        }
+    }
+
+    fn plain(vector_len: u64) -> pb::AggregationSetup {
+        pb::AggregationSetup { insecure_plain: true, vector_len, secure: None }
+    }
+
+    fn wire(me: u32, kind: Kind) -> pb::Task {
+        pb::Task { task_id: format!("task-{me}"), job_id: "job-1".into(), round: ROUND, kind: Some(kind) }
+    }
+
+    fn dataset_ref() -> Option<pb::DatasetRef> {
+        Some(pb::DatasetRef { name: DATASET.into(), schema_fingerprint: FINGERPRINT.into() })
+    }
+
+    fn stats(aggregation: pb::AggregationSetup) -> Kind {
+        Kind::Stats(pb::StatsTask { dataset: dataset_ref(), aggregation: Some(aggregation) })
+    }
+
+    const PREP: &str = r#"{"schema_fingerprint":"f00d","rows":10,"columns":[]}"#;
+
+    fn train_with(aggregation: pb::AggregationSetup, spec_json: &str, prep_json: &str) -> Kind {
+        let local = LocalTraining {
+            epochs: 1,
+            batch_size: 8,
+            learning_rate: 0.1,
+            optimizer: Default::default(),
+            prox_mu: 0.0,
+            pos_weight: None,
+            seed: 1,
+            l2: 0.0,
+            feedback: Default::default(),
+            negatives: 1,
+        };
+        Kind::Train(pb::TrainTask {
+            dataset: dataset_ref(),
+            model: Some(pb::ModelRef { hash: "ab".repeat(32), size_bytes: 10, spec_json: spec_json.into() }),
+            preprocessing_json: prep_json.into(),
+            train_config_json: serde_json::to_string(&local).expect("json"),
+            aggregation: Some(aggregation),
+        })
+    }
+
+    const MLP: &str = r#"{"kind":"mlp","hidden":[4]}"#;
+
+    fn train(aggregation: pb::AggregationSetup) -> Kind {
+        train_with(aggregation, MLP, PREP)
+    }
+
+    /// The kind of failure a submission reports, if it is a failure report.
+    fn reported(s: &Submission) -> Option<FailureKind> {
+        match &s.contribution.body {
+            Some(Body::Failure(f)) => f.typed_kind(),
+            _ => None,
+        }
+    }
+
+    fn failed(outcome: Option<&TaskOutcome>) -> &Failure {
+        match outcome {
+            Some(TaskOutcome::Failed { failure, .. }) => failure,
+            other => panic!("expected a failure, got {other:?}"),
+        }
+    }
+
+    /// Banks' machines and a secagg server, effects answered in memory.
+    #[derive(Default)]
+    struct Federation {
+        clock: VirtualClock,
+        server: Option<Server>,
+        machines: BTreeMap<u32, TaskMachine>,
+        /// What each bank's computation returns; absent: the request is held.
+        results: BTreeMap<u32, Result<Vec<f64>, Failure>>,
+        /// A bank's durable policy (absent: admit everything).
+        policies: BTreeMap<u32, Policy>,
+        held: BTreeMap<u32, ComputeRequest>,
+        admissions: BTreeMap<u32, Vec<AdmissionRequest>>,
+        submitted: BTreeMap<u32, Vec<Submission>>,
+        outcomes: BTreeMap<u32, TaskOutcome>,
+        server_events: Vec<ServerEvent>,
+    }
+
+    impl Federation {
+        /// One stats task per bank `1..=n` with their vectors, and the server of the session.
+        fn secure_stats(n: u32, inputs: &BTreeMap<u32, Vec<f64>>) -> Federation {
+            let params = params(n, inputs.values().next().map_or(0, Vec::len));
+            let mut f = Federation::default();
+            f.server = Some(Server::new(params.clone(), f.clock.now()).expect("server"));
+            for id in 1..=n {
+                f.start(id, wire(id, stats(secure(&params, id))));
+                if let Some(x) = inputs.get(&id) {
+                    f.results.insert(id, Ok(x.clone()));
+                }
+            }
+            f
+        }
+
+        fn start(&mut self, id: u32, task: pb::Task) {
+            let mut seed = [0x17u8; 32];
+            seed[..4].copy_from_slice(&id.to_be_bytes());
+            self.machines.insert(id, TaskMachine::from_wire(&profile(id), task, seed));
+        }
+
+        /// Executes every machine's effects and delivers the server's messages, until quiet.
+        fn run(&mut self) {
+            loop {
+                let mut busy = false;
+                let ids: Vec<u32> = self.machines.keys().copied().collect();
+                for id in ids {
+                    while self.step(id) {
+                        busy = true;
+                    }
+                }
+                if let Some(server) = self.server.as_mut() {
+                    while let Some(ev) = server.poll_event() {
+                        self.server_events.push(ev);
+                    }
+                    let out: Vec<_> = std::iter::from_fn(|| server.poll_transmit()).collect();
+                    for (to, msg) in out {
+                        busy = true;
+                        if let Some(m) = self.machines.get_mut(&to) {
+                            m.handle_relay(&msg.encode(), self.clock.now());
+                        }
+                    }
+                }
+                if !busy {
+                    return;
+                }
+            }
+        }
+
+        /// Executes one effect of bank `id`; false when it has none.
+        fn step(&mut self, id: u32) -> bool {
+            let now = self.clock.now();
+            let Some(m) = self.machines.get_mut(&id) else { return false };
+            let Some(effect) = m.poll_effect() else { return false };
+            match effect {
+                Effect::Admit(request) => {
+                    let result = self.policies.get(&id).map_or(Ok(()), |p| p.admit_request(&request));
+                    self.admissions.entry(id).or_default().push(request);
+                    m.handle_admission(result);
+                }
+                Effect::Fetch(request) => m.handle_fetched(request.blob, Ok(Arc::new(Vec::new()))),
+                Effect::Compute(request) => match self.results.get(&id) {
+                    Some(result) => m.handle_computed(result.clone()),
+                    None => {
+                        self.held.insert(id, request);
+                    }
+                },
+                Effect::Submit(submission) => {
+                    if let (Some(server), Some(Body::Secagg(bytes))) = (self.server.as_mut(), &submission.contribution.body) {
+                        let msg = ClientMessage::decode(bytes).expect("the machine sends well-formed messages");
+                        let _ = server.handle_message(id, msg, now);
+                    }
+                    self.submitted.entry(id).or_default().push(submission);
+                    m.handle_submitted(Ok(()), now);
+                }
+                Effect::Finished(outcome) => {
+                    self.outcomes.insert(id, outcome);
+                }
+            }
+            true
+        }
+
+        fn secagg_sent(&self, id: u32) -> usize {
+            self.submitted.get(&id).map_or(0, |s| s.iter().filter(|s| s.secagg.is_some()).count())
+        }
+
+        fn sum(&self) -> Option<Vec<f64>> {
+            self.server_events.iter().find_map(|e| match e {
+                ServerEvent::Finished(o) => Some(o.sum.clone()),
+                _ => None,
+            })
+        }
+    }
+
+    fn inputs(rows: &[&[f64]]) -> BTreeMap<u32, Vec<f64>> {
+        rows.iter().enumerate().map(|(i, r)| (i as u32 + 1, r.to_vec())).collect()
+    }
+
+    fn assert_close(got: &[f64], want: &[f64], tolerance: f64) {
+        assert_eq!(got.len(), want.len());
+        for (g, w) in got.iter().zip(want) {
+            assert!((g - w).abs() <= tolerance, "got {got:?}, want {want:?}");
+        }
+    }
+
+    #[test]
+    fn a_secure_stats_task_contributes_its_vector_to_the_sum() {
+        let x = inputs(&[&[0.5, -0.25, 0.125], &[0.1, 0.2, 0.3], &[-0.3, 0.0, 0.9]]);
+        let mut f = Federation::secure_stats(3, &x);
+        f.run();
+        for id in 1..=3 {
+            assert_eq!(f.outcomes.get(&id), Some(&TaskOutcome::Contributed { clipped: 0, plain: false }), "bank {id}");
+            assert!(f.machines[&id].is_finished());
+            assert!(f.machines.get_mut(&id).and_then(TaskMachine::poll_effect).is_none(), "nothing after Finished");
+        }
+        let scale = params(3, 3).encoding.scale;
+        let sum = f.sum().expect("the round finished");
+        assert_close(&sum, &[0.3, -0.05, 1.325], 3.0 / scale);
+        let admitted = &f.admissions[&1][0];
+        assert_eq!((admitted.purpose.clone(), admitted.round, admitted.peers.len()), (Purpose::Statistics, ROUND, 3));
+    }
+
+    #[test]
+    fn a_policy_refusal_is_reported_and_no_key_leaves() {
+        let params = params(3, 2);
+        let mut f = Federation::default();
+        f.server = Some(Server::new(params.clone(), f.clock.now()).expect("server"));
+        let strict = PolicyConfig { allowed_models: vec!["logistic_regression".into()], ..Default::default() };
+        f.policies.insert(1, Policy::in_memory(strict));
+        for id in 1..=3 {
+            f.start(id, wire(id, train(secure(&params, id))));
+            f.results.insert(id, Ok(vec![0.0; 2]));
+        }
+        f.run();
+        let failure = failed(f.outcomes.get(&1));
+        assert_eq!(failure.kind, FailureKind::Policy);
+        assert!(failure.reason.contains("`mlp` is not allowed"), "{failure}");
+        assert_eq!(f.secagg_sent(1), 0, "no key advertisement from the refusing bank");
+        let sent = &f.submitted[&1];
+        assert_eq!((sent.len(), reported(&sent[0])), (1, Some(FailureKind::Policy)));
+        assert!(f.secagg_sent(2) > 0, "the others advertised");
+    }
+
+    #[test]
+    fn a_schema_mismatch_or_an_unoffered_dataset_is_refused_before_admission() {
+        let params = params(3, 2);
+        let changed = pb::DatasetRef { name: DATASET.into(), schema_fingerprint: "beef".into() };
+        let unoffered = pb::DatasetRef { name: "cards".into(), schema_fingerprint: FINGERPRINT.into() };
+        for (dataset, kind) in [(changed, FailureKind::Data), (unoffered, FailureKind::Policy)] {
+            let task = Kind::Stats(pb::StatsTask { dataset: Some(dataset), aggregation: Some(secure(&params, 1)) });
+            let mut f = Federation::default();
+            f.start(1, wire(1, task));
+            f.run();
+            assert_eq!(failed(f.outcomes.get(&1)).kind, kind);
+            assert!(f.admissions.is_empty(), "decided before asking the driver");
+            assert_eq!(f.secagg_sent(1), 0);
+        }
+    }
+
+    #[test]
+    fn a_round_below_the_banks_floor_is_refused() {
+        let params = params(3, 2);
+        let mut m = TaskMachine::from_wire(&BankProfile { min_participants: 4, ..profile(1) }, wire(1, stats(secure(&params, 1))), [1; 32]);
+        let Some(Effect::Submit(s)) = m.poll_effect() else { panic!("the refusal is reported first") };
+        assert_eq!(reported(&s), Some(FailureKind::Policy));
+    }
+
+    #[test]
+    fn a_cancelled_task_stops_mid_protocol_and_sends_nothing_more() {
+        let x = inputs(&[&[0.1], &[0.2], &[0.3]]);
+        let mut f = Federation::secure_stats(3, &x);
+        f.results.remove(&1);
+        f.run();
+        assert_eq!(f.machines[&1].stage(), Some(Stage::MaskedInput), "keys and shares exchanged, input pending");
+        let sent = f.submitted[&1].len();
+        let m = f.machines.get_mut(&1).expect("bank 1");
+        m.handle_cancel("job cancelled");
+        m.handle_computed(Ok(vec![0.1]));
+        m.handle_relay(b"late", f.clock.now());
+        f.run();
+        assert_eq!(f.outcomes.get(&1), Some(&TaskOutcome::Cancelled { reason: "job cancelled".into() }));
+        assert_eq!(f.submitted[&1].len(), sent, "no masked input, no failure report");
+        assert_eq!(f.machines[&1].poll_timeout(), None);
+    }
+
+    fn abort(params: &SessionParams, to: u32) -> Vec<u8> {
+        confide_secagg::ServerMessage { session_id: params.session_id, round: ROUND, recipient: to, payload: ServerPayload::Abort(Stage::MaskedInput) }
+            .encode()
+    }
+
+    #[test]
+    fn an_abort_while_computing_prefers_the_local_failure_within_the_grace() {
+        let x = inputs(&[&[0.1], &[0.2], &[0.3]]);
+        let mut f = Federation::secure_stats(3, &x);
+        f.results.clear();
+        f.run();
+        let params = params(3, 1);
+        let t0 = f.clock.now();
+        for id in 1..=3 {
+            f.machines.get_mut(&id).expect("bank").handle_relay(&abort(&params, id), t0);
+        }
+        f.run();
+        assert!(f.outcomes.is_empty(), "every bank waits for its computation");
+        assert_eq!(f.machines[&1].poll_timeout(), Some(t0 + LOCAL_FAILURE_GRACE));
+
+        // Bank 1's computation fails within the grace: its own reason is reported.
+        let local = Failure::data("bank1/train.csv line 42, column tenure: not a number");
+        f.machines.get_mut(&1).expect("bank").handle_computed(Err(local.clone()));
+        // Bank 2's succeeds: the protocol's reason stands.
+        f.machines.get_mut(&2).expect("bank").handle_computed(Ok(vec![0.2]));
+        // Bank 3's never answers: the protocol's reason once the grace is over, not before.
+        f.machines.get_mut(&3).expect("bank").handle_timeout(t0 + LOCAL_FAILURE_GRACE / 2);
+        f.run();
+        assert!(!f.outcomes.contains_key(&3), "still within the grace");
+        f.machines.get_mut(&3).expect("bank").handle_timeout(t0 + LOCAL_FAILURE_GRACE);
+        f.run();
+
+        assert_eq!(failed(f.outcomes.get(&1)), &local);
+        for id in [2, 3] {
+            let failure = failed(f.outcomes.get(&id));
+            assert_eq!(failure.kind, FailureKind::Protocol);
+            assert!(failure.reason.contains("aborted secure aggregation"), "{failure}");
+        }
+        assert_eq!(f.submitted[&1].last().and_then(reported), Some(FailureKind::Data));
+    }
+
+    #[test]
+    fn out_of_range_values_are_clipped_for_training_and_refused_for_statistics() {
+        let mut f = Federation::secure_stats(3, &inputs(&[&[5.0, 0.0], &[0.1, 0.1], &[0.1, 0.1]]));
+        f.run();
+        let failure = failed(f.outcomes.get(&1));
+        assert_eq!(failure.kind, FailureKind::Data);
+        assert!(failure.reason.contains("exceed the secure-aggregation range"), "{failure}");
+        assert_eq!(f.submitted[&1].iter().filter(|s| s.secagg == Some(MessageKind::MaskedInput)).count(), 0, "no masked input");
+
+        let params = params(3, 2);
+        let mut f = Federation::default();
+        f.server = Some(Server::new(params.clone(), f.clock.now()).expect("server"));
+        for (id, x) in [(1, vec![5.0, -7.0]), (2, vec![0.1, 0.1]), (3, vec![0.1, 0.1])] {
+            f.start(id, wire(id, train(secure(&params, id))));
+            f.results.insert(id, Ok(x));
+        }
+        f.run();
+        assert_eq!(f.outcomes.get(&1), Some(&TaskOutcome::Contributed { clipped: 2, plain: false }));
+        assert_close(&f.sum().expect("sum"), &[1.2, -0.8], 3.0 / params.encoding.scale);
+    }
+
+    #[test]
+    fn plain_mode_checks_the_length_then_sends_the_vector() {
+        let mut f = Federation::default();
+        f.start(1, wire(1, stats(plain(3))));
+        f.results.insert(1, Ok(vec![1.0, 2.0]));
+        f.start(2, wire(2, stats(plain(3))));
+        f.results.insert(2, Ok(vec![1.0, 2.0, 3.0]));
+        f.run();
+        let failure = failed(f.outcomes.get(&1));
+        assert_eq!(failure.kind, FailureKind::Protocol);
+        assert!(failure.reason.contains("computed 2 values, the task expects 3"), "{failure}");
+        assert_eq!(f.outcomes.get(&2), Some(&TaskOutcome::Contributed { clipped: 0, plain: true }));
+        let Some(Body::Plain(v)) = &f.submitted[&2][0].contribution.body else { panic!("a plain vector") };
+        assert_eq!(v.values, vec![1.0, 2.0, 3.0]);
+        assert!(f.admissions[&2][0].peers.is_empty());
+    }
+
+    #[test]
+    fn a_malformed_task_is_a_protocol_failure_reported_before_anything_else() {
+        let params = params(3, 2);
+        let mut bad_setup = secure(&params, 1);
+        if let Some(s) = bad_setup.secure.as_mut() {
+            s.session_id.truncate(3);
+        }
+        let cases = [
+            ("no kind", pb::Task { kind: None, ..wire(1, stats(plain(1))) }, "no kind"),
+            ("spec", wire(1, train_with(plain(2), "{not json", PREP)), "model spec"),
+            ("prep", wire(1, train_with(plain(2), MLP, "[1, 2]")), "preprocessing"),
+            ("no setup", wire(1, Kind::Stats(pb::StatsTask { dataset: dataset_ref(), aggregation: None })), "no aggregation setup"),
+            ("bad session", wire(1, stats(bad_setup)), "session id"),
+            ("buckets", wire(1, Kind::Evaluate(pb::EvaluateTask {
+                dataset: dataset_ref(),
+                model: Some(pb::ModelRef { hash: "ab".repeat(32), size_bytes: 1, spec_json: MLP.into() }),
+                preprocessing_json: PREP.into(),
+                score_buckets: 1,
+                aggregation: Some(plain(3)),
+            })), "score_buckets"),
+        ];
+        for (what, task, reason) in cases {
+            let mut m = TaskMachine::from_wire(&profile(1), task, [1; 32]);
+            let Some(Effect::Submit(s)) = m.poll_effect() else { panic!("{what}: the failure is reported first") };
+            assert_eq!(reported(&s), Some(FailureKind::Protocol), "{what}");
+            m.handle_submitted(Ok(()), Instant::now());
+            let Some(Effect::Finished(TaskOutcome::Failed { failure, report: Ok(()) })) = m.poll_effect() else { panic!("{what}") };
+            assert!(failure.reason.contains(reason), "{what}: {failure}");
+            assert!(m.poll_effect().is_none());
+        }
+    }
+
+    #[test]
+    fn a_task_over_the_cap_is_answered_busy_at_once() {
+        let params = params(3, 2);
+        let Incoming::Start(mut busy) = receive(&profile(1), wire(1, stats(secure(&params, 1))), 8, 8, [1; 32]) else {
+            panic!("a task")
+        };
+        let Some(Effect::Submit(s)) = busy.poll_effect() else { panic!("answered at once") };
+        assert_eq!(reported(&s), Some(FailureKind::Internal));
+        let Some(Body::Failure(f)) = &s.contribution.body else { panic!("a failure") };
+        assert_eq!(f.reason, "worker busy: 8 tasks in progress");
+        assert!(busy.poll_effect().is_none(), "no admission, no key");
+
+        let Incoming::Start(mut taken) = receive(&profile(1), wire(1, stats(secure(&params, 1))), 7, 8, [1; 32]) else {
+            panic!("a task")
+        };
+        assert!(matches!(taken.poll_effect(), Some(Effect::Admit(_))), "below the cap the task is taken");
+
+        let relay = pb::Task { kind: Some(Kind::Secagg(pb::SecAggRelay { message: vec![1] })), ..wire(1, stats(plain(1))) };
+        assert!(matches!(receive(&profile(1), relay, 8, 8, [1; 32]), Incoming::Relay { message, .. } if message == [1]));
+        let cancel = pb::Task { kind: Some(Kind::Cancel(pb::CancelTask { reason: "over".into() })), ..wire(1, stats(plain(1))) };
+        assert!(matches!(receive(&profile(1), cancel, 8, 8, [1; 32]), Incoming::Cancel { reason, .. } if reason == "over"));
+    }
+}
