@@ -72,10 +72,14 @@ pub fn sim_bank(
         datasets: vec![offer.clone()],
         min_participants: policy.min_participants,
         federation_ca: tls.as_ref().map(|t| t.ca.clone()),
+        // The round benchmark compares plain and secure rounds on synthetic updates.
+        allow_plain_aggregation: true,
+        share_error_details: true,
     };
     Ok(Bank {
         profile,
         compute: SimCompute { stats, offer },
+        ledger: confide_worker::ledger::Ledger::in_memory(policy.protect_counts),
         policy: Policy::in_memory(policy),
         coordinator: url.into(),
         tls,

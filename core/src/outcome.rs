@@ -67,12 +67,21 @@ pub enum FailureKind {
     Protocol,
     /// Anything else inside the worker (its disk, a panic).
     Internal,
+    /// A value of the bank's lies outside the range the task allows (the bank does not say
+    /// which, or by how much).
+    OutOfRange,
 }
 
 impl FailureKind {
     /// Every kind, in declaration order.
-    pub const ALL: [FailureKind; 5] =
-        [FailureKind::Data, FailureKind::Policy, FailureKind::Training, FailureKind::Protocol, FailureKind::Internal];
+    pub const ALL: [FailureKind; 6] = [
+        FailureKind::Data,
+        FailureKind::Policy,
+        FailureKind::Training,
+        FailureKind::Protocol,
+        FailureKind::Internal,
+        FailureKind::OutOfRange,
+    ];
 
     /// The lower-case name.
     pub fn as_str(self) -> &'static str {
@@ -82,6 +91,20 @@ impl FailureKind {
             FailureKind::Training => "training",
             FailureKind::Protocol => "protocol",
             FailureKind::Internal => "internal",
+            FailureKind::OutOfRange => "out_of_range",
+        }
+    }
+
+    /// How the job's owner reads the kind when the bank shares no details: `data error`,
+    /// `policy refusal`, ...
+    pub fn describe(self) -> &'static str {
+        match self {
+            FailureKind::Data => "data error",
+            FailureKind::Policy => "policy refusal",
+            FailureKind::Training => "training error",
+            FailureKind::Protocol => "protocol error",
+            FailureKind::Internal => "internal error",
+            FailureKind::OutOfRange => "value out of range",
         }
     }
 

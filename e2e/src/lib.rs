@@ -94,6 +94,10 @@ pub struct Cluster {
     pub revoked: Vec<String>,
     /// Where the coordinator serves Prometheus metrics.
     pub metrics_addr: String,
+    /// Workers written from now on turn the ledger's count protection off
+    /// (`[policy] protect_counts = false`): for tests about dropout handling, where a changing
+    /// set of contributors is the point (the protection itself has its own tests).
+    pub tolerate_dropouts: bool,
 }
 
 impl Cluster {
@@ -124,6 +128,7 @@ impl Cluster {
             insecure,
             revoked: Vec::new(),
             metrics_addr,
+            tolerate_dropouts: false,
         };
         if !insecure {
             let pki = c.pki();
@@ -163,7 +168,14 @@ impl Cluster {
     /// A coordinator and `banks` Telco workers (`bank1`..), each on its own IID partition.
     /// Returns the cluster and the partition directory.
     pub fn telco_federation(banks: usize, seed: u64) -> (Self, PathBuf) {
+        Self::telco_federation_with(banks, seed, false)
+    }
+
+    /// [`Self::telco_federation`] whose workers tolerate changing contributor sets (see
+    /// [`Self::tolerate_dropouts`]) when `tolerate_dropouts`.
+    pub fn telco_federation_with(banks: usize, seed: u64, tolerate_dropouts: bool) -> (Self, PathBuf) {
         let mut cluster = Self::start();
+        cluster.tolerate_dropouts = tolerate_dropouts;
         let partition = partition_telco(&cluster.dir.path().join("partition"), banks, seed);
         for i in 1..=banks {
             cluster.add_telco_worker(&format!("bank{i}"), &partition);
@@ -293,6 +305,11 @@ impl Cluster {
     /// Writes a worker configuration file (issuing the institution's certificate) and returns
     /// its path.
     pub fn write_worker_config(&self, id: &str, datasets: &[(&str, &Path, &Path, &Path)], extra_toml: &str) -> PathBuf {
+        let extra_toml = match (self.tolerate_dropouts, extra_toml.contains("[policy]")) {
+            (false, _) => extra_toml.to_string(),
+            (true, true) => extra_toml.replacen("[policy]\n", "[policy]\nprotect_counts = false\n", 1),
+            (true, false) => format!("{extra_toml}\n[policy]\nprotect_counts = false\n"),
+        };
         let mut toml = format!(
             "coordinator = \"{}\"\ninstitution_id = \"{id}\"\ndata_dir = \"{}\"\n{extra_toml}\n[compute]\ndevice = \"cpu\"\nthreads = 1\n",
             self.url(),

@@ -61,28 +61,46 @@ fn drop_column(path: &Path, column: &str) {
     std::fs::write(path, out.join("\n") + "\n").expect("write");
 }
 
+/// The reference the coordinator shows for `bank`'s failure report (`… (bank's log, ref R)`).
+fn reference_of(error: &str, bank: &str) -> String {
+    let marker = format!("({bank}'s log, ref ");
+    let start = error.find(&marker).unwrap_or_else(|| panic!("no reference for {bank} in: {error}")) + marker.len();
+    error[start..].chars().take_while(char::is_ascii_hexdigit).collect()
+}
+
 #[test]
-fn broken_local_data_is_reported_with_file_and_line_and_recorded() {
+fn broken_local_data_is_reported_as_a_typed_code_with_the_details_in_the_banks_own_log() {
     let mut cluster = Cluster::start();
     let partition = partition_telco(&cluster.dir.path().join("partition"), 3, 5);
     drop_column(&partition.join("bank1/train.csv"), "tenure");
     corrupt(&partition.join("bank2/train.csv"), 12, "MonthlyCharges", |_| "NaN".into());
     corrupt(&partition.join("bank3/train.csv"), 30, "tenure", |_| "twelve".into());
-    for bank in ["bank1", "bank2", "bank3"] {
-        cluster.add_telco_worker(bank, &partition);
-    }
+    cluster.add_telco_worker("bank1", &partition);
+    cluster.add_telco_worker("bank2", &partition);
+    // A development bank may share its error details with the coordinator.
+    cluster.add_telco_worker_with_config("bank3", &partition, "[policy]\nshare_error_details = true\n", &[]);
     let job_toml = telco_job("broken-data", "kind = \"logistic_regression\"", 3, "")
         .replace("[training]", "[selection]\nmax_round_attempts = 1\n\n[training]");
     let job = cluster.submit(&job_toml);
     let done = cluster.wait_finished(&job, Duration::from_secs(120));
     assert_eq!(done["status"], "failed", "{done:#}");
     let error = done["error"].as_str().expect("error");
-    assert!(error.contains("bank1/train.csv") && error.contains("tenure"), "missing column named: {error}");
-    assert!(error.contains("bank2/train.csv:12") && error.contains("MonthlyCharges"), "NaN located by file:line and column: {error}");
+    // By default the coordinator learns the kind of fault and a reference, nothing of the data.
+    assert!(error.contains("bank1 failed: data error (bank1's log, ref "), "{error}");
+    assert!(error.contains("bank2 failed: data error (bank2's log, ref "), "{error}");
+    assert!(!error.contains("bank1/train.csv") && !error.contains("MonthlyCharges") && !error.contains("bank2/train.csv"), "{error}");
+    // ...and the bank's operator finds the details under that reference in the bank's own log.
+    for (bank, detail) in [("bank1", "tenure"), ("bank2", "bank2/train.csv:12")] {
+        let reference = reference_of(error, bank);
+        assert_eq!(reference.len(), 12, "{error}");
+        let log = cluster.read_log(bank);
+        let line = log.lines().find(|l| l.contains(&reference)).unwrap_or_else(|| panic!("{bank}'s log has no {reference}:\n{log}"));
+        assert!(line.contains(detail), "{bank}'s log line for {reference} names the fault: {line}");
+    }
+    // The bank that shares details: file, line and value as before.
     assert!(error.contains("bank3/train.csv:30") && error.contains("twelve"), "bad value located: {error}");
-    // The human view says why, too.
     let text = String::from_utf8_lossy(&cluster.confide(&["job", "get", &job]).stdout).to_string();
-    assert!(text.contains("failed") && text.contains("train.csv:12"), "{text}");
+    assert!(text.contains("failed") && text.contains("data error (bank1's log, ref "), "{text}");
 
     // Nothing is lost: fix the data, and a new job on the same coordinator and workers completes.
     let fresh = partition_telco(&cluster.dir.path().join("partition-fixed"), 3, 5);
@@ -120,8 +138,10 @@ fn header_for(task: &pb::Task, worker: &str, payload: &[u8]) -> SubmitHeader {
 async fn malformed_contributions_are_refused_and_the_round_survives() {
     let mut cluster = Cluster::start();
     let partition = partition_telco(&cluster.dir.path().join("partition"), 3, 9);
-    cluster.add_telco_worker("bank1", &partition);
-    cluster.add_telco_worker("bank2", &partition);
+    // Plain vectors leave a bank only by its own choice (a debugging federation).
+    for bank in ["bank1", "bank2"] {
+        cluster.add_telco_worker_with_config(bank, &partition, "[policy]\nallow_plain_aggregation = true\n", &[]);
+    }
     cluster.issue("institution", "mallory", &[]);
     let mut client = FederationClient::new(cluster.channel_as("mallory").await);
 

@@ -25,8 +25,9 @@ fn custom_model(dir: &str) -> String {
 }
 
 /// A bank's policy lines: which kinds it allows and which module hashes it pins.
+/// A bank policy table; these banks share their refusal reasons, which the test reads.
 fn policy(kinds: &[&str], pins: &[&str]) -> String {
-    format!("[policy]\nallowed_models = {kinds:?}\nallowed_torchscript_sha256 = {pins:?}\n")
+    format!("[policy]\nallowed_models = {kinds:?}\nallowed_torchscript_sha256 = {pins:?}\nshare_error_details = true\n")
 }
 
 fn final_auc(job: &serde_json::Value) -> f64 {
@@ -101,7 +102,7 @@ fn banks_refuse_custom_code_they_have_not_allowed_and_bad_files_are_refused_at_s
     for bank in ["bank1", "bank2", "bank3"] {
         cluster.add_telco_worker_with_config(bank, &partition, &policy(&["torchscript"], &[]), &[]);
     }
-    cluster.add_telco_worker_with_config("bank4", &partition, "", &[]);
+    cluster.add_telco_worker_with_config("bank4", &partition, "[policy]\nshare_error_details = true\n", &[]);
     cluster.add_telco_worker_with_config("bank5", &partition, &policy(&["torchscript"], &[&"0".repeat(64)]), &[]);
     cluster.wait_workers(5, Duration::from_secs(30));
 

@@ -66,10 +66,10 @@ fn early_stopping_ends_the_job_before_its_round_budget_and_says_why() {
     assert!(done["stop_reason"].as_str().unwrap_or("").contains("early stopping"), "{done:#}");
 }
 
-#[test]
-fn a_bank_policy_refusal_is_reported_and_the_round_goes_on_without_it() {
-    let (mut cluster, partition) = Cluster::telco_federation(3, 29);
-    // A fourth bank that allows at most two rounds of any job.
+/// Three banks, and a fourth that allows at most two rounds of any job (and shares its
+/// refusal reasons with the coordinator).
+fn with_round_limited_bank4(tolerate_dropouts: bool) -> Cluster {
+    let (mut cluster, partition) = Cluster::telco_federation_with(3, 29, tolerate_dropouts);
     let bank4 = partition.join("../partition4");
     confide_e2e::partition_telco(&bank4, 4, 29);
     let (_, schema) = confide_e2e::telco();
@@ -77,10 +77,17 @@ fn a_bank_policy_refusal_is_reported_and_the_round_goes_on_without_it() {
     let config = cluster.write_worker_config(
         "bank4",
         &[("telco_churn", &schema, &dir.join("train.csv"), &dir.join("test.csv"))],
-        "[policy]\nmax_rounds_per_job = 2\n",
+        "[policy]\nmax_rounds_per_job = 2\nshare_error_details = true\n",
     );
     cluster.spawn_worker("bank4", &config);
     cluster.wait_workers(4, Duration::from_secs(30));
+    cluster
+}
+
+#[test]
+fn a_bank_policy_refusal_is_reported_and_the_round_goes_on_without_it() {
+    // The other banks accept a changing set of contributors (count protection off).
+    let cluster = with_round_limited_bank4(true);
     let job = cluster.submit(&telco_job("policy", "kind = \"logistic_regression\"", 3, ""));
     let done = cluster.wait_finished(&job, Duration::from_secs(120));
     assert_eq!(done["status"], "completed", "{done:#}\n{}", cluster.logs());
@@ -90,4 +97,23 @@ fn a_bank_policy_refusal_is_reported_and_the_round_goes_on_without_it() {
     assert!(bank4_outcome["reason"].as_str().unwrap_or("").contains("at most 2 rounds"), "{bank4_outcome:#}");
     let text = String::from_utf8_lossy(&cluster.confide(&["job", "get", &job]).stdout).to_string();
     assert!(text.contains("bank4 refused"), "{text}");
+}
+
+/// By default a bank will not let a sum be revealed whose contributors, next to the sums its
+/// counts were already in, would give away another bank's count: rounds 1-2 summed banks 1-4,
+/// so round 3 over banks 1-3 alone would reveal bank4's training rows (`train_examples`).
+#[test]
+fn banks_refuse_a_round_whose_contributors_would_isolate_one_banks_count() {
+    let cluster = with_round_limited_bank4(false);
+    let job = cluster.submit(&telco_job("isolate", "kind = \"logistic_regression\"", 3, "[selection]\nmax_round_attempts = 2"));
+    let done = cluster.wait_finished(&job, Duration::from_secs(180));
+    assert_eq!(done["status"], "failed", "{done:#}");
+    assert_eq!(done["rounds_completed"], 2, "{done:#}");
+    let error = done["error"].as_str().unwrap_or("");
+    assert!(error.starts_with("round 3 failed 2 times"), "{error}");
+    for bank in ["bank1", "bank2", "bank3"] {
+        assert!(error.contains(&format!("{bank} refused: policy refusal ({bank}'s log, ref ")), "{error}");
+        let log = cluster.read_log(bank);
+        assert!(log.contains("would reveal bank4's count"), "{bank} says why in its own log:\n{log}");
+    }
 }

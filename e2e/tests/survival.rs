@@ -64,7 +64,7 @@ fn coordinator_sigkilled_ten_times_in_one_job_still_completes_it() {
 
 #[test]
 fn a_worker_sigkilled_mid_round_is_dropped_and_rejoins_after_restart() {
-    let (mut cluster, partition) = Cluster::telco_federation(3, 37);
+    let (mut cluster, partition) = Cluster::telco_federation_with(3, 37, true);
     confide_e2e::partition_telco(&partition.join("../extra"), 4, 37);
     cluster.add_telco_worker("bank4", &partition.join("../extra"));
     cluster.wait_workers(4, Duration::from_secs(30));
@@ -93,7 +93,7 @@ fn a_worker_sigkilled_mid_round_is_dropped_and_rejoins_after_restart() {
 
 #[test]
 fn a_worker_that_stalls_past_the_stage_deadline_is_dropped_and_the_round_completes() {
-    let (mut cluster, partition) = Cluster::telco_federation(3, 41);
+    let (mut cluster, partition) = Cluster::telco_federation_with(3, 41, true);
     confide_e2e::partition_telco(&partition.join("../extra"), 4, 41);
     cluster.add_telco_worker_with_env("bank4", &partition.join("../extra"), &[("CONFIDE_FAULT", "stall-before-masked-input:train")]);
     cluster.wait_workers(4, Duration::from_secs(30));

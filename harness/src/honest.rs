@@ -20,6 +20,9 @@ use confide_worker::task::{
 use crate::fixture::{self, FakeCompute};
 use crate::{Bank, Upload};
 
+/// What a bank sent, by task id, in order.
+pub type Wiretap = Arc<std::sync::Mutex<Vec<(String, pb::Contribution)>>>;
+
 /// Tasks one honest bank runs at once (the worker's default cap).
 const MAX_TASKS: usize = 8;
 
@@ -28,14 +31,20 @@ pub struct HonestBank {
     profile: BankProfile,
     compute: FakeCompute,
     policy: Policy,
+    ledger: confide_worker::ledger::Ledger,
     machines: BTreeMap<String, TaskMachine>,
     uploads: VecDeque<Upload>,
     downloads: VecDeque<(String, Blob, String)>,
     seeds: u64,
     /// How each task ended, in order: (task id, outcome).
     pub outcomes: Vec<(String, TaskOutcome)>,
-    /// Every contribution this bank sent, in order (what left the bank).
-    pub sent: Vec<(String, pb::Contribution)>,
+    /// Every contribution this bank sent, in order (what left the bank); shared, so a test
+    /// keeps a tap on it after handing the bank to a federation ([`HonestBank::wiretap`]).
+    sent: Wiretap,
+    /// A local computation failure to report instead of computing (a broken data file).
+    pub fail_with: Option<Failure>,
+    /// The seed the last training computation was asked to train from.
+    last_training_seed: std::cell::Cell<Option<u64>>,
 }
 
 impl std::fmt::Debug for HonestBank {
@@ -63,18 +72,33 @@ impl HonestBank {
             datasets: vec![DatasetRef { name: "toy".into(), schema_fingerprint: fixture::schema().fingerprint() }],
             min_participants: policy.min_participants,
             federation_ca: None,
+            allow_plain_aggregation: policy.allow_plain_aggregation,
+            share_error_details: policy.share_error_details,
         };
         Self {
             profile,
             compute,
+            ledger: confide_worker::ledger::Ledger::in_memory(policy.protect_counts),
             policy: Policy::in_memory(policy),
             machines: BTreeMap::new(),
             uploads: VecDeque::new(),
             downloads: VecDeque::new(),
             seeds: 0,
             outcomes: Vec::new(),
-            sent: Vec::new(),
+            sent: Wiretap::default(),
+            fail_with: None,
+            last_training_seed: std::cell::Cell::new(None),
         }
+    }
+
+    /// A tap on everything this bank sends from now on (what left the bank).
+    pub fn wiretap(&self) -> Wiretap {
+        Arc::clone(&self.sent)
+    }
+
+    /// The seed its last local training started from (the task's, mixed with the bank's secret).
+    pub fn last_training_seed(&self) -> Option<u64> {
+        self.last_training_seed.get()
     }
 
     /// With the default policy.
@@ -97,6 +121,12 @@ impl HonestBank {
 
     /// The deterministic local computation.
     fn run(&self, req: &ComputeRequest) -> Result<Vec<f64>, Failure> {
+        if let Some(f) = &self.fail_with {
+            return Err(f.clone());
+        }
+        if let TaskKind::Train { local, .. } = &req.kind {
+            self.last_training_seed.set(Some(local.seed));
+        }
         match &req.kind {
             TaskKind::Stats { .. } => Ok(confide_datasets::local_stats(&self.compute.table, &fixture::schema())),
             TaskKind::Train { .. } => {
@@ -117,7 +147,7 @@ impl HonestBank {
 
     /// Carries out a machine's effects, as the worker's session does (computations answer at
     /// once: the harness's banks are fast).
-    fn drive(&mut self, task_id: &str) {
+    fn drive(&mut self, task_id: &str, now: Instant) {
         loop {
             let Some(machine) = self.machines.get_mut(task_id) else { return };
             let Some(effect) = machine.poll_effect() else { return };
@@ -128,6 +158,12 @@ impl HonestBank {
                         m.handle_admission(r);
                     }
                 }
+                Effect::Ledger(check) => {
+                    let r = self.ledger.admit(&check);
+                    if let Some(m) = self.machines.get_mut(task_id) {
+                        m.handle_ledger(r, now);
+                    }
+                }
                 Effect::Fetch(req) => self.downloads.push_back((task_id.to_string(), req.blob, req.hash)),
                 Effect::Compute(req) => {
                     let r = self.run(&req);
@@ -136,7 +172,7 @@ impl HonestBank {
                     }
                 }
                 Effect::Submit(s) => {
-                    self.sent.push((task_id.to_string(), s.contribution.clone()));
+                    self.sent.lock().unwrap_or_else(|p| p.into_inner()).push((task_id.to_string(), s.contribution.clone()));
                     if let Some(body) = s.contribution.body {
                         self.uploads.push_back(Upload { task_id: task_id.to_string(), body });
                     }
@@ -163,18 +199,18 @@ impl Bank for HonestBank {
             Incoming::Start(machine) => {
                 let id = machine.id().task_id.clone();
                 self.machines.insert(id.clone(), *machine);
-                self.drive(&id);
+                self.drive(&id, now);
             }
             Incoming::Relay { task_id, message } => {
                 if let Some(m) = self.machines.get_mut(&task_id) {
                     m.handle_relay(&message, now);
-                    self.drive(&task_id);
+                    self.drive(&task_id, now);
                 }
             }
             Incoming::Cancel { task_id, reason } => {
                 if let Some(m) = self.machines.get_mut(&task_id) {
                     m.handle_cancel(reason);
-                    self.drive(&task_id);
+                    self.drive(&task_id, now);
                 }
             }
         }
@@ -187,7 +223,7 @@ impl Bank for HonestBank {
     fn handle_ack(&mut self, now: Instant, task_id: &str, result: Result<(), String>) {
         if let Some(m) = self.machines.get_mut(task_id) {
             m.handle_submitted(result.map_err(Failure::protocol), now);
-            self.drive(task_id);
+            self.drive(task_id, now);
         }
     }
 
@@ -195,12 +231,12 @@ impl Bank for HonestBank {
         self.downloads.front().map(|(_, _, hash)| hash.clone())
     }
 
-    fn handle_download(&mut self, _now: Instant, bytes: Option<Arc<Vec<u8>>>) {
+    fn handle_download(&mut self, now: Instant, bytes: Option<Arc<Vec<u8>>>) {
         let Some((task_id, blob, hash)) = self.downloads.pop_front() else { return };
         let result = bytes.ok_or_else(|| Failure::protocol(format!("no blob {hash}")));
         if let Some(m) = self.machines.get_mut(&task_id) {
             m.handle_fetched(blob, result);
-            self.drive(&task_id);
+            self.drive(&task_id, now);
         }
     }
 
@@ -215,7 +251,7 @@ impl Bank for HonestBank {
             if let Some(m) = self.machines.get_mut(&id) {
                 m.handle_timeout(now);
             }
-            self.drive(&id);
+            self.drive(&id, now);
         }
     }
 }

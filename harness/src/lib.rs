@@ -175,6 +175,11 @@ impl Federation {
         self.announce_workers();
     }
 
+    /// The banks, for another federation (their ledgers and policies keep what they recorded).
+    pub fn into_banks(self) -> Vec<Box<dyn Bank>> {
+        self.banks.into_values().collect()
+    }
+
     /// The coordinator crashes and restarts: a new machine is built from what the store has
     /// committed, and every bank reconnects.
     pub fn crash_and_resume(&mut self) {

@@ -54,6 +54,7 @@ impl From<FailureKind> for pb::FailureKind {
             FailureKind::Training => pb::FailureKind::Training,
             FailureKind::Protocol => pb::FailureKind::Protocol,
             FailureKind::Internal => pb::FailureKind::Internal,
+            FailureKind::OutOfRange => pb::FailureKind::OutOfRange,
         }
     }
 }
@@ -61,7 +62,7 @@ impl From<FailureKind> for pb::FailureKind {
 impl pb::TaskFailure {
     /// A failure report of `kind` with `reason`.
     pub fn new(kind: FailureKind, reason: impl Into<String>) -> Self {
-        Self { kind: pb::FailureKind::from(kind).into(), reason: reason.into() }
+        Self { kind: pb::FailureKind::from(kind).into(), reason: reason.into(), reference: String::new() }
     }
 
     /// The typed kind; None for an unset or unknown value (the receiver decides what that means).
@@ -73,6 +74,7 @@ impl pb::TaskFailure {
             pb::FailureKind::Training => Some(FailureKind::Training),
             pb::FailureKind::Protocol => Some(FailureKind::Protocol),
             pb::FailureKind::Internal => Some(FailureKind::Internal),
+            pb::FailureKind::OutOfRange => Some(FailureKind::OutOfRange),
         }
     }
 }

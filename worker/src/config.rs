@@ -74,6 +74,28 @@ pub struct PolicyConfig {
     /// Distinct jobs this bank takes part in per rolling 24 hours (0 = no limit).
     #[serde(default)]
     pub max_jobs_per_day: u32,
+    /// Send vectors in the clear when a job asks for plain aggregation (debugging federations
+    /// on synthetic data only). Off by default: a task's `insecure_plain` flag alone never makes
+    /// this bank send an unmasked vector; `--insecure-dev` turns it on too.
+    #[serde(default)]
+    pub allow_plain_aggregation: bool,
+    /// Send failure details (file, line, column, values, counts, item ids) to the coordinator.
+    /// Off by default: the coordinator gets the failure's kind and a reference, and the details
+    /// stay in this worker's log under that reference. For development federations.
+    #[serde(default)]
+    pub share_error_details: bool,
+    /// Refuse to let a sum be revealed when, with the sums this bank's counts (training rows,
+    /// test rows, positives) were already in, its set of institutions would let one bank's count
+    /// be solved for — e.g. the same four banks, then three of them. On by default; the price is
+    /// that a round whose contributors changed after the first sum fails rather than completing
+    /// without the missing bank (see `SECURITY.md`). Identical vectors are never put into sums
+    /// over two different sets, whatever this says.
+    #[serde(default = "yes")]
+    pub protect_counts: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl Default for PolicyConfig {
@@ -84,6 +106,9 @@ impl Default for PolicyConfig {
             allowed_torchscript_sha256: Vec::new(),
             max_rounds_per_job: 0,
             max_jobs_per_day: 0,
+            allow_plain_aggregation: false,
+            share_error_details: false,
+            protect_counts: true,
         }
     }
 }

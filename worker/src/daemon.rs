@@ -45,17 +45,21 @@ pub fn start(config: WorkerConfig) -> Result<Arc<Worker>, StartError> {
         None => crate::identity::load_or_create(&config.data_dir)?,
     };
     let policy = crate::policy::Policy::load(config.policy.clone(), &config.data_dir).map_err(StartError::Policy)?;
+    let ledger = crate::ledger::Ledger::load(&config.data_dir, config.policy.protect_counts).map_err(StartError::Policy)?;
     let profile = BankProfile {
         institution_id: config.institution_id.clone(),
         identity,
         datasets: compute.offers(),
         min_participants: config.policy.min_participants,
         federation_ca: config.tls.as_ref().map(|t| t.ca.clone()),
+        allow_plain_aggregation: config.insecure_dev || config.policy.allow_plain_aggregation,
+        share_error_details: config.policy.share_error_details,
     };
     Ok(Arc::new(Bank {
         profile,
         compute,
         policy,
+        ledger,
         coordinator: config.coordinator,
         tls: config.tls,
         fault: crate::fault::Fault::from_env(),

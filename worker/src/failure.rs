@@ -48,8 +48,16 @@ impl Failure {
         Self::new(FailureKind::Internal, reason)
     }
 
-    /// The failure as the wire reports it.
+    /// The failure with its full reason (for banks that share error details, and tests).
     pub fn to_wire(&self) -> pb::TaskFailure {
         pb::TaskFailure::new(self.kind, self.reason.clone())
+    }
+
+    /// The report the coordinator gets: the kind and `reference` only, unless the bank shares
+    /// error details. The reason names files, lines, values, counts or item ids of the bank's
+    /// data, which stay in the bank's own log (under the same reference).
+    pub fn to_report(&self, reference: &str, share_details: bool) -> pb::TaskFailure {
+        let reason = if share_details { self.reason.clone() } else { String::new() };
+        pb::TaskFailure { reference: reference.to_string(), ..pb::TaskFailure::new(self.kind, reason) }
     }
 }

@@ -11,6 +11,7 @@
 //! - [`daemon`]: the real worker assembled from its configuration.
 //! - [`config`]: the bank's configuration file (datasets, policy, compute).
 //! - [`policy`]: the bank's own rules (models, rounds per job, jobs per day).
+//! - [`ledger`]: what the bank put into which sums, so no two sums difference to one bank's input.
 //! - [`failure`]: the worker's one error type, [`failure::Failure`].
 //! - [`tasks`]: what each task computes from local data with libtorch.
 //! - [`transport`]: chunked model download and contribution upload.
@@ -26,6 +27,7 @@ pub mod daemon;
 pub mod failure;
 pub mod fault;
 pub mod identity;
+pub mod ledger;
 pub mod ml;
 pub mod policy;
 pub mod secure;

@@ -36,6 +36,8 @@ pub struct Bank<C> {
     pub compute: C,
     /// The bank's durable rules.
     pub policy: Policy,
+    /// What it put into which sums.
+    pub ledger: crate::ledger::Ledger,
     /// Coordinator URL (`https://` with `tls`, else `http://`).
     pub coordinator: String,
     /// Mutual TLS files (None: plaintext, development only).
@@ -277,6 +279,13 @@ impl<C: Compute> Session<C> {
                     let result = self.bank.policy.admit_request(&request);
                     m.handle_admission(result);
                 }
+                Effect::Ledger(check) => {
+                    let result = self.bank.ledger.admit(&check);
+                    if let Err(e) = &result {
+                        tracing::warn!(job = %id.job_id, round = id.round, institutions = ?check.institutions, reason = %e, "refusing to unmask");
+                    }
+                    m.handle_ledger(result, Instant::now());
+                }
                 Effect::Fetch(request) => {
                     let (bank, mut client, worker_id) = (self.bank.clone(), self.client.clone(), self.worker_id.clone());
                     self.pending.spawn(async move {
@@ -347,8 +356,8 @@ fn log_outcome(id: &task::TaskId, outcome: &TaskOutcome) {
             }
             tracing::info!(%job, round, %task, "contribution accepted");
         }
-        TaskOutcome::Failed { failure, report } => {
-            tracing::error!(%job, round, %failure, "task failed; reported to the coordinator");
+        TaskOutcome::Failed { failure, reference, report } => {
+            tracing::error!(%job, round, %task, reference = %reference, %failure, "task failed; its kind and reference were reported to the coordinator");
             if let Err(e) = report {
                 tracing::warn!(error = %e, "could not report the failure");
             }

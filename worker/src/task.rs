@@ -105,6 +105,12 @@ pub struct BankProfile {
     /// The federation CA (with mutual TLS): every peer key must be bound by a certificate it
     /// signed. Checked by the driver when admitting ([`AdmissionRequest::federation_ca`]).
     pub federation_ca: Option<PathBuf>,
+    /// The bank's own choice to send vectors in the clear when a task asks for plain
+    /// aggregation (`--insecure-dev`, or `[policy] allow_plain_aggregation`); never the task's.
+    pub allow_plain_aggregation: bool,
+    /// Send failure details (file, line, values) to the coordinator, not just the kind and a
+    /// reference (`[policy] share_error_details`, development federations only).
+    pub share_error_details: bool,
 }
 
 impl std::fmt::Debug for BankProfile {
@@ -225,6 +231,8 @@ pub enum Aggregation {
     Plain {
         /// The length the coordinator expects.
         vector_len: usize,
+        /// Institutions the coordinator says take part.
+        participants: usize,
     },
     /// Secure aggregation.
     Secure(Box<SecureSetup>),
@@ -234,7 +242,7 @@ impl Aggregation {
     /// The length of the contributed vector.
     pub fn vector_len(&self) -> usize {
         match self {
-            Aggregation::Plain { vector_len } => *vector_len,
+            Aggregation::Plain { vector_len, .. } => *vector_len,
             Aggregation::Secure(s) => s.params.vector_len,
         }
     }
@@ -278,7 +286,7 @@ impl Task {
         let aggregation = aggregation.ok_or_else(|| Failure::protocol("task carries no aggregation setup"))?;
         let vector_len = usize::try_from(aggregation.vector_len).map_err(|_| Failure::protocol("vector length overflows"))?;
         let aggregation = if aggregation.insecure_plain {
-            Aggregation::Plain { vector_len }
+            Aggregation::Plain { vector_len, participants: aggregation.participants as usize }
         } else {
             let secure = aggregation.secure.ok_or_else(|| Failure::protocol("secure aggregation setup missing"))?;
             let params = confide_proto::secagg::params_from(&secure, round, aggregation.vector_len).map_err(Failure::protocol)?;
@@ -327,6 +335,11 @@ pub enum Effect {
     Compute(ComputeRequest),
     /// Upload a contribution; answer [`TaskMachine::handle_submitted`].
     Submit(Submission),
+    /// The set of institutions in the sum is final: check it against the bank's contribution
+    /// ledger ([`crate::ledger::Ledger::admit`], which records it) and answer
+    /// [`TaskMachine::handle_ledger`]. The unmasking shares — without which the sum stays
+    /// hidden — leave only after the answer.
+    Ledger(crate::ledger::SumCheck),
     /// The task is over.
     Finished(TaskOutcome),
 }
@@ -435,8 +448,10 @@ pub enum TaskOutcome {
     },
     /// The task failed; `report` says whether the coordinator got the failure report.
     Failed {
-        /// Why.
+        /// Why (the full reason, for the bank's own log).
         failure: Failure,
+        /// The reference the report carried.
+        reference: String,
         /// The upload of the failure report.
         report: Result<(), Failure>,
     },
@@ -538,6 +553,20 @@ pub struct TaskMachine {
     federation_ca: Option<PathBuf>,
     /// The seed of the secagg client's randomness (taken once).
     seed: Option<[u8; 32]>,
+    /// Bank-secret randomness mixed into local training's seed, so a rerun of the same
+    /// training (same job, round, model and data) gives a different vector (drawn from the seed).
+    training_salt: u64,
+    /// The reference a failure report carries (random, drawn from the seed), so the bank's
+    /// operator finds the details in its own log.
+    reference: String,
+    /// Send failure details to the coordinator (development federations).
+    share_error_details: bool,
+    /// Digest and counts of the vector this bank masked, once it did.
+    contributed: Option<(String, Vec<String>)>,
+    /// The survivors the coordinator listed for the consistency check.
+    survivors: Option<Vec<confide_secagg::ParticipantId>>,
+    /// The unmask request, held until the ledger admits the sum.
+    held_unmask: Option<ServerMessage>,
     /// Where the task stands.
     phase: Phase,
     /// Where the local computation stands.
@@ -585,6 +614,9 @@ impl TaskMachine {
             bank_min_participants: profile.min_participants,
             federation_ca: profile.federation_ca.clone(),
             seed: Some(seed),
+            training_salt: derived(&seed, "training").0,
+            reference: derived(&seed, "reference").1,
+            share_error_details: profile.share_error_details,
             ..TaskMachine::blank(id)
         };
         let task = match task {
@@ -621,6 +653,8 @@ impl TaskMachine {
     /// A machine that only reports `failure` (a task the worker cannot take, e.g. when busy).
     pub fn refuse(id: TaskId, failure: Failure) -> TaskMachine {
         let mut m = TaskMachine::blank(id);
+        // The reason is the worker's own state (busy), not the bank's data.
+        m.share_error_details = true;
         m.report(failure);
         m
     }
@@ -634,6 +668,12 @@ impl TaskMachine {
             bank_min_participants: 0,
             federation_ca: None,
             seed: None,
+            training_salt: 0,
+            reference: String::new(),
+            share_error_details: false,
+            contributed: None,
+            survivors: None,
+            held_unmask: None,
             phase: Phase::Admitting,
             local: Local::Idle,
             client: None,
@@ -759,7 +799,7 @@ impl TaskMachine {
         }
         let Some(task) = self.task.clone() else { return };
         match &task.aggregation {
-            Aggregation::Plain { vector_len } => {
+            Aggregation::Plain { vector_len, .. } => {
                 if vector.len() != *vector_len {
                     return self
                         .report(Failure::protocol(format!("computed {} values, the task expects {vector_len}", vector.len())));
@@ -776,11 +816,13 @@ impl TaskMachine {
                         self.clipped = outside;
                     } else {
                         let worst = vector.iter().fold(0.0f64, |m, v| m.max(v.abs()));
-                        return self.report(Failure::data(format!(
-                            "{outside} aggregate values exceed the secure-aggregation range ±{clip:e} (largest {worst:e}); rescale the data"
-                        )));
+                        return self.report(Failure::new(
+                            FailureKind::OutOfRange,
+                            format!("{outside} aggregate values exceed the secure-aggregation range ±{clip:e} (largest {worst:e}); rescale the data"),
+                        ));
                     }
                 }
+                self.contributed = Some((crate::ledger::SumCheck::digest_of(&vector), counts_of(&task, &vector)));
                 let Some(client) = self.client.as_mut() else { return };
                 if let Err(e) = client.set_input(&vector) {
                     return self.report(Failure::protocol(e));
@@ -807,7 +849,8 @@ impl TaskMachine {
         match (upload, &self.phase) {
             (Upload::Report, Phase::Reporting(failure)) => {
                 let failure = failure.clone();
-                self.finish(TaskOutcome::Failed { failure, report: result });
+                let reference = self.reference.clone();
+                self.finish(TaskOutcome::Failed { failure, reference, report: result });
                 return;
             }
             (Upload::Plain, Phase::Working) => match result {
@@ -873,23 +916,72 @@ impl TaskMachine {
 
     fn request_compute(&mut self, task: &Task, checkpoint: Option<Arc<Vec<u8>>>, module: Option<Arc<Vec<u8>>>) {
         self.local = Local::Computing;
+        let mut kind = task.kind.clone();
+        if let TaskKind::Train { local, .. } = &mut kind {
+            // The coordinator's seed alone would make a rerun of this training give the same
+            // vector, which two sums over different institutions would then isolate.
+            local.seed ^= self.training_salt;
+        }
         self.effects.push_back(Effect::Compute(ComputeRequest {
             job_id: self.id.job_id.clone(),
             round: self.id.round,
             vector_len: task.aggregation.vector_len(),
-            kind: task.kind.clone(),
+            kind,
             checkpoint,
             module,
         }));
     }
 
-    /// Hands one relay to the client.
+    /// Hands one relay to the client. The unmask request waits for the ledger: the survivors
+    /// the coordinator listed are the sum's final set of institutions.
     fn relay(&mut self, bytes: &[u8], now: Instant) {
-        let Some(client) = self.client.as_mut() else { return };
+        if self.client.is_none() {
+            return;
+        }
         let msg = match ServerMessage::decode(bytes) {
             Ok(m) => m,
             Err(e) => return self.protocol_ended(Failure::protocol(e), Some(now)),
         };
+        match &msg.payload {
+            confide_secagg::ServerPayload::ConsistencyRequest { survivors, .. } => self.survivors = Some(survivors.clone()),
+            confide_secagg::ServerPayload::UnmaskRequest(_) if self.held_unmask.is_none() => {
+                if let Some(check) = self.sum_check() {
+                    self.held_unmask = Some(msg);
+                    self.effects.push_back(Effect::Ledger(check));
+                    return;
+                }
+            }
+            _ => {}
+        }
+        self.deliver(msg, now);
+    }
+
+    /// The sum this bank's unmasking shares would reveal, for the ledger.
+    fn sum_check(&self) -> Option<crate::ledger::SumCheck> {
+        let (digest, counts) = self.contributed.clone()?;
+        let survivors = self.survivors.as_ref()?;
+        let Some(Aggregation::Secure(setup)) = self.task.as_deref().map(|t| &t.aggregation) else { return None };
+        let institutions = survivors
+            .iter()
+            .map(|id| {
+                setup.peers.iter().find(|p| p.participant_id == *id).map_or_else(|| format!("#{id}"), |p| p.institution_id.clone())
+            })
+            .collect();
+        Some(crate::ledger::SumCheck { digest, institutions, counts })
+    }
+
+    /// The driver's answer to [`Effect::Ledger`]: the held unmask request goes to the client,
+    /// or the bank refuses to let the sum be revealed.
+    pub fn handle_ledger(&mut self, result: Result<(), Failure>, now: Instant) {
+        let Some(msg) = self.held_unmask.take() else { return };
+        match result {
+            Ok(()) => self.deliver(msg, now),
+            Err(f) => self.protocol_ended(f, Some(now)),
+        }
+    }
+
+    fn deliver(&mut self, msg: ServerMessage, now: Instant) {
+        let Some(client) = self.client.as_mut() else { return };
         match client.handle_message(msg, now) {
             Ok(()) => self.drain_client(Some(now)),
             Err(SecAggError::Refused(r)) => {
@@ -968,7 +1060,8 @@ impl TaskMachine {
         self.local = Local::Done;
         self.early_relays.clear();
         self.uploads.clear();
-        let contribution = pb::Contribution { body: Some(Body::Failure(failure.to_wire())) };
+        let wire = failure.to_report(&self.reference, self.share_error_details);
+        let contribution = pb::Contribution { body: Some(Body::Failure(wire)) };
         self.uploads.push_back((Upload::Report, Submission { contribution, secagg: None }));
         self.phase = Phase::Reporting(failure);
         self.next_upload();
@@ -1008,6 +1101,44 @@ impl TaskMachine {
 }
 
 /// The bank's rules a machine decides alone, before asking for admission.
+/// The counts a task's vector carries, as ledger keys (dataset, fingerprint, split, what, value):
+/// training rows in statistics and training vectors, test rows and positives in evaluation
+/// vectors. They stay constant while the vectors around them change, so the ledger keeps the
+/// sets of institutions each was summed over.
+fn counts_of(task: &Task, vector: &[f64]) -> Vec<String> {
+    let d = task.kind.dataset();
+    let key = |what: &str, v: f64| format!("{}/{}/{what}={v}", d.name, d.schema_fingerprint);
+    match &task.kind {
+        TaskKind::Stats { .. } => vector.first().map(|&rows| vec![key("train-rows", rows)]).unwrap_or_default(),
+        TaskKind::Train { .. } => {
+            let n = vector.len().checked_sub(confide_core::contribution::TRAIN_EXTRAS).and_then(|i| vector.get(i));
+            n.map(|&n| vec![key("train-rows", n)]).unwrap_or_default()
+        }
+        TaskKind::Evaluate { model, buckets, .. } if !model.spec.is_recommendation() => {
+            match confide_core::metrics::EvalContribution::from_slice(vector, *buckets) {
+                Some(e) => vec![key("test-rows", e.n), key("test-positives", e.positives)],
+                None => Vec::new(),
+            }
+        }
+        TaskKind::Evaluate { .. } => {
+            let users = confide_core::metrics::RecommendationEval::from_slice(vector).map(|e| e.users);
+            users.map(|u| vec![key("test-users", u)]).unwrap_or_default()
+        }
+    }
+}
+
+/// A value and a short hex reference derived from a task's seed for `purpose` (domain-separated
+/// from the secure-aggregation client's use of the same seed).
+fn derived(seed: &[u8; 32], purpose: &str) -> (u64, String) {
+    let mut input = Vec::with_capacity(48);
+    input.extend_from_slice(b"confide-task-");
+    input.extend_from_slice(purpose.as_bytes());
+    input.extend_from_slice(seed);
+    let digest = confide_core::sha256_hex(&input);
+    let value = u64::from_str_radix(&digest[..16], 16).unwrap_or_default();
+    (value, digest[..12].to_string())
+}
+
 fn bank_rules(profile: &BankProfile, task: &Task) -> Result<(), Failure> {
     let wanted = task.kind.dataset();
     let offered = profile
@@ -1025,6 +1156,20 @@ fn bank_rules(profile: &BankProfile, task: &Task) -> Result<(), Failure> {
         && !SCORE_BUCKETS.contains(buckets)
     {
         return Err(Failure::protocol(format!("score_buckets {buckets} out of range")));
+    }
+    if let Aggregation::Plain { participants, .. } = &task.aggregation {
+        // Plaintext leaves the bank only by the bank's own choice, never on the task's word,
+        // and the bank's floor on institutions holds in this mode too.
+        if !profile.allow_plain_aggregation {
+            return Err(Failure::policy(
+                "the task asks for plain (unmasked) aggregation; this bank sends only securely aggregated vectors \
+                 (plain needs the worker's --insecure-dev or [policy] allow_plain_aggregation)",
+            ));
+        }
+        let min = profile.min_participants as usize;
+        if *participants < min {
+            return Err(Failure::policy(format!("{participants} institutions in this round; this bank requires at least {min}")));
+        }
     }
     if let Aggregation::Secure(setup) = &task.aggregation {
         let min = profile.min_participants.max(setup.min_participants) as usize;
@@ -1062,6 +1207,8 @@ mod tests {
             datasets: vec![DatasetRef { name: DATASET.into(), schema_fingerprint: FINGERPRINT.into() }],
             min_participants: 3,
             federation_ca: None,
+            allow_plain_aggregation: true,
+            share_error_details: true,
         }
     }
 
@@ -1077,11 +1224,12 @@ mod tests {
             insecure_plain: false,
             vector_len: params.vector_len as u64,
             secure: Some(confide_proto::secagg::setup_for(params, me, &institutions, 3)),
+            participants: params.participants.len() as u32,
         }
     }
 
     fn plain(vector_len: u64) -> pb::AggregationSetup {
-        pb::AggregationSetup { insecure_plain: true, vector_len, secure: None }
+        pb::AggregationSetup { insecure_plain: true, vector_len, secure: None, participants: 3 }
     }
 
     fn wire(me: u32, kind: Kind) -> pb::Task {
@@ -1151,6 +1299,8 @@ mod tests {
         results: BTreeMap<u32, Result<Vec<f64>, Failure>>,
         /// A bank's durable policy (absent: admit everything).
         policies: BTreeMap<u32, Policy>,
+        /// A bank's contribution ledger (created on first use).
+        ledgers: BTreeMap<u32, crate::ledger::Ledger>,
         held: BTreeMap<u32, ComputeRequest>,
         admissions: BTreeMap<u32, Vec<AdmissionRequest>>,
         submitted: BTreeMap<u32, Vec<Submission>>,
@@ -1219,6 +1369,10 @@ mod tests {
                     m.handle_admission(result);
                 }
                 Effect::Fetch(request) => m.handle_fetched(request.blob, Ok(Arc::new(Vec::new()))),
+                Effect::Ledger(check) => {
+                    let result = self.ledgers.entry(id).or_insert_with(|| crate::ledger::Ledger::in_memory(true)).admit(&check);
+                    m.handle_ledger(result, now);
+                }
                 Effect::Compute(request) => match self.results.get(&id) {
                     Some(result) => m.handle_computed(result.clone()),
                     None => {
@@ -1389,7 +1543,7 @@ mod tests {
         let mut f = Federation::secure_stats(3, &inputs(&[&[5.0, 0.0], &[0.1, 0.1], &[0.1, 0.1]]));
         f.run();
         let failure = failed(f.outcomes.get(&1));
-        assert_eq!(failure.kind, FailureKind::Data);
+        assert_eq!(failure.kind, FailureKind::OutOfRange);
         assert!(failure.reason.contains("exceed the secure-aggregation range"), "{failure}");
         assert_eq!(f.submitted[&1].iter().filter(|s| s.secagg == Some(MessageKind::MaskedInput)).count(), 0, "no masked input");
 
@@ -1448,7 +1602,7 @@ mod tests {
             let Some(Effect::Submit(s)) = m.poll_effect() else { panic!("{what}: the failure is reported first") };
             assert_eq!(reported(&s), Some(FailureKind::Protocol), "{what}");
             m.handle_submitted(Ok(()), Instant::now());
-            let Some(Effect::Finished(TaskOutcome::Failed { failure, report: Ok(()) })) = m.poll_effect() else { panic!("{what}") };
+            let Some(Effect::Finished(TaskOutcome::Failed { failure, report: Ok(()), .. })) = m.poll_effect() else { panic!("{what}") };
             assert!(failure.reason.contains(reason), "{what}: {failure}");
             assert!(m.poll_effect().is_none());
         }

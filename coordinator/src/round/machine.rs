@@ -599,7 +599,15 @@ impl JobMachine {
         let (mut phase, setups) = if self.spec.insecure_plain_aggregation {
             let setups = present
                 .iter()
-                .map(|w| (w.clone(), pb::AggregationSetup { insecure_plain: true, vector_len: vector_len as u64, secure: None }))
+                .map(|w| {
+                    let setup = pb::AggregationSetup {
+                        insecure_plain: true,
+                        vector_len: vector_len as u64,
+                        secure: None,
+                        participants: participants.len() as u32,
+                    };
+                    (w.clone(), setup)
+                })
                 .collect();
             (Phase::plain(participants, vector_len, min, deadline), setups)
         } else if present.len() < 2 {

@@ -30,7 +30,8 @@ pub enum ParticipantState {
     Failed {
         /// How the worker classified the failure (None: a kind this coordinator does not know).
         kind: Option<FailureKind>,
-        /// Its explanation.
+        /// What the job's owner is told: the bank's reason when it shares details, else the
+        /// kind and the reference into the bank's own log (see [`report_reason`]).
         reason: String,
     },
     /// It went silent, disconnected or missed the deadline.
@@ -46,8 +47,7 @@ impl ParticipantState {
             ParticipantState::Pending => (ParticipantStatus::Pending, String::new()),
             ParticipantState::Contributed => (ParticipantStatus::Contributed, String::new()),
             ParticipantState::Failed { kind: Some(FailureKind::Policy), reason } => (ParticipantStatus::Refused, reason.clone()),
-            ParticipantState::Failed { kind: Some(kind), reason } => (ParticipantStatus::Failed, format!("{kind}: {reason}")),
-            ParticipantState::Failed { kind: None, reason } => (ParticipantStatus::Failed, format!("unclassified: {reason}")),
+            ParticipantState::Failed { reason, .. } => (ParticipantStatus::Failed, reason.clone()),
             ParticipantState::Dropped { reason } => (ParticipantStatus::Dropped, reason.clone()),
         };
         ParticipantRecord { worker_id: worker_id.to_string(), status, reason }
@@ -145,7 +145,8 @@ impl Phase {
         let result = match body {
             Body::Failure(failure) => {
                 let kind = failure.typed_kind();
-                self.set(from, ParticipantState::Failed { kind, reason: failure.reason });
+                let reason = report_reason(from, &failure);
+                self.set(from, ParticipantState::Failed { kind, reason });
                 if let Summation::Secure(s) = &mut self.summation {
                     s.drop_participant(from, now);
                 }
@@ -323,6 +324,34 @@ impl Phase {
         });
         self.outcome = Some(PhaseOutcome { sum, participants: self.records() });
     }
+}
+
+/// What the job's owner is told of a failure report (capped at 1000 bytes). A bank that keeps its error details (the
+/// default) sends only the kind and a reference into its own log:
+/// `data error (bank2's log, ref 7f3a…)`; one that shares details sends its reason.
+pub fn report_reason(worker: &str, failure: &confide_proto::v1::TaskFailure) -> String {
+    const MAX_REASON: usize = 1000;
+    let kind = failure.typed_kind();
+    if !failure.reason.is_empty() {
+        // A shared reason reads as before: `data: train.csv line 7, …` (a refusal's alone).
+        let mut reason = match kind {
+            Some(FailureKind::Policy) => failure.reason.clone(),
+            Some(k) => format!("{k}: {}", failure.reason),
+            None => format!("unclassified: {}", failure.reason),
+        };
+        if reason.len() > MAX_REASON {
+            let mut end = MAX_REASON;
+            while !reason.is_char_boundary(end) {
+                end -= 1;
+            }
+            reason.truncate(end);
+            reason.push('…');
+        }
+        return reason;
+    }
+    let what = kind.map_or("unclassified failure", FailureKind::describe);
+    let reference: String = failure.reference.chars().filter(char::is_ascii_hexdigit).take(16).collect();
+    if reference.is_empty() { format!("{what} (see {worker}'s log)") } else { format!("{what} ({worker}'s log, ref {reference})") }
 }
 
 /// Checks a plain vector's length and finiteness.

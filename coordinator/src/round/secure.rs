@@ -145,7 +145,7 @@ impl SecurePhase {
             .iter()
             .map(|(id, w)| {
                 let secure = confide_proto::secagg::setup_for(&params, *id, &identities, min);
-                (w.clone(), pb::AggregationSetup { insecure_plain: false, vector_len: vector_len as u64, secure: Some(secure) })
+                (w.clone(), pb::AggregationSetup { insecure_plain: false, vector_len: vector_len as u64, secure: Some(secure), participants: n as u32 })
             })
             .collect();
         let id_of = worker_of.iter().map(|(id, w)| (w.clone(), *id)).collect();
