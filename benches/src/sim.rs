@@ -72,6 +72,7 @@ pub fn sim_bank(
         datasets: vec![offer.clone()],
         min_participants: policy.min_participants,
         federation_ca: tls.as_ref().map(|t| t.ca.clone()),
+        floors: policy.floors(),
     };
     Ok(Bank {
         profile,

@@ -63,6 +63,7 @@ impl HonestBank {
             datasets: vec![DatasetRef { name: "toy".into(), schema_fingerprint: fixture::schema().fingerprint() }],
             min_participants: policy.min_participants,
             federation_ca: None,
+            floors: policy.floors(),
         };
         Self {
             profile,

@@ -51,6 +51,7 @@ pub fn start(config: WorkerConfig) -> Result<Arc<Worker>, StartError> {
         datasets: compute.offers(),
         min_participants: config.policy.min_participants,
         federation_ca: config.tls.as_ref().map(|t| t.ca.clone()),
+        floors: config.policy.floors(),
     };
     Ok(Arc::new(Bank {
         profile,
