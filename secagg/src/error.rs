@@ -373,4 +373,3 @@ pub enum DecodeError {
         what: &'static str,
     },
 }
-

@@ -542,8 +542,13 @@ impl CollectMasked {
 
 impl CollectSignatures {
     fn accept(&mut self, ctx: &mut Ctx, from: ParticipantId, sig: [u8; 64]) -> Result<(), Error> {
-        let transcript =
-            crypto::consistency_transcript(&ctx.params, &ctx.directory, from, &self.survivors, &self.dropped);
+        let transcript = crypto::consistency_transcript(
+            &ctx.params,
+            &ctx.directory,
+            from,
+            &self.survivors,
+            &self.dropped,
+        );
         crypto::verify(&ctx.params, from, &transcript, &sig)?;
         self.signatures.insert(from, sig);
         Ok(())

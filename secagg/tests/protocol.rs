@@ -785,11 +785,17 @@ fn sparse_directory_lists_everyone_and_seeds_the_graph() {
         let ServerPayload::KeyDirectory(list) = msg.payload else {
             continue;
         };
-        assert_eq!(list.iter().map(|e| e.id).collect::<Vec<_>>(), (1..=10).collect::<Vec<_>>());
+        assert_eq!(
+            list.iter().map(|e| e.id).collect::<Vec<_>>(),
+            (1..=10).collect::<Vec<_>>()
+        );
         seeds.push(confide_secagg::graph::directory_seed(&p, &list));
     }
     assert_eq!(seeds.len(), 10);
-    assert!(seeds.windows(2).all(|w| w[0] == w[1]), "one directory for all");
+    assert!(
+        seeds.windows(2).all(|w| w[0] == w[1]),
+        "one directory for all"
+    );
 }
 
 #[test]
@@ -807,7 +813,11 @@ fn the_neighbourhoods_come_from_the_signed_directory_not_the_servers_session_id(
             panic!("a directory")
         };
         let graph = NeighbourGraph::new(&p, &confide_secagg::graph::directory_seed(&p, &list));
-        assert_ne!(graph, NeighbourGraph::new(&p, &p.session_id), "not the session id's graph");
+        assert_ne!(
+            graph,
+            NeighbourGraph::new(&p, &p.session_id),
+            "not the session id's graph"
+        );
         for (to, m) in batch {
             let _ = h.deliver_to_client(to, m);
         }
@@ -816,7 +826,11 @@ fn the_neighbourhoods_come_from_the_signed_directory_not_the_servers_session_id(
                 continue;
             };
             let senders: Vec<_> = list.iter().map(|e| e.peer).collect();
-            assert_eq!(senders, graph.neighbours(to), "session tweak {tweak}, client {to}");
+            assert_eq!(
+                senders,
+                graph.neighbours(to),
+                "session tweak {tweak}, client {to}"
+            );
         }
     }
 }
@@ -826,5 +840,11 @@ fn a_sparse_session_needs_every_advertisement() {
     let p = session_params(12, 5, 2, Graph::Sparse { k: 6 }, 32);
     let (mut h, _) = harness(&p, ClientPolicy::default());
     h.drop_at(3, DropPoint::BeforeAdvertise);
-    assert!(matches!(h.run(), Err(AbortReason::IncompleteDirectory { have: 11, participants: 12 })));
+    assert!(matches!(
+        h.run(),
+        Err(AbortReason::IncompleteDirectory {
+            have: 11,
+            participants: 12
+        })
+    ));
 }
