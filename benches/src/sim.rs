@@ -75,6 +75,7 @@ pub fn sim_bank(
         // The round benchmark compares plain and secure rounds on synthetic updates.
         allow_plain_aggregation: true,
         share_error_details: true,
+        floors: policy.floors(),
     };
     Ok(Bank {
         profile,

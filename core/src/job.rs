@@ -250,6 +250,11 @@ pub struct EarlyStoppingSpec {
     pub min_delta: f64,
 }
 
+/// Smallest SecAgg+ degree a job may ask for: `Graph::recommended_degree(64)` of
+/// `confide-secagg`, the degree banks demand at the smallest size they accept a sparse graph
+/// for (the coordinator's tests check the two agree).
+pub const MIN_SPARSE_NEIGHBOURS: u32 = 18;
+
 /// Secure-aggregation parameters (Bonawitz et al. 2017; SecAgg+ graph from Bell et al. 2020).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -257,9 +262,10 @@ pub struct SecureAggregationSpec {
     /// Bits of the ring Z_{2^b} masked values live in.
     #[serde(default = "defaults::modulus_bits")]
     pub modulus_bits: u32,
-    /// Shares needed to reconstruct a secret, as a fraction of participants:
-    /// `t = max(⌈fraction·n⌉, ⌊n/2⌋ + 1)` — always a majority, so the coordinator cannot
-    /// reconstruct both masks of anyone; `n − t` participants may drop out.
+    /// Shares needed to reconstruct a secret, as a fraction of its `h` share holders (n, or
+    /// k + 1 under a SecAgg+ graph): `t = max(⌈fraction·h⌉, ⌊2h/3⌋ + 1)`, in `[2/3, 1]`. Banks
+    /// refuse anything below `⌊2h/3⌋ + 1`: with a bare majority a coordinator colluding with one
+    /// bank can reconstruct both masks of a victim from a split view; `h − t` may drop out.
     #[serde(default = "defaults::threshold_fraction")]
     pub threshold_fraction: f64,
     /// Largest |w_local − w_global| per parameter a training contribution encodes; larger
@@ -270,7 +276,10 @@ pub struct SecureAggregationSpec {
     /// stage in which workers train must cover their local training time.
     #[serde(default = "defaults::stage_timeout_secs")]
     pub stage_timeout_secs: u64,
-    /// SecAgg+ neighbours per participant; 0 = complete graph (the default up to 64 participants).
+    /// SecAgg+ neighbours per participant; 0 = complete graph up to 64 participants, then the
+    /// recommended degree. Otherwise even and at least [`MIN_SPARSE_NEIGHBOURS`]: a lower bound
+    /// the coordinator raises to the recommended degree for the round's size (banks refuse
+    /// less), and below 64 participants the complete graph is used whatever it says.
     #[serde(default)]
     pub sparse_neighbours: u32,
 }
@@ -452,8 +461,14 @@ impl JobSpec {
         if !(16..=64).contains(&sa.modulus_bits) {
             return bad("secure_aggregation.modulus_bits", "must be in 16..=64");
         }
-        if !(sa.threshold_fraction > 0.0 && sa.threshold_fraction <= 1.0) {
-            return bad("secure_aggregation.threshold_fraction", "must be in (0, 1]");
+        if !(2.0 / 3.0..=1.0).contains(&sa.threshold_fraction) {
+            return bad("secure_aggregation.threshold_fraction", "must be in [2/3, 1] (banks refuse a smaller threshold)");
+        }
+        if sa.sparse_neighbours != 0 && (sa.sparse_neighbours < MIN_SPARSE_NEIGHBOURS || sa.sparse_neighbours % 2 != 0) {
+            return bad(
+                "secure_aggregation.sparse_neighbours",
+                format!("must be 0 (automatic) or an even number of at least {MIN_SPARSE_NEIGHBOURS} (banks refuse smaller neighbourhoods)"),
+            );
         }
         if !(sa.update_clip.is_finite() && sa.update_clip > 0.0) {
             return bad("secure_aggregation.update_clip", "must be a positive number");
@@ -526,7 +541,7 @@ mod defaults {
         32
     }
     pub fn threshold_fraction() -> f64 {
-        0.5
+        2.0 / 3.0
     }
     pub fn update_clip() -> f64 {
         10.0
@@ -579,6 +594,20 @@ mod tests {
         let text = MINIMAL.replace("learning_rate = 0.05", "learning_rate = -1.0");
         let err = JobSpec::from_toml(&text).expect_err("range");
         assert!(err.to_string().contains("training.learning_rate"), "{err}");
+    }
+
+    #[test]
+    fn thresholds_and_degrees_below_the_banks_floors_are_refused_at_submit() {
+        let with = |extra: &str| JobSpec::from_toml(&format!("{MINIMAL}\n[secure_aggregation]\n{extra}\n"));
+        assert!((JobSpec::from_toml(MINIMAL).expect("defaults").secure_aggregation.threshold_fraction - 2.0 / 3.0).abs() < 1e-12);
+        let err = with("threshold_fraction = 0.5").expect_err("a bare majority");
+        assert!(err.to_string().contains("secure_aggregation.threshold_fraction"), "{err}");
+        with("threshold_fraction = 0.8").expect("more is fine");
+        for k in [2, 16, 19] {
+            let err = with(&format!("sparse_neighbours = {k}")).expect_err("below the floor or odd");
+            assert!(err.to_string().contains("secure_aggregation.sparse_neighbours"), "k = {k}: {err}");
+        }
+        with(&format!("sparse_neighbours = {MIN_SPARSE_NEIGHBOURS}")).expect("the floor");
     }
 
     #[test]

@@ -74,6 +74,7 @@ impl HonestBank {
             federation_ca: None,
             allow_plain_aggregation: policy.allow_plain_aggregation,
             share_error_details: policy.share_error_details,
+            floors: policy.floors(),
         };
         Self {
             profile,

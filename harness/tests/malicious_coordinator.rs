@@ -94,6 +94,7 @@ fn training_seed(f: &Federation, task: &pb::Task, machine_seed: [u8; 32]) -> u64
         federation_ca: None,
         allow_plain_aggregation: false,
         share_error_details: false,
+        floors: Default::default(),
     };
     let mut m = TaskMachine::from_wire(&profile, task.clone(), machine_seed);
     for _ in 0..100 {

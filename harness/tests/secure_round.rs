@@ -165,3 +165,55 @@ fn a_resumed_secure_job_completes_with_the_uninterrupted_result() {
     let worst = a.values.iter().zip(&b.values).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
     assert!(worst < 1e-5, "resumed model differs by {worst}");
 }
+
+/// Runs a 2-round secure job with banks under `policy`; the coordinator crashes once round 1's
+/// evaluation is under way (every bank admitted it and advertised its keys), before the round
+/// is committed, so the resumed coordinator retries round 1 and asks for its evaluation again.
+fn crash_during_evaluation(policy: PolicyConfig) -> Federation {
+    let banks = (1..=4).map(|i| HonestBank::new(&format!("bank{i}"), compute(i), policy.clone()).boxed()).collect();
+    let mut f = Federation::new(fixture::job(&fixture::job_toml(2, "")), banks);
+    let evaluations = |f: &Federation| -> Vec<String> {
+        f.assigned.iter().filter(|(_, t)| t.round == 1 && matches!(t.kind, Some(Kind::Evaluate(_)))).map(|(_, t)| t.task_id.clone()).collect()
+    };
+    f.run_until(|f| {
+        let tasks = evaluations(f);
+        tasks.len() == 4 && f.relayed.iter().filter(|(_, t)| tasks.contains(&t.task_id)).count() >= 4
+    });
+    assert!(f.store.rounds.is_empty(), "round 1 is not committed yet");
+    f.crash_and_resume();
+    f.run();
+    f
+}
+
+#[test]
+fn a_round_retried_after_its_evaluation_still_completes_under_the_evaluation_limit() {
+    let f = crash_during_evaluation(PolicyConfig::default());
+    f.completed();
+    let evaluated_round1 = f.assigned.iter().filter(|(w, t)| w == "bank1" && t.round == 1 && matches!(t.kind, Some(Kind::Evaluate(_)))).count();
+    assert_eq!(evaluated_round1, 2, "round 1 was evaluated twice: before the crash and on its retry");
+    assert!(f.store.rounds[0].metrics.contains_key("auc"));
+
+    // A bank that allows one evaluation per round refuses the retry's: it is typed, so the
+    // round is retried instead of hanging, and the job fails naming the bank's rule once the
+    // attempts run out — the bank's test set is not queried a second time for round 1.
+    let once = PolicyConfig { max_evaluations_per_round: 1, ..PolicyConfig::default() };
+    let f = crash_during_evaluation(once);
+    let failure = f.failure();
+    assert!(failure.contains("round 1") && failure.contains("policy.max_evaluations_per_round"), "{failure}");
+    let reasons = f.failed_attempt_reasons();
+    assert!(!reasons.is_empty() && reasons.iter().all(|r| r.contains("evaluation")), "{reasons:?}");
+}
+
+#[test]
+fn an_honest_default_job_runs_within_the_banks_floors() {
+    // The default job against banks with default floors: threshold, graph, buckets and ranges
+    // the coordinator picks are all accepted, and every round has every bank's contribution.
+    let mut f = Federation::new(fixture::job(&fixture::job_toml(2, "")), honest(3));
+    f.run();
+    f.completed();
+    for r in 1..=2 {
+        for b in 1..=3 {
+            assert_eq!(status(&f, r, &format!("bank{b}")).0, ParticipantStatus::Contributed, "round {r} bank{b}");
+        }
+    }
+}

@@ -111,7 +111,11 @@ enum ClientState {
 /// State shared by all stages.
 struct Ctx {
     params: SessionParams,
+    /// The masking graph: complete from the start, a sparse one once the key directory fixes
+    /// its seed (not read before).
     graph: NeighbourGraph,
+    /// The [`crate::graph::directory_seed`] of the key directory received (zero before).
+    directory: [u8; 32],
     me: ParticipantId,
     identity: SigningKey,
     policy: ClientPolicy,
@@ -188,10 +192,11 @@ impl Client {
             s_pk,
             signature: identity.sign(&transcript).to_bytes(),
         };
-        let graph = NeighbourGraph::new(&params);
+        let graph = NeighbourGraph::new(&params, &[0; 32]);
         let mut ctx = Ctx {
             params,
             graph,
+            directory: [0; 32],
             me,
             identity,
             policy,
@@ -448,15 +453,25 @@ impl AwaitDirectory {
     fn handle(self, ctx: &mut Ctx, directory: &[SignedKeys]) -> Result<ClientState, Error> {
         let me = ctx.me;
         require_sorted(directory.iter().map(|e| e.id), SERVER)?;
+        if let Some(e) = directory
+            .iter()
+            .find(|e| !ctx.params.participants.contains_key(&e.id))
+        {
+            return Err(Error::UnknownParticipant(e.id));
+        }
+        if matches!(ctx.params.graph, crate::params::Graph::Sparse { .. })
+            && directory.len() != ctx.params.participants.len()
+        {
+            // The whole directory seeds the graph: a subset would let the server choose.
+            return Err(Error::UnexpectedEntries {
+                sender: SERVER,
+                detail: "a sparse graph's key directory must list every participant",
+            });
+        }
         let mut seen: HashSet<[u8; 32]> = HashSet::new();
         let mut own_found = false;
+        // Every advertisement is verified (it seeds the graph), not only the neighbours'.
         for entry in directory {
-            if !ctx.graph.in_closed_neighbourhood(me, entry.id) {
-                return Err(Error::UnexpectedEntries {
-                    sender: SERVER,
-                    detail: "key directory lists a participant outside this client's neighbourhood",
-                });
-            }
             let keys = &entry.keys;
             if entry.id == me {
                 if *keys != self.advert {
@@ -484,6 +499,12 @@ impl AwaitDirectory {
         if !own_found {
             return Err(Error::OwnKeysAltered);
         }
+        ctx.directory = crate::graph::directory_seed(&ctx.params, directory);
+        ctx.graph = NeighbourGraph::new(&ctx.params, &ctx.directory);
+        let directory: Vec<&SignedKeys> = directory
+            .iter()
+            .filter(|e| ctx.graph.in_closed_neighbourhood(me, e.id))
+            .collect();
         let holders: Vec<ParticipantId> = directory.iter().map(|e| e.id).collect();
         ctx.require_threshold(Stage::AdvertiseKeys, holders.len())?;
         ctx.require_policy(Stage::AdvertiseKeys, holders.len())?;
@@ -634,7 +655,8 @@ impl AwaitConsistency {
         let in_neighbourhood = s.iter().filter(|v| self.received.contains_key(v)).count();
         ctx.require_threshold(Stage::ConsistencyCheck, in_neighbourhood)?;
         ctx.require_policy(Stage::ConsistencyCheck, survivors.len())?;
-        let transcript = crypto::consistency_transcript(&ctx.params, me, &survivors, &dropped);
+        let transcript =
+            crypto::consistency_transcript(&ctx.params, &ctx.directory, me, &survivors, &dropped);
         let signature = ctx.identity.sign(&transcript).to_bytes();
         ctx.send(ClientPayload::ConsistencySignature(signature));
         Ok(ClientState::AwaitUnmask(AwaitUnmask {
@@ -662,6 +684,7 @@ impl AwaitUnmask {
             }
             let transcript = crypto::consistency_transcript(
                 &ctx.params,
+                &ctx.directory,
                 *signer,
                 &self.survivors,
                 &self.dropped,

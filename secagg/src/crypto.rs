@@ -25,7 +25,7 @@ use crate::error::Error;
 use crate::params::SessionParams;
 
 /// Domain-separation prefix of every label.
-const DOMAIN: &[u8] = b"confide-secagg/v1/";
+const DOMAIN: &[u8] = b"confide-secagg/v2/";
 /// Plaintext of one encrypted share pair: the self-mask-seed share and the mask-key share.
 pub(crate) const SHARE_PLAINTEXT_LEN: usize = 64;
 /// Ciphertext length of one share pair (plaintext + Poly1305 tag).
@@ -127,9 +127,11 @@ pub(crate) fn advertisement_transcript(
     )
 }
 
-/// What a consistency signature covers: (session, round, signer, survivors, dropped).
+/// What a consistency signature covers: (session, round, graph seed — i.e. the key directory
+/// the signer saw —, signer, survivors, dropped).
 pub(crate) fn consistency_transcript(
     params: &SessionParams,
+    directory: &[u8; 32],
     signer: ParticipantId,
     survivors: &[ParticipantId],
     dropped: &[ParticipantId],
@@ -144,6 +146,7 @@ pub(crate) fn consistency_transcript(
         &[
             &params.session_id,
             &params.round.to_be_bytes(),
+            directory,
             &signer.to_be_bytes(),
             &list(survivors),
             &list(dropped),

@@ -146,6 +146,15 @@ pub enum AbortReason {
         /// The session threshold `t`.
         threshold: usize,
     },
+    /// Under a sparse graph some registered participants did not advertise keys: the graph is
+    /// seeded by the whole directory, which the server may not choose a subset of.
+    #[error("{have} of {participants} participants advertised keys; a sparse graph needs all")]
+    IncompleteDirectory {
+        /// Participants that advertised.
+        have: usize,
+        /// Registered participants.
+        participants: usize,
+    },
     /// Fewer than `threshold` shares of a secret of `owner` arrived, so its mask cannot be removed.
     #[error("only {have} shares of the secret of participant {owner} arrived, {threshold} needed")]
     NotEnoughShares {
@@ -364,4 +373,3 @@ pub enum DecodeError {
         what: &'static str,
     },
 }
-

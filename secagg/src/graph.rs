@@ -1,10 +1,16 @@
 //! The masking graph: who shares pairwise masks and Shamir shares with whom.
 //!
 //! For [`Graph::Complete`] every pair is connected. For [`Graph::Sparse`] (SecAgg+, Bell et al.
-//! 2020) the participants are placed on a ring in an order derived deterministically from the
-//! session id (a ChaCha20-keyed Fisher–Yates shuffle), and each is connected to its `k/2`
-//! nearest ring neighbours on either side (a Harary graph H_{k,n}): exactly `k`-regular, and
-//! identical on every party because it depends only on the session id and the registry.
+//! 2020) the participants are placed on a ring in an order derived deterministically from a
+//! seed (a ChaCha20-keyed Fisher–Yates shuffle), and each is connected to its `k/2` nearest
+//! ring neighbours on either side (a Harary graph H_{k,n}): exactly `k`-regular.
+//!
+//! The seed is [`directory_seed`]: a hash of every participant's signed key advertisement, not
+//! the session id. The server chooses the session id and could try ids until a colluder sits
+//! next to a victim; the advertisements carry fresh keys signed by each bank's long-term key,
+//! so the server cannot produce another directory without the banks. Every client receives the
+//! whole directory, verifies every signature, and derives the graph itself; the seed is bound
+//! into the consistency signatures, so clients shown different directories do not unmask.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -13,6 +19,25 @@ use rand_core::RngCore;
 use crate::ParticipantId;
 use crate::crypto::Drbg;
 use crate::params::{Graph, SessionParams};
+use crate::wire::SignedKeys;
+
+/// The graph seed of a key directory (every participant's advertisement, ascending by id):
+/// SHA-256 over the session, the round and each entry's id, keys and signature.
+pub fn directory_seed(params: &SessionParams, directory: &[SignedKeys]) -> [u8; 32] {
+    use sha2::Digest;
+    let mut entries = Vec::with_capacity(directory.len() * (4 + 128));
+    for e in directory {
+        entries.extend_from_slice(&e.id.to_be_bytes());
+        entries.extend_from_slice(&e.keys.c_pk);
+        entries.extend_from_slice(&e.keys.s_pk);
+        entries.extend_from_slice(&e.keys.signature);
+    }
+    let t = crate::crypto::transcript(
+        b"graph seed",
+        &[&params.session_id, &params.round.to_be_bytes(), &entries],
+    );
+    sha2::Sha256::digest(&t).into()
+}
 
 /// The neighbourhoods of one session.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -23,12 +48,13 @@ pub struct NeighbourGraph {
 }
 
 impl NeighbourGraph {
-    /// Derives the graph of `params` (which should be valid).
-    pub fn new(params: &SessionParams) -> NeighbourGraph {
+    /// Derives the graph of `params` (which should be valid) from `seed` (the
+    /// [`directory_seed`]; unused by the complete graph).
+    pub fn new(params: &SessionParams, seed: &[u8; 32]) -> NeighbourGraph {
         let all = params.ids();
         let sparse = match params.graph {
             Graph::Complete => None,
-            Graph::Sparse { k } => Some(harary(&params.session_id, &all, k)),
+            Graph::Sparse { k } => Some(harary(seed, &all, k)),
         };
         NeighbourGraph { all, sparse }
     }
@@ -73,14 +99,14 @@ impl NeighbourGraph {
     }
 }
 
-/// Harary graph H_{k,n} over a session-seeded random ring order.
+/// Harary graph H_{k,n} over a seeded random ring order.
 fn harary(
-    session_id: &[u8; 32],
+    seed: &[u8; 32],
     ids: &BTreeSet<ParticipantId>,
     k: usize,
 ) -> BTreeMap<ParticipantId, BTreeSet<ParticipantId>> {
     let mut ring: Vec<ParticipantId> = ids.iter().copied().collect();
-    let mut rng = Drbg::derive(session_id, b"graph", &[]);
+    let mut rng = Drbg::derive(seed, b"graph", &[]);
     // Fisher–Yates with rejection sampling (unbiased).
     for i in (1..ring.len()).rev() {
         let j = uniform_below(&mut rng, i as u64 + 1) as usize;

@@ -15,15 +15,16 @@
 //!
 //! | stage | client sends | server replies |
 //! | --- | --- | --- |
-//! | [`Stage::AdvertiseKeys`] | two fresh X25519 public keys `c_pk`, `s_pk`, signed with the bank's Ed25519 identity | every participant's signed keys (its neighbourhood) |
+//! | [`Stage::AdvertiseKeys`] | two fresh X25519 public keys `c_pk`, `s_pk`, signed with the bank's Ed25519 identity | every participant's signed keys (the whole directory: its hash seeds a SecAgg+ graph, see [`graph`]) |
 //! | [`Stage::ShareKeys`] | `t`-of-`n` Shamir shares of its self-mask seed `b_u` and mask key `s_u`, each peer's pair encrypted with ChaCha20-Poly1305 under HKDF(X25519(c_u, c_v)) | the ciphertexts addressed to it |
 //! | [`Stage::MaskedInput`] | `y_u = x_u + PRG(b_u) + Σ_{v>u} PRG(s_uv) − Σ_{v<u} PRG(s_uv)` mod 2^b | the survivor and dropped lists |
 //! | [`Stage::ConsistencyCheck`] | its signature over those lists | all the signatures |
 //! | [`Stage::Unmasking`] | shares of `b_v` for survivors, of `s_v` for dropped peers | — (the server outputs the sum) |
 //!
 //! Clients verify every key advertisement against the registry in [`SessionParams`] (so the
-//! server cannot substitute keys), reject duplicate and low-order keys, verify the consistency
-//! signatures, and *refuse* ([`Refusal`]) if a peer is listed both as survivor and dropped, if
+//! server cannot substitute keys), reject duplicate and low-order keys, derive the masking graph
+//! from the signed directory (not from the server's session id), verify the consistency
+//! signatures (which bind that directory), and *refuse* ([`Refusal`]) if a peer is listed both as survivor and dropped, if
 //! fewer than `t` remain, or if fewer than their [`ClientPolicy::min_participants`] remain.
 //!
 //! Inputs are fixed-point encoded ([`FixedPoint`]: clip, scale, unbiased stochastic rounding)

@@ -44,8 +44,9 @@ impl FixedPoint {
 pub enum Graph {
     /// Every pair (Bonawitz et al. 2017). Cost O(n) PRG expansions per client.
     Complete,
-    /// SecAgg+ (Bell et al. 2020): a random `k`-regular Harary-style ring seeded from the session
-    /// id. `k` must be even and below the number of participants. The threshold `t` then applies
+    /// SecAgg+ (Bell et al. 2020): a random `k`-regular Harary-style ring seeded from the hash
+    /// of the signed key directory ([`crate::graph::directory_seed`]), which needs every
+    /// participant's advertisement. `k` must be even and below the number of participants. The threshold `t` then applies
     /// to each closed neighbourhood (a participant and its `k` neighbours).
     Sparse {
         /// Degree of every participant.

@@ -159,7 +159,11 @@ fn expected_kind(stage: Stage) -> Option<MessageKind> {
 
 struct Ctx {
     params: SessionParams,
+    /// The masking graph: complete from the start, a sparse one once the key directory fixes
+    /// its seed (not read before).
     graph: NeighbourGraph,
+    /// The [`crate::graph::directory_seed`] of the key directory sent (zero before).
+    directory: [u8; 32],
     roster: Roster,
     deadline: Instant,
     outbox: VecDeque<(ParticipantId, ServerMessage)>,
@@ -199,13 +203,14 @@ impl Server {
     /// The server sends nothing first: clients advertise their keys as soon as they are created.
     pub fn new(params: SessionParams, now: Instant) -> Result<Server, Error> {
         params.validate()?;
-        let graph = NeighbourGraph::new(&params);
+        let graph = NeighbourGraph::new(&params, &[0; 32]);
         let roster = Roster::new(params.ids());
         let deadline = now + params.stage_timeout;
         Ok(Server {
             ctx: Ctx {
                 params,
                 graph,
+                directory: [0; 32],
                 roster,
                 deadline,
                 outbox: VecDeque::new(),
@@ -345,7 +350,7 @@ impl Server {
             return;
         }
         let next = match state {
-            ServerState::CollectKeys(s) => Ok(s.finish(ctx, &responders)),
+            ServerState::CollectKeys(s) => s.finish(ctx, &responders),
             ServerState::CollectShares(s) => Ok(s.finish(ctx, &responders)),
             ServerState::CollectMasked(s) => Ok(s.finish(ctx, &responders)),
             ServerState::CollectSignatures(s) => Ok(s.finish(ctx, &responders)),
@@ -365,7 +370,9 @@ impl Server {
                     ctx.events.push_back(ServerEvent::StageAdvanced(stage));
                 }
             }
-            // Reconstruction failures happen after every client has finished; nobody to notify.
+            // An incomplete directory is refused while the advertisers wait; reconstruction
+            // failures happen after every client has finished, with nobody to notify.
+            Err(reason) if stage == Stage::AdvertiseKeys => self.abort(stage, reason, &responders),
             Err(reason) => self.abort(stage, reason, &BTreeSet::new()),
         }
     }
@@ -400,25 +407,39 @@ impl CollectKeys {
         Ok(())
     }
 
-    fn finish(self, ctx: &mut Ctx, u1: &BTreeSet<ParticipantId>) -> ServerState {
-        for &u in u1 {
-            let directory = ctx
-                .graph
-                .closed_neighbourhood(u)
-                .into_iter()
-                .filter_map(|v| {
-                    self.adverts.get(&v).map(|keys| SignedKeys {
-                        id: v,
-                        keys: keys.clone(),
-                    })
-                })
-                .collect();
-            ctx.send(u, ServerPayload::KeyDirectory(directory));
+    /// Sends every advertiser the whole directory, from which it (and the server) derive the
+    /// graph. A sparse graph needs every registered participant's advertisement: were the
+    /// server free to leave some out, it could choose among subsets until the graph suits it.
+    fn finish(
+        self,
+        ctx: &mut Ctx,
+        u1: &BTreeSet<ParticipantId>,
+    ) -> Result<ServerState, AbortReason> {
+        let n = ctx.params.participants.len();
+        if matches!(ctx.params.graph, crate::params::Graph::Sparse { .. }) && u1.len() < n {
+            return Err(AbortReason::IncompleteDirectory {
+                have: u1.len(),
+                participants: n,
+            });
         }
-        ServerState::CollectShares(CollectShares {
+        let directory: Vec<SignedKeys> = u1
+            .iter()
+            .filter_map(|&v| {
+                self.adverts.get(&v).map(|keys| SignedKeys {
+                    id: v,
+                    keys: keys.clone(),
+                })
+            })
+            .collect();
+        ctx.directory = crate::graph::directory_seed(&ctx.params, &directory);
+        ctx.graph = NeighbourGraph::new(&ctx.params, &ctx.directory);
+        for &u in u1 {
+            ctx.send(u, ServerPayload::KeyDirectory(directory.clone()));
+        }
+        Ok(ServerState::CollectShares(CollectShares {
             adverts: self.adverts,
             inbox: BTreeMap::new(),
-        })
+        }))
     }
 }
 
@@ -521,8 +542,13 @@ impl CollectMasked {
 
 impl CollectSignatures {
     fn accept(&mut self, ctx: &mut Ctx, from: ParticipantId, sig: [u8; 64]) -> Result<(), Error> {
-        let transcript =
-            crypto::consistency_transcript(&ctx.params, from, &self.survivors, &self.dropped);
+        let transcript = crypto::consistency_transcript(
+            &ctx.params,
+            &ctx.directory,
+            from,
+            &self.survivors,
+            &self.dropped,
+        );
         crypto::verify(&ctx.params, from, &transcript, &sig)?;
         self.signatures.insert(from, sig);
         Ok(())

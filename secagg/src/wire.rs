@@ -3,7 +3,7 @@
 //! Layout (all integers big-endian except vector elements, which are little-endian):
 //!
 //! ```text
-//! version:u8 (=1) | tag:u8 | session_id:[u8;32] | round:u64 | participant:u32 | payload
+//! version:u8 (=2) | tag:u8 | session_id:[u8;32] | round:u64 | participant:u32 | payload
 //! ```
 //!
 //! `participant` is the sender of a client message and the recipient of a server message. Every
@@ -18,8 +18,9 @@ pub use crate::error::DecodeError;
 use crate::error::{MessageKind, Stage};
 use crate::params::{MAX_PARTICIPANTS, MAX_VECTOR_LEN, modulus_mask};
 
-/// Wire format version.
-pub const WIRE_VERSION: u8 = 1;
+/// Wire format version. 2: the key directory holds every participant's advertisement and
+/// seeds the SecAgg+ graph (1 seeded it with the session id and sent neighbourhoods only).
+pub const WIRE_VERSION: u8 = 2;
 /// Longest ciphertext accepted by the decoder.
 pub const MAX_CIPHERTEXT_LEN: usize = 1024;
 
@@ -102,7 +103,8 @@ pub struct ClientMessage {
 /// What the server says.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ServerPayload {
-    /// After AdvertiseKeys: the advertisements of the recipient's neighbourhood (itself included).
+    /// After AdvertiseKeys: every participant's advertisement (the recipient's own included),
+    /// from which the recipient derives the masking graph.
     KeyDirectory(Vec<SignedKeys>),
     /// After ShareKeys: ciphertexts addressed to the recipient, by sender.
     ForwardedShares(Vec<EncryptedShares>),

@@ -350,7 +350,7 @@ fn refuses_altered_own_keys_duplicate_and_low_order_keys() {
 
 /// Mirrors the crate's advertisement transcript (kept in sync by these tests passing).
 fn advert_transcript(p: &SessionParams, id: ParticipantId, c: &[u8; 32], s: &[u8; 32]) -> Vec<u8> {
-    let mut out = b"confide-secagg/v1/advertise".to_vec();
+    let mut out = b"confide-secagg/v2/advertise".to_vec();
     for f in [
         &p.session_id[..],
         &p.round.to_be_bytes(),
@@ -746,7 +746,7 @@ fn h_now() -> std::time::Instant {
 fn sparse_graph_is_regular_symmetric_and_shared() {
     for (n, k) in [(7u32, 2usize), (12, 4), (40, 10), (101, 14)] {
         let p = session_params(n, k / 2 + 1, 1, Graph::Sparse { k }, 32);
-        let g = NeighbourGraph::new(&p);
+        let g = NeighbourGraph::new(&p, &[9; 32]);
         for id in 1..=n {
             let nb = g.neighbours(id);
             assert_eq!(nb.len(), k, "n={n} id={id}");
@@ -754,12 +754,10 @@ fn sparse_graph_is_regular_symmetric_and_shared() {
                 assert!(g.are_neighbours(v, id));
             }
         }
-        // Every party derives the same graph; another session derives another.
-        assert_eq!(g, NeighbourGraph::new(&p.clone()));
-        let mut q = p.clone();
-        q.session_id[5] ^= 1;
+        // Every party derives the same graph from the same seed; another seed, another graph.
+        assert_eq!(g, NeighbourGraph::new(&p.clone(), &[9; 32]));
         if n > 7 {
-            assert_ne!(g, NeighbourGraph::new(&q));
+            assert_ne!(g, NeighbourGraph::new(&p, &[8; 32]));
         }
     }
 }
@@ -776,24 +774,77 @@ fn sparse_graph_aggregates_with_dropouts() {
     assert!(!out.survivors.contains(&2) && !out.survivors.contains(&11));
     assert!(out.survivors.contains(&7));
     assert_sum(&p, &inputs, &out);
-    // Only neighbours exchanged shares: every forwarded list is within the neighbourhood.
-    let g = NeighbourGraph::new(&p);
-    assert!(g.neighbours(1).len() == 6);
 }
 
 #[test]
-fn sparse_directory_is_neighbourhood_only() {
+fn sparse_directory_lists_everyone_and_seeds_the_graph() {
     let p = session_params(10, 3, 2, Graph::Sparse { k: 4 }, 32);
     let (mut h, _) = harness(&p, ClientPolicy::default());
-    let g = NeighbourGraph::new(&p);
-    for (to, msg) in until_server_sends(&mut h, MessageKind::KeyDirectory) {
+    let mut seeds = Vec::new();
+    for (_, msg) in until_server_sends(&mut h, MessageKind::KeyDirectory) {
         let ServerPayload::KeyDirectory(list) = msg.payload else {
             continue;
         };
-        let ids: Vec<_> = list.iter().map(|e| e.id).collect();
         assert_eq!(
-            ids,
-            g.closed_neighbourhood(to).into_iter().collect::<Vec<_>>()
+            list.iter().map(|e| e.id).collect::<Vec<_>>(),
+            (1..=10).collect::<Vec<_>>()
         );
+        seeds.push(confide_secagg::graph::directory_seed(&p, &list));
     }
+    assert_eq!(seeds.len(), 10);
+    assert!(
+        seeds.windows(2).all(|w| w[0] == w[1]),
+        "one directory for all"
+    );
+}
+
+#[test]
+fn the_neighbourhoods_come_from_the_signed_directory_not_the_servers_session_id() {
+    // Under v1 the graph was a function of the session id alone, which the server picks and
+    // could grind offline until a colluder sat next to a victim. Now, for any session id the
+    // server picks, the clients share with exactly the neighbours of the graph seeded by the
+    // banks' signed fresh keys, which the server learns only once every bank has advertised.
+    for tweak in [0u8, 1, 2] {
+        let mut p = session_params(12, 5, 2, Graph::Sparse { k: 6 }, 32);
+        p.session_id[0] ^= tweak;
+        let (mut h, _) = harness(&p, ClientPolicy::default());
+        let batch = until_server_sends(&mut h, MessageKind::KeyDirectory);
+        let ServerPayload::KeyDirectory(list) = batch[0].1.payload.clone() else {
+            panic!("a directory")
+        };
+        let graph = NeighbourGraph::new(&p, &confide_secagg::graph::directory_seed(&p, &list));
+        assert_ne!(
+            graph,
+            NeighbourGraph::new(&p, &p.session_id),
+            "not the session id's graph"
+        );
+        for (to, m) in batch {
+            let _ = h.deliver_to_client(to, m);
+        }
+        for (to, msg) in until_server_sends(&mut h, MessageKind::ForwardedShares) {
+            let ServerPayload::ForwardedShares(list) = msg.payload else {
+                continue;
+            };
+            let senders: Vec<_> = list.iter().map(|e| e.peer).collect();
+            assert_eq!(
+                senders,
+                graph.neighbours(to),
+                "session tweak {tweak}, client {to}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_sparse_session_needs_every_advertisement() {
+    let p = session_params(12, 5, 2, Graph::Sparse { k: 6 }, 32);
+    let (mut h, _) = harness(&p, ClientPolicy::default());
+    h.drop_at(3, DropPoint::BeforeAdvertise);
+    assert!(matches!(
+        h.run(),
+        Err(AbortReason::IncompleteDirectory {
+            have: 11,
+            participants: 12
+        })
+    ));
 }

@@ -190,11 +190,18 @@ fn bit_flips_never_panic_and_trailing_bytes_are_rejected() {
 
 #[test]
 fn hostile_headers_and_counts() {
+    // A v1 peer (graph seeded by the session id, neighbourhood-only directories) fails clearly.
     let mut b = client_samples()[0].encode();
-    b[0] = 2;
+    b[0] = 1;
     assert_eq!(
         ClientMessage::decode(&b),
-        Err(DecodeError::UnsupportedVersion(2))
+        Err(DecodeError::UnsupportedVersion(1))
+    );
+    let mut b = server_samples()[0].encode();
+    b[0] = 1;
+    assert_eq!(
+        ServerMessage::decode(&b),
+        Err(DecodeError::UnsupportedVersion(1))
     );
     let mut b = client_samples()[0].encode();
     b[1] = 0x7f;

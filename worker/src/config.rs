@@ -92,6 +92,30 @@ pub struct PolicyConfig {
     /// over two different sets, whatever this says.
     #[serde(default = "yes")]
     pub protect_counts: bool,
+    /// Smallest secure-aggregation threshold this bank accepts, as a fraction of each secret's
+    /// share holders (n, or k + 1 under a SecAgg+ graph). The worker always demands at least
+    /// ⌊2h/3⌋ + 1 (so a colluding minority cannot reconstruct both masks of a victim from a
+    /// split view); this may only raise it: in `[2/3, 1]`.
+    #[serde(default = "default_min_threshold_fraction")]
+    pub min_threshold_fraction: f64,
+    /// Most score buckets an evaluation may ask for (each bucket is a histogram count of the
+    /// bank's test set the coordinator learns in aggregate); in `2..=1000000`.
+    #[serde(default = "default_max_score_buckets")]
+    pub max_score_buckets: u32,
+    /// Largest fixed-point range of a training update (the job's `update_clip` × the
+    /// federation's rows) this bank encodes: it bounds what one masked update can carry.
+    #[serde(default = "default_max_update_clip")]
+    pub max_update_clip: f64,
+    /// Smallest fixed-point range this bank accepts for statistics and evaluation, whose values
+    /// are refused (not clipped) when out of range: a high floor keeps the coordinator from
+    /// binary-searching the bank's sums through refusals.
+    #[serde(default = "default_min_exact_clip")]
+    pub min_exact_clip: f64,
+    /// Evaluation tasks this bank runs per (job, round), counted durably (at least 1). The
+    /// default 2 allows one retry of a round whose evaluation already ran (a coordinator crash
+    /// between evaluation and commit) and no more.
+    #[serde(default = "default_max_evaluations_per_round")]
+    pub max_evaluations_per_round: u32,
 }
 
 fn yes() -> bool {
@@ -109,12 +133,51 @@ impl Default for PolicyConfig {
             allow_plain_aggregation: false,
             share_error_details: false,
             protect_counts: true,
+            min_threshold_fraction: default_min_threshold_fraction(),
+            max_score_buckets: default_max_score_buckets(),
+            max_update_clip: default_max_update_clip(),
+            min_exact_clip: default_min_exact_clip(),
+            max_evaluations_per_round: default_max_evaluations_per_round(),
+        }
+    }
+}
+
+impl PolicyConfig {
+    /// The bounds the task machine checks on what the coordinator chooses.
+    pub fn floors(&self) -> crate::task::Floors {
+        crate::task::Floors {
+            min_threshold_fraction: self.min_threshold_fraction,
+            max_score_buckets: self.max_score_buckets as usize,
+            max_update_clip: self.max_update_clip,
+            min_exact_clip: self.min_exact_clip,
         }
     }
 }
 
 fn default_min_participants() -> u32 {
     3
+}
+
+fn default_min_threshold_fraction() -> f64 {
+    2.0 / 3.0
+}
+
+fn default_max_score_buckets() -> u32 {
+    10_000
+}
+
+/// Accepts the default `update_clip` (10) up to 10^8 rows across the federation.
+fn default_max_update_clip() -> f64 {
+    1e9
+}
+
+/// Below the coordinator's exact ranges for up to `MAX_PARTICIPANTS` banks (about 7·10^9).
+fn default_min_exact_clip() -> f64 {
+    1e9
+}
+
+fn default_max_evaluations_per_round() -> u32 {
+    2
 }
 
 /// Where and how to compute.
@@ -218,6 +281,22 @@ impl WorkerConfig {
         }
         if self.compute.max_concurrent_tasks == 0 {
             return Err("field `compute.max_concurrent_tasks`: must be at least 1".into());
+        }
+        let p = &self.policy;
+        if !(default_min_threshold_fraction()..=1.0).contains(&p.min_threshold_fraction) {
+            return Err("field `policy.min_threshold_fraction`: must be in [2/3, 1] (the worker never accepts less than 2/3)".into());
+        }
+        if !(2..=1_000_000).contains(&p.max_score_buckets) {
+            return Err("field `policy.max_score_buckets`: must be in 2..=1000000".into());
+        }
+        if !(p.max_update_clip.is_finite() && p.max_update_clip > 0.0) {
+            return Err("field `policy.max_update_clip`: must be a positive number".into());
+        }
+        if !(p.min_exact_clip.is_finite() && p.min_exact_clip > 0.0) {
+            return Err("field `policy.min_exact_clip`: must be a positive number".into());
+        }
+        if p.max_evaluations_per_round == 0 {
+            return Err("field `policy.max_evaluations_per_round`: must be at least 1".into());
         }
         if self.policy.min_participants < 3 {
             return Err("field `policy.min_participants`: must be at least 3 (a bank never joins a round where it could be singled out)".into());

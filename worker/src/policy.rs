@@ -1,7 +1,7 @@
 //! The bank's own rules, enforced by its worker whatever the coordinator asks: which datasets
 //! (only those configured are offered at all), which model kinds (custom TorchScript code only
 //! when allowed explicitly, optionally pinned by hash), how many rounds per job and
-//! how many jobs per day — plus the minimum number of institutions per round, enforced by the
+//! how many jobs per day, how many evaluations per (job, round) — plus the minimum number of institutions per round, enforced by the
 //! secure-aggregation client. A refused task is reported to the coordinator as a `policy`
 //! failure, which the job's owner sees as `refused` with this module's reason.
 //!
@@ -39,6 +39,9 @@ struct Usage {
 struct JobUsage {
     first_seen: u64,
     rounds: Vec<u64>,
+    /// Evaluation tasks admitted, per round (absent in files written before the limit).
+    #[serde(default)]
+    evaluations: BTreeMap<u64, u32>,
 }
 
 /// Enforces a [`PolicyConfig`].
@@ -86,17 +89,14 @@ impl Policy {
         match &request.purpose {
             Purpose::Statistics => self.admit_job(&request.job_id),
             Purpose::Training { model } => self.admit_training(&request.job_id, request.round, model),
-            Purpose::Evaluation { model } => {
-                self.admit_model(model)?;
-                self.admit_job(&request.job_id)
-            }
+            Purpose::Evaluation { model } => self.admit_evaluation(&request.job_id, request.round, model),
         }
     }
 
     /// Checks a training task for `job` round `round` of `model`, and records it.
     pub fn admit_training(&self, job: &str, round: u64, model: &ModelSpec) -> Result<(), Failure> {
         self.admit_model(model)?;
-        self.admit(job, Some(round))
+        self.admit(job, Some(round), false)
     }
 
     /// Checks that this bank runs `model` on its data at all: its kind must be allowed (a
@@ -125,10 +125,18 @@ impl Policy {
 
     /// Checks any task of `job` (statistics, evaluation) against the jobs-per-day limit.
     pub fn admit_job(&self, job: &str) -> Result<(), Failure> {
-        self.admit(job, None)
+        self.admit(job, None, false)
     }
 
-    fn admit(&self, job: &str, round: Option<u64>) -> Result<(), Failure> {
+    /// Checks an evaluation of `model` for `job` round `round` against the model rules, the
+    /// jobs-per-day limit and `max_evaluations_per_round`, and records it: the test set answers
+    /// a bounded number of queries per round however often the coordinator asks.
+    pub fn admit_evaluation(&self, job: &str, round: u64, model: &ModelSpec) -> Result<(), Failure> {
+        self.admit_model(model)?;
+        self.admit(job, Some(round), true)
+    }
+
+    fn admit(&self, job: &str, round: Option<u64>, evaluation: bool) -> Result<(), Failure> {
         let now = now_secs();
         let mut usage = self.usage.lock().unwrap_or_else(|p| p.into_inner());
         let before = usage.clone();
@@ -138,9 +146,18 @@ impl Policy {
             if max > 0 && recent >= max as usize {
                 return Err(Failure::policy(format!("this bank takes part in at most {max} jobs per 24 hours")));
             }
-            usage.jobs.insert(job.to_string(), JobUsage { first_seen: now, rounds: Vec::new() });
+            usage.jobs.insert(job.to_string(), JobUsage { first_seen: now, ..JobUsage::default() });
         }
-        if let (Some(round), Some(entry)) = (round, usage.jobs.get_mut(job))
+        if let (true, Some(round), Some(entry)) = (evaluation, round, usage.jobs.get_mut(job)) {
+            let done = entry.evaluations.entry(round).or_default();
+            let max = self.config.max_evaluations_per_round.max(1);
+            if *done >= max {
+                return Err(Failure::policy(format!(
+                    "this bank evaluates round {round} of a job at most {max} times (policy.max_evaluations_per_round)"
+                )));
+            }
+            *done += 1;
+        } else if let (Some(round), Some(entry)) = (round, usage.jobs.get_mut(job))
             && !entry.rounds.contains(&round) {
                 let max = self.config.max_rounds_per_job;
                 if max > 0 && entry.rounds.len() as u64 >= max {
@@ -261,6 +278,32 @@ mod tests {
         assert_eq!(err.kind, FailureKind::Policy);
         let err = p.admit_request(&request("a", Purpose::Evaluation { model: scripted(&"a".repeat(64)) })).expect_err("custom code");
         assert!(err.reason.contains("allowed_models"), "{err}");
+    }
+
+    #[test]
+    fn evaluations_per_round_are_limited_and_survive_restarts() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = policy(dir.path(), |c| c.max_evaluations_per_round = 1);
+        p.admit_evaluation("j", 1, &mlp()).expect("the first evaluation of round 1");
+        drop(p);
+        let p = policy(dir.path(), |c| c.max_evaluations_per_round = 1);
+        let err = p.admit_evaluation("j", 1, &mlp()).expect_err("a second evaluation of round 1");
+        assert_eq!(err.kind, FailureKind::Policy);
+        assert!(err.reason.contains("max_evaluations_per_round"), "{err}");
+        p.admit_evaluation("j", 2, &mlp()).expect("round 2 is another query");
+        p.admit_training("j", 1, &mlp()).expect("training is counted apart");
+        let default = policy(dir.path(), |_| {});
+        default.admit_evaluation("k", 1, &mlp()).expect("first");
+        default.admit_evaluation("k", 1, &mlp()).expect("one retry by default");
+        assert!(default.admit_evaluation("k", 1, &mlp()).is_err(), "not a third");
+    }
+
+    #[test]
+    fn a_usage_file_without_evaluation_counts_still_loads() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("policy_usage.json"), br#"{"jobs":{"j":{"first_seen":1,"rounds":[1]}}}"#).expect("write");
+        let p = Policy::load(PolicyConfig::default(), dir.path()).expect("an older file");
+        p.admit_evaluation("j", 1, &mlp()).expect("no evaluation recorded yet");
     }
 
     #[test]

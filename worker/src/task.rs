@@ -40,9 +40,14 @@
 //! - Malformed input (no kind, an unreadable model spec, preprocessing or training config, an
 //!   impossible secure-aggregation setup) is a [`FailureKind::Protocol`] failure, never a panic.
 //! - Admission, in order: the dataset is offered (policy) with the same schema fingerprint
-//!   (data); score buckets within [`SCORE_BUCKETS`] (protocol); at least
-//!   max(bank's, job's) `min_participants` institutions (policy); then, through the driver,
-//!   peer-certificate bindings and the durable policy (model kinds, rounds per job, jobs per day).
+//!   (data); score buckets within [`SCORE_BUCKETS`] (protocol) and the bank's
+//!   [`Floors::max_score_buckets`] (policy); at least max(bank's, job's) `min_participants`
+//!   institutions (policy); the bank's [`Floors`] on what the coordinator chose (policy): a
+//!   threshold of at least [`min_threshold`] of the share holders, a sparse graph only from
+//!   [`MIN_SPARSE_PARTICIPANTS`] on with at least `Graph::recommended_degree(n)` neighbours, a
+//!   training range of at most [`Floors::max_update_clip`] and an exact range of at least
+//!   [`Floors::min_exact_clip`]; then, through the driver, peer-certificate bindings and the
+//!   durable policy (model kinds, rounds per job, jobs per day, evaluations per round).
 //! - Values outside the session's fixed-point range are clipped for training updates (bounded-
 //!   update FedAvg; the count is in [`TaskOutcome::Contributed`]) and refused (data) for
 //!   statistics and evaluation, which must be exact.
@@ -111,7 +116,46 @@ pub struct BankProfile {
     /// Send failure details (file, line, values) to the coordinator, not just the kind and a
     /// reference (`[policy] share_error_details`, development federations only).
     pub share_error_details: bool,
+    /// Its bounds on what the coordinator chooses for a session.
+    pub floors: Floors,
 }
+
+/// A bank's bounds on the session parameters the coordinator chooses, checked before anything
+/// leaves the bank ([`FailureKind::Policy`] when broken). From `[policy]` in the worker's
+/// configuration ([`crate::config::PolicyConfig::floors`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Floors {
+    /// The threshold must be at least `⌈fraction·h⌉` of the `h` share holders, and never below
+    /// [`min_threshold`]`(h)` whatever this says.
+    pub min_threshold_fraction: f64,
+    /// Most score buckets an evaluation may ask for.
+    pub max_score_buckets: usize,
+    /// Largest fixed-point clip of a training update.
+    pub max_update_clip: f64,
+    /// Smallest fixed-point clip of statistics and evaluation (values are refused, not
+    /// clipped, outside it).
+    pub min_exact_clip: f64,
+}
+
+impl Default for Floors {
+    fn default() -> Self {
+        crate::config::PolicyConfig::default().floors()
+    }
+}
+
+/// The smallest threshold a bank accepts for `holders` share holders: `⌊2h/3⌋ + 1`. With any
+/// majority `t > h/2` a coordinator colluding with one bank can show two groups of honest
+/// banks different survivor sets in the unmasking stage and collect both masks of a victim
+/// (at h = 5, t = 3: {colluder, a, b} reveal the self-mask, {colluder, c, d} the mask key); two
+/// disjoint groups of honest holders plus the colluders need more than h when t exceeds 2h/3.
+pub fn min_threshold(holders: usize) -> usize {
+    (2 * holders / 3 + 1).min(holders)
+}
+
+/// The fewest participants a bank accepts a sparse (SecAgg+) graph for: below it the complete
+/// graph is cheap, and small neighbourhoods are where a coordinator's choice of neighbours
+/// would matter most.
+pub const MIN_SPARSE_PARTICIPANTS: usize = confide_secagg::params::COMPLETE_GRAPH_LIMIT;
 
 impl std::fmt::Debug for BankProfile {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -815,10 +859,11 @@ impl TaskMachine {
                         vector.iter_mut().for_each(|v| *v = v.clamp(-clip, clip));
                         self.clipped = outside;
                     } else {
-                        let worst = vector.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+                        // The report names neither the values nor how far out they are: the
+                        // coordinator chose the range and must not learn the bank's sums from it.
                         return self.report(Failure::new(
                             FailureKind::OutOfRange,
-                            format!("{outside} aggregate values exceed the secure-aggregation range ±{clip:e} (largest {worst:e}); rescale the data"),
+                            format!("aggregate values exceed the secure-aggregation range ±{clip:e}; rescale the data"),
                         ));
                     }
                 }
@@ -1152,10 +1197,17 @@ fn bank_rules(profile: &BankProfile, task: &Task) -> Result<(), Failure> {
             wanted.name, wanted.schema_fingerprint, offered.schema_fingerprint
         )));
     }
-    if let TaskKind::Evaluate { buckets, .. } = &task.kind
-        && !SCORE_BUCKETS.contains(buckets)
-    {
-        return Err(Failure::protocol(format!("score_buckets {buckets} out of range")));
+    let floors = &profile.floors;
+    if let TaskKind::Evaluate { buckets, .. } = &task.kind {
+        if !SCORE_BUCKETS.contains(buckets) {
+            return Err(Failure::protocol(format!("score_buckets {buckets} out of range")));
+        }
+        if *buckets > floors.max_score_buckets {
+            return Err(Failure::policy(format!(
+                "score_buckets {buckets}: this bank reports at most {} (policy.max_score_buckets)",
+                floors.max_score_buckets
+            )));
+        }
     }
     if let Aggregation::Plain { participants, .. } = &task.aggregation {
         // Plaintext leaves the bank only by the bank's own choice, never on the task's word,
@@ -1177,8 +1229,49 @@ fn bank_rules(profile: &BankProfile, task: &Task) -> Result<(), Failure> {
         if have < min {
             return Err(Failure::policy(format!("{have} institutions in this round; this bank requires at least {min}")));
         }
+        session_floors(floors, &task.kind, &setup.params)?;
     }
     Ok(())
+}
+
+/// The bank's bounds on the session the coordinator chose: threshold, masking graph, clip.
+fn session_floors(floors: &Floors, kind: &TaskKind, params: &SessionParams) -> Result<(), Failure> {
+    let n = params.participants.len();
+    if let confide_secagg::Graph::Sparse { k } = params.graph {
+        if n < MIN_SPARSE_PARTICIPANTS {
+            return Err(Failure::policy(format!(
+                "a sparse masking graph for {n} institutions; this bank accepts one from {MIN_SPARSE_PARTICIPANTS} on"
+            )));
+        }
+        let degree = confide_secagg::Graph::recommended_degree(n);
+        if k < degree {
+            return Err(Failure::policy(format!(
+                "sparse masking graph degree {k}; this bank requires at least {degree} for {n} institutions"
+            )));
+        }
+    }
+    let holders = params.holders();
+    // The small epsilon keeps 2/3 of 3 holders at 2 (f64 rounding), never below the fixed floor.
+    let by_fraction = (floors.min_threshold_fraction * holders as f64 - 1e-9).ceil().max(0.0) as usize;
+    let required = min_threshold(holders).max(by_fraction.min(holders));
+    if params.threshold < required {
+        return Err(Failure::policy(format!(
+            "secure-aggregation threshold {} of {holders} share holders; this bank requires at least {required}",
+            params.threshold
+        )));
+    }
+    let clip = params.encoding.clip;
+    match kind {
+        TaskKind::Train { .. } if clip > floors.max_update_clip => Err(Failure::policy(format!(
+            "update range ±{clip:e}; this bank encodes at most ±{:e} (policy.max_update_clip)",
+            floors.max_update_clip
+        ))),
+        TaskKind::Stats { .. } | TaskKind::Evaluate { .. } if clip < floors.min_exact_clip => Err(Failure::policy(format!(
+            "exact range ±{clip:e}; this bank requires at least ±{:e} (policy.min_exact_clip)",
+            floors.min_exact_clip
+        ))),
+        _ => Ok(()),
+    }
 }
 
 #[cfg(test)]
@@ -1209,11 +1302,12 @@ mod tests {
             federation_ca: None,
             allow_plain_aggregation: true,
             share_error_details: true,
+            floors: Floors { min_exact_clip: 1.0, ..Floors::default() },
         }
     }
 
     fn params(n: u32, vector_len: usize) -> SessionParams {
-        let mut p = testing::session_params(n, 2, vector_len, Graph::Complete, 32);
+        let mut p = testing::session_params(n, min_threshold(n as usize), vector_len, Graph::Complete, 32);
         p.round = ROUND;
         p
     }
@@ -1629,5 +1723,129 @@ mod tests {
         assert!(matches!(receive(&profile(1), relay, 8, 8, [1; 32]), Incoming::Relay { message, .. } if message == [1]));
         let cancel = pb::Task { kind: Some(Kind::Cancel(pb::CancelTask { reason: "over".into() })), ..wire(1, stats(plain(1))) };
         assert!(matches!(receive(&profile(1), cancel, 8, 8, [1; 32]), Incoming::Cancel { reason, .. } if reason == "over"));
+    }
+
+    /// The first effect of a fresh machine for `task` on bank `me` with `profile`.
+    fn first_effect(profile: &BankProfile, me: u32, task: Kind) -> Effect {
+        let mut m = TaskMachine::from_wire(profile, wire(me, task), [1; 32]);
+        m.poll_effect().expect("an effect")
+    }
+
+    /// The failure a machine reports first, if it refuses before admission.
+    fn refused_first(profile: &BankProfile, me: u32, task: Kind) -> Option<String> {
+        match first_effect(profile, me, task) {
+            Effect::Submit(s) => match &s.contribution.body {
+                Some(Body::Failure(f)) => {
+                    assert_eq!(f.typed_kind(), Some(FailureKind::Policy), "{}", f.reason);
+                    Some(f.reason.clone())
+                }
+                other => panic!("a secagg message before admission: {other:?}"),
+            },
+            Effect::Admit(_) => None,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_threshold_below_two_thirds_of_the_holders_is_refused_before_any_key_leaves() {
+        // n = 5, t = 3: the majority the protocol allows, which one colluder defeats.
+        let mut weak = params(5, 2);
+        weak.threshold = 3;
+        let mut f = Federation::default();
+        f.server = Some(Server::new(weak.clone(), f.clock.now()).expect("the server accepts any majority"));
+        for id in 1..=5 {
+            f.start(id, wire(id, stats(secure(&weak, id))));
+            f.results.insert(id, Ok(vec![0.1, 0.2]));
+        }
+        f.run();
+        for id in 1..=5 {
+            let failure = failed(f.outcomes.get(&id));
+            assert_eq!(failure.kind, FailureKind::Policy, "bank {id}");
+            assert!(failure.reason.contains("threshold 3 of 5 share holders; this bank requires at least 4"), "{failure}");
+            assert_eq!(f.secagg_sent(id), 0, "bank {id}: no key advertisement");
+        }
+        assert!(f.admissions.is_empty(), "refused before the driver is asked");
+        assert!(f.sum().is_none());
+
+        let strong = params(5, 2);
+        assert_eq!(strong.threshold, 4);
+        assert!(refused_first(&profile(1), 1, stats(secure(&strong, 1))).is_none(), "⌊2·5/3⌋ + 1 = 4 is admitted");
+        // A bank may raise its floor, never lower it.
+        let strict = BankProfile { floors: Floors { min_threshold_fraction: 1.0, ..profile(1).floors }, ..profile(1) };
+        let reason = refused_first(&strict, 1, stats(secure(&strong, 1))).expect("5 of 5 demanded");
+        assert!(reason.contains("requires at least 5"), "{reason}");
+    }
+
+    fn sparse(n: u32, k: usize) -> SessionParams {
+        let mut p = testing::session_params(n, min_threshold(k + 1), 2, Graph::Sparse { k }, 32);
+        p.round = ROUND;
+        p
+    }
+
+    #[test]
+    fn a_sparse_graph_below_the_floors_is_refused() {
+        // k = 2 at n = 10: three share holders per secret.
+        let reason = refused_first(&profile(1), 1, stats(secure(&sparse(10, 2), 1))).expect("k = 2 at n = 10");
+        assert!(reason.contains("sparse masking graph for 10 institutions"), "{reason}");
+        let degree = Graph::recommended_degree(64);
+        let reason = refused_first(&profile(1), 1, stats(secure(&sparse(64, 2), 1))).expect("k = 2 at n = 64");
+        assert!(reason.contains(&format!("degree 2; this bank requires at least {degree}")), "{reason}");
+        let reason = refused_first(&profile(1), 1, stats(secure(&sparse(64, degree - 2), 1))).expect("one step below");
+        assert!(reason.contains("degree"), "{reason}");
+        assert!(refused_first(&profile(1), 1, stats(secure(&sparse(64, degree), 1))).is_none(), "the recommended degree");
+    }
+
+    fn evaluate(aggregation: pb::AggregationSetup, buckets: u32) -> Kind {
+        Kind::Evaluate(pb::EvaluateTask {
+            dataset: dataset_ref(),
+            model: Some(pb::ModelRef { hash: "ab".repeat(32), size_bytes: 1, spec_json: MLP.into() }),
+            preprocessing_json: PREP.into(),
+            score_buckets: buckets,
+            aggregation: Some(aggregation),
+        })
+    }
+
+    #[test]
+    fn score_buckets_beyond_the_banks_bound_are_refused() {
+        let p = params(3, 2);
+        let reason = refused_first(&profile(1), 1, evaluate(secure(&p, 1), 1_000_000)).expect("10^6 buckets");
+        assert!(reason.contains("max_score_buckets"), "{reason}");
+        assert!(refused_first(&profile(1), 1, evaluate(plain(3), 1_000_000)).is_some(), "in plain mode too");
+        assert!(refused_first(&profile(1), 1, evaluate(secure(&p, 1), 10_000)).is_none(), "the job's default");
+    }
+
+    #[test]
+    fn clip_ranges_outside_the_banks_bounds_are_refused() {
+        let mut wide = params(3, 2);
+        wide.encoding.clip = 1e12;
+        wide.encoding.scale = SessionParams::max_scale(3, 1e12, 64);
+        wide.modulus_bits = 64;
+        let reason = refused_first(&profile(1), 1, train(secure(&wide, 1))).expect("a training range above the bound");
+        assert!(reason.contains("max_update_clip"), "{reason}");
+        assert!(refused_first(&profile(1), 1, stats(secure(&wide, 1))).is_none(), "a wide exact range is fine");
+        // A narrow exact range lets refusals binary-search the bank's sums: refused by default.
+        let default = BankProfile { floors: Floors::default(), ..profile(1) };
+        let reason = refused_first(&default, 1, stats(secure(&params(3, 2), 1))).expect("±1 for statistics");
+        assert!(reason.contains("min_exact_clip"), "{reason}");
+        assert!(refused_first(&default, 1, evaluate(secure(&params(3, 2), 1), 100)).is_some(), "and for evaluation");
+        assert!(refused_first(&default, 1, train(secure(&params(3, 2), 1))).is_none(), "training clips instead");
+    }
+
+    #[test]
+    fn a_second_evaluation_of_the_same_round_is_refused_before_any_key_leaves() {
+        let p = params(3, 2);
+        let mut f = Federation::default();
+        let once = PolicyConfig { max_evaluations_per_round: 1, ..Default::default() };
+        f.policies.insert(1, Policy::in_memory(once));
+        f.start(1, wire(1, evaluate(secure(&p, 1), 100)));
+        f.run();
+        assert!(f.secagg_sent(1) > 0, "the first evaluation goes ahead");
+        f.submitted.clear();
+        f.start(1, wire(1, evaluate(secure(&p, 1), 100)));
+        f.run();
+        let failure = failed(f.outcomes.get(&1));
+        assert_eq!(failure.kind, FailureKind::Policy);
+        assert!(failure.reason.contains("at most 1 times"), "{failure}");
+        assert_eq!(f.secagg_sent(1), 0, "no key for the second query");
     }
 }

@@ -56,10 +56,27 @@ impl Encoding {
     }
 }
 
-/// The threshold for `holders` share holders: a majority, and at least `fraction·holders`.
+/// The threshold for `holders` share holders: at least `⌊2h/3⌋ + 1` (what banks demand: a
+/// bare majority falls to one colluding bank and a split view at unmasking) and at least
+/// `⌈fraction·h⌉`.
 pub fn threshold(holders: usize, fraction: f64) -> usize {
-    let by_fraction = (fraction * holders as f64).ceil() as usize;
-    by_fraction.max(holders / 2 + 1).clamp(2.min(holders), holders)
+    // The epsilon keeps ⌈(2/3)·3⌉ at 2 despite f64 rounding.
+    let by_fraction = (fraction * holders as f64 - 1e-9).ceil().max(0.0) as usize;
+    by_fraction.max(2 * holders / 3 + 1).clamp(2.min(holders), holders)
+}
+
+/// The masking graph for `n` participants when the job asks for `sparse_neighbours` (0 =
+/// automatic): complete below [`confide_secagg::params::COMPLETE_GRAPH_LIMIT`] participants
+/// (banks refuse a sparse one there) and, above it, automatic; otherwise at least the
+/// recommended degree (banks refuse less), capped below `n`.
+pub fn graph(n: usize, sparse_neighbours: u32) -> Graph {
+    let limit = confide_secagg::params::COMPLETE_GRAPH_LIMIT;
+    let recommended = Graph::recommended_degree(n);
+    match sparse_neighbours as usize {
+        _ if n < limit => Graph::Complete,
+        0 if n == limit => Graph::Complete,
+        k => Graph::Sparse { k: k.max(recommended).min(n.saturating_sub(1) & !1) },
+    }
 }
 
 /// Secure summation of one phase.
@@ -121,11 +138,7 @@ impl SecurePhase {
             identities.insert(id, ((*w).clone(), info.certificate.clone()));
         }
         let n = keys.len();
-        let graph = match spec.secure_aggregation.sparse_neighbours {
-            0 if n <= confide_secagg::params::COMPLETE_GRAPH_LIMIT => Graph::Complete,
-            0 => Graph::Sparse { k: Graph::recommended_degree(n) },
-            k => Graph::Sparse { k: k as usize },
-        };
+        let graph = graph(n, spec.secure_aggregation.sparse_neighbours);
         let (modulus_bits, fixed) = encoding.fixed_point(spec, n);
         let mut params = SessionParams {
             session_id,
@@ -275,11 +288,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn threshold_is_a_majority_and_tolerates_dropouts() {
-        assert_eq!(threshold(3, 0.5), 2);
-        assert_eq!(threshold(5, 0.5), 3);
-        assert_eq!(threshold(10, 0.5), 6);
+    fn threshold_is_above_two_thirds_and_tolerates_dropouts() {
+        let default = confide_core::job::SecureAggregationSpec::default().threshold_fraction;
+        assert_eq!(threshold(3, default), 3);
+        assert_eq!(threshold(4, default), 3);
+        assert_eq!(threshold(5, default), 4);
+        assert_eq!(threshold(6, default), 5);
+        assert_eq!(threshold(10, default), 7);
         assert_eq!(threshold(10, 0.9), 9);
-        assert_eq!(threshold(4, 0.5), 3);
+        assert_eq!(threshold(19, default), 13, "k = 18: 19 holders");
+        for h in 2..200 {
+            assert!(threshold(h, default) > 2 * h / 3, "h = {h}");
+        }
+    }
+
+    #[test]
+    fn the_graph_meets_the_banks_sparse_floors() {
+        assert_eq!(graph(10, 0), Graph::Complete);
+        assert_eq!(graph(10, 18), Graph::Complete, "banks refuse a sparse graph below 64");
+        assert_eq!(graph(64, 0), Graph::Complete);
+        assert_eq!(graph(64, 18), Graph::Sparse { k: 18 });
+        assert_eq!(graph(1000, 18), Graph::Sparse { k: Graph::recommended_degree(1000) }, "raised to the recommended degree");
+        assert_eq!(graph(1000, 100), Graph::Sparse { k: 100 });
+        assert_eq!(graph(65, 0), Graph::Sparse { k: Graph::recommended_degree(65) });
+        assert_eq!(Graph::recommended_degree(64) as u32, confide_core::job::MIN_SPARSE_NEIGHBOURS);
     }
 }
