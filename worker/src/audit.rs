@@ -34,7 +34,7 @@
 //!   not stop the bank) and refuses a broken log. A torn last line — a crash during an append,
 //!   which never returned, so nothing it described was sent — is cut off with a warning.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -265,6 +265,8 @@ pub struct VerifyReport {
     pub records: u64,
     /// The last record's hash ([`GENESIS`] for an empty log).
     pub head: String,
+    /// The latest record's hash per job (what the model card lists as the bank's audit head).
+    pub heads: BTreeMap<String, String>,
 }
 
 /// Where the chain stands.
@@ -372,7 +374,7 @@ pub fn verify(path: &Path, key: &VerifyingKey) -> Result<VerifyReport, AuditErro
     if !torn.is_empty() {
         return Err(scan.broken(scan.seq + 1, Fault::Torn));
     }
-    Ok(VerifyReport { records: scan.seq, head: scan.last })
+    Ok(VerifyReport { records: scan.seq, head: scan.last, heads: scan.heads.into_iter().collect() })
 }
 
 /// The newline-terminated lines of `text`, and what follows the last newline (empty for an
@@ -585,7 +587,8 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join(FILE_NAME);
         let log = AuditLog::open(&path, key(1)).expect("open");
-        assert_eq!(verify(&path, &key(1).verifying_key()).expect("empty"), VerifyReport { records: 0, head: GENESIS.into() });
+        let empty = VerifyReport { records: 0, head: GENESIS.into(), heads: BTreeMap::new() };
+        assert_eq!(verify(&path, &key(1).verifying_key()).expect("empty"), empty);
         assert_eq!(log.append(entry("a", 1, Sent::KeyAdvertisement)).expect("append").prev, GENESIS);
     }
 
@@ -598,6 +601,8 @@ mod tests {
         assert_eq!(log.head("a"), Some(records[4].hash.clone()));
         assert_eq!(log.head("b"), Some(records[3].hash.clone()));
         assert_eq!(log.head("c"), None);
+        let heads = verify(&path, &key(1).verifying_key()).expect("intact").heads;
+        assert_eq!((heads.get("a"), heads.get("b"), heads.len()), (Some(&records[4].hash), Some(&records[3].hash), 2));
     }
 
     #[test]

@@ -53,6 +53,9 @@ fn verify_accepts_an_intact_log_and_names_the_first_tampered_record() {
     let ok = worker(&["audit", "verify", "--config", &config]);
     assert!(ok.status.success(), "{ok:?}");
     assert!(stdout(&ok).starts_with("3 records, chain and signatures intact, head "), "{}", stdout(&ok));
+    let records = confide_worker::audit::read_records(&dir.path().join("data/audit.log")).expect("records");
+    let job = worker(&["audit", "verify", "--config", &config, "--job", "job-a"]);
+    assert!(stdout(&job).contains(&format!("job job-a: audit head {}", records[1].hash)), "{}", stdout(&job));
 
     let path = dir.path().join("data/audit.log");
     let text = std::fs::read_to_string(&path).expect("read");

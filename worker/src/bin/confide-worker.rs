@@ -57,6 +57,9 @@ enum AuditCommand {
         /// Worker configuration file (TOML).
         #[arg(long, short)]
         config: PathBuf,
+        /// Also print this job's audit head (its latest record), to match against the model card.
+        #[arg(long)]
+        job: Option<String>,
     },
 }
 
@@ -145,7 +148,7 @@ fn audit_command(command: AuditCommand) -> ExitCode {
             }
             ExitCode::SUCCESS
         }
-        AuditCommand::Verify { config } => {
+        AuditCommand::Verify { config, job } => {
             let config = match read_config(&config) {
                 Ok(c) => c,
                 Err(code) => return code,
@@ -160,6 +163,11 @@ fn audit_command(command: AuditCommand) -> ExitCode {
             match audit::verify(&confide_worker::daemon::audit_path(&config), &key) {
                 Ok(report) => {
                     println!("{} records, chain and signatures intact, head {}", report.records, report.head);
+                    match job.map(|j| (report.heads.get(&j).cloned(), j)) {
+                        Some((Some(head), job)) => println!("job {job}: audit head {head}"),
+                        Some((None, job)) => println!("job {job}: no records"),
+                        None => {}
+                    }
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
