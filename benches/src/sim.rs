@@ -87,6 +87,8 @@ pub fn sim_bank(
         fault: None,
         max_concurrent_tasks: 8,
         blobs: BlobCache::default(),
+        // Simulated banks keep no audit log: a benchmark measures the protocol, not fsyncs.
+        audit: None,
     })
 }
 

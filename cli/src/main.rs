@@ -277,6 +277,11 @@ fn job_export(job: &pb::Job, model: &[u8]) -> Result<confide_export::JobExport, 
         updated_at: job.updated_at.clone(),
         stop_reason: Some(job.stop_reason.clone()).filter(|s| !s.is_empty()),
         model_hash: job.model_hash.clone(),
+        audit_heads: job
+            .audit_heads
+            .iter()
+            .map(|h| confide_export::AuditHead { institution: h.worker_id.clone(), round: h.round, head: h.head.clone() })
+            .collect(),
     };
     let rounds = job
         .rounds

@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use confide_export::{JobExport, JobInfo, Participant, RoundReport};
+use confide_export::{AuditHead, JobExport, JobInfo, Participant, RoundReport};
 
 use crate::Shared;
 use crate::store::now_rfc3339;
@@ -72,6 +72,12 @@ fn export_now(shared: &Shared, job_id: &str, stop_reason: Option<String>) -> Res
         updated_at: now_rfc3339(),
         stop_reason: stop_reason.or(job.stop_reason.clone()),
         model_hash,
+        audit_heads: store
+            .audit_heads(job_id)
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .map(|h| AuditHead { institution: h.worker_id, round: h.round, head: h.head })
+            .collect(),
     };
     let export = JobExport::from_stored(
         info,

@@ -128,6 +128,7 @@ fn header_for(task: &pb::Task, worker: &str, payload: &[u8]) -> SubmitHeader {
         round: task.round,
         total_bytes: payload.len() as u64,
         sha256: confide_core::sha256_hex(payload),
+        audit_head: String::new(),
     }
 }
 

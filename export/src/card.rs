@@ -417,6 +417,20 @@ impl ModelCard {
         )?;
         writeln!(md, "- differential privacy: {}", p.differential_privacy)?;
 
+        if !j.audit_heads.is_empty() {
+            writeln!(md, "\n## Audit heads\n")?;
+            writeln!(
+                md,
+                "Each bank's own signed audit log records everything it sent; its last record \
+                 for this job must hash to the head below (`confide-worker audit verify --job {}`).\n",
+                j.id
+            )?;
+            writeln!(md, "| institution | last round | audit head |\n|---|---|---|")?;
+            for h in &j.audit_heads {
+                writeln!(md, "| {} | {} | `{}` |", h.institution, h.round, h.head)?;
+            }
+        }
+
         writeln!(md, "\n## Data schema\n")?;
         writeln!(
             md,

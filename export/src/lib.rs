@@ -191,6 +191,22 @@ pub struct JobInfo {
     pub stop_reason: Option<String>,
     /// Content hash of the exported global model checkpoint.
     pub model_hash: String,
+    /// Per bank, the hash of its own audit-log record of its last upload for this job, as its
+    /// submission carried it: a validator matches it against the bank's log
+    /// (`confide-worker audit verify --job`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub audit_heads: Vec<AuditHead>,
+}
+
+/// One bank's audit head for a job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditHead {
+    /// Institution id.
+    pub institution: String,
+    /// The round of the upload it records.
+    pub round: u64,
+    /// SHA-256 hex of the bank's audit record.
+    pub head: String,
 }
 
 /// How one institution fared in one round.

@@ -97,6 +97,17 @@ fn writes_every_format_and_a_card_whose_hashes_match_the_files() {
         assert!(md.contains(&f.sha256), "markdown lists {}", f.name);
     }
     assert!(md.contains("differential privacy: not applied"));
+    // Each bank's audit head, for matching the card against the bank's own log.
+    let heads: Vec<(&str, &str)> = card
+        .job
+        .audit_heads
+        .iter()
+        .map(|h| (h.institution.as_str(), h.head.as_str()))
+        .collect();
+    let (a, b) = ("a1".repeat(32), "b2".repeat(32));
+    assert_eq!(heads, [("bank1", a.as_str()), ("bank2", b.as_str())]);
+    assert!(md.contains("## Audit heads"), "{md}");
+    assert!(md.contains(&format!("| bank1 | 2 | `{a}` |")), "{md}");
 
     // The safetensors file reads back as the same parameters and carries the job's metadata.
     let st = std::fs::read(dir.path().join(names::SAFETENSORS)).expect("safetensors");

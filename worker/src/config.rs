@@ -16,7 +16,8 @@ pub struct WorkerConfig {
     pub coordinator: String,
     /// This institution's id (1–128 characters of `[A-Za-z0-9._-]`).
     pub institution_id: String,
-    /// Directory for the identity key and the model cache.
+    /// Directory for the identity key, the model cache and the audit log (`audit.log`: a
+    /// signed, hash-chained record of every upload, read with `confide-worker audit show|verify`).
     pub data_dir: PathBuf,
     /// Local datasets this worker may train on.
     #[serde(default)]

@@ -32,6 +32,9 @@ pub enum StartError {
     /// The bank's policy state could not be loaded.
     #[error("policy: {0}")]
     Policy(Failure),
+    /// The audit log could not be opened, or its chain is broken.
+    #[error(transparent)]
+    Audit(#[from] crate::audit::AuditError),
 }
 
 /// Loads schemas, the identity key and the policy state, and picks the device.
@@ -44,6 +47,7 @@ pub fn start(config: WorkerConfig) -> Result<Arc<Worker>, StartError> {
         Some(tls) => tls.signing_key()?,
         None => crate::identity::load_or_create(&config.data_dir)?,
     };
+    let audit = crate::audit::AuditLog::open(&audit_path(&config), identity.clone())?;
     let policy = crate::policy::Policy::load(config.policy.clone(), &config.data_dir).map_err(StartError::Policy)?;
     let ledger = crate::ledger::Ledger::load(&config.data_dir, config.policy.protect_counts).map_err(StartError::Policy)?;
     let profile = BankProfile {
@@ -66,7 +70,23 @@ pub fn start(config: WorkerConfig) -> Result<Arc<Worker>, StartError> {
         fault: crate::fault::Fault::from_env(),
         max_concurrent_tasks: config.compute.max_concurrent_tasks,
         blobs: BlobCache::default(),
+        audit: Some(audit),
     }))
+}
+
+/// Where the bank's audit log is: `data_dir/audit.log`.
+pub fn audit_path(config: &WorkerConfig) -> std::path::PathBuf {
+    config.data_dir.join(crate::audit::FILE_NAME)
+}
+
+/// The key the audit log's records are signed with — the identity the daemon uses (the TLS
+/// certificate's key, else the development key file, which must already exist).
+pub fn audit_key(config: &WorkerConfig) -> Result<ed25519_dalek::VerifyingKey, StartError> {
+    let identity = match &config.tls {
+        Some(tls) => tls.signing_key()?,
+        None => crate::identity::load(&config.data_dir)?,
+    };
+    Ok(identity.verifying_key())
 }
 
 /// Runs the worker until `shutdown` completes (see [`crate::session::run`]).

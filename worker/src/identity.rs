@@ -25,9 +25,7 @@ pub fn load_or_create(data_dir: &Path) -> Result<SigningKey, IdentityError> {
     let path = data_dir.join("identity.ed25519");
     let err = |message: String| IdentityError { path: path.clone(), message };
     if path.exists() {
-        let bytes = std::fs::read(&path).map_err(|e| err(e.to_string()))?;
-        let seed: [u8; 32] = bytes.as_slice().try_into().map_err(|_| err(format!("expected 32 bytes, found {}", bytes.len())))?;
-        return Ok(SigningKey::from_bytes(&seed));
+        return load(data_dir);
     }
     std::fs::create_dir_all(data_dir).map_err(|e| err(e.to_string()))?;
     let mut seed = [0u8; 32];
@@ -37,6 +35,15 @@ pub fn load_or_create(data_dir: &Path) -> Result<SigningKey, IdentityError> {
     write_private(&tmp, key.as_bytes()).map_err(|e| err(e.to_string()))?;
     std::fs::rename(&tmp, &path).map_err(|e| err(e.to_string()))?;
     Ok(key)
+}
+
+/// Loads `data_dir/identity.ed25519`, which must exist (e.g. to verify the audit log it signed).
+pub fn load(data_dir: &Path) -> Result<SigningKey, IdentityError> {
+    let path = data_dir.join("identity.ed25519");
+    let err = |message: String| IdentityError { path: path.clone(), message };
+    let bytes = std::fs::read(&path).map_err(|e| err(e.to_string()))?;
+    let seed: [u8; 32] = bytes.as_slice().try_into().map_err(|_| err(format!("expected 32 bytes, found {}", bytes.len())))?;
+    Ok(SigningKey::from_bytes(&seed))
 }
 
 #[cfg(unix)]

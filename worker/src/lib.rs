@@ -8,6 +8,8 @@
 //!   stream, effects and reconnection with backoff — generic over [`compute::Compute`].
 //! - [`compute`]: the blocking local computation behind a trait; [`compute::TorchCompute`]
 //!   is libtorch's.
+//! - [`audit`]: the bank's signed, hash-chained log of everything that left it
+//!   (`data_dir/audit.log`); each upload is recorded before it is sent.
 //! - [`daemon`]: the real worker assembled from its configuration.
 //! - [`config`]: the bank's configuration file (datasets, policy, compute).
 //! - [`policy`]: the bank's own rules (models, rounds per job, jobs per day).
@@ -21,6 +23,7 @@
 //! - [`ml`]: model construction, local training (FedAvg/FedProx), prediction and additive
 //!   evaluation statistics.
 
+pub mod audit;
 pub mod compute;
 pub mod config;
 pub mod daemon;

@@ -13,15 +13,16 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use confide_proto::v1::{self as pb, RegisterRequest, SubscribeRequest, federation_client::FederationClient};
+use confide_proto::v1::{self as pb, RegisterRequest, SubscribeRequest, contribution::Body, federation_client::FederationClient};
 use tokio::task::JoinSet;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::audit::{self, AuditLog};
 use crate::compute::Compute;
 use crate::failure::Failure;
 use crate::fault::Fault;
 use crate::policy::Policy;
-use crate::task::{self, BankProfile, Blob, BlobRequest, Effect, Incoming, TaskMachine, TaskOutcome};
+use crate::task::{self, BankProfile, Blob, BlobRequest, Effect, Incoming, Submission, TaskMachine, TaskOutcome};
 use crate::transport::{self, TaskAddress};
 
 /// Blobs kept in memory (the current global, the one being evaluated, a custom module).
@@ -48,6 +49,9 @@ pub struct Bank<C> {
     pub max_concurrent_tasks: usize,
     /// Downloaded checkpoints and modules, by hash.
     pub blobs: BlobCache,
+    /// The bank's audit log: every upload is recorded here before it is sent, and not sent if
+    /// it cannot be recorded. None only for the benchmarks' simulated banks.
+    pub audit: Option<AuditLog>,
 }
 
 impl<C> std::fmt::Debug for Bank<C> {
@@ -302,19 +306,41 @@ impl<C: Compute> Session<C> {
                         (generation, Done::Computed(result))
                     });
                 }
-                Effect::Submit(submission) => {
+                Effect::Submit(mut submission) => {
                     let (bank, mut client) = (self.bank.clone(), self.client.clone());
+                    let entry = audit_entry(m, &submission, now_rfc3339());
                     let addr =
                         TaskAddress { worker_id: self.worker_id.clone(), task_id: id.task_id, job_id: id.job_id, round: id.round };
-                    if matches!(submission.contribution.body, Some(pb::contribution::Body::Plain(_))) {
+                    if matches!(submission.contribution.body, Some(Body::Plain(_))) {
                         tracing::warn!(job = %addr.job_id, round = addr.round, "INSECURE plain aggregation: this contribution is visible to the coordinator");
                     }
                     self.pending.spawn(async move {
+                        let recorder = bank.clone();
+                        let recorded = tokio::task::spawn_blocking(move || record(recorder.audit.as_ref(), entry))
+                            .await
+                            .unwrap_or_else(|e| Err(Failure::internal(format!("audit log: recording panicked: {e}"))));
+                        let audit_head = match recorded {
+                            Ok(head) => head,
+                            Err(failure) if is_failure_report(&submission) => {
+                                // The report cannot be recorded: send a fixed internal failure
+                                // that carries nothing of the bank's, so the coordinator still
+                                // learns the bank is out, instead of the unrecorded reason.
+                                tracing::error!(%failure, "failure report not recorded; reporting only that the audit log is unavailable");
+                                submission.contribution = unrecorded_report();
+                                String::new()
+                            }
+                            Err(failure) => {
+                                tracing::error!(%failure, "upload not recorded in the audit log: not sent");
+                                return (generation, Done::Submitted(Err(failure)));
+                            }
+                        };
                         let drill = bank.fault.as_ref().zip(submission.secagg);
                         if let Some((fault, kind)) = drill {
                             fault.check(task_name, kind, false).await;
                         }
-                        let result = transport::submit(&mut client, &addr, &submission.contribution).await.map_err(Failure::protocol);
+                        let result = transport::submit(&mut client, &addr, &submission.contribution, &audit_head)
+                            .await
+                            .map_err(Failure::protocol);
                         if let (Some((fault, kind)), Ok(())) = (drill, &result) {
                             fault.check(task_name, kind, true).await;
                         }
@@ -329,6 +355,73 @@ impl<C: Compute> Session<C> {
             }
         }
     }
+}
+
+/// Describes `submission`, about to be uploaded by `machine`, for the audit log at `time`
+/// (RFC 3339): phase, what is sent, the vector's length, the model, the secure session's
+/// participants and threshold, and for a failure report its full local reason.
+pub fn audit_entry(machine: &TaskMachine, submission: &Submission, time: String) -> audit::Entry {
+    let id = machine.id();
+    let task = machine.task();
+    let secure = task.and_then(|t| match &t.aggregation {
+        task::Aggregation::Secure(setup) => Some(setup),
+        task::Aggregation::Plain { .. } => None,
+    });
+    let (sent, vector_len, failure) = match (&submission.contribution.body, submission.secagg) {
+        (Some(Body::Plain(v)), _) => (audit::Sent::PlainVector, Some(v.values.len() as u64), None),
+        (Some(Body::Failure(wire)), _) => {
+            let note = match machine.reporting() {
+                Some(f) => audit::FailureNote { kind: f.kind.as_str().to_string(), reason: f.reason.clone() },
+                None => audit::FailureNote { kind: "unknown".into(), reason: wire.reason.clone() },
+            };
+            (audit::Sent::FailureReport, None, Some(note))
+        }
+        (_, Some(kind)) => {
+            let sent = audit::Sent::from(kind);
+            let len = (sent == audit::Sent::MaskedInput).then(|| secure.map(|s| s.params.vector_len as u64)).flatten();
+            (sent, len, None)
+        }
+        (_, None) => (audit::Sent::OtherSecagg, None, None),
+    };
+    audit::Entry {
+        time,
+        job: id.job_id.clone(),
+        round: id.round,
+        task: id.task_id.clone(),
+        phase: audit::Phase::from_task_name(machine.task_name()),
+        sent,
+        vector_len,
+        model_hash: task.and_then(|t| t.kind.model()).map(|m| m.hash.clone()),
+        participants: secure.map(|s| s.peers.iter().map(|p| p.institution_id.clone()).collect()).unwrap_or_default(),
+        threshold: secure.map(|s| s.params.threshold as u64),
+        failure,
+        privacy_budget_spent: None,
+    }
+}
+
+/// Records one upload (blocking: the write is fsynced) and returns the audit head to send with
+/// it; without a log (simulated banks), an empty head. A record that cannot be written is an
+/// internal failure, and the upload must not go out.
+pub fn record(log: Option<&AuditLog>, entry: audit::Entry) -> Result<String, Failure> {
+    match log {
+        None => Ok(String::new()),
+        Some(log) => log.append(entry).map(|r| r.hash).map_err(|e| Failure::internal(format!("audit log: {e}"))),
+    }
+}
+
+fn is_failure_report(submission: &Submission) -> bool {
+    matches!(submission.contribution.body, Some(Body::Failure(_)))
+}
+
+/// The failure report sent when the real one could not be recorded.
+fn unrecorded_report() -> pb::Contribution {
+    let failure = Failure::internal("the bank's audit log could not be written; nothing else was sent");
+    pb::Contribution { body: Some(Body::Failure(failure.to_wire())) }
+}
+
+/// Now, UTC, RFC 3339 (empty should formatting ever fail).
+fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
 }
 
 /// A blob from the cache, or downloaded (verified against its hash) and cached.
@@ -363,5 +456,87 @@ fn log_outcome(id: &task::TaskId, outcome: &TaskOutcome) {
             }
         }
         TaskOutcome::Cancelled { reason } => tracing::info!(%task, %reason, "task cancelled by the coordinator"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! What the driver records for the audit log, from a real [`TaskMachine`]'s submissions.
+
+    use confide_proto::v1::task::Kind;
+    use confide_secagg::Graph;
+    use confide_secagg::testing;
+
+    use super::*;
+    use crate::audit::{Phase, Sent};
+    use crate::task::DatasetRef;
+
+    fn profile() -> BankProfile {
+        BankProfile {
+            institution_id: "bank1".into(),
+            identity: testing::identity(1),
+            datasets: vec![DatasetRef { name: "telco".into(), schema_fingerprint: "f00d".into() }],
+            min_participants: 3,
+            federation_ca: None,
+        }
+    }
+
+    /// A secure statistics task of three banks, as bank 1 receives it.
+    fn secure_stats() -> TaskMachine {
+        let mut params = testing::session_params(3, 2, 4, Graph::Complete, 32);
+        params.round = 7;
+        let institutions = params.participants.keys().map(|&id| (id, (format!("bank{id}"), Vec::new()))).collect();
+        let aggregation = pb::AggregationSetup {
+            insecure_plain: false,
+            vector_len: 4,
+            secure: Some(confide_proto::secagg::setup_for(&params, 1, &institutions, 3)),
+        };
+        let dataset = Some(pb::DatasetRef { name: "telco".into(), schema_fingerprint: "f00d".into() });
+        let kind = Kind::Stats(pb::StatsTask { dataset, aggregation: Some(aggregation) });
+        let wire = pb::Task { task_id: "task-1".into(), job_id: "job-1".into(), round: 7, kind: Some(kind) };
+        TaskMachine::from_wire(&profile(), wire, [7; 32])
+    }
+
+    /// The next submission, answering admissions with `admission` on the way.
+    fn next_submission(m: &mut TaskMachine, admission: &Result<(), Failure>) -> Submission {
+        while let Some(effect) = m.poll_effect() {
+            match effect {
+                Effect::Admit(_) => m.handle_admission(admission.clone()),
+                Effect::Submit(s) => return s,
+                _ => {}
+            }
+        }
+        panic!("no submission");
+    }
+
+    #[test]
+    fn a_key_advertisement_is_recorded_with_the_sessions_participants_and_threshold() {
+        let mut m = secure_stats();
+        let s = next_submission(&mut m, &Ok(()));
+        let e = audit_entry(&m, &s, "2025-01-01T00:00:00Z".into());
+        assert_eq!((e.sent, e.phase, e.job.as_str(), e.round, e.task.as_str()), (Sent::KeyAdvertisement, Phase::Stats, "job-1", 7, "task-1"));
+        assert_eq!(e.participants, ["bank1", "bank2", "bank3"]);
+        assert_eq!((e.threshold, e.vector_len, e.failure), (Some(2), None, None));
+    }
+
+    #[test]
+    fn a_refusal_is_recorded_with_its_full_reason_and_its_hash_is_the_head_sent() {
+        let mut m = secure_stats();
+        let reason = "job job-1 already had 5 training rounds here (policy.max_rounds_per_job = 5)";
+        let s = next_submission(&mut m, &Err(Failure::policy(reason)));
+        assert!(is_failure_report(&s));
+        let e = audit_entry(&m, &s, "2025-01-01T00:00:00Z".into());
+        assert_eq!(e.sent, Sent::FailureReport);
+        let note = e.failure.clone().expect("the refusal's reason");
+        assert_eq!((note.kind.as_str(), note.reason.as_str()), ("policy", reason));
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join(audit::FILE_NAME);
+        let log = AuditLog::open(&path, testing::identity(1)).expect("open");
+        let head = record(Some(&log), e.clone()).expect("recorded");
+        assert_eq!(log.head("job-1"), Some(head.clone()));
+        let records = audit::read_records(&path).expect("read");
+        assert_eq!((records.len(), &records[0].hash, &records[0].entry), (1, &head, &e));
+        assert_eq!(record(None, e).expect("no log"), "", "a simulated bank sends an empty head");
     }
 }

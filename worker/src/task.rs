@@ -745,6 +745,15 @@ impl TaskMachine {
         self.task.as_ref().map_or("none", |t| t.kind.name())
     }
 
+    /// The failure being reported, with its full local reason (while the failure report is
+    /// queued or uploading).
+    pub fn reporting(&self) -> Option<&Failure> {
+        match &self.phase {
+            Phase::Reporting(f) => Some(f),
+            _ => None,
+        }
+    }
+
     /// True once [`Effect::Finished`] was queued.
     pub fn is_finished(&self) -> bool {
         matches!(self.phase, Phase::Finished)

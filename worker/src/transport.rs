@@ -131,11 +131,14 @@ pub struct TaskAddress {
     pub round: u64,
 }
 
-/// Uploads one contribution in chunks. Errors carry the coordinator's reason for a refusal.
+/// Uploads one contribution in chunks, its header carrying `audit_head` (the hash of the bank's
+/// audit record of this upload; empty without an audit log). Errors carry the coordinator's
+/// reason for a refusal.
 pub async fn submit(
     client: &mut FederationClient<Channel>,
     to: &TaskAddress,
     contribution: &Contribution,
+    audit_head: &str,
 ) -> Result<(), TransferError> {
     let bytes = contribution.encode_to_vec();
     let header = SubmitHeader {
@@ -145,6 +148,7 @@ pub async fn submit(
         round: to.round,
         total_bytes: bytes.len() as u64,
         sha256: confide_core::sha256_hex(&bytes),
+        audit_head: audit_head.to_string(),
     };
     let mut chunks = vec![SubmitChunk { part: Some(Part::Header(header)) }];
     chunks.extend(bytes.chunks(confide_proto::CHUNK_SIZE).map(|c| SubmitChunk { part: Some(Part::Data(c.to_vec())) }));

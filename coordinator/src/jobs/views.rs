@@ -8,7 +8,7 @@ use confide_core::job::JobSpec;
 use confide_proto::v1 as pb;
 
 use crate::Shared;
-use crate::store::{JobRecord, ParticipantRecord, RoundRecord, StoreError};
+use crate::store::{AuditHeadRecord, JobRecord, ParticipantRecord, RoundRecord, StoreError};
 
 /// The API view of a participant's outcome.
 pub fn participant_proto(p: &ParticipantRecord) -> pb::ParticipantOutcome {
@@ -60,13 +60,21 @@ pub fn job_proto(job: &JobRecord, rounds: &[RoundRecord], failed: &[(u64, u32, P
         preprocessing_json: job.preprocessing_json.clone().unwrap_or_default(),
         export_dir: job.export_dir.clone().unwrap_or_default(),
         export_error: job.export_error.clone().unwrap_or_default(),
+        audit_heads: Vec::new(),
     }
 }
 
-/// One job's view (three queries), None when there is no such job.
+/// The API view of the banks' audit heads for a job.
+pub fn audit_heads_proto(heads: &[AuditHeadRecord]) -> Vec<pb::AuditHead> {
+    heads.iter().map(|h| pb::AuditHead { worker_id: h.worker_id.clone(), round: h.round, head: h.head.clone() }).collect()
+}
+
+/// One job's view with its banks' audit heads (four queries), None when there is no such job.
 pub fn load_job(shared: &Shared, id: &str) -> Result<Option<pb::Job>, StoreError> {
     let Some(job) = shared.store.job(id)? else { return Ok(None) };
-    job_view(shared, &job).map(Some)
+    let mut view = job_view(shared, &job)?;
+    view.audit_heads = audit_heads_proto(&shared.store.audit_heads(id)?);
+    Ok(Some(view))
 }
 
 /// The view of a job record already read (two queries).

@@ -164,6 +164,11 @@ impl Federation for FederationService {
         if !self.shared.hub.is_registered(&header.worker_id) {
             return Err(Status::unauthenticated(format!("unknown worker `{}`: register first", header.worker_id)));
         }
+        if !(header.audit_head.is_empty()
+            || (header.audit_head.len() == 64 && header.audit_head.bytes().all(|b| b.is_ascii_hexdigit())))
+        {
+            return Err(Status::invalid_argument("audit_head must be empty or a SHA-256 (64 hexadecimal digits)"));
+        }
         let limit = self.shared.config.max_contribution_bytes;
         if header.total_bytes > limit {
             return Err(Status::resource_exhausted(format!(
@@ -196,6 +201,18 @@ impl Federation for FederationService {
         self.shared.metrics.bytes_in.inc_by(buf.len() as u64);
         if confide_core::sha256_hex(&buf) != header.sha256 {
             return Err(Status::data_loss("submission does not match the SHA-256 in its header"));
+        }
+        if !header.audit_head.is_empty() {
+            // The bank's own record of this upload, for the model card. Losing it loses no
+            // contribution: it is logged, not refused.
+            let (shared, h) = (self.shared.clone(), header.clone());
+            let stored = tokio::task::spawn_blocking(move || {
+                shared.store.set_audit_head(&h.job_id, &h.worker_id, h.round, &h.audit_head.to_ascii_lowercase())
+            })
+            .await;
+            if let Err(e) = stored.map_err(|e| e.to_string()).and_then(|r| r.map_err(|e| e.to_string())) {
+                tracing::error!(worker = %header.worker_id, job = %header.job_id, error = %e, "could not store the bank's audit head");
+            }
         }
         let contribution = Contribution::decode(buf.as_slice())
             .map_err(|e| Status::invalid_argument(format!("undecodable contribution: {e}")))?;

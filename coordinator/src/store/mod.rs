@@ -175,6 +175,20 @@ pub struct WorkerRecord {
     pub last_seen: String,
 }
 
+/// A bank's latest audit head for a job: the hash of the bank's own audit record of its last
+/// upload, as its submission header carried it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditHeadRecord {
+    /// Worker (institution) id.
+    pub worker_id: String,
+    /// The round of that upload.
+    pub round: u64,
+    /// SHA-256 hex of the bank's audit record.
+    pub head: String,
+    /// RFC 3339 time the coordinator received it.
+    pub recorded_at: String,
+}
+
 /// The coordinator's database and checkpoint directory.
 #[derive(Debug)]
 pub struct Store {
@@ -228,6 +242,14 @@ CREATE INDEX IF NOT EXISTS participants_by_round ON participants(job_id, round);
 CREATE TABLE IF NOT EXISTS job_catalogues (
     job_id TEXT PRIMARY KEY REFERENCES jobs(id),
     items_json TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS audit_heads (
+    job_id TEXT NOT NULL REFERENCES jobs(id),
+    worker_id TEXT NOT NULL,
+    round INTEGER NOT NULL,
+    head TEXT NOT NULL,
+    recorded_at TEXT NOT NULL,
+    PRIMARY KEY (job_id, worker_id)
 );
 "#;
 
@@ -409,6 +431,40 @@ impl Store {
         self.with(|c| {
             c.execute("UPDATE jobs SET export_dir = ?2, export_error = ?3 WHERE id = ?1", params![id, dir, error])
                 .map(|_| ())
+        })
+    }
+
+    /// Keeps `head` as `worker_id`'s latest audit head for `job_id`, unless one of a later round
+    /// is already stored (uploads of one round may arrive in any order; later rounds win).
+    pub fn set_audit_head(&self, job_id: &str, worker_id: &str, round: u64, head: &str) -> Result<(), StoreError> {
+        let now = now_rfc3339();
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO audit_heads (job_id, worker_id, round, head, recorded_at) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT(job_id, worker_id) DO UPDATE SET round = excluded.round, head = excluded.head,
+                     recorded_at = excluded.recorded_at
+                 WHERE excluded.round >= audit_heads.round",
+                params![job_id, worker_id, round as i64, head, now],
+            )
+            .map(|_| ())
+        })
+    }
+
+    /// Every bank's latest audit head for `job_id`, by worker id.
+    pub fn audit_heads(&self, job_id: &str) -> Result<Vec<AuditHeadRecord>, StoreError> {
+        self.with(|c| {
+            let mut st = c.prepare(
+                "SELECT worker_id, round, head, recorded_at FROM audit_heads WHERE job_id = ?1 ORDER BY worker_id",
+            )?;
+            let rows = st.query_map(params![job_id], |r| {
+                Ok(AuditHeadRecord {
+                    worker_id: r.get(0)?,
+                    round: r.get::<_, i64>(1)?.max(0) as u64,
+                    head: r.get(2)?,
+                    recorded_at: r.get(3)?,
+                })
+            })?;
+            rows.collect()
         })
     }
 
@@ -678,6 +734,29 @@ mod tests {
         let err = Store::open(dir.path()).expect_err("locked");
         let msg = err.to_string();
         assert!(msg.contains("state.sqlite3") && msg.contains("locked"), "{msg}");
+    }
+
+    #[test]
+    fn the_latest_audit_head_per_bank_is_kept_and_survives_reopening() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (h1, h2, h3) = ("1".repeat(64), "2".repeat(64), "3".repeat(64));
+        {
+            let store = Store::open(dir.path()).expect("open");
+            store.insert_job("j1", "churn", "{}", "").expect("insert");
+            store.insert_job("j2", "churn", "{}", "").expect("insert");
+            store.set_audit_head("j1", "bank2", 1, &h1).expect("bank2 round 1");
+            store.set_audit_head("j1", "bank1", 1, &h1).expect("bank1 round 1");
+            store.set_audit_head("j1", "bank1", 2, &h2).expect("bank1 round 2");
+            store.set_audit_head("j1", "bank1", 1, &h3).expect("a late upload of round 1");
+            store.set_audit_head("j2", "bank1", 1, &h3).expect("another job");
+            assert!(store.set_audit_head("nope", "bank1", 1, &h1).is_err(), "only for a stored job");
+        }
+        let store = Store::open(dir.path()).expect("reopen");
+        let heads: Vec<(String, u64, String)> =
+            store.audit_heads("j1").expect("heads").into_iter().map(|h| (h.worker_id, h.round, h.head)).collect();
+        assert_eq!(heads, vec![("bank1".into(), 2, h2), ("bank2".into(), 1, h1)]);
+        assert_eq!(store.audit_heads("j2").expect("heads")[0].head, h3);
+        assert!(store.audit_heads("j3").expect("none").is_empty());
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 use confide_core::model::{ModelParams, ModelSpec};
 use confide_datasets::Preprocessing;
-use confide_export::{JobExport, JobInfo, RoundReport};
+use confide_export::{AuditHead, JobExport, JobInfo, RoundReport};
 
 /// The completed job `job-1` named `name` over `dataset`, trained for `rounds`.
 pub fn completed_job(
@@ -28,6 +28,10 @@ pub fn completed_job(
         updated_at: "2026-01-01T00:01:00Z".into(),
         stop_reason: None,
         model_hash: "0".repeat(64),
+        audit_heads: vec![
+            AuditHead { institution: "bank1".into(), round: 2, head: "a1".repeat(32) },
+            AuditHead { institution: "bank2".into(), round: 2, head: "b2".repeat(32) },
+        ],
     };
     JobExport::from_stored(
         info,

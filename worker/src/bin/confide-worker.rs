@@ -1,25 +1,66 @@
 //! `confide-worker`: a bank's worker daemon. Dials out to the coordinator, trains on local data
 //! with libtorch, and sends only securely aggregated contributions.
+//!
+//! `confide-worker --config bank.toml` runs the daemon; `confide-worker audit show|verify
+//! --config bank.toml` reads the bank's audit log of everything it sent.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
+use confide_worker::audit::{self, Record};
 use confide_worker::config::WorkerConfig;
 
 /// Confide worker daemon (one per institution).
 #[derive(Debug, Parser)]
-#[command(version)]
+#[command(version, subcommand_negates_reqs = true, args_conflicts_with_subcommands = true)]
 struct Args {
     /// Worker configuration file (TOML).
-    #[arg(long, short)]
-    config: PathBuf,
+    #[arg(long, short, required = true)]
+    config: Option<PathBuf>,
     /// Coordinator URL, overriding the configuration file's `coordinator`.
     #[arg(long)]
     coordinator: Option<String>,
     /// Connect in plaintext without a certificate. Development only: prints a warning.
     #[arg(long)]
     insecure_dev: bool,
+    /// Something other than running the daemon.
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// The bank's audit log (`data_dir/audit.log`): every upload, recorded before it was sent.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Lists the records: time, job, round, phase, what was sent, vector length, participants,
+    /// threshold, reason.
+    Show {
+        /// Worker configuration file (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Only this job's records.
+        #[arg(long)]
+        job: Option<String>,
+        /// The records as JSON lines, exactly as stored.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Checks the chain and every signature (by the bank's identity); exit 1 naming the first
+    /// bad record.
+    Verify {
+        /// Worker configuration file (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Also print this job's audit head (its latest record), to match against the model card.
+        #[arg(long)]
+        job: Option<String>,
+    },
 }
 
 #[tokio::main]
@@ -28,26 +69,40 @@ async fn main() -> ExitCode {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
     let args = Args::parse();
-    let config = match WorkerConfig::from_file(&args.config) {
-        Ok(mut c) => {
-            if let Some(url) = args.coordinator {
-                c.coordinator = url;
-            }
-            c.insecure_dev = args.insecure_dev && c.tls.is_none();
-            if c.insecure_dev {
-                eprintln!("confide-worker: WARNING: --insecure-dev: plaintext, unauthenticated connection (development only)");
-            }
-            if let Err(e) = c.validate() {
-                eprintln!("confide-worker: {}: {e}", args.config.display());
-                return ExitCode::from(2);
-            }
-            c
+    match (args.command, args.config) {
+        (Some(Command::Audit(command)), _) => audit_command(command),
+        (None, Some(config)) => daemon(&config, args.coordinator, args.insecure_dev).await,
+        (None, None) => {
+            eprintln!("confide-worker: --config is required");
+            ExitCode::from(2)
         }
-        Err(e) => {
-            eprintln!("confide-worker: {e}");
-            return ExitCode::from(2);
-        }
+    }
+}
+
+/// Reads a configuration file, reporting an unreadable one (exit 2).
+fn read_config(path: &Path) -> Result<WorkerConfig, ExitCode> {
+    WorkerConfig::from_file(path).map_err(|e| {
+        eprintln!("confide-worker: {e}");
+        ExitCode::from(2)
+    })
+}
+
+async fn daemon(path: &Path, coordinator: Option<String>, insecure_dev: bool) -> ExitCode {
+    let mut config = match read_config(path) {
+        Ok(c) => c,
+        Err(code) => return code,
     };
+    if let Some(url) = coordinator {
+        config.coordinator = url;
+    }
+    config.insecure_dev = insecure_dev && config.tls.is_none();
+    if config.insecure_dev {
+        eprintln!("confide-worker: WARNING: --insecure-dev: plaintext, unauthenticated connection (development only)");
+    }
+    if let Err(e) = config.validate() {
+        eprintln!("confide-worker: {}: {e}", path.display());
+        return ExitCode::from(2);
+    }
     let worker = match confide_worker::daemon::start(config) {
         Ok(w) => w,
         Err(e) => {
@@ -61,4 +116,102 @@ async fn main() -> ExitCode {
     };
     confide_worker::daemon::run(worker, shutdown).await;
     ExitCode::SUCCESS
+}
+
+fn audit_command(command: AuditCommand) -> ExitCode {
+    match command {
+        AuditCommand::Show { config, job, json } => {
+            let config = match read_config(&config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            let records = match audit::read_records(&confide_worker::daemon::audit_path(&config)) {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("confide-worker: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let shown = records.iter().filter(|r| job.as_deref().is_none_or(|j| r.entry.job == j));
+            if json {
+                for r in shown {
+                    match serde_json::to_string(r) {
+                        Ok(line) => println!("{line}"),
+                        Err(e) => {
+                            eprintln!("confide-worker: {e}");
+                            return ExitCode::FAILURE;
+                        }
+                    }
+                }
+            } else {
+                print!("{}", table(shown));
+            }
+            ExitCode::SUCCESS
+        }
+        AuditCommand::Verify { config, job } => {
+            let config = match read_config(&config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            let key = match confide_worker::daemon::audit_key(&config) {
+                Ok(k) => k,
+                Err(e) => {
+                    eprintln!("confide-worker: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            match audit::verify(&confide_worker::daemon::audit_path(&config), &key) {
+                Ok(report) => {
+                    println!("{} records, chain and signatures intact, head {}", report.records, report.head);
+                    match job.map(|j| (report.heads.get(&j).cloned(), j)) {
+                        Some((Some(head), job)) => println!("job {job}: audit head {head}"),
+                        Some((None, job)) => println!("job {job}: no records"),
+                        None => {}
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    println!("audit log NOT intact: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+/// The records as an aligned text table.
+fn table<'a>(records: impl Iterator<Item = &'a Record>) -> String {
+    const HEADER: [&str; 10] = ["SEQ", "TIME", "JOB", "ROUND", "PHASE", "WHAT", "LEN", "PARTICIPANTS", "THRESHOLD", "REASON"];
+    let rows: Vec<[String; 10]> = records
+        .map(|r| {
+            let e = &r.entry;
+            let dash = || "-".to_string();
+            [
+                r.seq.to_string(),
+                e.time.clone(),
+                e.job.clone(),
+                e.round.to_string(),
+                e.phase.as_str().to_string(),
+                e.sent.as_str().to_string(),
+                e.vector_len.map_or_else(dash, |n| n.to_string()),
+                if e.participants.is_empty() { dash() } else { e.participants.join(",") },
+                e.threshold.map_or_else(dash, |t| t.to_string()),
+                e.failure.as_ref().map_or_else(dash, |f| format!("{}: {}", f.kind, f.reason)),
+            ]
+        })
+        .collect();
+    let mut widths = HEADER.map(str::len);
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let header = HEADER.map(str::to_string);
+    for row in std::iter::once(&header).chain(&rows) {
+        let cells: Vec<String> = row.iter().zip(widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
 }
