@@ -478,18 +478,23 @@ mod tests {
             datasets: vec![DatasetRef { name: "telco".into(), schema_fingerprint: "f00d".into() }],
             min_participants: 3,
             federation_ca: None,
+            allow_plain_aggregation: false,
+            share_error_details: false,
+            floors: crate::task::Floors::default(),
         }
     }
 
     /// A secure statistics task of three banks, as bank 1 receives it.
     fn secure_stats() -> TaskMachine {
-        let mut params = testing::session_params(3, 2, 4, Graph::Complete, 32);
+        // Threshold 3 of 3: the bank's floor is ⌊2h/3⌋ + 1.
+        let mut params = testing::session_params(3, 3, 4, Graph::Complete, 32);
         params.round = 7;
         let institutions = params.participants.keys().map(|&id| (id, (format!("bank{id}"), Vec::new()))).collect();
         let aggregation = pb::AggregationSetup {
             insecure_plain: false,
             vector_len: 4,
             secure: Some(confide_proto::secagg::setup_for(&params, 1, &institutions, 3)),
+            participants: 3,
         };
         let dataset = Some(pb::DatasetRef { name: "telco".into(), schema_fingerprint: "f00d".into() });
         let kind = Kind::Stats(pb::StatsTask { dataset, aggregation: Some(aggregation) });
