@@ -31,9 +31,18 @@ pub struct CoordinatorConfig {
     /// Address for the Prometheus metrics endpoint (`GET /metrics`), off when absent.
     #[serde(default)]
     pub metrics_listen: Option<SocketAddr>,
-    /// SHA-256 fingerprints of revoked certificates (as printed by `confide certs issue`).
+    /// SHA-256 fingerprints of revoked certificates (as printed by `confide certs issue`),
+    /// read at start. For revocations without a restart use `revocation_file`.
     #[serde(default)]
     pub revoked: Vec<String>,
+    /// A revocation file: one SHA-256 certificate fingerprint per line, `#` comments
+    /// (`confide certs fingerprint CERT.pem`). Re-read whenever it changes: new connections and
+    /// RPCs from a listed certificate are refused, and a connected worker holding one has its
+    /// task stream closed within about a second. Adds to `revoked`. A missing file stops the
+    /// coordinator at start; one that vanishes or breaks while it runs refuses every caller
+    /// until fixed (fail closed).
+    #[serde(default)]
+    pub revocation_file: Option<PathBuf>,
     /// Plaintext without client authentication, for development only (`--insecure-dev`; never
     /// read from the file).
     #[serde(skip)]
@@ -67,6 +76,7 @@ impl Default for CoordinatorConfig {
             tls: None,
             metrics_listen: None,
             revoked: Vec::new(),
+            revocation_file: None,
             insecure_dev: false,
         }
     }
@@ -84,6 +94,9 @@ impl CoordinatorConfig {
         }
         if let Some(tls) = &mut cfg.tls {
             tls.resolve(base);
+        }
+        if let Some(f) = cfg.revocation_file.as_mut().filter(|f| f.is_relative()) {
+            *f = base.join(&*f);
         }
         Ok(cfg)
     }

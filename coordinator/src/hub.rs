@@ -162,6 +162,11 @@ impl Hub {
         (rx, generation)
     }
 
+    /// Closes one worker's task stream (its certificate was revoked); false when it had none.
+    pub fn disconnect(&self, worker_id: &str) -> bool {
+        self.lock().sessions.remove(worker_id).is_some()
+    }
+
     /// Closes every worker's task stream (coordinator shutdown; workers reconnect later).
     pub fn disconnect_all(&self) {
         self.lock().sessions.clear();

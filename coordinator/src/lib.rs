@@ -38,6 +38,8 @@ pub struct Shared {
     pub config: CoordinatorConfig,
     /// Operational metrics.
     pub metrics: Arc<telemetry::Metrics>,
+    /// Revoked certificates (the config's list and its live revocation file).
+    pub revocations: service::auth::Revocations,
 }
 
 /// Errors starting or running the coordinator.
@@ -56,6 +58,9 @@ pub enum RunError {
     /// TLS is not configured, or its files are unusable.
     #[error("TLS: {0}")]
     Tls(String),
+    /// The revocation file is missing or malformed.
+    #[error(transparent)]
+    Revocation(#[from] confide_tls::revocation::RevocationError),
 }
 
 /// Opens the store, resumes unfinished jobs and serves both services on `listener` until
@@ -71,14 +76,18 @@ pub async fn run(config: CoordinatorConfig, listener: TcpListener, shutdown: imp
             return Err(RunError::Tls("mutual TLS is required: configure [tls] (ca, cert, key), or pass --insecure-dev for a plaintext development coordinator".into()));
         }
     };
+    let revocations = service::auth::Revocations::from_config(&config)?;
     let store = store::Store::open(&config.data_dir)?;
     let metrics = Arc::new(telemetry::Metrics::default());
-    let shared = Arc::new(Shared { store, hub: hub::Hub::default(), jobs: jobs::Jobs::default(), config, metrics });
-    let stop_metrics = tokio_util::sync::CancellationToken::new();
+    let shared = Arc::new(Shared { store, hub: hub::Hub::default(), jobs: jobs::Jobs::default(), config, metrics, revocations });
+    let stop_background = tokio_util::sync::CancellationToken::new();
+    if shared.revocations.is_live() {
+        tokio::spawn(service::auth::drop_revoked_workers(shared.clone(), stop_background.clone()));
+    }
     if let Some(addr) = shared.config.metrics_listen {
         let listener = TcpListener::bind(addr).await.map_err(RunError::Metrics)?;
         tracing::info!(addr = ?listener.local_addr().ok(), "Prometheus metrics at /metrics");
-        let serve = telemetry::serve(shared.metrics.clone(), shared.hub.clone(), listener, stop_metrics.clone().cancelled_owned());
+        let serve = telemetry::serve(shared.metrics.clone(), shared.hub.clone(), listener, stop_background.clone().cancelled_owned());
         tokio::spawn(async move {
             if let Err(e) = serve.await {
                 tracing::error!(error = %e, "metrics listener failed");
@@ -100,7 +109,7 @@ pub async fn run(config: CoordinatorConfig, listener: TcpListener, shutdown: imp
     let stopping = shared.clone();
     let shutdown = async move {
         shutdown.await;
-        stop_metrics.cancel();
+        stop_background.cancel();
         stopping.jobs.stop_all();
         stopping.hub.disconnect_all();
     };

@@ -92,6 +92,9 @@ pub struct Cluster {
     insecure: bool,
     /// Certificate fingerprints the coordinator refuses (applied at its next start).
     pub revoked: Vec<String>,
+    /// Extra top-level lines of the coordinator's configuration, e.g. `revocation_file = ...`
+    /// (applied at its next start).
+    pub coordinator_toml: String,
     /// Where the coordinator serves Prometheus metrics.
     pub metrics_addr: String,
     /// Workers written from now on turn the ledger's count protection off
@@ -127,6 +130,7 @@ impl Cluster {
             workers: BTreeMap::new(),
             insecure,
             revoked: Vec::new(),
+            coordinator_toml: String::new(),
             metrics_addr,
             tolerate_dropouts: false,
         };
@@ -207,7 +211,7 @@ impl Cluster {
         let addr_file = self.dir.path().join("coordinator.addr");
         let _ = std::fs::remove_file(&addr_file);
         let config = self.dir.path().join("coordinator.toml");
-        let mut toml = format!("revoked = {:?}\n", self.revoked);
+        let mut toml = format!("revoked = {:?}\n{}\n", self.revoked, self.coordinator_toml);
         if !self.insecure {
             let (ca, cert, key) = self.tls_files("coordinator");
             toml.push_str(&format!("[tls]\nca = {:?}\ncert = {:?}\nkey = {:?}\n", ca, cert, key));

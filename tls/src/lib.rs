@@ -9,6 +9,9 @@
 //! - [`TlsFiles`] names a holder's CA, certificate and key; [`server_config`] and
 //!   [`client_config`] turn them into tonic's rustls configurations (client certificates
 //!   required). [`Peer::from_der`] reads the identity back out of a presented certificate.
+//! - [`coordinator_endpoint`] dials the coordinator accepting only a certificate in the
+//!   coordinator role ([`connect`]); [`revocation::RevocationList`] is a revocation file
+//!   re-read whenever it changes.
 
 use std::path::{Path, PathBuf};
 
@@ -17,6 +20,11 @@ use rcgen::{
     PKCS_ED25519,
 };
 use serde::Deserialize;
+
+pub mod connect;
+pub mod revocation;
+
+pub use connect::{CoordinatorConnector, NotTheCoordinator, coordinator_endpoint};
 
 /// What a certificate's holder may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

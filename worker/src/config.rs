@@ -28,6 +28,9 @@ pub struct WorkerConfig {
     /// Compute settings.
     #[serde(default)]
     pub compute: ComputeConfig,
+    /// Who this bank accepts as the federation's members (pinned list, revocation file).
+    #[serde(default)]
+    pub federation: FederationConfig,
     /// Mutual TLS: the federation CA, this institution's certificate and key (whose Ed25519 key
     /// also signs its secure-aggregation advertisements). Required unless `--insecure-dev`.
     #[serde(default)]
@@ -181,6 +184,45 @@ fn default_max_evaluations_per_round() -> u32 {
     2
 }
 
+/// Who this bank accepts as peers in a secure-aggregation round (see [`crate::membership`]).
+/// Both settings need `[tls]`: they name certificates.
+///
+/// ```toml
+/// [federation]
+/// # One certificate fingerprint per line (`confide certs fingerprint bank3.pem`), `#` comments.
+/// # Re-read whenever it changes: revoking needs no restart. A missing file refuses every round.
+/// revocation_file = "revoked.txt"
+///
+/// # With a list, a round naming any other institution, or a listed one with another
+/// # certificate, is refused before anything leaves the bank. Without one, any institution
+/// # the federation CA signed for counts. This bank itself need not be listed.
+/// [[federation.members]]
+/// institution = "bank2"
+/// fingerprint = "3f1c…"  # 64 hexadecimal digits
+/// ```
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FederationConfig {
+    /// The federation's members, pinned by certificate; empty = any CA-signed institution.
+    #[serde(default)]
+    pub members: Vec<MemberConfig>,
+    /// Revocation file: one SHA-256 certificate fingerprint per line, `#` comments; re-read
+    /// when it changes. None = no revocation check on peers.
+    #[serde(default)]
+    pub revocation_file: Option<PathBuf>,
+}
+
+/// One pinned member of the federation.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemberConfig {
+    /// The institution id its certificate names.
+    pub institution: String,
+    /// SHA-256 of its certificate (DER), as `confide certs fingerprint` and
+    /// `confide certs issue` print it.
+    pub fingerprint: String,
+}
+
 /// Where and how to compute.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -243,6 +285,9 @@ impl WorkerConfig {
         if let Some(tls) = &mut self.tls {
             tls.resolve(base);
         }
+        if let Some(f) = &mut self.federation.revocation_file {
+            abs(f);
+        }
         for d in &mut self.datasets {
             abs(&mut d.schema);
             abs(&mut d.train);
@@ -280,6 +325,7 @@ impl WorkerConfig {
         if let Some(h) = self.policy.allowed_torchscript_sha256.iter().find(|h| !(h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))) {
             return Err(format!("field `policy.allowed_torchscript_sha256`: {h:?} is not a SHA-256 (64 hexadecimal digits)"));
         }
+        self.validate_federation()?;
         if self.compute.max_concurrent_tasks == 0 {
             return Err("field `compute.max_concurrent_tasks`: must be at least 1".into());
         }
@@ -301,6 +347,27 @@ impl WorkerConfig {
         }
         if self.policy.min_participants < 3 {
             return Err("field `policy.min_participants`: must be at least 3 (a bank never joins a round where it could be singled out)".into());
+        }
+        Ok(())
+    }
+
+    /// The pinned members: certificates (so TLS), fingerprints, each institution once.
+    fn validate_federation(&self) -> Result<(), String> {
+        let f = &self.federation;
+        if self.tls.is_none() && (!f.members.is_empty() || f.revocation_file.is_some()) {
+            return Err("field `federation`: pinned members and revocation files name certificates, so they need [tls]".into());
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for m in &f.members {
+            if !confide_tls::revocation::is_fingerprint(&m.fingerprint) {
+                return Err(format!(
+                    "field `federation.members`: the fingerprint of `{}` must be a SHA-256 (64 hexadecimal digits, as `confide certs fingerprint` prints it), got {:?}",
+                    m.institution, m.fingerprint
+                ));
+            }
+            if !seen.insert(m.institution.as_str()) {
+                return Err(format!("field `federation.members`: institution `{}` is listed twice", m.institution));
+            }
         }
         Ok(())
     }

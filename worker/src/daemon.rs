@@ -48,7 +48,11 @@ pub fn start(config: WorkerConfig) -> Result<Arc<Worker>, StartError> {
         None => crate::identity::load_or_create(&config.data_dir)?,
     };
     let audit = crate::audit::AuditLog::open(&audit_path(&config), identity.clone())?;
-    let policy = crate::policy::Policy::load(config.policy.clone(), &config.data_dir).map_err(StartError::Policy)?;
+    let own_fingerprint = config.tls.as_ref().map(|t| confide_tls::fingerprint_of(&t.cert)).transpose()?;
+    let membership = crate::membership::Membership::from_config(&config.federation, &config.institution_id, own_fingerprint)
+        .map_err(StartError::Policy)?;
+    let policy =
+        crate::policy::Policy::load(config.policy.clone(), &config.data_dir).map_err(StartError::Policy)?.with_membership(membership);
     let ledger = crate::ledger::Ledger::load(&config.data_dir, config.policy.protect_counts).map_err(StartError::Policy)?;
     let profile = BankProfile {
         institution_id: config.institution_id.clone(),

@@ -18,6 +18,7 @@
 //! - [`tasks`]: what each task computes from local data with libtorch.
 //! - [`transport`]: chunked model download and contribution upload.
 //! - [`secure`]: the federation-CA check on a round's peers.
+//! - [`membership`]: who may be a peer — pinned members, revoked certificates, no one twice.
 //! - [`identity`]: the institution's long-term Ed25519 key.
 //! - [`fault`]: crash drills for rehearsing dropouts.
 //! - [`ml`]: model construction, local training (FedAvg/FedProx), prediction and additive
@@ -31,6 +32,7 @@ pub mod failure;
 pub mod fault;
 pub mod identity;
 pub mod ledger;
+pub mod membership;
 pub mod ml;
 pub mod policy;
 pub mod secure;

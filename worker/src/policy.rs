@@ -24,6 +24,7 @@ use confide_core::model::ModelSpec;
 
 use crate::config::PolicyConfig;
 use crate::failure::Failure;
+use crate::membership::Membership;
 use crate::task::{AdmissionRequest, Purpose};
 
 const DAY_SECS: u64 = 24 * 3600;
@@ -53,6 +54,8 @@ pub struct Policy {
     path: Option<PathBuf>,
     /// What this bank has agreed to so far.
     usage: Mutex<Usage>,
+    /// Who may be a peer in a round (no one twice, by default).
+    membership: Membership,
 }
 
 fn now_secs() -> u64 {
@@ -70,19 +73,28 @@ impl Policy {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Usage::default(),
             Err(e) => return Err(Failure::policy(format!("{}: {e}", path.display()))),
         };
-        Ok(Self { config, path: Some(path), usage: Mutex::new(usage) })
+        Ok(Self { config, path: Some(path), usage: Mutex::new(usage), membership: Membership::open_to_all() })
     }
 
     /// A policy whose usage counters live in memory only (simulated banks, tests): limits hold
     /// for the life of the process.
     pub fn in_memory(config: PolicyConfig) -> Self {
-        Self { config, path: None, usage: Mutex::default() }
+        Self { config, path: None, usage: Mutex::default(), membership: Membership::open_to_all() }
     }
 
-    /// Answers a task machine's [`AdmissionRequest`]: every peer key bound by the federation
-    /// CA (when one is configured), then the model and usage rules (recorded when admitted, so
-    /// a task refused for its peers does not use up the bank's budget).
+    /// The same rules, with `membership` deciding who may be a peer (pinned members, revoked
+    /// certificates) instead of any CA-signed institution.
+    pub fn with_membership(self, membership: Membership) -> Self {
+        Self { membership, ..self }
+    }
+
+    /// Answers a task machine's [`AdmissionRequest`]: the peer list against the bank's
+    /// [`Membership`] (no one twice, no revoked certificate, only pinned members), every peer
+    /// key bound by the federation CA (when one is configured), then the model and usage rules
+    /// (recorded when admitted, so a task refused for its peers does not use up the bank's
+    /// budget).
     pub fn admit_request(&self, request: &AdmissionRequest) -> Result<(), Failure> {
+        self.membership.check(&request.peers)?;
         if let Some(ca) = &request.federation_ca {
             crate::secure::check_peer_bindings(ca, &request.peers)?;
         }

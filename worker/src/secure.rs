@@ -26,11 +26,12 @@ pub fn check_peer_bindings(ca: &std::path::Path, peers: &[pb::SecAggPeer]) -> Re
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    /// A peer entry as an honest coordinator builds it, from `name`'s certificate in `dir`.
-    fn peer(dir: &std::path::Path, id: u32, name: &str) -> pb::SecAggPeer {
+    /// A peer entry as an honest coordinator builds it, from `name`'s certificate in `dir`
+    /// (issued here).
+    pub(crate) fn peer(dir: &std::path::Path, id: u32, name: &str) -> pb::SecAggPeer {
         confide_tls::issue(dir, confide_tls::Role::Institution, name, &[], 1, dir).expect("issue");
         let cert = dir.join(format!("{name}.pem"));
         let files = confide_tls::TlsFiles { ca: dir.join("ca.pem"), cert: cert.clone(), key: dir.join(format!("{name}.key")) };

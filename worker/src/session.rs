@@ -125,6 +125,11 @@ pub async fn run<C: Compute>(bank: Arc<Bank<C>>, shutdown: impl Future<Output = 
             _ = &mut shutdown => return,
             r = session(&bank, &mut registered) => match r {
                 Ok(()) => tracing::warn!(worker = %bank.id(), "task stream closed by the coordinator; reconnecting"),
+                // Refused either way (the server is not the coordinator, or the coordinator
+                // refuses this bank's certificate): an operator must act, so say it loudly.
+                Err(e) if e.code() == tonic::Code::PermissionDenied => {
+                    tracing::error!(worker = %bank.id(), error = %e.message(), retry_in = ?backoff, "refused: no tasks are taken until this is fixed");
+                }
                 Err(e) => tracing::warn!(worker = %bank.id(), error = %e, retry_in = ?backoff, "coordinator unreachable"),
             },
         }
@@ -164,20 +169,29 @@ struct Session<C> {
 
 async fn session<C: Compute>(bank: &Arc<Bank<C>>, registered: &mut bool) -> Result<(), tonic::Status> {
     let invalid = |e: String| tonic::Status::invalid_argument(e);
-    let mut endpoint = Endpoint::from_shared(bank.coordinator.clone()).map_err(|e| invalid(e.to_string()))?;
-    if let Some(files) = &bank.tls {
-        let host = endpoint.uri().host().unwrap_or_default().to_string();
-        let tls = confide_tls::client_config(files, &host).map_err(|e| invalid(e.to_string()))?;
-        endpoint = endpoint.tls_config(tls).map_err(|e| invalid(e.to_string()))?;
-    }
-    let channel = endpoint
-        .connect_timeout(Duration::from_secs(5))
-        .http2_keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_timeout(Duration::from_secs(20))
-        .keep_alive_while_idle(true)
-        .connect()
-        .await
-        .map_err(|e| tonic::Status::unavailable(format!("connecting to {}: {e}", bank.coordinator)))?;
+    let configure = |endpoint: Endpoint| {
+        endpoint
+            .connect_timeout(Duration::from_secs(5))
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(20))
+            .keep_alive_while_idle(true)
+    };
+    let unreachable = |e: tonic::transport::Error| {
+        let message = format!("connecting to {}: {}", bank.coordinator, chain(&e));
+        if is_not_the_coordinator(&e) { tonic::Status::permission_denied(message) } else { tonic::Status::unavailable(message) }
+    };
+    // With TLS the server must prove the coordinator role, not merely a CA-signed certificate
+    // (every bank and admin holds one of those), before anything is sent.
+    let channel = match &bank.tls {
+        Some(files) => {
+            let (endpoint, connector) = confide_tls::coordinator_endpoint(files, &bank.coordinator).map_err(|e| invalid(e.to_string()))?;
+            configure(endpoint).connect_with_connector(connector).await.map_err(unreachable)?
+        }
+        None => {
+            let endpoint = Endpoint::from_shared(bank.coordinator.clone()).map_err(|e| invalid(e.to_string()))?;
+            configure(endpoint).connect().await.map_err(unreachable)?
+        }
+    };
     let mut client = FederationClient::new(channel).max_decoding_message_size(8 << 20);
     let reply = client.register(bank.register_request()).await?.into_inner();
     tracing::info!(worker = %reply.worker_id, protocol = reply.protocol_version, "registered with the coordinator");
@@ -438,6 +452,36 @@ async fn fetch<C>(
     let blob = Arc::new(bytes);
     bank.blobs.insert(&request.hash, blob.clone());
     Ok(blob)
+}
+
+/// An error and its causes on one line (tonic's transport error alone says only "transport
+/// error"; the cause says, for instance, that the server is not the coordinator).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cause = c.source();
+    }
+    out
+}
+
+/// True when the connection failed because the server's certificate is not a coordinator's.
+fn is_not_the_coordinator(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        // The connector returns it inside an `io::Error`, whose `source` skips it.
+        let inner = c.downcast_ref::<std::io::Error>().and_then(std::io::Error::get_ref).map(|i| i as &(dyn std::error::Error + 'static));
+        if [Some(c), inner].into_iter().flatten().any(|e| e.downcast_ref::<confide_tls::NotTheCoordinator>().is_some()) {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
 }
 
 fn log_outcome(id: &task::TaskId, outcome: &TaskOutcome) {

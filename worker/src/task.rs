@@ -1559,6 +1559,49 @@ mod tests {
     }
 
     #[test]
+    fn a_coordinator_listing_a_bank_twice_or_an_unpinned_one_gets_no_key_advertisement() {
+        use crate::config::{FederationConfig, MemberConfig};
+        use crate::membership::Membership;
+        let params = params(3, 2);
+        // Playing the coordinator: bank1's copy of the setup names bank2 twice (participant 3
+        // relabelled), so one real bank would count as two towards bank1's floor.
+        let mut twice = secure(&params, 1);
+        if let Some(s) = twice.secure.as_mut() {
+            s.peers[2].institution_id = "bank2".into();
+        }
+        // bank1 pins bank2 only, and the coordinator brings bank3.
+        let pin_bank2 = FederationConfig {
+            members: vec![MemberConfig { institution: "bank2".into(), fingerprint: "f".repeat(64) }],
+            revocation_file: None,
+        };
+        let pinned = Membership::from_config(&pin_bank2, "bank1", None).expect("membership");
+        let cases = [
+            (twice, Membership::open_to_all(), "`bank2` is listed twice"),
+            (secure(&params, 1), pinned, "`bank3` is not among this bank's pinned federation members"),
+        ];
+        for (setup, membership, why) in cases {
+            let mut f = Federation::default();
+            f.server = Some(Server::new(params.clone(), f.clock.now()).expect("server"));
+            f.policies.insert(1, Policy::in_memory(PolicyConfig::default()).with_membership(membership));
+            f.start(1, wire(1, stats(setup)));
+            for id in 2..=3 {
+                f.start(id, wire(id, stats(secure(&params, id))));
+            }
+            for id in 1..=3 {
+                f.results.insert(id, Ok(vec![0.0; 2]));
+            }
+            f.run();
+            let failure = failed(f.outcomes.get(&1));
+            assert_eq!(failure.kind, FailureKind::Policy);
+            assert!(failure.reason.contains(why), "{failure}");
+            assert_eq!(f.secagg_sent(1), 0, "no key advertisement leaves the refusing bank");
+            let sent = &f.submitted[&1];
+            assert_eq!((sent.len(), reported(&sent[0])), (1, Some(FailureKind::Policy)), "only the refusal");
+            assert!(f.secagg_sent(2) > 0, "the honest setup is not refused");
+        }
+    }
+
+    #[test]
     fn a_schema_mismatch_or_an_unoffered_dataset_is_refused_before_admission() {
         let params = params(3, 2);
         let changed = pb::DatasetRef { name: DATASET.into(), schema_fingerprint: "beef".into() };

@@ -140,6 +140,7 @@ mod tests {
             jobs: crate::jobs::Jobs::default(),
             config: crate::config::CoordinatorConfig::default(),
             metrics: Arc::new(crate::telemetry::Metrics::default()),
+            revocations: Default::default(),
         })
     }
 
