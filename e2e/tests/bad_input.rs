@@ -134,13 +134,14 @@ fn header_for(task: &pb::Task, worker: &str, payload: &[u8]) -> SubmitHeader {
 
 /// A hand-driven participant sends contributions of the wrong shape, with NaN, for the wrong
 /// round, oversized, and before registering: each is refused with a clear status, and the job
-/// still completes with the two honest workers (plain aggregation, which allows two).
+/// still completes with the three honest workers (plain aggregation, which they allow).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_contributions_are_refused_and_the_round_survives() {
     let mut cluster = Cluster::start();
     let partition = partition_telco(&cluster.dir.path().join("partition"), 3, 9);
-    // Plain vectors leave a bank only by its own choice (a debugging federation).
-    for bank in ["bank1", "bank2"] {
+    // Plain vectors leave a bank only by its own choice (a debugging federation). Three honest
+    // banks: each still refuses a round of fewer than its floor of three, in plain mode too.
+    for bank in ["bank1", "bank2", "bank3"] {
         cluster.add_telco_worker_with_config(bank, &partition, "[policy]\nallow_plain_aggregation = true\n", &[]);
     }
     cluster.issue("institution", "mallory", &[]);

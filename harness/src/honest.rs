@@ -130,17 +130,21 @@ impl HonestBank {
         }
         match &req.kind {
             TaskKind::Stats { .. } => Ok(confide_datasets::local_stats(&self.compute.table, &fixture::schema())),
-            TaskKind::Train { .. } => {
+            TaskKind::Train { local, .. } => {
                 let params = req.vector_len.checked_sub(TRAIN_EXTRAS).ok_or_else(|| Failure::protocol("vector too short"))?;
                 let global = vec![0.0f32; params];
-                let local: Vec<f32> = global.iter().map(|g| g + self.compute.delta as f32).collect();
+                // Like real training, the result depends (slightly) on the seed it starts from.
+                let delta = self.compute.delta + (local.seed % 997) as f64 * 1e-9;
+                let local: Vec<f32> = global.iter().map(|g| g + delta as f32).collect();
                 let c = TrainContribution::from_training(&local, &global, self.compute.rows(), self.compute.loss)
                     .map_err(Failure::training)?;
                 Ok(c.to_vec())
             }
             TaskKind::Evaluate { buckets, .. } => {
+                // Like a real model's, the scores change from round to round.
                 let labels = &self.compute.table.labels;
-                let probs: Vec<f32> = (0..labels.len()).map(|i| ((i % 10) as f32 + 0.5) / 10.0).collect();
+                let shift = req.round as usize;
+                let probs: Vec<f32> = (0..labels.len()).map(|i| (((i + shift) % 10) as f32 + 0.5) / 10.0).collect();
                 Ok(EvalContribution::from_predictions(&probs, labels, *buckets).to_vec())
             }
         }

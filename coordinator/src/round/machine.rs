@@ -285,6 +285,10 @@ pub struct JobMachine {
     stage: Stage,
     effects: VecDeque<Effect>,
     backoff: Duration,
+    /// Banks whose policy refused an earlier attempt at the current round: a retry goes
+    /// without them when enough others remain (their refusal would only fail it again, and
+    /// their keys would count towards the threshold the others must reach).
+    refused: std::collections::BTreeSet<String>,
 }
 
 impl JobMachine {
@@ -312,6 +316,7 @@ impl JobMachine {
             stage: Stage::Finished,
             effects: VecDeque::new(),
             backoff: STORE_BACKOFF,
+            refused: Default::default(),
         };
         let Some(head) = head else {
             machine.stage = Stage::Waiting(Attempt { round: 0, attempt: 1, started: now });
@@ -516,9 +521,13 @@ impl JobMachine {
     /// Starts the waiting attempt's phase if enough eligible workers are connected.
     fn try_start(&mut self, now: Instant) -> bool {
         let Stage::Waiting(at) = self.stage else { return false };
-        let eligible = self.eligible();
+        let mut eligible = self.eligible();
         if eligible.len() < self.spec.selection.min_workers {
             return false;
+        }
+        let willing: Vec<String> = eligible.iter().filter(|w| !self.refused.contains(*w)).cloned().collect();
+        if willing.len() >= self.spec.selection.min_workers {
+            eligible = willing;
         }
         let participants = schedule::select(&eligible, &self.spec.selection, self.spec.seed, at.round, at.attempt);
         if at.round == 0 {
@@ -789,6 +798,7 @@ impl JobMachine {
     }
 
     fn attempt_failed(&mut self, at: Attempt, reason: String, participants: Vec<ParticipantRecord>) {
+        self.refused.extend(participants.iter().filter(|p| p.status == ParticipantStatus::Refused).map(|p| p.worker_id.clone()));
         tracing::warn!(job = %self.id, round = at.round, attempt = at.attempt, %reason, "round attempt failed");
         self.persist(Persist::FailedAttempt { round: at.round, attempt: at.attempt, participants }, Then::Retry { at, reason });
     }
@@ -797,11 +807,13 @@ impl JobMachine {
     fn then(&mut self, now: Instant, then: Then) {
         match then {
             Then::StartTraining(trained) => {
+                self.refused.clear();
                 self.trained = Some(trained);
                 self.stage = Stage::Waiting(Attempt { round: 1, attempt: 1, started: now });
             }
             Then::Evaluate(adv, at, contributors) => self.start_phase(now, Step::Evaluate(adv), at, &contributors),
             Then::RoundCommitted(adv, round) => {
+                self.refused.clear();
                 self.early.observe(&adv.metrics);
                 if let Some(t) = self.trained.as_deref_mut() {
                     t.model_ref = pb::ModelRef {
