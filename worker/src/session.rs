@@ -524,7 +524,8 @@ mod tests {
             federation_ca: None,
             allow_plain_aggregation: false,
             share_error_details: false,
-            floors: crate::task::Floors::default(),
+            // The test session's small fixed-point range stands below the default exact floor.
+            floors: crate::task::Floors { min_exact_clip: 1.0, ..crate::task::Floors::default() },
         }
     }
 
@@ -565,7 +566,7 @@ mod tests {
         let e = audit_entry(&m, &s, "2025-01-01T00:00:00Z".into());
         assert_eq!((e.sent, e.phase, e.job.as_str(), e.round, e.task.as_str()), (Sent::KeyAdvertisement, Phase::Stats, "job-1", 7, "task-1"));
         assert_eq!(e.participants, ["bank1", "bank2", "bank3"]);
-        assert_eq!((e.threshold, e.vector_len, e.failure), (Some(2), None, None));
+        assert_eq!((e.threshold, e.vector_len, e.failure), (Some(3), None, None));
     }
 
     #[test]
