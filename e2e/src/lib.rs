@@ -101,6 +101,8 @@ pub struct Cluster {
     /// (`[policy] protect_counts = false`): for tests about dropout handling, where a changing
     /// set of contributors is the point (the protection itself has its own tests).
     pub tolerate_dropouts: bool,
+    /// Extra `[policy]` lines for every worker written from now on.
+    pub worker_policy: String,
 }
 
 impl Cluster {
@@ -133,6 +135,7 @@ impl Cluster {
             coordinator_toml: String::new(),
             metrics_addr,
             tolerate_dropouts: false,
+            worker_policy: String::new(),
         };
         if !insecure {
             let pki = c.pki();
@@ -178,8 +181,14 @@ impl Cluster {
     /// [`Self::telco_federation`] whose workers tolerate changing contributor sets (see
     /// [`Self::tolerate_dropouts`]) when `tolerate_dropouts`.
     pub fn telco_federation_with(banks: usize, seed: u64, tolerate_dropouts: bool) -> (Self, PathBuf) {
+        Self::telco_federation_policy(banks, seed, tolerate_dropouts, "")
+    }
+
+    /// [`Self::telco_federation_with`], every worker with `policy` lines added to `[policy]`.
+    pub fn telco_federation_policy(banks: usize, seed: u64, tolerate_dropouts: bool, policy: &str) -> (Self, PathBuf) {
         let mut cluster = Self::start();
         cluster.tolerate_dropouts = tolerate_dropouts;
+        cluster.worker_policy = policy.to_string();
         let partition = partition_telco(&cluster.dir.path().join("partition"), banks, seed);
         for i in 1..=banks {
             cluster.add_telco_worker(&format!("bank{i}"), &partition);
@@ -309,10 +318,14 @@ impl Cluster {
     /// Writes a worker configuration file (issuing the institution's certificate) and returns
     /// its path.
     pub fn write_worker_config(&self, id: &str, datasets: &[(&str, &Path, &Path, &Path)], extra_toml: &str) -> PathBuf {
-        let extra_toml = match (self.tolerate_dropouts, extra_toml.contains("[policy]")) {
-            (false, _) => extra_toml.to_string(),
-            (true, true) => extra_toml.replacen("[policy]\n", "[policy]\nprotect_counts = false\n", 1),
-            (true, false) => format!("{extra_toml}\n[policy]\nprotect_counts = false\n"),
+        let mut lines = self.worker_policy.clone();
+        if self.tolerate_dropouts {
+            lines.push_str("protect_counts = false\n");
+        }
+        let extra_toml = match (lines.is_empty(), extra_toml.contains("[policy]")) {
+            (true, _) => extra_toml.to_string(),
+            (false, true) => extra_toml.replacen("[policy]\n", &format!("[policy]\n{lines}"), 1),
+            (false, false) => format!("{extra_toml}\n[policy]\n{lines}"),
         };
         let mut toml = format!(
             "coordinator = \"{}\"\ninstitution_id = \"{id}\"\ndata_dir = \"{}\"\n{extra_toml}\n[compute]\ndevice = \"cpu\"\nthreads = 1\n",

@@ -288,7 +288,7 @@ pub struct JobMachine {
     /// Banks whose policy refused an earlier attempt at the current round: a retry goes
     /// without them when enough others remain (their refusal would only fail it again, and
     /// their keys would count towards the threshold the others must reach).
-    refused: std::collections::BTreeSet<String>,
+    refused: BTreeMap<String, ParticipantRecord>,
 }
 
 impl JobMachine {
@@ -525,7 +525,7 @@ impl JobMachine {
         if eligible.len() < self.spec.selection.min_workers {
             return false;
         }
-        let willing: Vec<String> = eligible.iter().filter(|w| !self.refused.contains(*w)).cloned().collect();
+        let willing: Vec<String> = eligible.iter().filter(|w| !self.refused.contains_key(*w)).cloned().collect();
         if willing.len() >= self.spec.selection.min_workers {
             eligible = willing;
         }
@@ -782,7 +782,14 @@ impl JobMachine {
         }
     }
 
-    fn commit(&mut self, now: Instant, at: Attempt, adv: Box<Advanced>) {
+    fn commit(&mut self, now: Instant, at: Attempt, mut adv: Box<Advanced>) {
+        // Banks that refused an earlier attempt and were left out of this one show as refused.
+        for (worker, record) in &self.refused {
+            if !adv.train_participants.iter().any(|p| &p.worker_id == worker) {
+                adv.train_participants.push(record.clone());
+            }
+        }
+        adv.train_participants.sort_by(|a, b| a.worker_id.cmp(&b.worker_id));
         let optimizer_state = Blob::new(adv.optimizer.state().to_bytes());
         let record = RoundRecord {
             round: at.round,
@@ -798,7 +805,7 @@ impl JobMachine {
     }
 
     fn attempt_failed(&mut self, at: Attempt, reason: String, participants: Vec<ParticipantRecord>) {
-        self.refused.extend(participants.iter().filter(|p| p.status == ParticipantStatus::Refused).map(|p| p.worker_id.clone()));
+        self.refused.extend(participants.iter().filter(|p| p.status == ParticipantStatus::Refused).map(|p| (p.worker_id.clone(), p.clone())));
         tracing::warn!(job = %self.id, round = at.round, attempt = at.attempt, %reason, "round attempt failed");
         self.persist(Persist::FailedAttempt { round: at.round, attempt: at.attempt, participants }, Then::Retry { at, reason });
     }
