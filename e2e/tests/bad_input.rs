@@ -166,6 +166,13 @@ async fn malformed_contributions_are_refused_and_the_round_survives() {
         .await
         .expect("register");
     let mut tasks = client.subscribe(SubscribeRequest { worker_id: "mallory".into() }).await.expect("subscribe").into_inner();
+    // Every honest bank is connected before the job starts (each refuses a round of fewer than
+    // three institutions, plain mode included).
+    let waiting = tokio::task::spawn_blocking(move || {
+        cluster.wait_workers(4, Duration::from_secs(60));
+        cluster
+    });
+    let cluster = waiting.await.expect("join");
 
     let job_toml = telco_job("hostile", "kind = \"logistic_regression\"", 2, "insecure_plain_aggregation = true")
         .replace("[training]", "[selection]\nmin_workers = 2\nround_deadline_secs = 5\n\n[training]");
