@@ -53,7 +53,7 @@ fuzz_target!(|data: &[u8]| {
                 let body = match a % 4 {
                     0 => Body::Plain(pb::PlainVector { values: (0..b).map(|i| f64::from(i) * if a & 8 != 0 { f64::NAN } else { 1.0 }).collect() }),
                     1 => Body::Secagg(op.to_vec()),
-                    2 => Body::Failure(pb::TaskFailure { kind: i32::from(b), reason: "x".into() }),
+                    2 => Body::Failure(pb::TaskFailure { kind: i32::from(b), reason: "x".into(), reference: String::from_utf8_lossy(op).into_owned() }),
                     _ => Body::Plain(pb::PlainVector { values: vec![1e300; usize::from(b)] }),
                 };
                 let _ = f.inject(&from, &task, body);
