@@ -83,12 +83,7 @@ impl Ledger {
     /// unreadable one is an error, so the rules cannot be reset by corrupting the file).
     pub fn load(data_dir: &Path, protect_counts: bool) -> Result<Self, Failure> {
         let path = data_dir.join("contribution_ledger.json");
-        let state = match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map_err(|e| Failure::internal(format!("{}: unreadable contribution ledger: {e}", path.display())))?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => State::default(),
-            Err(e) => return Err(Failure::internal(format!("{}: {e}", path.display()))),
-        };
+        let state = crate::state_file::read(&path, "contribution ledger").map_err(Failure::internal)?.unwrap_or_default();
         Ok(Self { path: Some(path), state: Mutex::new(state), protect_counts })
     }
 
@@ -136,20 +131,10 @@ impl Ledger {
     }
 
     fn save(&self, state: &State) -> Result<(), Failure> {
-        let Some(path) = &self.path else { return Ok(()) };
-        let io = |e: std::io::Error| Failure::internal(format!("{}: {e}", path.display()));
-        let bytes = serde_json::to_vec(state).map_err(Failure::internal)?;
-        let tmp = path.with_extension("tmp");
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(io)?;
+        match &self.path {
+            Some(path) => crate::state_file::write(path, state),
+            None => Ok(()),
         }
-        {
-            use std::io::Write;
-            let mut f = std::fs::File::create(&tmp).map_err(io)?;
-            f.write_all(&bytes).map_err(io)?;
-            f.sync_all().map_err(io)?;
-        }
-        std::fs::rename(&tmp, path).map_err(io)
     }
 }
 

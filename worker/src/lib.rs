@@ -14,6 +14,7 @@
 //! - [`config`]: the bank's configuration file (datasets, policy, compute).
 //! - [`policy`]: the bank's own rules (models, rounds per job, jobs per day).
 //! - [`ledger`]: what the bank put into which sums, so no two sums difference to one bank's input.
+//! - [`state_file`]: the small durable JSON files (usage counters, ledger), written atomically.
 //! - [`failure`]: the worker's one error type, [`failure::Failure`].
 //! - [`tasks`]: what each task computes from local data with libtorch.
 //! - [`transport`]: chunked model download and contribution upload.
@@ -37,6 +38,7 @@ pub mod ml;
 pub mod policy;
 pub mod secure;
 pub mod session;
+pub mod state_file;
 pub mod task;
 pub mod tasks;
 pub mod transport;

@@ -67,12 +67,7 @@ impl Policy {
     /// is an error, so a bank's limits cannot be reset by corrupting the file).
     pub fn load(config: PolicyConfig, data_dir: &Path) -> Result<Self, Failure> {
         let path = data_dir.join("policy_usage.json");
-        let usage = match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map_err(|e| Failure::policy(format!("{}: unreadable usage record: {e}", path.display())))?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Usage::default(),
-            Err(e) => return Err(Failure::policy(format!("{}: {e}", path.display()))),
-        };
+        let usage = crate::state_file::read(&path, "usage record").map_err(Failure::policy)?.unwrap_or_default();
         Ok(Self { config, path: Some(path), usage: Mutex::new(usage), membership: Membership::open_to_all() })
     }
 
@@ -180,21 +175,10 @@ impl Policy {
         if *usage != before
             && let Some(path) = &self.path
         {
-            save(path, &usage)?;
+            crate::state_file::write(path, &*usage)?;
         }
         Ok(())
     }
-}
-
-fn save(path: &Path, usage: &Usage) -> Result<(), Failure> {
-    let io = |e: std::io::Error| Failure::internal(format!("{}: {e}", path.display()));
-    let bytes = serde_json::to_vec_pretty(usage).map_err(Failure::internal)?;
-    let tmp = path.with_extension("tmp");
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(io)?;
-    }
-    std::fs::write(&tmp, bytes).map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)
 }
 
 #[cfg(test)]
