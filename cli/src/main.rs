@@ -4,6 +4,7 @@
 //! Exit codes: 0 success; 1 the job failed or was cancelled (`watch`); 2 bad input (job file,
 //! arguments); 3 the coordinator could not be reached or refused the request.
 
+mod out;
 mod report;
 mod view;
 
@@ -16,6 +17,8 @@ use confide_core::job::JobSpec;
 use confide_core::model::ModelSpec;
 use confide_proto::v1::{self as pb, admin_client::AdminClient};
 use tonic::transport::Channel;
+
+use crate::out::{out, outln};
 
 /// Confide: federated learning across institutions, without moving customer data.
 #[derive(Debug, Parser)]
@@ -215,6 +218,8 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli).await {
         Ok(code) => ExitCode::from(code),
+        // The reader of our output went away (`| head`): nothing is wrong, end quietly.
+        Err(Failure { error, .. }) if out::is_closed_pipe(&error) => ExitCode::SUCCESS,
         Err(Failure { code, error }) => {
             eprintln!("confide: {error:#}");
             ExitCode::from(code)
@@ -225,7 +230,14 @@ async fn main() -> ExitCode {
 async fn connect(cli: &Cli) -> Result<AdminClient<Channel>, Failure> {
     let url = &cli.coordinator;
     let mut endpoint = tonic::transport::Endpoint::from_shared(url.to_string())
-        .map_err(|e| bad_input(anyhow!("--coordinator {url:?}: {e}")))?;
+        .map_err(|e| bad_input(anyhow!("--coordinator {:?}: {e}", confide_core::text::cap_quote(url))))?;
+    let uri = endpoint.uri();
+    if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none_or(str::is_empty) {
+        return Err(bad_input(anyhow!(
+            "--coordinator {:?}: not a coordinator URL; expected https://HOST:PORT (http:// only for an --insecure-dev coordinator)",
+            confide_core::text::cap_quote(url)
+        )));
+    }
     match (&cli.ca, &cli.cert, &cli.key) {
         (Some(ca), Some(cert), Some(key)) => {
             let files = confide_tls::TlsFiles { ca: ca.clone(), cert: cert.clone(), key: key.clone() };
@@ -249,8 +261,15 @@ async fn connect(cli: &Cli) -> Result<AdminClient<Channel>, Failure> {
     Ok(AdminClient::new(channel).max_decoding_message_size(16 << 20))
 }
 
+/// A refusal from the coordinator, with its exit code: what the request named is wrong
+/// (bad job file, unknown job id, a job without a model yet) is bad input (2); anything else
+/// is the coordinator refusing or failing (3).
 fn status_error(s: tonic::Status) -> Failure {
-    let code = if s.code() == tonic::Code::InvalidArgument { 2 } else { 3 };
+    use tonic::Code;
+    let code = match s.code() {
+        Code::InvalidArgument | Code::NotFound | Code::FailedPrecondition | Code::AlreadyExists | Code::OutOfRange => 2,
+        _ => 3,
+    };
     Failure { code, error: anyhow!("{}", s.message()) }
 }
 
@@ -349,10 +368,10 @@ fn read_job(path: &Path) -> Result<pb::SubmitJobRequest, Failure> {
 /// `confide schema width`: the encoded input width, optionally with each input's name.
 fn schema_width(file: &Path, features: bool) -> Result<(), Failure> {
     let schema = confide_datasets::DatasetSchema::from_file(file).map_err(|e| bad_input(e.into()))?;
-    println!("{}", schema.input_dim());
+    outln!("{}", schema.input_dim())?;
     if features {
         for (i, name) in schema.feature_names().iter().enumerate() {
-            println!("{i:>5}  {name}");
+            outln!("{i:>5}  {name}")?;
         }
     }
     Ok(())
@@ -362,18 +381,18 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
     match &cli.command {
         Command::Certs(CertsCommand::Init { dir, days }) => {
             confide_tls::init_ca(dir, *days)?;
-            println!("{}", dir.join("ca.pem").display());
+            outln!("{}", dir.join("ca.pem").display())?;
             return Ok(0);
         }
         Command::Certs(CertsCommand::Issue { ca_dir, role, name, san, days, out }) => {
             let role = confide_tls::Role::parse(role)
                 .ok_or_else(|| bad_input(anyhow!("--role must be coordinator, institution or admin, got {role:?}")))?;
             let fingerprint = confide_tls::issue(ca_dir, role, name, san, *days, out).map_err(|e| bad_input(e.into()))?;
-            println!("{fingerprint}");
+            outln!("{fingerprint}")?;
             return Ok(0);
         }
         Command::Certs(CertsCommand::Fingerprint { cert }) => {
-            println!("{}", confide_tls::fingerprint_of(cert).map_err(|e| bad_input(e.into()))?);
+            outln!("{}", confide_tls::fingerprint_of(cert).map_err(|e| bad_input(e.into()))?)?;
             return Ok(0);
         }
         Command::Schema(SchemaCommand::Width { file, features }) => {
@@ -392,28 +411,28 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
         Command::Job(JobCommand::Submit { .. }) => {
             let request = job_file.unwrap_or_default();
             let reply = client.submit_job(request).await.map_err(status_error)?;
-            println!("{}", reply.into_inner().job_id);
+            outln!("{}", reply.into_inner().job_id)?;
         }
         Command::Job(JobCommand::List) => {
             let jobs = client.list_jobs(pb::ListJobsRequest {}).await.map_err(status_error)?.into_inner().jobs;
-            print!("{}", view::job_table(&jobs));
+            out!("{}", view::job_table(&jobs))?;
         }
         Command::Job(JobCommand::Get { id, json }) => {
             let job = client.get_job(pb::GetJobRequest { job_id: id }).await.map_err(status_error)?.into_inner();
             if json {
-                println!("{}", serde_json::to_string_pretty(&view::job_json(&job))?);
+                outln!("{}", serde_json::to_string_pretty(&view::job_json(&job))?)?;
             } else {
-                print!("{}", view::job_text(&job));
+                out!("{}", view::job_text(&job))?;
             }
         }
         Command::Job(JobCommand::Report { id, output }) => {
             let job = client.get_job(pb::GetJobRequest { job_id: id.clone() }).await.map_err(status_error)?.into_inner();
             let dir = output.unwrap_or_else(|| PathBuf::from(format!("report-{id}")));
             let files = report::write(&job, &dir)?;
-            println!("{}", files.markdown.display());
-            println!("{}", files.csv.display());
+            outln!("{}", files.markdown.display())?;
+            outln!("{}", files.csv.display())?;
             if let Some(chart) = files.chart {
-                println!("{}", chart.display());
+                outln!("{}", chart.display())?;
             }
         }
         Command::Job(JobCommand::Watch { id }) => {
@@ -422,7 +441,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
         }
         Command::Job(JobCommand::Cancel { id }) => {
             let job = client.cancel_job(pb::CancelJobRequest { job_id: id }).await.map_err(status_error)?.into_inner();
-            println!("{} {}", job.id, job.status);
+            outln!("{} {}", job.id, job.status)?;
         }
         Command::Model(ModelCommand::Export { id, format, output }) => {
             let job = client.get_job(pb::GetJobRequest { job_id: id.clone() }).await.map_err(status_error)?.into_inner();
@@ -444,30 +463,30 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                 other => bad_input(other.into()),
             })?;
             for f in &manifest.files {
-                println!("{}  {}", f.sha256, output.join(&f.name).display());
+                outln!("{}  {}", f.sha256, output.join(&f.name).display())?;
             }
             for card in &manifest.card_files {
-                println!("{:<64}  {}", "(model card)", card.display());
+                outln!("{:<64}  {}", "(model card)", card.display())?;
             }
         }
         Command::Model(ModelCommand::Pull { id, output }) => {
             let bytes = fetch_model(&mut client, &id).await?;
             let path = output.unwrap_or_else(|| PathBuf::from(format!("{id}.safetensors")));
             std::fs::write(&path, &bytes).with_context(|| format!("writing {}", path.display()))?;
-            println!("{} ({} bytes, sha256 {})", path.display(), bytes.len(), confide_core::sha256_hex(&bytes));
+            outln!("{} ({} bytes, sha256 {})", path.display(), bytes.len(), confide_core::sha256_hex(&bytes))?;
         }
         Command::Certs(_) | Command::Schema(_) => {}
         Command::Workers => {
             let workers = client.list_workers(pb::ListWorkersRequest {}).await.map_err(status_error)?.into_inner().workers;
             for w in workers {
                 let datasets: Vec<&str> = w.datasets.iter().map(|d| d.name.as_str()).collect();
-                println!(
+                outln!(
                     "{:<20} {:<13} last seen {}  datasets: {}",
                     w.worker_id,
                     if w.connected { "connected" } else { "disconnected" },
                     w.last_seen,
                     datasets.join(", ")
-                );
+                )?;
             }
         }
     }

@@ -6,6 +6,8 @@ use confide_proto::v1::{self as pb, job_event::Kind};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Value, json};
 
+use crate::out::outln;
+
 /// The metrics shown per round, in this order, when present (classifiers, then recommenders).
 const SHOWN: [&str; 9] = ["auc", "ks", "log_loss", "accuracy", "rmse", "mae", "train_loss", "contributors", "users_evaluated"];
 
@@ -117,11 +119,12 @@ pub fn job_json(j: &pb::Job) -> Value {
 }
 
 /// Prints a line above the bar, or plainly when the bar is hidden (output is not a terminal).
-fn say(bar: &ProgressBar, line: String) {
+fn say(bar: &ProgressBar, line: String) -> std::io::Result<()> {
     if bar.is_hidden() {
-        println!("{line}");
+        outln!("{line}")
     } else {
         bar.println(line);
+        Ok(())
     }
 }
 
@@ -143,20 +146,20 @@ pub async fn watch(mut stream: tonic::Streaming<pb::JobEvent>) -> anyhow::Result
             }
             Some(Kind::RoundCompleted(r)) => {
                 bar.set_position(r.round);
-                say(&bar, format!("round {:>3}  {:>6.1}s  {}", r.round, r.duration_secs, metrics_line(&r.metrics)));
+                say(&bar, format!("round {:>3}  {:>6.1}s  {}", r.round, r.duration_secs, metrics_line(&r.metrics)))?;
                 for p in r.participants.iter().filter(|p| !p.contributed() || !p.reason.is_empty()) {
-                    say(&bar, format!("           {} {}: {}", p.worker_id, p.status_name(), p.reason));
+                    say(&bar, format!("           {} {}: {}", p.worker_id, p.status_name(), p.reason))?;
                 }
                 bar.set_message(String::new());
             }
-            Some(Kind::RoundFailed(f)) => say(&bar, format!("round {:>3}  attempt failed: {}", ev.round, f.reason)),
-            Some(Kind::ParticipantFailed(p)) => say(&bar, format!("           {} {}: {}", p.worker_id, p.status_name(), p.reason)),
+            Some(Kind::RoundFailed(f)) => say(&bar, format!("round {:>3}  attempt failed: {}", ev.round, f.reason))?,
+            Some(Kind::ParticipantFailed(p)) => say(&bar, format!("           {} {}: {}", p.worker_id, p.status_name(), p.reason))?,
             Some(Kind::JobFinished(job)) => {
                 bar.set_length(job.rounds_total);
                 bar.set_position(job.rounds_completed);
                 bar.finish_and_clear();
                 let headline = headline(&job);
-                println!(
+                outln!(
                     "job {} {} after {} rounds{}{}{}",
                     job.id,
                     job.status,
@@ -164,7 +167,7 @@ pub async fn watch(mut stream: tonic::Streaming<pb::JobEvent>) -> anyhow::Result
                     headline.map_or(String::new(), |(name, v)| format!("; final federated test {} {v:.4}", name.to_uppercase())),
                     if job.error.is_empty() { String::new() } else { format!("; error: {}", job.error) },
                     if job.stop_reason.is_empty() { String::new() } else { format!("; {}", job.stop_reason) },
-                );
+                )?;
                 return Ok(if job.status == "completed" { 0 } else { 1 });
             }
             None => {}

@@ -29,5 +29,12 @@ pub enum ConfigError {
 /// Reads and deserialises a TOML file.
 pub fn read_toml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
-    toml::from_str(&text).map_err(|e| ConfigError::Invalid { path: path.into(), message: e.to_string() })
+    toml::from_str(&text).map_err(|e| ConfigError::Invalid { path: path.into(), message: toml_message(&e) })
+}
+
+/// A TOML parser error as shown to users: the parser's text (position, the offending line with
+/// a caret, what is wrong) with each line capped, so a file with a megabyte-long line gives a
+/// readable error rather than repeating the line.
+pub fn toml_message(e: &toml::de::Error) -> String {
+    e.to_string().trim_end().lines().map(crate::text::cap_quote).collect::<Vec<_>>().join("\n")
 }

@@ -316,7 +316,7 @@ pub enum JobError {
 impl JobSpec {
     /// Parses and validates a job file's text.
     pub fn from_toml(text: &str) -> Result<Self, JobError> {
-        let spec: JobSpec = toml::from_str(text).map_err(|e| JobError::Parse(e.to_string()))?;
+        let spec: JobSpec = toml::from_str(text).map_err(|e| JobError::Parse(crate::config_file::toml_message(&e)))?;
         spec.validate()?;
         Ok(spec)
     }

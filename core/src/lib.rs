@@ -8,6 +8,7 @@
 //! - [`metrics`]: exact binary-classification metrics from summed score histograms.
 //! - [`contribution`]: the training contribution vector's layout, as a codec both sides use.
 //! - [`outcome`]: participant statuses and failure kinds, typed.
+//! - [`text`]: capping untrusted input quoted in error messages.
 
 pub mod config_file;
 pub mod contribution;
@@ -16,6 +17,7 @@ pub mod metrics;
 pub mod model;
 pub mod outcome;
 pub mod strategy;
+pub mod text;
 
 /// Hex-encoded SHA-256 of `bytes`: the content address of checkpoints and the schema fingerprint.
 pub fn sha256_hex(bytes: &[u8]) -> String {

@@ -7,6 +7,8 @@
 
 use std::fmt;
 
+use confide_core::text::cap_quote;
+
 use crate::schema::SchemaError;
 
 /// Where in a data file a problem is.
@@ -80,7 +82,7 @@ pub enum DataError {
         source: std::io::Error,
     },
     /// The CSV syntax is broken (for example a row with the wrong number of fields).
-    #[error("{path}:{line}: malformed CSV: {message}")]
+    #[error("{path}:{line}: malformed CSV: {}", cap_quote(.message))]
     Csv {
         /// File.
         path: String,
@@ -105,7 +107,7 @@ pub enum DataError {
     },
     /// The file has a column the schema does not describe.
     #[error(
-        "{at}: column `{column}` is not in the schema (declare it with type = \"ignored\" to skip it)"
+        "{at}: column `{}` is not in the schema (declare it with type = \"ignored\" to skip it)", cap_quote(.column)
     )]
     UnknownColumn {
         /// The header line or Parquet schema.
@@ -114,7 +116,7 @@ pub enum DataError {
         column: String,
     },
     /// The file names a column twice.
-    #[error("{at}: column `{column}` appears more than once")]
+    #[error("{at}: column `{}` appears more than once", cap_quote(.column))]
     DuplicateColumn {
         /// The header line or Parquet schema.
         at: Location,
@@ -130,7 +132,7 @@ pub enum DataError {
         column: String,
     },
     /// A numeric cell does not parse as a number.
-    #[error("{at}: column `{column}`: {value:?} is not a number")]
+    #[error("{at}: column `{column}`: {:?} is not a number", cap_quote(.value))]
     NotNumeric {
         /// File and line (CSV) or row (Parquet).
         at: Location,
@@ -140,7 +142,7 @@ pub enum DataError {
         value: String,
     },
     /// A numeric cell parses to NaN or infinity (never accepted, whatever the missing policy).
-    #[error("{at}: column `{column}`: {value:?} is not a finite number")]
+    #[error("{at}: column `{column}`: {:?} is not a finite number", cap_quote(.value))]
     NotFinite {
         /// File and line (CSV) or row (Parquet).
         at: Location,
@@ -150,7 +152,7 @@ pub enum DataError {
         value: String,
     },
     /// A categorical cell is not one of the schema's levels.
-    #[error("{at}: column `{column}`: unknown level {value:?} (allowed: {})", quoted(.allowed))]
+    #[error("{at}: column `{column}`: unknown level {:?} (allowed: {})", cap_quote(.value), quoted(.allowed))]
     UnknownLevel {
         /// File and line (CSV) or row (Parquet).
         at: Location,
@@ -180,7 +182,7 @@ pub enum DataError {
         column: String,
     },
     /// The target cell is neither the positive nor the declared negative value.
-    #[error("{at}: target column `{column}`: {value:?} is not one of {expected}")]
+    #[error("{at}: target column `{column}`: {:?} is not one of {expected}", cap_quote(.value))]
     BadTarget {
         /// File and line (CSV) or row (Parquet).
         at: Location,
@@ -206,7 +208,7 @@ pub enum DataError {
         expected: String,
     },
     /// The Parquet file cannot be decoded (not Parquet, truncated, unsupported encoding...).
-    #[error("{path}: invalid Parquet file: {message}")]
+    #[error("{path}: invalid Parquet file: {}", cap_quote(.message))]
     Parquet {
         /// File.
         path: String,
@@ -233,7 +235,7 @@ pub enum DataError {
         message: String,
     },
     /// A rating names an item that is not in the shared catalogue.
-    #[error("{at}: column `{column}`: item {item:?} is not in the shared item catalogue")]
+    #[error("{at}: column `{column}`: item {:?} is not in the shared item catalogue", cap_quote(.item))]
     UnknownItem {
         /// Where.
         at: Location,
@@ -275,7 +277,7 @@ pub enum DataError {
 }
 
 fn quoted(levels: &[String]) -> String {
-    levels.iter().map(|l| format!("{l:?}")).collect::<Vec<_>>().join(", ")
+    cap_quote(&levels.iter().map(|l| format!("{l:?}")).collect::<Vec<_>>().join(", "))
 }
 
 impl DataError {

@@ -251,7 +251,7 @@ impl DatasetSchema {
     pub fn parse(text: &str, origin: &str) -> Result<Self, SchemaError> {
         let schema: DatasetSchema = toml::from_str(text).map_err(|e| SchemaError::Toml {
             path: origin.to_string(),
-            message: e.to_string().trim_end().to_string(),
+            message: confide_core::config_file::toml_message(&e),
         })?;
         schema
             .validate()
