@@ -57,6 +57,29 @@ enum Command {
     /// Dataset schemas.
     #[command(subcommand)]
     Schema(SchemaCommand),
+    /// Differential privacy: the accountant's arithmetic, offline.
+    #[command(subcommand)]
+    Privacy(PrivacyCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum PrivacyCommand {
+    /// ε of DP-SGD (Poisson-subsampled Gaussian, Rényi DP accountant with dp-accounting's
+    /// orders); the last line is the number alone, to check against another accountant.
+    Epsilon {
+        /// Probability that a record is in a step's batch.
+        #[arg(long)]
+        sampling_rate: f64,
+        /// Noise standard deviation over the clipping norm (σ/C).
+        #[arg(long)]
+        noise_multiplier: f64,
+        /// Number of noisy steps composed.
+        #[arg(long)]
+        steps: u64,
+        /// Target δ.
+        #[arg(long)]
+        delta: f64,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -399,6 +422,15 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             schema_width(file, *features)?;
             return Ok(0);
         }
+        Command::Privacy(PrivacyCommand::Epsilon { sampling_rate, noise_multiplier, steps, delta }) => {
+            let mut accountant = confide_core::privacy::Accountant::default();
+            let mechanism = confide_core::privacy::Mechanism::SubsampledGaussian { sampling_rate: *sampling_rate, noise_multiplier: *noise_multiplier };
+            accountant.compose(mechanism, *steps).map_err(|e| bad_input(e.into()))?;
+            let (epsilon, order) = accountant.epsilon(*delta).map_err(|e| bad_input(e.into()))?;
+            outln!("RDP accountant: q={sampling_rate} sigma={noise_multiplier} steps={steps} delta={delta}; optimal order {order}")?;
+            outln!("{epsilon}")?;
+            return Ok(0);
+        }
         _ => {}
     }
     // A job file is checked before anything is sent, so its mistakes are reported even offline.
@@ -475,7 +507,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             std::fs::write(&path, &bytes).with_context(|| format!("writing {}", path.display()))?;
             outln!("{} ({} bytes, sha256 {})", path.display(), bytes.len(), confide_core::sha256_hex(&bytes))?;
         }
-        Command::Certs(_) | Command::Schema(_) => {}
+        Command::Certs(_) | Command::Schema(_) | Command::Privacy(_) => {}
         Command::Workers => {
             let workers = client.list_workers(pb::ListWorkersRequest {}).await.map_err(status_error)?.into_inner().workers;
             for w in workers {

@@ -9,6 +9,7 @@
 //! - [`contribution`]: the training contribution vector's layout, as a codec both sides use.
 //! - [`outcome`]: participant statuses and failure kinds, typed.
 //! - [`text`]: capping untrusted input quoted in error messages.
+//! - [`privacy`]: the differential-privacy accountant (RDP of the subsampled Gaussian, (ε, δ)).
 
 pub mod config_file;
 pub mod contribution;
@@ -16,6 +17,7 @@ pub mod job;
 pub mod metrics;
 pub mod model;
 pub mod outcome;
+pub mod privacy;
 pub mod strategy;
 pub mod text;
 

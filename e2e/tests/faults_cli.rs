@@ -37,6 +37,8 @@ fn exit_codes_follow_the_readme_for_every_command() {
         (vec!["--coordinator", "ftp://127.0.0.1:7070", "job", "list"], 2, "not a coordinator URL"),
         (vec!["schema", "width", "/no/such/schema.toml"], 2, "/no/such/schema.toml"),
         (vec!["schema", "width", schema_arg], 0, ""),
+        (vec!["privacy", "epsilon", "--sampling-rate", "2", "--noise-multiplier", "1", "--steps", "10", "--delta", "1e-5"], 2, "sampling rate must be in [0, 1]"),
+        (vec!["privacy", "epsilon", "--sampling-rate", "0.01", "--noise-multiplier", "1", "--steps", "10", "--delta", "0"], 2, "delta must be in (0, 1)"),
         // 2: the request names something that does not exist.
         (vec!["job", "get", "no-such-job"], 2, "no job `no-such-job`"),
         (vec!["job", "watch", "no-such-job"], 2, "no job `no-such-job`"),
