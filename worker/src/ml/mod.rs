@@ -9,10 +9,12 @@
 //!   transfer.
 //! - [`scripted`]: custom models, TorchScript modules scripted by the job's owner.
 //! - [`train`]: [`TrainConfig`] and [`train_local`].
+//! - [`dp_sgd`]: record-level DP-SGD for the built-in networks ([`dp_sgd::train_local_dp`]).
 //! - [`eval`]: [`predict`], [`score_histogram`], [`eval_sums`] and [`evaluate`].
 //! - [`recsys`]: matrix factorisation and two-tower training and evaluation, with the user
 //!   side kept local ([`recsys::UserParams`]).
 
+pub mod dp_sgd;
 pub mod eval;
 pub mod model;
 pub mod scripted;

@@ -89,6 +89,14 @@ impl Net {
     }
 }
 
+impl Net {
+    /// The linear layers, input first (ReLU between them): what DP-SGD's per-example gradient
+    /// norms are computed from.
+    pub(crate) fn layers(&self) -> &[nn::Linear] {
+        &self.layers
+    }
+}
+
 impl Classifier for Net {
     fn logits(&self, x: &Tensor) -> Result<Tensor, MlError> {
         let last = self.layers.len().saturating_sub(1);

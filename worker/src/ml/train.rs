@@ -130,7 +130,7 @@ pub struct TrainOutcome {
 }
 
 /// Checks rows, shapes and values of the training data.
-fn check_training_data(data: &Encoded) -> Result<(), MlError> {
+pub(crate) fn check_training_data(data: &Encoded) -> Result<(), MlError> {
     check_data(&data.features, Some(&data.labels), data.rows, data.dim)?;
     if data.rows == 0 {
         return Err(MlError::NoData);
