@@ -4,12 +4,17 @@
 //! is unfinished is resumed from its last committed round; on shutdown the runners are stopped
 //! and waited for ([`Jobs::drain`]), so no round is half-written when the process exits.
 //!
-//! Submission checks live in [`submit`], the API views of stored jobs in [`views`].
+//! Submission checks live in [`submit`] (sizes in [`admission`]), the API views of stored jobs
+//! in [`views`].
+//!
+//! A job whose resumes keep crashing the coordinator (killed for memory, say) is quarantined
+//! instead of resumed: see [`QUARANTINE_AFTER_CRASHED_RESUMES`].
 
+pub mod admission;
 pub mod submit;
 pub mod views;
 
-pub use submit::{ModelFiles, SubmitError, submit};
+pub use submit::{Earlier, ModelFiles, SubmitError, Submitted, submit};
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -101,15 +106,45 @@ pub fn start(shared: &Arc<Shared>, job_id: &str) {
     });
 }
 
-/// Resumes every unfinished job in the database.
+/// Consecutive resumes of a job that ended with the coordinator stopped uncleanly (and no
+/// round committed) before the job is quarantined as failed instead of resumed again: the
+/// second. One crash during a resume may have had another cause; a second in a row makes the
+/// job the likely cause (a process killed for memory), and resuming it again would take the
+/// coordinator and every other job down with it on each start.
+///
+/// A resume counts from the moment the coordinator starts the job again, so a coordinator
+/// killed twice while such a job waits for its banks also quarantines it; a clean shutdown
+/// (SIGINT) or a committed round clears the count.
+pub const QUARANTINE_AFTER_CRASHED_RESUMES: u32 = 2;
+
+/// Why a job was quarantined after `crashed` resumes.
+pub fn quarantine_reason(crashed: u32) -> String {
+    format!("quarantined: the coordinator stopped while resuming this job {crashed} times (possibly killed for memory); not resumed")
+}
+
+/// Resumes every unfinished job in the database, counting each resume first (see
+/// [`QUARANTINE_AFTER_CRASHED_RESUMES`]). A job whose resumes crashed too often, or that is
+/// larger than this coordinator's limits now admit, is marked failed with the reason instead.
 pub fn resume_all(shared: &Arc<Shared>) -> Result<usize, StoreError> {
     let mut n = 0;
     for job in shared.store.jobs()? {
-        if !job.status.is_final() {
-            tracing::info!(job = %job.id, completed = job.rounds_completed, "resuming job");
-            start(shared, &job.id);
-            n += 1;
+        if job.status.is_final() {
+            continue;
         }
+        let refusal = if job.resume_attempts >= QUARANTINE_AFTER_CRASHED_RESUMES {
+            Some(quarantine_reason(job.resume_attempts))
+        } else {
+            admission::check_stored(&shared.store, &shared.config, &job).err().map(|e| format!("not resumed: {e}"))
+        };
+        if let Some(reason) = refusal {
+            tracing::error!(job = %job.id, %reason, "job not resumed");
+            shared.store.set_job_status(&job.id, JobStatus::Failed, Some(&reason), None)?;
+            continue;
+        }
+        let crashed = shared.store.begin_resume(&job.id)?;
+        tracing::info!(job = %job.id, completed = job.rounds_completed, crashed_resumes = crashed, "resuming job");
+        start(shared, &job.id);
+        n += 1;
     }
     Ok(n)
 }
