@@ -42,17 +42,6 @@ pub struct Shared {
     pub revocations: service::auth::Revocations,
 }
 
-impl RunError {
-    /// The process exit code for this error: 2 when the state on disk is refused (bad input
-    /// the operator must fix, see [`store::StoreError::StateLost`]), 1 otherwise.
-    pub fn exit_code(&self) -> u8 {
-        match self {
-            RunError::Store(store::StoreError::StateLost { .. }) => 2,
-            _ => 1,
-        }
-    }
-}
-
 /// Errors starting or running the coordinator.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -72,6 +61,17 @@ pub enum RunError {
     /// The revocation file is missing or malformed.
     #[error(transparent)]
     Revocation(#[from] confide_tls::revocation::RevocationError),
+}
+
+impl RunError {
+    /// The process exit code for this error: 2 when the state on disk is refused (bad input
+    /// the operator must fix, see [`store::StoreError::StateLost`]), 1 otherwise.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            RunError::Store(store::StoreError::StateLost { .. }) => 2,
+            _ => 1,
+        }
+    }
 }
 
 /// Opens the store, resumes unfinished jobs and serves both services on `listener` until

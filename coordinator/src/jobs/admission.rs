@@ -161,19 +161,27 @@ impl JobSize {
     }
 }
 
-/// Checks a stored job against the current limits before it is resumed (it may have been
-/// stored by a coordinator with other limits, or before there were any). A stored job whose
-/// spec or schema no longer parses passes: its runner reports that.
-pub fn check_stored(store: &Store, config: &CoordinatorConfig, job: &JobRecord) -> Result<(), SizeError> {
-    let Ok(spec) = serde_json::from_str::<JobSpec>(&job.spec_json) else { return Ok(()) };
+/// The spec and sizes of a stored job; `None` when its spec, schema or catalogue no longer
+/// parses (its runner reports that).
+pub fn stored_size(store: &Store, job: &JobRecord) -> Option<(JobSpec, JobSize)> {
+    let spec = serde_json::from_str::<JobSpec>(&job.spec_json).ok()?;
     let input_dim = if spec.model.is_recommendation() {
-        let items = store.job_catalogue(&job.id).ok().flatten();
-        items.and_then(|json| serde_json::from_str::<Vec<serde_json::Value>>(&json).ok()).map(|ids| ids.len())
+        let json = store.job_catalogue(&job.id).ok().flatten()?;
+        serde_json::from_str::<Vec<serde_json::Value>>(&json).ok()?.len()
     } else {
-        confide_datasets::DatasetSchema::parse(&job.schema_toml, "stored schema").ok().map(|s| s.input_dim())
+        confide_datasets::DatasetSchema::parse(&job.schema_toml, "stored schema").ok()?.input_dim()
     };
-    let Some(input_dim) = input_dim else { return Ok(()) };
-    JobSize::of(&spec, input_dim).check(&spec, config)
+    let size = JobSize::of(&spec, input_dim);
+    Some((spec, size))
+}
+
+/// Checks a stored job against the current limits before it is resumed (it may have been
+/// stored by a coordinator with other limits, or before there were any).
+pub fn check_stored(store: &Store, config: &CoordinatorConfig, job: &JobRecord) -> Result<(), SizeError> {
+    match stored_size(store, job) {
+        Some((spec, size)) => size.check(&spec, config),
+        None => Ok(()),
+    }
 }
 
 #[cfg(test)]

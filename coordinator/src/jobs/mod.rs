@@ -114,7 +114,9 @@ pub fn start(shared: &Arc<Shared>, job_id: &str) {
 ///
 /// A resume counts from the moment the coordinator starts the job again, so a coordinator
 /// killed twice while such a job waits for its banks also quarantines it; a clean shutdown
-/// (SIGINT) or a committed round clears the count.
+/// (SIGINT) or a committed round clears the count. When several jobs reach the count at one
+/// start (they were resumed together), only the one needing the most memory is quarantined;
+/// the others are resumed once more, and a further crash quarantines the next.
 pub const QUARANTINE_AFTER_CRASHED_RESUMES: u32 = 2;
 
 /// Why a job was quarantined after `crashed` resumes.
@@ -126,12 +128,15 @@ pub fn quarantine_reason(crashed: u32) -> String {
 /// [`QUARANTINE_AFTER_CRASHED_RESUMES`]). A job whose resumes crashed too often, or that is
 /// larger than this coordinator's limits now admit, is marked failed with the reason instead.
 pub fn resume_all(shared: &Arc<Shared>) -> Result<usize, StoreError> {
+    let unfinished: Vec<JobRecord> = shared.store.jobs()?.into_iter().filter(|j| !j.status.is_final()).collect();
+    let suspect = unfinished
+        .iter()
+        .filter(|j| j.resume_attempts >= QUARANTINE_AFTER_CRASHED_RESUMES)
+        .max_by_key(|j| admission::stored_size(&shared.store, j).map_or(0, |(_, size)| size.memory_bytes))
+        .map(|j| j.id.clone());
     let mut n = 0;
-    for job in shared.store.jobs()? {
-        if job.status.is_final() {
-            continue;
-        }
-        let refusal = if job.resume_attempts >= QUARANTINE_AFTER_CRASHED_RESUMES {
+    for job in unfinished {
+        let refusal = if suspect.as_deref() == Some(job.id.as_str()) {
             Some(quarantine_reason(job.resume_attempts))
         } else {
             admission::check_stored(&shared.store, &shared.config, &job).err().map(|e| format!("not resumed: {e}"))
@@ -159,3 +164,41 @@ pub fn cancel(shared: &Shared, job_id: &str) -> Result<Option<JobRecord>, StoreE
     shared.store.job(job_id)
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(model: &str) -> String {
+        format!("name = \"j\"\ndataset = \"telco_churn\"\n[model]\n{model}\n[training]\nrounds = 1\nlearning_rate = 0.1\n")
+    }
+
+    #[tokio::test]
+    async fn of_jobs_whose_resumes_kept_crashing_the_largest_is_quarantined_and_the_others_resumed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let schema = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../datasets/schemas/telco_churn.toml"))
+            .expect("schema");
+        let shared = Arc::new(Shared {
+            store: crate::store::Store::open(dir.path()).expect("store"),
+            hub: crate::hub::Hub::default(),
+            jobs: Jobs::default(),
+            config: crate::config::CoordinatorConfig::default(),
+            metrics: Arc::new(crate::telemetry::Metrics::default()),
+            revocations: Default::default(),
+        });
+        for (id, model) in [("small", "kind = \"logistic_regression\""), ("large", "kind = \"mlp\"\nhidden = [512]"), ("fresh", "kind = \"logistic_regression\"")] {
+            let spec = confide_core::job::JobSpec::from_toml(&job(model)).expect("spec");
+            let spec_json = serde_json::to_string(&spec).expect("json");
+            shared.store.insert_job(id, "j", &spec_json, &schema).expect("insert");
+        }
+        for id in ["small", "large", "small", "large"] {
+            shared.store.begin_resume(id).expect("a resume that crashed");
+        }
+        assert_eq!(resume_all(&shared).expect("resume"), 2);
+        shared.jobs.stop_all();
+        let status = |id: &str| shared.store.job(id).expect("query").expect("job");
+        assert_eq!(status("large").status, JobStatus::Failed);
+        assert_eq!(status("large").error.as_deref(), Some(quarantine_reason(2).as_str()));
+        assert_eq!(status("small").resume_attempts, 3, "resumed once more");
+        assert_eq!(status("fresh").resume_attempts, 1);
+    }
+}
