@@ -136,10 +136,15 @@ enum CertsCommand {
 
 #[derive(Debug, Subcommand)]
 enum JobCommand {
-    /// Submit a job file; prints the new job's id.
+    /// Submit a job file; prints the new job's id (and a note when an identical job was
+    /// submitted before).
     Submit {
         /// Job file (TOML).
         file: PathBuf,
+        /// Submit at most once under this key: a repeat with the same key and job file prints
+        /// the earlier job's id and submits nothing (a different job file with it is refused).
+        #[arg(long, value_name = "KEY")]
+        idempotency_key: Option<String>,
     },
     /// List jobs.
     List,
@@ -385,7 +390,7 @@ fn read_job(path: &Path) -> Result<pb::SubmitJobRequest, Failure> {
         }
         _ => (Vec::new(), Vec::new()),
     };
-    Ok(pb::SubmitJobRequest { spec_toml: text, schema_toml: schema, model_module, model_parameters, catalogue_items })
+    Ok(pb::SubmitJobRequest { spec_toml: text, schema_toml: schema, model_module, model_parameters, catalogue_items, idempotency_key: String::new() })
 }
 
 /// `confide schema width`: the encoded input width, optionally with each input's name.
@@ -435,15 +440,26 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
     }
     // A job file is checked before anything is sent, so its mistakes are reported even offline.
     let job_file = match &cli.command {
-        Command::Job(JobCommand::Submit { file }) => Some(read_job(file)?),
+        Command::Job(JobCommand::Submit { file, idempotency_key }) => {
+            Some(pb::SubmitJobRequest { idempotency_key: idempotency_key.clone().unwrap_or_default(), ..read_job(file)? })
+        }
         _ => None,
     };
     let mut client = connect(&cli).await?;
     match cli.command {
         Command::Job(JobCommand::Submit { .. }) => {
             let request = job_file.unwrap_or_default();
-            let reply = client.submit_job(request).await.map_err(status_error)?;
-            outln!("{}", reply.into_inner().job_id)?;
+            let reply = client.submit_job(request).await.map_err(status_error)?.into_inner();
+            // Notes go to stderr, so scripts reading the id from stdout are unaffected.
+            if reply.replayed {
+                eprintln!(
+                    "note: this job was already submitted with this idempotency key at {} as {}; nothing new was submitted",
+                    reply.identical_submitted_at, reply.job_id
+                );
+            } else if !reply.identical_job_id.is_empty() {
+                eprintln!("note: an identical job was submitted at {} as {}", reply.identical_submitted_at, reply.identical_job_id);
+            }
+            outln!("{}", reply.job_id)?;
         }
         Command::Job(JobCommand::List) => {
             let jobs = client.list_jobs(pb::ListJobsRequest {}).await.map_err(status_error)?.into_inner().jobs;

@@ -21,6 +21,19 @@ pub struct CoordinatorConfig {
     /// Largest single gRPC message accepted, in bytes (chunks are 1 MiB).
     #[serde(default = "default_max_message_bytes")]
     pub max_message_bytes: usize,
+    /// Largest model a job may train, in parameters; larger jobs are refused at submission.
+    /// The default, 100 million (400 MB of `f32` values), is far above what the built-in
+    /// tabular and recommendation families need and keeps one job's model, optimizer state and
+    /// aggregation within a few GB; `max_job_memory_bytes` bounds the total as well.
+    #[serde(default = "default_max_model_parameters")]
+    pub max_model_parameters: u64,
+    /// Largest estimated coordinator memory one job may need (model, server-optimizer state,
+    /// aggregation and contributions in flight; see `jobs::admission`), in bytes; larger jobs
+    /// are refused at submission and not resumed. The default is a quarter of this machine's
+    /// physical memory (4 GiB where it cannot be read): a coordinator runs several jobs at once
+    /// and also needs memory for connections and the database, so one job may not take more.
+    #[serde(default = "default_max_job_memory_bytes")]
+    pub max_job_memory_bytes: u64,
     /// Concurrent streams allowed per connection.
     #[serde(default = "default_max_concurrent_streams")]
     pub max_concurrent_streams: u32,
@@ -47,6 +60,10 @@ pub struct CoordinatorConfig {
     /// read from the file).
     #[serde(skip)]
     pub insecure_dev: bool,
+    /// Start even when the database does not match its manifest (`--accept-state-loss`; never
+    /// read from the file): the manifest is rewritten to match the database as it is.
+    #[serde(skip)]
+    pub accept_state_loss: bool,
 }
 
 fn default_listen() -> SocketAddr {
@@ -64,6 +81,20 @@ fn default_max_message_bytes() -> usize {
 fn default_max_concurrent_streams() -> u32 {
     64
 }
+fn default_max_model_parameters() -> u64 {
+    100_000_000
+}
+fn default_max_job_memory_bytes() -> u64 {
+    physical_memory_bytes().map_or(4 << 30, |total| total / 4)
+}
+
+/// This machine's physical memory (Linux `/proc/meminfo`), if it can be read.
+fn physical_memory_bytes() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib.saturating_mul(1024))
+}
 
 impl Default for CoordinatorConfig {
     fn default() -> Self {
@@ -73,11 +104,14 @@ impl Default for CoordinatorConfig {
             max_contribution_bytes: default_max_contribution_bytes(),
             max_message_bytes: default_max_message_bytes(),
             max_concurrent_streams: default_max_concurrent_streams(),
+            max_model_parameters: default_max_model_parameters(),
+            max_job_memory_bytes: default_max_job_memory_bytes(),
             tls: None,
             metrics_listen: None,
             revoked: Vec::new(),
             revocation_file: None,
             insecure_dev: false,
+            accept_state_loss: false,
         }
     }
 }

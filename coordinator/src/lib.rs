@@ -63,6 +63,17 @@ pub enum RunError {
     Revocation(#[from] confide_tls::revocation::RevocationError),
 }
 
+impl RunError {
+    /// The process exit code for this error: 2 when the state on disk is refused (bad input
+    /// the operator must fix, see [`store::StoreError::StateLost`]), 1 otherwise.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            RunError::Store(store::StoreError::StateLost { .. }) => 2,
+            _ => 1,
+        }
+    }
+}
+
 /// Opens the store, resumes unfinished jobs and serves both services on `listener` until
 /// `shutdown` completes.
 pub async fn run(config: CoordinatorConfig, listener: TcpListener, shutdown: impl Future<Output = ()> + Send) -> Result<(), RunError> {
@@ -77,7 +88,8 @@ pub async fn run(config: CoordinatorConfig, listener: TcpListener, shutdown: imp
         }
     };
     let revocations = service::auth::Revocations::from_config(&config)?;
-    let store = store::Store::open(&config.data_dir)?;
+    // Refuses a database that lost state (see `store::manifest`) before anything is served.
+    let store = store::Store::open_with(&config.data_dir, store::OpenOptions { accept_state_loss: config.accept_state_loss })?;
     let metrics = Arc::new(telemetry::Metrics::default());
     let shared = Arc::new(Shared { store, hub: hub::Hub::default(), jobs: jobs::Jobs::default(), config, metrics, revocations });
     let stop_background = tokio_util::sync::CancellationToken::new();
@@ -128,5 +140,9 @@ pub async fn run(config: CoordinatorConfig, listener: TcpListener, shutdown: imp
         .await?;
     // Wait for every runner to return, so no store write is cut off when the process exits.
     shared.jobs.drain().await;
+    // A clean stop: none of this start's resumes crashed (see `jobs::QUARANTINE_AFTER_CRASHED_RESUMES`).
+    if let Err(e) = shared.store.clear_resume_attempts() {
+        tracing::warn!(error = %e, "could not clear the jobs' resume counts");
+    }
     Ok(())
 }

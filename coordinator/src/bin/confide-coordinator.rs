@@ -30,6 +30,11 @@ struct Args {
     /// Serve plaintext gRPC without client certificates. Development only: prints a warning.
     #[arg(long)]
     insecure_dev: bool,
+    /// Start even though the state database does not match its manifest (it is empty, lost
+    /// commits, or belongs to another data directory): the database is used as it is and the
+    /// manifest rewritten to match. Only after restoring a backup on purpose, or accepting the loss.
+    #[arg(long)]
+    accept_state_loss: bool,
 }
 
 #[tokio::main]
@@ -41,7 +46,8 @@ async fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("confide-coordinator: {e:#}");
-            ExitCode::FAILURE
+            // 2: the state on disk is refused and must be fixed by the operator; 1: any other failure.
+            ExitCode::from(e.downcast_ref::<confide_coordinator::RunError>().map_or(1, |e| e.exit_code()))
         }
     }
 }
@@ -58,6 +64,10 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         config.data_dir = dir;
     }
     config.insecure_dev = args.insecure_dev;
+    config.accept_state_loss = args.accept_state_loss;
+    if args.accept_state_loss {
+        eprintln!("confide-coordinator: WARNING: --accept-state-loss: a database that does not match its manifest is used as it is");
+    }
     if let Some(addr) = args.metrics_listen {
         config.metrics_listen = Some(addr);
     }

@@ -4,12 +4,17 @@
 //! is unfinished is resumed from its last committed round; on shutdown the runners are stopped
 //! and waited for ([`Jobs::drain`]), so no round is half-written when the process exits.
 //!
-//! Submission checks live in [`submit`], the API views of stored jobs in [`views`].
+//! Submission checks live in [`submit`] (sizes in [`admission`]), the API views of stored jobs
+//! in [`views`].
+//!
+//! A job whose resumes keep crashing the coordinator (killed for memory, say) is quarantined
+//! instead of resumed: see [`QUARANTINE_AFTER_CRASHED_RESUMES`].
 
+pub mod admission;
 pub mod submit;
 pub mod views;
 
-pub use submit::{ModelFiles, SubmitError, submit};
+pub use submit::{Earlier, ModelFiles, SubmitError, Submitted, submit};
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -101,15 +106,50 @@ pub fn start(shared: &Arc<Shared>, job_id: &str) {
     });
 }
 
-/// Resumes every unfinished job in the database.
+/// Consecutive resumes of a job that ended with the coordinator stopped uncleanly (and no
+/// round committed) before the job is quarantined as failed instead of resumed again: the
+/// second. One crash during a resume may have had another cause; a second in a row makes the
+/// job the likely cause (a process killed for memory), and resuming it again would take the
+/// coordinator and every other job down with it on each start.
+///
+/// A resume counts from the moment the coordinator starts the job again, so a coordinator
+/// killed twice while such a job waits for its banks also quarantines it; a clean shutdown
+/// (SIGINT) or a committed round clears the count. When several jobs reach the count at one
+/// start (they were resumed together), only the one needing the most memory is quarantined;
+/// the others are resumed once more, and a further crash quarantines the next.
+pub const QUARANTINE_AFTER_CRASHED_RESUMES: u32 = 2;
+
+/// Why a job was quarantined after `crashed` resumes.
+pub fn quarantine_reason(crashed: u32) -> String {
+    format!("quarantined: the coordinator stopped while resuming this job {crashed} times (possibly killed for memory); not resumed")
+}
+
+/// Resumes every unfinished job in the database, counting each resume first (see
+/// [`QUARANTINE_AFTER_CRASHED_RESUMES`]). A job whose resumes crashed too often, or that is
+/// larger than this coordinator's limits now admit, is marked failed with the reason instead.
 pub fn resume_all(shared: &Arc<Shared>) -> Result<usize, StoreError> {
+    let unfinished: Vec<JobRecord> = shared.store.jobs()?.into_iter().filter(|j| !j.status.is_final()).collect();
+    let suspect = unfinished
+        .iter()
+        .filter(|j| j.resume_attempts >= QUARANTINE_AFTER_CRASHED_RESUMES)
+        .max_by_key(|j| admission::stored_size(&shared.store, j).map_or(0, |(_, size)| size.memory_bytes))
+        .map(|j| j.id.clone());
     let mut n = 0;
-    for job in shared.store.jobs()? {
-        if !job.status.is_final() {
-            tracing::info!(job = %job.id, completed = job.rounds_completed, "resuming job");
-            start(shared, &job.id);
-            n += 1;
+    for job in unfinished {
+        let refusal = if suspect.as_deref() == Some(job.id.as_str()) {
+            Some(quarantine_reason(job.resume_attempts))
+        } else {
+            admission::check_stored(&shared.store, &shared.config, &job).err().map(|e| format!("not resumed: {e}"))
+        };
+        if let Some(reason) = refusal {
+            tracing::error!(job = %job.id, %reason, "job not resumed");
+            shared.store.set_job_status(&job.id, JobStatus::Failed, Some(&reason), None)?;
+            continue;
         }
+        let crashed = shared.store.begin_resume(&job.id)?;
+        tracing::info!(job = %job.id, completed = job.rounds_completed, crashed_resumes = crashed, "resuming job");
+        start(shared, &job.id);
+        n += 1;
     }
     Ok(n)
 }
@@ -124,3 +164,41 @@ pub fn cancel(shared: &Shared, job_id: &str) -> Result<Option<JobRecord>, StoreE
     shared.store.job(job_id)
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(model: &str) -> String {
+        format!("name = \"j\"\ndataset = \"telco_churn\"\n[model]\n{model}\n[training]\nrounds = 1\nlearning_rate = 0.1\n")
+    }
+
+    #[tokio::test]
+    async fn of_jobs_whose_resumes_kept_crashing_the_largest_is_quarantined_and_the_others_resumed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let schema = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../datasets/schemas/telco_churn.toml"))
+            .expect("schema");
+        let shared = Arc::new(Shared {
+            store: crate::store::Store::open(dir.path()).expect("store"),
+            hub: crate::hub::Hub::default(),
+            jobs: Jobs::default(),
+            config: crate::config::CoordinatorConfig::default(),
+            metrics: Arc::new(crate::telemetry::Metrics::default()),
+            revocations: Default::default(),
+        });
+        for (id, model) in [("small", "kind = \"logistic_regression\""), ("large", "kind = \"mlp\"\nhidden = [512]"), ("fresh", "kind = \"logistic_regression\"")] {
+            let spec = confide_core::job::JobSpec::from_toml(&job(model)).expect("spec");
+            let spec_json = serde_json::to_string(&spec).expect("json");
+            shared.store.insert_job(id, "j", &spec_json, &schema).expect("insert");
+        }
+        for id in ["small", "large", "small", "large"] {
+            shared.store.begin_resume(id).expect("a resume that crashed");
+        }
+        assert_eq!(resume_all(&shared).expect("resume"), 2);
+        shared.jobs.stop_all();
+        let status = |id: &str| shared.store.job(id).expect("query").expect("job");
+        assert_eq!(status("large").status, JobStatus::Failed);
+        assert_eq!(status("large").error.as_deref(), Some(quarantine_reason(2).as_str()));
+        assert_eq!(status("small").resume_attempts, 3, "resumed once more");
+        assert_eq!(status("fresh").resume_attempts, 1);
+    }
+}

@@ -1,5 +1,10 @@
 //! Submission: a job file, its schema and (for custom models) its module and parameters are
-//! validated before anything is stored, then the job is stored and started.
+//! validated, and the job's size admitted ([`super::admission`]), before anything is stored;
+//! then the job is stored and started.
+//!
+//! Every submission is hashed (job file, schema, model files, catalogue): an identical earlier
+//! job is named in the reply as a hint, and a repeated idempotency key returns the earlier job
+//! instead of storing a new one.
 
 use std::sync::Arc;
 
@@ -7,8 +12,9 @@ use confide_core::job::JobSpec;
 use confide_core::model::ModelSpec;
 use confide_datasets::DatasetSchema;
 
+use super::admission::{JobSize, SizeError};
 use crate::Shared;
-use crate::store::StoreError;
+use crate::store::{Inserted, JobRecord, NewJob, StoreError};
 
 /// Why a submission was refused.
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +51,22 @@ pub enum SubmitError {
     /// The item catalogue is missing, invalid, or sent with a tabular job.
     #[error("item catalogue: {0}")]
     Catalogue(String),
+    /// The job is larger than this coordinator admits.
+    #[error(transparent)]
+    Size(#[from] SizeError),
+    /// The idempotency key is malformed.
+    #[error("idempotency key: {0}")]
+    BadKey(&'static str),
+    /// The idempotency key was used for a different submission.
+    #[error("idempotency key `{key}` was already used at {submitted_at} for a different job ({job_id}); use a new key for a changed job file")]
+    KeyReused {
+        /// The key.
+        key: String,
+        /// The job stored under it.
+        job_id: String,
+        /// When that job was submitted.
+        submitted_at: String,
+    },
     /// The state could not be written.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -59,18 +81,93 @@ pub struct ModelFiles<'a> {
     pub parameters: &'a [u8],
 }
 
-/// Validates and stores a job (with its item catalogue, for recommendation models), then
-/// starts it. Returns the job id.
+/// An earlier job with the same submission.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Earlier {
+    /// Its id.
+    pub job_id: String,
+    /// RFC 3339 time it was submitted.
+    pub submitted_at: String,
+}
+
+impl From<&JobRecord> for Earlier {
+    fn from(job: &JobRecord) -> Self {
+        Self { job_id: job.id.clone(), submitted_at: job.created_at.clone() }
+    }
+}
+
+/// The outcome of a submission.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Submitted {
+    /// A new job was stored and started; `identical` names the latest earlier job with the
+    /// same submission, if any.
+    New {
+        /// The new job's id.
+        job_id: String,
+        /// An identical earlier job.
+        identical: Option<Earlier>,
+    },
+    /// The idempotency key had already submitted this job: nothing new was stored.
+    Replayed(Earlier),
+}
+
+impl Submitted {
+    /// The id of the job the submission stands for.
+    pub fn job_id(&self) -> &str {
+        match self {
+            Submitted::New { job_id, .. } => job_id,
+            Submitted::Replayed(earlier) => &earlier.job_id,
+        }
+    }
+}
+
+/// Longest idempotency key accepted, in bytes.
+pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 200;
+
+/// SHA-256 (hex) identifying a submission: of the hashes of its parts, in order, so that no
+/// part's bytes can run into the next.
+fn submission_hash(spec_toml: &str, schema_toml: &str, files: ModelFiles<'_>, catalogue: &[String]) -> String {
+    let mut parts = [spec_toml.as_bytes(), schema_toml.as_bytes(), files.module, files.parameters]
+        .into_iter()
+        .map(confide_core::sha256_hex)
+        .collect::<Vec<_>>();
+    parts.push(confide_core::sha256_hex(serde_json::to_string(catalogue).unwrap_or_default().as_bytes()));
+    confide_core::sha256_hex(parts.join("\n").as_bytes())
+}
+
+/// The earlier job an idempotency key stands for, or why the key cannot be used.
+fn replay(existing: &JobRecord, key: &str, hash: &str) -> Result<Submitted, SubmitError> {
+    if existing.submission_sha256.as_deref() == Some(hash) {
+        Ok(Submitted::Replayed(existing.into()))
+    } else {
+        Err(SubmitError::KeyReused { key: key.to_string(), job_id: existing.id.clone(), submitted_at: existing.created_at.clone() })
+    }
+}
+
+/// Validates, admits and stores a job (with its item catalogue, for recommendation models),
+/// then starts it.
 ///
 /// A `torchscript` model's module and initial parameters are validated and stored
-/// content-addressed; the stored spec names them by hash and records their layout.
+/// content-addressed; the stored spec names them by hash and records their layout. With an
+/// `idempotency_key` already stored for the same submission nothing is stored and the earlier
+/// job is returned; the same key with another submission is refused.
 pub fn submit(
     shared: &Arc<Shared>,
     spec_toml: &str,
     schema_toml: &str,
     files: ModelFiles<'_>,
     catalogue: Vec<String>,
-) -> Result<String, SubmitError> {
+    idempotency_key: Option<&str>,
+) -> Result<Submitted, SubmitError> {
+    let hash = submission_hash(spec_toml, schema_toml, files, &catalogue);
+    if let Some(key) = idempotency_key {
+        if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_BYTES || key.chars().any(char::is_control) {
+            return Err(SubmitError::BadKey("must be 1 to 200 bytes without control characters"));
+        }
+        if let Some(existing) = shared.store.job_by_idempotency_key(key)? {
+            return replay(&existing, key, &hash);
+        }
+    }
     let mut spec = JobSpec::from_toml(spec_toml)?;
     let schema = DatasetSchema::parse(schema_toml, "submitted schema").map_err(|e| SubmitError::Schema(e.to_string()))?;
     if schema.name != spec.dataset {
@@ -100,9 +197,12 @@ pub fn submit(
         _ => {}
     }
     let mismatch = |reason| SubmitError::ModelDatasetMismatch { model: spec.model.kind_name().into(), dataset: schema.name.clone(), reason };
+    // Tabular models see the schema's encoded width, recommendation models the catalogue's items.
+    let mut input_dim = schema.input_dim();
     let catalogue_json = match (spec.model.is_recommendation(), schema.recommendation.is_some()) {
         (true, true) => {
             let catalogue = confide_datasets::Catalogue::new(catalogue).map_err(|e| SubmitError::Catalogue(e.to_string()))?;
+            input_dim = catalogue.ids().len();
             Some(serde_json::to_string(catalogue.ids()).map_err(|e| SubmitError::Catalogue(e.to_string()))?)
         }
         (true, false) => return Err(mismatch("recommendation models need a ratings schema (`[recommendation]`)")),
@@ -112,14 +212,28 @@ pub fn submit(
         }
         (false, false) => None,
     };
+    JobSize::of(&spec, input_dim).check(&spec, &shared.config)?;
     let id = uuid::Uuid::new_v4().to_string();
     let spec_json = serde_json::to_string(&spec).map_err(|e| SubmitError::Schema(e.to_string()))?;
-    shared.store.insert_job_with_catalogue(&id, &spec.name, &spec_json, schema_toml, catalogue_json.as_deref())?;
+    let identical = shared.store.latest_job_by_submission(&hash)?.as_ref().map(Earlier::from);
+    let new = NewJob {
+        id: &id,
+        name: &spec.name,
+        spec_json: &spec_json,
+        schema_toml,
+        catalogue_json: catalogue_json.as_deref(),
+        submission_sha256: Some(&hash),
+        idempotency_key,
+    };
+    // A concurrent submission with the same key may have been stored since the check above.
+    if let Inserted::ExistingKey(existing) = shared.store.insert_new_job(&new)? {
+        return replay(&existing, idempotency_key.unwrap_or_default(), &hash);
+    }
     if spec.insecure_plain_aggregation {
         tracing::warn!(job = %id, "job uses INSECURE plain aggregation: the coordinator sees every institution's update (debugging only)");
     }
     super::start(shared, &id);
-    Ok(id)
+    Ok(Submitted::New { job_id: id, identical })
 }
 
 
@@ -176,7 +290,7 @@ mod tests {
         let params = parameters(width);
         let bytes = params.to_safetensors(Some(HashMap::from([(INPUT_DIM_KEY.to_string(), width.to_string())])));
         let files = ModelFiles { module: MODULE, parameters: &bytes };
-        let id = submit(&shared, &job(TORCHSCRIPT), &schema, files, Vec::new()).expect("accepted");
+        let id = submit(&shared, &job(TORCHSCRIPT), &schema, files, Vec::new(), None).expect("accepted").job_id().to_string();
         shared.jobs.stop_all();
 
         let stored = shared.store.job(&id).expect("read").expect("stored");
@@ -195,7 +309,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let shared = shared(dir.path());
         let (schema, width) = telco_schema();
-        let refuse = |model: &str, files: ModelFiles<'_>| submit(&shared, &job(model), &schema, files, Vec::new()).expect_err("refused").to_string();
+        let refuse = |model: &str, files: ModelFiles<'_>| submit(&shared, &job(model), &schema, files, Vec::new(), None).expect_err("refused").to_string();
 
         let narrow = parameters(width - 1)
             .to_safetensors(Some(HashMap::from([(INPUT_DIM_KEY.to_string(), (width - 1).to_string())])));
@@ -207,5 +321,43 @@ mod tests {
         let err = refuse("kind = \"mlp\"\nhidden = [4]", ModelFiles { module: MODULE, parameters: &good });
         assert!(err.contains("only `kind = \"torchscript\"`"), "{err}");
         assert!(shared.store.jobs().expect("jobs").is_empty(), "nothing refused was stored");
+    }
+
+    const MLP: &str = "kind = \"mlp\"\nhidden = [4]";
+
+    #[tokio::test]
+    async fn an_identical_submission_names_the_earlier_job_and_a_key_makes_it_a_no_op() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let shared = shared(dir.path());
+        let (schema, _) = telco_schema();
+        let go = |key: Option<&str>, spec: &str| submit(&shared, spec, &schema, ModelFiles::default(), Vec::new(), key);
+        let first = go(None, &job(MLP)).expect("first");
+        let Submitted::New { job_id: second, identical } = go(None, &job(MLP)).expect("second") else { panic!("no key, new job") };
+        let earlier = identical.expect("the first is named");
+        assert_eq!(earlier.job_id, first.job_id());
+        assert_ne!(second, first.job_id(), "without a key an identical job still runs");
+        let Submitted::New { identical: other, .. } = go(None, &job("kind = \"mlp\"\nhidden = [5]")).expect("different") else { panic!() };
+        assert!(other.is_none(), "a different job is no duplicate");
+
+        let keyed = go(Some("nightly-2026-12-01"), &job(MLP)).expect("keyed");
+        let Submitted::Replayed(again) = go(Some("nightly-2026-12-01"), &job(MLP)).expect("repeat") else { panic!("stored twice") };
+        assert_eq!(again.job_id, keyed.job_id());
+        let err = go(Some("nightly-2026-12-01"), &job("kind = \"mlp\"\nhidden = [5]")).expect_err("key reused").to_string();
+        assert!(err.contains("idempotency key `nightly-2026-12-01` was already used") && err.contains(keyed.job_id()), "{err}");
+        assert!(matches!(go(Some("a\nb"), &job(MLP)), Err(SubmitError::BadKey(_))));
+        shared.jobs.stop_all();
+        assert_eq!(shared.store.jobs().expect("jobs").len(), 4);
+    }
+
+    #[tokio::test]
+    async fn a_job_above_the_size_limits_is_refused_before_it_is_stored() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let shared = shared(dir.path());
+        let (schema, _) = telco_schema();
+        let err = submit(&shared, &job("kind = \"mlp\"\nhidden = [65536, 65536]"), &schema, ModelFiles::default(), Vec::new(), None)
+            .expect_err("too large")
+            .to_string();
+        assert!(err.contains("parameters, above this coordinator's limit of 100000000") && err.contains("`max_model_parameters`"), "{err}");
+        assert!(shared.store.jobs().expect("jobs").is_empty());
     }
 }

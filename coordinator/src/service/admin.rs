@@ -56,9 +56,10 @@ impl Admin for AdminService {
         let r = request.into_inner();
         let shared = Arc::clone(&self.shared);
         // Validation hashes the custom module and writes checkpoints: off the async threads.
-        let job_id = tokio::task::spawn_blocking(move || {
+        let submitted = tokio::task::spawn_blocking(move || {
             let files = jobs::ModelFiles { module: &r.model_module, parameters: &r.model_parameters };
-            jobs::submit(&shared, &r.spec_toml, &r.schema_toml, files, r.catalogue_items)
+            let key = Some(r.idempotency_key.as_str()).filter(|k| !k.is_empty());
+            jobs::submit(&shared, &r.spec_toml, &r.schema_toml, files, r.catalogue_items, key)
         })
         .await
         .map_err(|e| Status::internal(format!("submission task failed: {e}")))?
@@ -66,8 +67,18 @@ impl Admin for AdminService {
             SubmitError::Store(e) => Status::internal(e.to_string()),
             other => Status::invalid_argument(other.to_string()),
         })?;
-        tracing::info!(job = %job_id, "job submitted");
-        Ok(Response::new(pb::SubmitJobResponse { job_id }))
+        let reply = match submitted {
+            jobs::Submitted::New { job_id, identical } => {
+                tracing::info!(job = %job_id, identical_to = identical.as_ref().map(|e| e.job_id.as_str()), "job submitted");
+                let (earlier, at) = identical.map(|e| (e.job_id, e.submitted_at)).unwrap_or_default();
+                pb::SubmitJobResponse { job_id, identical_job_id: earlier, identical_submitted_at: at, replayed: false }
+            }
+            jobs::Submitted::Replayed(e) => {
+                tracing::info!(job = %e.job_id, "repeated submission with the same idempotency key: nothing stored");
+                pb::SubmitJobResponse { job_id: e.job_id.clone(), identical_job_id: e.job_id, identical_submitted_at: e.submitted_at, replayed: true }
+            }
+        };
+        Ok(Response::new(reply))
     }
 
     async fn list_jobs(&self, request: Request<pb::ListJobsRequest>) -> Result<Response<pb::ListJobsResponse>, Status> {

@@ -1,7 +1,7 @@
 //! Content-addressed checkpoint files: `checkpoints/<sha256>.safetensors`.
 //!
-//! A file is written to a temporary name, fsynced, renamed into place and the directory fsynced,
-//! so a crash leaves either no file or a complete one. Reads verify the content against the
+//! A file is written to a temporary name, fsynced, renamed into place and the directory fsynced
+//! ([`write_durably`]), so a crash or a full disk leaves either no file or a complete one. Reads verify the content against the
 //! hash the file is named by, so a corrupted checkpoint is reported, never loaded.
 
 use std::io::Write;
@@ -26,6 +26,31 @@ const RECENT: usize = 4;
 
 fn valid_hash(hash: &str) -> bool {
     hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// Writes `bytes` to `path` so that a crash or a full disk leaves either the previous file or
+/// the complete new one, never a truncated file: a unique temporary name beside it (ending in
+/// `.tmp`, removed on failure), fsync, rename, fsync of the directory.
+pub fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = dir.join(format!("{name}.{}.tmp", uuid::Uuid::new_v4()));
+    let written = (|| {
+        let mut file = std::fs::File::create(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        drop(file);
+        std::fs::rename(&tmp, path)
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written?;
+    // Make the rename itself durable.
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
 }
 
 impl CheckpointDir {
@@ -56,17 +81,7 @@ impl CheckpointDir {
         if path.exists() {
             return Ok(hash);
         }
-        let tmp = self.dir.join(format!("{hash}.{}.tmp", uuid::Uuid::new_v4()));
-        let io = |source| StoreError::Io { path: tmp.clone(), source };
-        let mut file = std::fs::File::create(&tmp).map_err(io)?;
-        file.write_all(bytes).map_err(io)?;
-        file.sync_all().map_err(io)?;
-        drop(file);
-        std::fs::rename(&tmp, &path).map_err(|source| StoreError::Io { path: path.clone(), source })?;
-        // Make the rename itself durable.
-        if let Ok(d) = std::fs::File::open(&self.dir) {
-            let _ = d.sync_all();
-        }
+        write_durably(&path, bytes).map_err(|source| StoreError::Io { path: path.clone(), source })?;
         Ok(hash)
     }
 

@@ -5,8 +5,12 @@
 //! the model and server-optimizer checkpoints. A round becomes durable in one transaction, after
 //! its checkpoint files are on disk (see [`checkpoints`]); killing the process at any point
 //! therefore leaves either the previous completed round or the new one, never half of one.
+//!
+//! Beside the database the store keeps a [`manifest`] (store id and commit generation), so a
+//! database that lost commits or was replaced is refused at start instead of silently served.
 
 pub mod checkpoints;
+pub mod manifest;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -16,6 +20,7 @@ use confide_core::outcome::ParticipantStatus;
 use rusqlite::{Connection, OptionalExtension, params};
 
 pub use checkpoints::CheckpointDir;
+pub use manifest::StateProblem;
 
 /// Errors of the durable store.
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +58,15 @@ pub enum StoreError {
     /// A stored JSON column could not be read back.
     #[error("stored record is unreadable: {0}")]
     Record(String),
+    /// The database does not match the rest of the data directory (see [`manifest`]): serving
+    /// it would silently lose committed state, so the coordinator refuses to start.
+    #[error("refusing to start on the state in {data_dir}: {problem}; {}", manifest::RECOVERY)]
+    StateLost {
+        /// The data directory.
+        data_dir: PathBuf,
+        /// What does not match.
+        problem: StateProblem,
+    },
 }
 
 /// Lifecycle of a job.
@@ -132,6 +146,41 @@ pub struct JobRecord {
     pub export_dir: Option<String>,
     /// Why the automatic export failed.
     pub export_error: Option<String>,
+    /// Coordinator starts that resumed this job since its last committed round (or clean
+    /// shutdown): each one that is still counted at the next start ended in a crash.
+    pub resume_attempts: u32,
+    /// SHA-256 of the submission (job file, schema, model files, catalogue), for duplicate hints.
+    pub submission_sha256: Option<String>,
+    /// The submitter's idempotency key, if one was given (unique).
+    pub idempotency_key: Option<String>,
+}
+
+/// A job to store, as submitted.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NewJob<'a> {
+    /// Job id (UUID).
+    pub id: &'a str,
+    /// Name from the spec.
+    pub name: &'a str,
+    /// Validated spec as JSON.
+    pub spec_json: &'a str,
+    /// The schema's TOML text.
+    pub schema_toml: &'a str,
+    /// The item catalogue (JSON array of ids), recommendation jobs only.
+    pub catalogue_json: Option<&'a str>,
+    /// SHA-256 of the submission.
+    pub submission_sha256: Option<&'a str>,
+    /// The submitter's idempotency key.
+    pub idempotency_key: Option<&'a str>,
+}
+
+/// The outcome of [`Store::insert_new_job`].
+#[derive(Debug, Clone)]
+pub enum Inserted {
+    /// The job was stored.
+    New,
+    /// A job with the same idempotency key already exists; nothing was stored.
+    ExistingKey(Box<JobRecord>),
 }
 
 /// How one worker fared in one round.
@@ -192,9 +241,27 @@ pub struct AuditHeadRecord {
 /// The coordinator's database and checkpoint directory.
 #[derive(Debug)]
 pub struct Store {
-    conn: Mutex<Connection>,
+    inner: Mutex<Inner>,
     path: PathBuf,
+    data_dir: PathBuf,
     checkpoints: CheckpointDir,
+}
+
+/// The connection and the commit generation it has reached (kept together so the manifest is
+/// written in commit order).
+#[derive(Debug)]
+struct Inner {
+    conn: Connection,
+    store_id: String,
+    generation: u64,
+}
+
+/// How [`Store::open_with`] treats state that does not match its manifest.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OpenOptions {
+    /// Open anyway and rewrite the manifest to match the database (`--accept-state-loss`):
+    /// for an operator who restored an older backup on purpose, or accepts the loss.
+    pub accept_state_loss: bool,
 }
 
 const SCHEMA: &str = r#"
@@ -243,6 +310,10 @@ CREATE TABLE IF NOT EXISTS job_catalogues (
     job_id TEXT PRIMARY KEY REFERENCES jobs(id),
     items_json TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS store_meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS audit_heads (
     job_id TEXT NOT NULL REFERENCES jobs(id),
     worker_id TEXT NOT NULL,
@@ -255,7 +326,19 @@ CREATE TABLE IF NOT EXISTS audit_heads (
 
 /// Columns added to `jobs` after the first release, with their types; [`Store::open`] adds
 /// those an older database lacks.
-const ADDED_JOB_COLUMNS: [(&str, &str); 2] = [("export_dir", "TEXT"), ("export_error", "TEXT")];
+const ADDED_JOB_COLUMNS: [(&str, &str); 5] = [
+    ("export_dir", "TEXT"),
+    ("export_error", "TEXT"),
+    ("resume_attempts", "INTEGER NOT NULL DEFAULT 0"),
+    ("submission_sha256", "TEXT"),
+    ("idempotency_key", "TEXT"),
+];
+
+/// Indexes over added columns (created once the columns exist).
+const ADDED_INDEXES: &str = "
+CREATE UNIQUE INDEX IF NOT EXISTS jobs_by_idempotency_key ON jobs(idempotency_key) WHERE idempotency_key IS NOT NULL;
+CREATE INDEX IF NOT EXISTS jobs_by_submission ON jobs(submission_sha256);
+";
 
 fn add_missing_columns(conn: &Connection) -> rusqlite::Result<()> {
     let mut st = conn.prepare("SELECT name FROM pragma_table_info('jobs')")?;
@@ -265,7 +348,7 @@ fn add_missing_columns(conn: &Connection) -> rusqlite::Result<()> {
             conn.execute_batch(&format!("ALTER TABLE jobs ADD COLUMN {name} {kind}"))?;
         }
     }
-    Ok(())
+    conn.execute_batch(ADDED_INDEXES)
 }
 
 /// A stored participant status; an unknown name is an error, never a default.
@@ -292,6 +375,20 @@ impl StoreError {
             _ => false,
         }
     }
+
+    /// True when the fault is a full disk (ENOSPC, a quota, or SQLite's `SQLITE_FULL`): the
+    /// job stalls until space returns. Implies [`Self::is_transient`].
+    pub fn is_disk_full(&self) -> bool {
+        /// ENOSPC and EDQUOT on Linux.
+        const NO_SPACE: [i32; 2] = [28, 122];
+        match self {
+            StoreError::Io { source, .. } => {
+                source.kind() == std::io::ErrorKind::StorageFull || source.raw_os_error().is_some_and(|e| NO_SPACE.contains(&e))
+            }
+            StoreError::Sqlite { source: rusqlite::Error::SqliteFailure(e, _), .. } => e.code == rusqlite::ErrorCode::DiskFull,
+            _ => false,
+        }
+    }
 }
 
 /// Current time as RFC 3339 (UTC).
@@ -301,15 +398,73 @@ pub fn now_rfc3339() -> String {
         .unwrap_or_default()
 }
 
+/// The store id and generation a database records (none and 0 for a new or pre-manifest one).
+fn read_meta(conn: &Connection) -> rusqlite::Result<(Option<String>, u64)> {
+    let has_meta: bool =
+        conn.query_row("SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'store_meta'", [], |r| r.get(0))?;
+    if !has_meta {
+        return Ok((None, 0));
+    }
+    let value = |key: &str| {
+        conn.query_row("SELECT value FROM store_meta WHERE key = ?1", params![key], |r| r.get::<_, String>(0)).optional()
+    };
+    let generation = value("generation")?.and_then(|g| g.parse().ok()).unwrap_or(0);
+    Ok((value("store_id")?, generation))
+}
+
+/// Removes temporary files a crash or a full disk left in the data directory (the manifest's).
+fn remove_temporary_files(data_dir: &Path) {
+    for entry in std::fs::read_dir(data_dir).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with(manifest::MANIFEST_FILE) && name.ends_with(".tmp") {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
+impl Inner {
+    fn manifest(&self) -> manifest::Manifest {
+        manifest::Manifest {
+            format: manifest::FORMAT,
+            store_id: self.store_id.clone(),
+            generation: self.generation,
+            updated_at: now_rfc3339(),
+        }
+    }
+}
+
 impl Store {
+    /// Opens (creating if needed) `data_dir/state.sqlite3` and `data_dir/checkpoints/`,
+    /// refusing state that does not match its manifest (see [`Self::open_with`]).
+    pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
+        Self::open_with(data_dir, OpenOptions::default())
+    }
+
     /// Opens (creating if needed) `data_dir/state.sqlite3` and `data_dir/checkpoints/`.
     ///
     /// A corrupted file, a file that is not a database, or one locked by another coordinator
-    /// gives a [`StoreError::Sqlite`] naming the file.
-    pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
+    /// gives a [`StoreError::Sqlite`] naming the file. An empty or missing database beside
+    /// other state, a database behind its manifest, or a database of another store gives
+    /// [`StoreError::StateLost`] and touches nothing, unless `options.accept_state_loss`.
+    pub fn open_with(data_dir: &Path, options: OpenOptions) -> Result<Self, StoreError> {
         std::fs::create_dir_all(data_dir)
             .map_err(|source| StoreError::Io { path: data_dir.to_path_buf(), source })?;
+        remove_temporary_files(data_dir);
         let path = data_dir.join("state.sqlite3");
+        let lost = |problem| StoreError::StateLost { data_dir: data_dir.to_path_buf(), problem };
+        let manifest = manifest::read(data_dir)?;
+        // Checked before SQLite opens (and so creates) the file.
+        let db_state = match std::fs::metadata(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some("missing"),
+            Ok(m) if m.len() == 0 => Some("empty (0 bytes)"),
+            _ => None,
+        };
+        if let Some(state) = db_state {
+            let found = manifest::evidence(data_dir, manifest.as_ref());
+            if !found.is_empty() && !options.accept_state_loss {
+                return Err(lost(StateProblem::EmptyDatabase { state, found }));
+            }
+        }
         let err = |source| StoreError::Sqlite { path: path.clone(), source };
         let conn = Connection::open(&path).map_err(err)?;
         conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(err)?;
@@ -324,10 +479,53 @@ impl Store {
                 Some(format!("integrity check failed: {check}")),
             )));
         }
+        // Compared before any schema change, so a refused database is left exactly as found.
+        let (db_id, db_generation) = read_meta(&conn).map_err(err)?;
+        if !options.accept_state_loss
+            && let Some(m) = &manifest
+        {
+            match &db_id {
+                None => {
+                    return Err(lost(StateProblem::ForeignDatabase {
+                        database: "has no store id (a new or foreign database)".into(),
+                        manifest: m.store_id.clone(),
+                    }));
+                }
+                Some(id) if *id != m.store_id => {
+                    return Err(lost(StateProblem::ForeignDatabase {
+                        database: format!("belongs to store {id}"),
+                        manifest: m.store_id.clone(),
+                    }));
+                }
+                Some(_) if db_generation < m.generation => {
+                    return Err(lost(StateProblem::MissingCommits { database: db_generation, manifest: m.generation }));
+                }
+                Some(_) => {}
+            }
+        }
         conn.execute_batch(SCHEMA).map_err(err)?;
         add_missing_columns(&conn).map_err(err)?;
+        let store_id = match db_id {
+            Some(id) => id,
+            // A new database, or one from before manifests: it gets its id (and the manifest's,
+            // when the loss was accepted), at generation 0.
+            None => {
+                let id = manifest.as_ref().map_or_else(|| uuid::Uuid::new_v4().to_string(), |m| m.store_id.clone());
+                conn.execute(
+                    "INSERT OR REPLACE INTO store_meta (key, value) VALUES ('store_id', ?1), ('generation', ?2)",
+                    params![id, db_generation.to_string()],
+                )
+                .map_err(err)?;
+                id
+            }
+        };
+        if manifest.as_ref().is_some_and(|m| m.store_id != store_id || m.generation != db_generation) {
+            tracing::warn!(data_dir = %data_dir.display(), generation = db_generation, "the manifest is rewritten to match the database");
+        }
         let checkpoints = CheckpointDir::open(&data_dir.join("checkpoints"))?;
-        Ok(Self { conn: Mutex::new(conn), path, checkpoints })
+        let inner = Inner { conn, store_id, generation: db_generation };
+        manifest::write(data_dir, &inner.manifest())?;
+        Ok(Self { inner: Mutex::new(inner), path, data_dir: data_dir.to_path_buf(), checkpoints })
     }
 
     /// The checkpoint directory.
@@ -335,15 +533,45 @@ impl Store {
         &self.checkpoints
     }
 
+    /// The commit generation the database has reached (what the manifest records).
+    pub fn generation(&self) -> u64 {
+        self.lock().generation
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Runs a read.
     fn with<T>(&self, f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>) -> Result<T, StoreError> {
-        let mut conn = self.conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        f(&mut conn).map_err(|source| StoreError::Sqlite { path: self.path.clone(), source })
+        f(&mut self.lock().conn).map_err(|source| StoreError::Sqlite { path: self.path.clone(), source })
+    }
+
+    /// Runs a write in one transaction that also advances the generation, then records the
+    /// new generation in the manifest. A manifest that cannot be written (a full disk) stays
+    /// behind the database, which the next start accepts; the commit stands.
+    fn write<T>(&self, f: impl FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<T>) -> Result<T, StoreError> {
+        let mut inner = self.lock();
+        let generation = inner.generation + 1;
+        let out = (|| {
+            let tx = inner.conn.transaction()?;
+            let out = f(&tx)?;
+            tx.execute("UPDATE store_meta SET value = ?1 WHERE key = 'generation'", params![generation.to_string()])?;
+            tx.commit()?;
+            Ok(out)
+        })()
+        .map_err(|source| StoreError::Sqlite { path: self.path.clone(), source })?;
+        inner.generation = generation;
+        if let Err(e) = manifest::write(&self.data_dir, &inner.manifest()) {
+            tracing::warn!(error = %e, generation, "could not update the store manifest (retried at the next commit)");
+        }
+        Ok(out)
     }
 
     /// Records (or refreshes) a worker's registration.
     pub fn upsert_worker(&self, id: &str, info_json: &str) -> Result<(), StoreError> {
         let now = now_rfc3339();
-        self.with(|c| {
+        self.write(|c| {
             c.execute(
                 "INSERT INTO workers (id, info_json, last_seen) VALUES (?1, ?2, ?3)
                  ON CONFLICT(id) DO UPDATE SET info_json = excluded.info_json, last_seen = excluded.last_seen",
@@ -379,19 +607,64 @@ impl Store {
         schema_toml: &str,
         catalogue_json: Option<&str>,
     ) -> Result<(), StoreError> {
+        self.insert_new_job(&NewJob { id, name, spec_json, schema_toml, catalogue_json, ..NewJob::default() }).map(|_| ())
+    }
+
+    /// Stores a newly submitted job as pending, with its catalogue, submission hash and
+    /// idempotency key, in one transaction. When a job with the same idempotency key exists,
+    /// nothing is stored and that job is returned (checked in the same transaction, so two
+    /// concurrent submissions with one key store one job).
+    pub fn insert_new_job(&self, job: &NewJob<'_>) -> Result<Inserted, StoreError> {
         let now = now_rfc3339();
-        self.with(|c| {
-            let tx = c.transaction()?;
-            tx.execute(
-                "INSERT INTO jobs (id, name, spec_json, schema_toml, status, created_at, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, 'pending', ?5, ?5)",
-                params![id, name, spec_json, schema_toml, now],
-            )?;
-            if let Some(items) = catalogue_json {
-                tx.execute("INSERT INTO job_catalogues (job_id, items_json) VALUES (?1, ?2)", params![id, items])?;
+        let sql = format!("SELECT {} FROM jobs WHERE idempotency_key = ?1", Self::JOB_COLUMNS);
+        self.write(|tx| {
+            if let Some(key) = job.idempotency_key
+                && let Some(existing) = tx.query_row(&sql, params![key], Self::job_from_row).optional()?
+            {
+                return Ok(Inserted::ExistingKey(Box::new(existing)));
             }
-            tx.commit()
+            tx.execute(
+                "INSERT INTO jobs (id, name, spec_json, schema_toml, status, created_at, updated_at, submission_sha256, idempotency_key)
+                 VALUES (?1, ?2, ?3, ?4, 'pending', ?5, ?5, ?6, ?7)",
+                params![job.id, job.name, job.spec_json, job.schema_toml, now, job.submission_sha256, job.idempotency_key],
+            )?;
+            if let Some(items) = job.catalogue_json {
+                tx.execute("INSERT INTO job_catalogues (job_id, items_json) VALUES (?1, ?2)", params![job.id, items])?;
+            }
+            Ok(Inserted::New)
         })
+    }
+
+    /// The job stored with idempotency key `key`, if any.
+    pub fn job_by_idempotency_key(&self, key: &str) -> Result<Option<JobRecord>, StoreError> {
+        let sql = format!("SELECT {} FROM jobs WHERE idempotency_key = ?1", Self::JOB_COLUMNS);
+        self.with(|c| c.query_row(&sql, params![key], Self::job_from_row).optional())
+    }
+
+    /// The most recent job submitted with the same submission hash, if any.
+    pub fn latest_job_by_submission(&self, sha256: &str) -> Result<Option<JobRecord>, StoreError> {
+        let sql = format!(
+            "SELECT {} FROM jobs WHERE submission_sha256 = ?1 ORDER BY created_at DESC, rowid DESC LIMIT 1",
+            Self::JOB_COLUMNS
+        );
+        self.with(|c| c.query_row(&sql, params![sha256], Self::job_from_row).optional())
+    }
+
+    /// Counts a coordinator start resuming `id` and returns how many earlier resumes were
+    /// still counted (each ended without a committed round or a clean shutdown: a crash).
+    /// The count is reset by [`Self::complete_round`] and [`Self::clear_resume_attempts`].
+    pub fn begin_resume(&self, id: &str) -> Result<u32, StoreError> {
+        self.write(|tx| {
+            let before: u32 = tx.query_row("SELECT resume_attempts FROM jobs WHERE id = ?1", params![id], |r| r.get(0))?;
+            tx.execute("UPDATE jobs SET resume_attempts = resume_attempts + 1 WHERE id = ?1", params![id])?;
+            Ok(before)
+        })
+    }
+
+    /// Forgets every job's resume count: the coordinator stopped cleanly, so none of its
+    /// resumes crashed.
+    pub fn clear_resume_attempts(&self) -> Result<(), StoreError> {
+        self.write(|tx| tx.execute("UPDATE jobs SET resume_attempts = 0 WHERE resume_attempts > 0", []).map(|_| ()))
     }
 
     /// A job's item catalogue (JSON array of ids), if it has one.
@@ -419,16 +692,20 @@ impl Store {
             state_hash: r.get(12)?,
             export_dir: r.get(13)?,
             export_error: r.get(14)?,
+            resume_attempts: r.get(15)?,
+            submission_sha256: r.get(16)?,
+            idempotency_key: r.get(17)?,
         })
     }
 
     const JOB_COLUMNS: &'static str = "id, name, spec_json, schema_toml, status, created_at, updated_at, error, \
-         stop_reason, preprocessing_json, rounds_completed, model_hash, state_hash, export_dir, export_error";
+         stop_reason, preprocessing_json, rounds_completed, model_hash, state_hash, export_dir, export_error, \
+         resume_attempts, submission_sha256, idempotency_key";
 
     /// Records the outcome of the automatic export of a completed job: the directory written,
     /// or why it failed (the other is cleared).
     pub fn set_export(&self, id: &str, dir: Option<&str>, error: Option<&str>) -> Result<(), StoreError> {
-        self.with(|c| {
+        self.write(|c| {
             c.execute("UPDATE jobs SET export_dir = ?2, export_error = ?3 WHERE id = ?1", params![id, dir, error])
                 .map(|_| ())
         })
@@ -438,7 +715,7 @@ impl Store {
     /// is already stored (uploads of one round may arrive in any order; later rounds win).
     pub fn set_audit_head(&self, job_id: &str, worker_id: &str, round: u64, head: &str) -> Result<(), StoreError> {
         let now = now_rfc3339();
-        self.with(|c| {
+        self.write(|c| {
             c.execute(
                 "INSERT INTO audit_heads (job_id, worker_id, round, head, recorded_at) VALUES (?1, ?2, ?3, ?4, ?5)
                  ON CONFLICT(job_id, worker_id) DO UPDATE SET round = excluded.round, head = excluded.head,
@@ -493,7 +770,7 @@ impl Store {
         stop_reason: Option<&str>,
     ) -> Result<(), StoreError> {
         let now = now_rfc3339();
-        self.with(|c| {
+        self.write(|c| {
             c.execute(
                 "UPDATE jobs SET status = ?2, error = COALESCE(?3, error),
                  stop_reason = COALESCE(?4, stop_reason), updated_at = ?5 WHERE id = ?1",
@@ -512,7 +789,7 @@ impl Store {
         state_hash: &str,
     ) -> Result<(), StoreError> {
         let now = now_rfc3339();
-        self.with(|c| {
+        self.write(|c| {
             c.execute(
                 "UPDATE jobs SET preprocessing_json = ?2, model_hash = ?3, state_hash = ?4, updated_at = ?5
                  WHERE id = ?1 AND rounds_completed = 0",
@@ -526,8 +803,7 @@ impl Store {
     /// The checkpoints it names must already be written.
     pub fn complete_round(&self, job_id: &str, attempt: u32, round: &RoundRecord) -> Result<(), StoreError> {
         let metrics_json = serde_json::to_string(&round.metrics).map_err(|e| StoreError::Record(e.to_string()))?;
-        self.with(|c| {
-            let tx = c.transaction()?;
+        self.write(|tx| {
             tx.execute(
                 "INSERT OR REPLACE INTO rounds (job_id, round, model_hash, state_hash, metrics_json, duration_secs, completed_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -540,12 +816,13 @@ impl Store {
                     params![job_id, round.round as i64, attempt, p.worker_id, p.status.as_str(), p.reason, round.completed_at],
                 )?;
             }
+            // A committed round also ends the count of crashed resumes (see `begin_resume`).
             tx.execute(
-                "UPDATE jobs SET rounds_completed = ?2, model_hash = ?3, state_hash = ?4, status = 'running', updated_at = ?5
-                 WHERE id = ?1",
+                "UPDATE jobs SET rounds_completed = ?2, model_hash = ?3, state_hash = ?4, status = 'running', updated_at = ?5,
+                 resume_attempts = 0 WHERE id = ?1",
                 params![job_id, round.round as i64, round.model_hash, round.state_hash, round.completed_at],
             )?;
-            tx.commit()
+            Ok(())
         })
     }
 
@@ -558,8 +835,7 @@ impl Store {
         participants: &[ParticipantRecord],
     ) -> Result<(), StoreError> {
         let now = now_rfc3339();
-        self.with(|c| {
-            let tx = c.transaction()?;
+        self.write(|tx| {
             for p in participants {
                 tx.execute(
                     "INSERT INTO participants (job_id, round, attempt, worker_id, status, reason, completed, recorded_at)
@@ -567,7 +843,7 @@ impl Store {
                     params![job_id, round as i64, attempt, p.worker_id, p.status.as_str(), p.reason, now],
                 )?;
             }
-            tx.commit()
+            Ok(())
         })
     }
 
@@ -757,6 +1033,142 @@ mod tests {
         assert_eq!(heads, vec![("bank1".into(), 2, h2), ("bank2".into(), 1, h1)]);
         assert_eq!(store.audit_heads("j2").expect("heads")[0].head, h3);
         assert!(store.audit_heads("j3").expect("none").is_empty());
+    }
+
+    fn problem(err: StoreError) -> StateProblem {
+        match err {
+            StoreError::StateLost { problem, .. } => problem,
+            other => panic!("expected a refusal, got {other}"),
+        }
+    }
+
+    #[test]
+    fn every_commit_advances_the_generation_the_manifest_records() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("open");
+        assert_eq!(store.generation(), 0);
+        store.insert_job("j1", "churn", "{}", "").expect("insert");
+        store.complete_round("j1", 1, &round(1)).expect("round 1");
+        let m = manifest::read(dir.path()).expect("read").expect("written");
+        assert_eq!((m.generation, store.generation()), (2, 2));
+        drop(store);
+        let store = Store::open(dir.path()).expect("reopens");
+        assert_eq!(store.generation(), 2);
+        assert_eq!(manifest::read(dir.path()).expect("read").expect("kept").store_id, m.store_id);
+    }
+
+    #[test]
+    fn an_empty_or_missing_database_beside_a_manifest_is_refused_and_left_alone() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let store = Store::open(dir.path()).expect("open");
+            store.insert_job("j1", "churn", "{}", "").expect("insert");
+            store.checkpoints().put(b"model").expect("checkpoint");
+        }
+        let db = dir.path().join("state.sqlite3");
+        for suffix in ["-wal", "-shm"] {
+            let _ = std::fs::remove_file(dir.path().join(format!("state.sqlite3{suffix}")));
+        }
+        std::fs::write(&db, b"").expect("truncate");
+        let manifest_before = std::fs::read(dir.path().join("manifest.json")).expect("manifest");
+        let err = Store::open(dir.path()).expect_err("refused");
+        let msg = err.to_string();
+        assert!(msg.contains("state.sqlite3 is empty (0 bytes)") && msg.contains("1 checkpoint file(s)"), "{msg}");
+        assert!(msg.contains("--accept-state-loss") && msg.contains("backup"), "{msg}");
+        assert!(matches!(problem(err), StateProblem::EmptyDatabase { .. }));
+        assert_eq!(std::fs::metadata(&db).expect("db").len(), 0, "the empty file is not initialised");
+        assert_eq!(std::fs::read(dir.path().join("manifest.json")).expect("manifest"), manifest_before, "nothing overwritten");
+
+        std::fs::remove_file(&db).expect("remove");
+        assert!(matches!(problem(Store::open(dir.path()).expect_err("refused")), StateProblem::EmptyDatabase { state: "missing", .. }));
+        assert!(!db.exists(), "a refused open creates no database");
+
+        let store = Store::open_with(dir.path(), OpenOptions { accept_state_loss: true }).expect("accepted");
+        assert!(store.jobs().expect("jobs").is_empty());
+        drop(store);
+        Store::open(dir.path()).expect("the accepted state is the new baseline");
+    }
+
+    #[test]
+    fn a_database_behind_its_manifest_is_refused_with_the_number_of_missing_commits() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = dir.path().join("state.sqlite3");
+        let backup = dir.path().join("backup.sqlite3");
+        {
+            let store = Store::open(dir.path()).expect("open");
+            store.insert_job("j1", "churn", "{}", "").expect("insert");
+            store.with(|c| c.execute_batch(&format!("VACUUM INTO '{}'", backup.display()))).expect("backup at generation 1");
+            store.complete_round("j1", 1, &round(1)).expect("round 1");
+            store.complete_round("j1", 1, &round(2)).expect("round 2");
+        }
+        std::fs::copy(&backup, &db).expect("restore the old backup");
+        let err = Store::open(dir.path()).expect_err("refused");
+        let msg = err.to_string();
+        assert!(msg.contains("2 committed transaction(s) are missing"), "{msg}");
+        assert_eq!(problem(err), StateProblem::MissingCommits { database: 1, manifest: 3 });
+        let store = Store::open_with(dir.path(), OpenOptions { accept_state_loss: true }).expect("accepted");
+        assert_eq!(store.job("j1").expect("query").expect("kept").rounds_completed, 0, "the backup's state");
+    }
+
+    #[test]
+    fn a_database_of_another_store_is_refused() {
+        let (here, there) = (tempfile::tempdir().expect("tempdir"), tempfile::tempdir().expect("tempdir"));
+        drop(Store::open(here.path()).expect("open"));
+        drop(Store::open(there.path()).expect("open"));
+        std::fs::copy(there.path().join("state.sqlite3"), here.path().join("state.sqlite3")).expect("swap");
+        let msg = Store::open(here.path()).expect_err("refused").to_string();
+        assert!(msg.contains("belongs to store") && msg.contains("manifest.json names store"), "{msg}");
+    }
+
+    #[test]
+    fn a_database_from_before_manifests_gets_one() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let conn = Connection::open(dir.path().join("state.sqlite3")).expect("create");
+            conn.execute_batch(SCHEMA.split("CREATE TABLE IF NOT EXISTS store_meta").next().expect("old tables")).expect("old schema");
+        }
+        drop(Store::open(dir.path()).expect("an old database opens"));
+        assert!(manifest::read(dir.path()).expect("read").is_some());
+        Store::open(dir.path()).expect("and reopens against its new manifest");
+    }
+
+    #[test]
+    fn resume_attempts_count_until_a_round_commits_or_a_clean_stop() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("open");
+        store.insert_job("j1", "churn", "{}", "").expect("insert");
+        assert_eq!(store.begin_resume("j1").expect("first"), 0);
+        assert_eq!(store.begin_resume("j1").expect("second"), 1);
+        assert_eq!(store.job("j1").expect("q").expect("job").resume_attempts, 2);
+        store.complete_round("j1", 1, &round(1)).expect("round");
+        assert_eq!(store.begin_resume("j1").expect("after a round"), 0);
+        store.clear_resume_attempts().expect("clean stop");
+        assert_eq!(store.job("j1").expect("q").expect("job").resume_attempts, 0);
+    }
+
+    #[test]
+    fn an_idempotency_key_stores_one_job() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("open");
+        let job = |id| NewJob { id, name: "churn", spec_json: "{}", submission_sha256: Some("ab"), idempotency_key: Some("k1"), ..NewJob::default() };
+        assert!(matches!(store.insert_new_job(&job("j1")).expect("first"), Inserted::New));
+        let Inserted::ExistingKey(existing) = store.insert_new_job(&job("j2")).expect("second") else { panic!("stored twice") };
+        assert_eq!(existing.id, "j1");
+        assert_eq!(store.jobs().expect("jobs").len(), 1);
+        assert_eq!(store.latest_job_by_submission("ab").expect("q").map(|j| j.id), Some("j1".to_string()));
+    }
+
+    #[test]
+    fn a_full_disk_is_told_apart_from_other_faults() {
+        let full = StoreError::Io { path: "x".into(), source: std::io::Error::from_raw_os_error(28) };
+        assert!(full.is_disk_full() && full.is_transient());
+        let sqlite_full = StoreError::Sqlite {
+            path: "x".into(),
+            source: rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL), None),
+        };
+        assert!(sqlite_full.is_disk_full() && sqlite_full.is_transient());
+        let denied = StoreError::Io { path: "x".into(), source: std::io::Error::from_raw_os_error(13) };
+        assert!(!denied.is_disk_full());
     }
 
     #[test]
