@@ -5,3 +5,4 @@
 pub mod comparison;
 pub mod secagg;
 pub mod sim;
+pub mod speed;

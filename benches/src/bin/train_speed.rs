@@ -16,8 +16,9 @@ use std::process::Command;
 use std::time::Instant;
 
 use confide_benches::comparison;
+use confide_benches::speed::{BoxError, median, spread, taiwan_rows, write_f32};
 use confide_core::model::{ModelParams, ModelSpec};
-use confide_datasets::{DatasetSchema, Encoded, Preprocessing};
+use confide_datasets::Encoded;
 use confide_report::Table;
 use confide_worker::ml::{self, Device, Optimizer, TrainConfig};
 
@@ -25,39 +26,6 @@ const EPOCHS: usize = 3;
 const RUNS: usize = 5;
 const LEARNING_RATE: f64 = 0.01;
 const MOMENTUM: f64 = 0.9;
-
-type BoxError = Box<dyn std::error::Error>;
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n == 0 {
-        f64::NAN
-    } else if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
-
-/// The Taiwan credit rows, encoded as one institution holding all of them would encode them.
-fn load_rows() -> Result<Encoded, BoxError> {
-    let schema = DatasetSchema::from_file(
-        comparison::repo_root().join("datasets/schemas/uci_credit_card_default.toml"),
-    )?;
-    let table = confide_datasets::load_csv(
-        comparison::shared_datasets().join("uci_credit_card_default/UCI_Credit_Card.csv"),
-        &schema,
-    )?;
-    let prep =
-        Preprocessing::from_aggregate(&schema, &confide_datasets::local_stats(&table, &schema))?;
-    Ok(prep.encode(&table)?)
-}
-
-fn write_f32(path: &Path, values: &[f32]) -> std::io::Result<()> {
-    let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-    std::fs::write(path, bytes)
-}
 
 /// Rows/s of one timed `train_local` call of `EPOCHS` epochs.
 fn rust_run(
@@ -170,7 +138,7 @@ fn main() -> Result<(), BoxError> {
         || comparison::repo_root().join(".venv/bin/python"),
         PathBuf::from,
     );
-    let data = load_rows()?;
+    let data = taiwan_rows()?;
     let scratch = tempfile::tempdir()?;
     let files = (
         scratch.path().join("features.f32"),
@@ -204,11 +172,6 @@ fn main() -> Result<(), BoxError> {
             },
         ),
     ];
-    let spread = |v: &[f64]| {
-        let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
-        let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-        format!("{lo:.0}-{hi:.0}")
-    };
     for (label, spec) in &models {
         for batch in [64, 256] {
             for threads in [1, default_threads] {

@@ -16,7 +16,7 @@ use confide_core::model::{ModelParams, ModelSpec};
 use confide_datasets::Encoded;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
-use rand_distr::StandardNormal;
+use rand_distr::{Distribution, Geometric, StandardNormal};
 use tch::nn::{self, OptimizerConfig};
 use tch::{Device, Kind, Reduction, Tensor};
 
@@ -96,11 +96,12 @@ pub fn train_local_dp(
         Optimizer::Adam => nn::Adam::default().build(net.var_store(), cfg.learning_rate)?,
     };
     let expected_batch = dp.sampling_rate * data.rows as f64;
+    let sampler = Geometric::new(dp.sampling_rate).map_err(|e| MlError::InvalidConfig(format!("sampling_rate: {e}")))?;
     let mut epoch_losses = Vec::with_capacity(cfg.epochs);
     for epoch in 1..=cfg.epochs {
         let mut total = Tensor::f_zeros([], (Kind::Float, device))?;
         for _ in 0..dp.steps_per_epoch() {
-            let chosen: Vec<i64> = (0..rows).filter(|_| rng.random::<f64>() < dp.sampling_rate).collect();
+            let chosen = poisson_batch(rows, &sampler, &mut rng);
             let chosen = Tensor::f_from_slice(&chosen)?.f_to_device(device)?;
             let (xb, yb) = (x.f_index_select(0, &chosen)?, y.f_index_select(0, &chosen)?);
             let (grads, losses) = clipped_sums(&net, &xb, &yb, pos_weight.as_ref(), dp.clip_norm)?;
@@ -132,6 +133,18 @@ pub fn train_local_dp(
         mean_loss: epoch_losses.last().copied().unwrap_or(f64::NAN),
         epoch_losses,
     })
+}
+
+/// A Poisson batch: each of `rows` rows independently with probability q. The gaps between
+/// chosen rows are geometric, so a step costs q·N draws, not N.
+fn poisson_batch(rows: i64, gaps: &Geometric, rng: &mut ChaCha20Rng) -> Vec<i64> {
+    let mut chosen = Vec::new();
+    let mut next = i64::try_from(gaps.sample(rng)).unwrap_or(i64::MAX);
+    while next < rows {
+        chosen.push(next);
+        next = next.saturating_add(1).saturating_add(i64::try_from(gaps.sample(rng)).unwrap_or(i64::MAX));
+    }
+    chosen
 }
 
 /// Gaussian noise of standard deviation `std`, shaped like `t`, on its device.
@@ -300,6 +313,27 @@ mod tests {
         let tiny = DpSgd { clip_norm: 1.0, noise_multiplier: 1.0, sampling_rate: 0.01 };
         let out = train_local_dp(&spec, &params, &data, &TrainConfig::default(), &tiny, Device::Cpu).expect("dp-sgd");
         assert_ne!(out.params.values, params.values, "noise moved the model even without rows");
+    }
+
+    #[test]
+    fn poisson_batches_include_each_row_with_probability_q() {
+        let gaps = Geometric::new(0.05).expect("rate");
+        let mut rng = ChaCha20Rng::seed_from_u64(9);
+        let mut hits = vec![0u32; 200];
+        let draws = 4000;
+        for _ in 0..draws {
+            let batch = poisson_batch(200, &gaps, &mut rng);
+            assert!(batch.windows(2).all(|w| w[0] < w[1]), "rows in order, none twice");
+            for r in batch {
+                hits[r as usize] += 1;
+            }
+        }
+        // Each row: Binomial(4000, 0.05), mean 200, sd ≈ 13.8; the first and last rows too.
+        for (row, &h) in hits.iter().enumerate() {
+            assert!((140..=260).contains(&h), "row {row} chosen {h} times");
+        }
+        let mean = f64::from(hits.iter().sum::<u32>()) / 200.0;
+        assert!((mean - 200.0).abs() < 5.0, "mean {mean}");
     }
 
     #[test]
