@@ -19,7 +19,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
 use crate::config::DatasetConfig;
-use crate::failure::{Failure, FailureKind};
+use crate::failure::Failure;
 use crate::task::{DatasetProblem, DatasetRef, UnavailableDataset};
 use crate::tasks::{LocalDataset, Unusable};
 
@@ -214,16 +214,12 @@ impl Catalog {
     }
 
     /// The offered dataset `name`; a configured but unavailable one is a
-    /// [`FailureKind::DatasetUnavailable`] failure (the file went bad after the task was admitted).
+    /// [`crate::failure::FailureKind::DatasetUnavailable`] failure (the file went bad after the task was admitted).
     pub fn get(&self, name: &str) -> Result<Arc<LocalDataset>, Failure> {
         let entries = self.read();
         match entries.iter().find(|e| e.config.name == name).map(|e| &e.status) {
             Some(Status::Offered { data, .. }) => Ok(data.clone()),
-            Some(Status::Unavailable(u)) => Err(Failure::new(
-                FailureKind::DatasetUnavailable,
-                format!("dataset `{name}` is unavailable at this bank ({})", u.problem.describe()),
-            )
-            .shareable()),
+            Some(Status::Unavailable(u)) => Err(Failure::dataset_unavailable(name, u.problem)),
             None => Err(Failure::internal(format!("dataset `{name}` is not loaded"))),
         }
     }
@@ -234,6 +230,7 @@ mod tests {
     use std::path::PathBuf;
 
     use super::*;
+    use crate::failure::FailureKind;
 
     const SCHEMA: &str = r#"
 name = "toy"

@@ -53,6 +53,13 @@ impl Failure {
         Self::new(FailureKind::Training, reason)
     }
 
+    /// The dataset `name` is configured but not offered now, for `problem`: the kind of problem
+    /// only (the file, line and column are in the bank's own log), so shareable.
+    pub fn dataset_unavailable(name: &str, problem: confide_core::outcome::DatasetProblem) -> Self {
+        Self::new(FailureKind::DatasetUnavailable, format!("dataset `{name}` is unavailable at this bank ({})", problem.describe()))
+            .shareable()
+    }
+
     /// Anything else inside the worker (its disk, a panic, overload).
     pub fn internal(reason: impl std::fmt::Display) -> Self {
         Self::new(FailureKind::Internal, reason)

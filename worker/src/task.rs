@@ -1240,12 +1240,7 @@ fn derived(seed: &[u8; 32], purpose: &str) -> (u64, String) {
 fn bank_rules(profile: &BankProfile, task: &Task) -> Result<(), Failure> {
     let wanted = task.kind.dataset();
     if let Some(u) = profile.unavailable.iter().find(|u| u.name == wanted.name) {
-        // The kind of problem only: the file, line and column are in the bank's own log.
-        return Err(Failure::new(
-            FailureKind::DatasetUnavailable,
-            format!("dataset `{}` is unavailable at this bank ({})", u.name, u.problem.describe()),
-        )
-        .shareable());
+        return Err(Failure::dataset_unavailable(&u.name, u.problem));
     }
     let offered = profile
         .datasets
