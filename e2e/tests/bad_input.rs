@@ -87,6 +87,7 @@ async fn malformed_contributions_are_refused_and_the_round_survives() {
             capabilities: None,
             signing_public_key: vec![],
             min_participants: 3,
+            unavailable_datasets: vec![],
         })
         .await
         .expect("register");
