@@ -70,6 +70,8 @@ pub fn sim_bank(
         institution_id: id.into(),
         identity,
         datasets: vec![offer.clone()],
+        unavailable: Vec::new(),
+        one_class: Vec::new(),
         min_participants: policy.min_participants,
         federation_ca: tls.as_ref().map(|t| t.ca.clone()),
         // The round benchmark compares plain and secure rounds on synthetic updates.

@@ -527,7 +527,8 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
         Command::Workers => {
             let workers = client.list_workers(pb::ListWorkersRequest {}).await.map_err(status_error)?.into_inner().workers;
             for w in workers {
-                let datasets: Vec<&str> = w.datasets.iter().map(|d| d.name.as_str()).collect();
+                let mut datasets: Vec<String> = w.datasets.iter().map(|d| d.name.clone()).collect();
+                datasets.extend(w.unavailable_datasets.iter().map(pb::UnavailableDataset::display));
                 outln!(
                     "{:<20} {:<13} last seen {}  datasets: {}",
                     w.worker_id,

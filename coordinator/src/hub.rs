@@ -8,7 +8,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
-use confide_proto::v1::{Capabilities, DatasetOffer, Task, contribution::Body};
+use confide_proto::v1::{Capabilities, DatasetOffer, Task, UnavailableDataset, contribution::Body};
 use tokio::sync::mpsc;
 
 /// What a worker registered.
@@ -18,6 +18,8 @@ pub struct WorkerInfo {
     pub id: String,
     /// Datasets offered.
     pub datasets: Vec<DatasetOffer>,
+    /// Datasets the bank configured but does not offer now (shown by `confide workers`).
+    pub unavailable: Vec<UnavailableDataset>,
     /// Hardware.
     pub capabilities: Capabilities,
     /// Ed25519 key the institution signs secure-aggregation advertisements with.
@@ -274,6 +276,7 @@ mod tests {
         WorkerInfo {
             id: id.into(),
             datasets: vec![DatasetOffer { name: "telco".into(), schema_fingerprint: "abc".into() }],
+            unavailable: vec![],
             capabilities: Capabilities::default(),
             signing_public_key: vec![],
             min_participants: 3,

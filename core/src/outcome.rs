@@ -70,17 +70,26 @@ pub enum FailureKind {
     /// A value of the bank's lies outside the range the task allows (the bank does not say
     /// which, or by how much).
     OutOfRange,
+    /// The task names a dataset the bank configured but does not offer now: its files are
+    /// missing, empty or corrupt (the bank's operator sees which file, line and column; the
+    /// coordinator only that it is unavailable).
+    DatasetUnavailable,
+    /// The bank's training labels are all one class, so its local training would teach the
+    /// model nothing but that class (the bank says no more: not which class, nor how many).
+    OneClassLabels,
 }
 
 impl FailureKind {
     /// Every kind, in declaration order.
-    pub const ALL: [FailureKind; 6] = [
+    pub const ALL: [FailureKind; 8] = [
         FailureKind::Data,
         FailureKind::Policy,
         FailureKind::Training,
         FailureKind::Protocol,
         FailureKind::Internal,
         FailureKind::OutOfRange,
+        FailureKind::DatasetUnavailable,
+        FailureKind::OneClassLabels,
     ];
 
     /// The lower-case name.
@@ -92,6 +101,8 @@ impl FailureKind {
             FailureKind::Protocol => "protocol",
             FailureKind::Internal => "internal",
             FailureKind::OutOfRange => "out_of_range",
+            FailureKind::DatasetUnavailable => "dataset_unavailable",
+            FailureKind::OneClassLabels => "one_class_labels",
         }
     }
 
@@ -105,14 +116,75 @@ impl FailureKind {
             FailureKind::Protocol => "protocol error",
             FailureKind::Internal => "internal error",
             FailureKind::OutOfRange => "value out of range",
+            FailureKind::DatasetUnavailable => "dataset unavailable",
+            FailureKind::OneClassLabels => "all training labels are one class",
         }
     }
 
-    /// The participant status a failure of this kind gives: a policy failure is a refusal.
+    /// The participant status a failure of this kind gives: a policy failure, an unavailable
+    /// dataset and one-class labels are the bank's refusals; the rest are failures.
     pub fn status(self) -> ParticipantStatus {
         match self {
-            FailureKind::Policy => ParticipantStatus::Refused,
+            FailureKind::Policy | FailureKind::DatasetUnavailable | FailureKind::OneClassLabels => ParticipantStatus::Refused,
             _ => ParticipantStatus::Failed,
+        }
+    }
+
+    /// True when the same task sent to the same bank again would fail the same way, so the
+    /// coordinator does not retry it: the bank's data (`data`, `dataset_unavailable`,
+    /// `one_class_labels`) and rules (`policy`) change only when its operator acts, and a value
+    /// outside the task's range (`out_of_range`) stays outside it for the same task. Training,
+    /// protocol and internal failures may pass on a retry (a numerical accident, a dropped
+    /// connection, a busy or restarted worker).
+    pub fn is_deterministic(self) -> bool {
+        match self {
+            FailureKind::Data
+            | FailureKind::Policy
+            | FailureKind::DatasetUnavailable
+            | FailureKind::OneClassLabels
+            | FailureKind::OutOfRange => true,
+            FailureKind::Training | FailureKind::Protocol | FailureKind::Internal => false,
+        }
+    }
+}
+
+/// Why a bank does not offer a dataset it configured: what the coordinator learns of it (the
+/// kind of problem, never the file's name, lines, values or counts, which stay in the bank's log).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DatasetProblem {
+    /// A data or schema file does not exist.
+    Missing,
+    /// A data file holds no rows.
+    Empty,
+    /// A data file cannot be read against the schema (a bad cell, a missing column, bad syntax).
+    Corrupt,
+    /// The schema file cannot be read or describes another dataset.
+    Schema,
+}
+
+impl DatasetProblem {
+    /// Every problem, in declaration order.
+    pub const ALL: [DatasetProblem; 4] =
+        [DatasetProblem::Missing, DatasetProblem::Empty, DatasetProblem::Corrupt, DatasetProblem::Schema];
+
+    /// The lower-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DatasetProblem::Missing => "missing",
+            DatasetProblem::Empty => "empty",
+            DatasetProblem::Corrupt => "corrupt",
+            DatasetProblem::Schema => "schema",
+        }
+    }
+
+    /// How people read it: `missing file`, `no rows`, ...
+    pub fn describe(self) -> &'static str {
+        match self {
+            DatasetProblem::Missing => "missing file",
+            DatasetProblem::Empty => "no rows",
+            DatasetProblem::Corrupt => "corrupt file",
+            DatasetProblem::Schema => "unusable schema",
         }
     }
 }
@@ -147,6 +219,7 @@ macro_rules! named {
 
 named!(ParticipantStatus, "participant status");
 named!(FailureKind, "failure kind");
+named!(DatasetProblem, "dataset problem");
 
 #[cfg(test)]
 mod tests {
@@ -164,5 +237,22 @@ mod tests {
         assert!("contibuted".parse::<ParticipantStatus>().is_err(), "a typo is an error, not a status");
         assert_eq!(FailureKind::Policy.status(), ParticipantStatus::Refused);
         assert_eq!(FailureKind::Data.status(), ParticipantStatus::Failed);
+        assert_eq!(FailureKind::OneClassLabels.status(), ParticipantStatus::Refused);
+        assert_eq!(FailureKind::DatasetUnavailable.status(), ParticipantStatus::Refused);
+    }
+
+    #[test]
+    fn the_banks_data_and_rules_are_deterministic_transient_faults_are_not() {
+        let deterministic: Vec<FailureKind> = FailureKind::ALL.into_iter().filter(|k| k.is_deterministic()).collect();
+        assert_eq!(
+            deterministic,
+            [
+                FailureKind::Data,
+                FailureKind::Policy,
+                FailureKind::OutOfRange,
+                FailureKind::DatasetUnavailable,
+                FailureKind::OneClassLabels
+            ]
+        );
     }
 }

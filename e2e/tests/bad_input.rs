@@ -1,7 +1,8 @@
-//! Bad input is refused with a clear error and loses nothing: malformed job files, broken
-//! local data (missing column, NaN, non-numeric value), and contributions that do not fit.
+//! Bad input is refused with a clear error and loses nothing: malformed job files and
+//! contributions that do not fit. Broken local data (a missing file or column, NaN, a
+//! non-numeric value) never reaches a task: the worker refuses it at start and whenever the file
+//! changes (`faults_bank_data.rs`).
 
-use std::path::Path;
 use std::time::Duration;
 
 use confide_e2e::{Cluster, partition_telco, telco, telco_job};
@@ -36,82 +37,6 @@ fn malformed_job_files_are_refused_naming_the_field() {
     // Nothing was stored.
     let list = cluster.confide(&["job", "list"]);
     assert_eq!(String::from_utf8_lossy(&list.stdout).lines().count(), 1, "only the header line");
-}
-
-/// Rewrites one data line of a CSV with `edit` applied to the cell of `column`.
-fn corrupt(path: &Path, line: usize, column: &str, edit: impl Fn(&str) -> String) {
-    let text = std::fs::read_to_string(path).expect("read");
-    let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
-    let header: Vec<&str> = lines[0].split(',').collect();
-    let col = header.iter().position(|h| *h == column).expect("column");
-    let mut cells: Vec<String> = lines[line - 1].split(',').map(str::to_string).collect();
-    cells[col] = edit(&cells[col]);
-    lines[line - 1] = cells.join(",");
-    std::fs::write(path, lines.join("\n") + "\n").expect("write");
-}
-
-fn drop_column(path: &Path, column: &str) {
-    let text = std::fs::read_to_string(path).expect("read");
-    let header: Vec<&str> = text.lines().next().expect("header").split(',').collect();
-    let col = header.iter().position(|h| *h == column).expect("column");
-    let out: Vec<String> = text
-        .lines()
-        .map(|l| l.split(',').enumerate().filter(|(i, _)| *i != col).map(|(_, c)| c).collect::<Vec<_>>().join(","))
-        .collect();
-    std::fs::write(path, out.join("\n") + "\n").expect("write");
-}
-
-/// The reference the coordinator shows for `bank`'s failure report (`… (bank's log, ref R)`).
-fn reference_of(error: &str, bank: &str) -> String {
-    let marker = format!("({bank}'s log, ref ");
-    let start = error.find(&marker).unwrap_or_else(|| panic!("no reference for {bank} in: {error}")) + marker.len();
-    error[start..].chars().take_while(char::is_ascii_hexdigit).collect()
-}
-
-#[test]
-fn broken_local_data_is_reported_as_a_typed_code_with_the_details_in_the_banks_own_log() {
-    let mut cluster = Cluster::start();
-    let partition = partition_telco(&cluster.dir.path().join("partition"), 3, 5);
-    drop_column(&partition.join("bank1/train.csv"), "tenure");
-    corrupt(&partition.join("bank2/train.csv"), 12, "MonthlyCharges", |_| "NaN".into());
-    corrupt(&partition.join("bank3/train.csv"), 30, "tenure", |_| "twelve".into());
-    cluster.add_telco_worker("bank1", &partition);
-    cluster.add_telco_worker("bank2", &partition);
-    // A development bank may share its error details with the coordinator.
-    cluster.add_telco_worker_with_config("bank3", &partition, "[policy]\nshare_error_details = true\n", &[]);
-    let job_toml = telco_job("broken-data", "kind = \"logistic_regression\"", 3, "")
-        .replace("[training]", "[selection]\nmax_round_attempts = 1\n\n[training]");
-    let job = cluster.submit(&job_toml);
-    let done = cluster.wait_finished(&job, Duration::from_secs(120));
-    assert_eq!(done["status"], "failed", "{done:#}");
-    let error = done["error"].as_str().expect("error");
-    // By default the coordinator learns the kind of fault and a reference, nothing of the data.
-    assert!(error.contains("bank1 failed: data error (bank1's log, ref "), "{error}");
-    assert!(error.contains("bank2 failed: data error (bank2's log, ref "), "{error}");
-    assert!(!error.contains("bank1/train.csv") && !error.contains("MonthlyCharges") && !error.contains("bank2/train.csv"), "{error}");
-    // ...and the bank's operator finds the details under that reference in the bank's own log.
-    for (bank, detail) in [("bank1", "tenure"), ("bank2", "bank2/train.csv:12")] {
-        let reference = reference_of(error, bank);
-        assert_eq!(reference.len(), 12, "{error}");
-        let log = cluster.read_log(bank);
-        let line = log.lines().find(|l| l.contains(&reference)).unwrap_or_else(|| panic!("{bank}'s log has no {reference}:\n{log}"));
-        assert!(line.contains(detail), "{bank}'s log line for {reference} names the fault: {line}");
-    }
-    // The bank that shares details: file, line and value as before.
-    assert!(error.contains("bank3/train.csv:30") && error.contains("twelve"), "bad value located: {error}");
-    let text = String::from_utf8_lossy(&cluster.confide(&["job", "get", &job]).stdout).to_string();
-    assert!(text.contains("failed") && text.contains("data error (bank1's log, ref "), "{text}");
-
-    // Nothing is lost: fix the data, and a new job on the same coordinator and workers completes.
-    let fresh = partition_telco(&cluster.dir.path().join("partition-fixed"), 3, 5);
-    for bank in ["bank1", "bank2", "bank3"] {
-        for split in ["train.csv", "test.csv"] {
-            std::fs::copy(fresh.join(bank).join(split), partition.join(bank).join(split)).expect("restore");
-        }
-    }
-    let job2 = cluster.submit(&telco_job("fixed-data", "kind = \"logistic_regression\"", 2, ""));
-    let done2 = cluster.wait_finished(&job2, Duration::from_secs(120));
-    assert_eq!(done2["status"], "completed", "{done2:#}\n{}", cluster.logs());
 }
 
 async fn submit_raw(client: &mut FederationClient<tonic::transport::Channel>, header: SubmitHeader, payload: Vec<u8>) -> Result<pb::SubmitAck, tonic::Status> {
@@ -149,7 +74,7 @@ async fn malformed_contributions_are_refused_and_the_round_survives() {
 
     // Unregistered senders are refused outright.
     let payload = Contribution { body: Some(Body::Plain(PlainVector { values: vec![1.0] })) }.encode_to_vec();
-    let fake = pb::Task { task_id: "t".into(), job_id: "j".into(), round: 1, kind: None };
+    let fake = pb::Task { task_id: "t".into(), job_id: "j".into(), round: 1, kind: None, terms: None };
     let err = submit_raw(&mut client, header_for(&fake, "mallory", &payload), payload.clone()).await.expect_err("unknown worker");
     assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err}");
 
@@ -162,6 +87,7 @@ async fn malformed_contributions_are_refused_and_the_round_survives() {
             capabilities: None,
             signing_public_key: vec![],
             min_participants: 3,
+            unavailable_datasets: vec![],
         })
         .await
         .expect("register");

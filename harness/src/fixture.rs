@@ -152,6 +152,7 @@ pub fn worker_info(id: &str, _compute: &FakeCompute, key: Option<&ed25519_dalek:
     WorkerInfo {
         id: id.into(),
         datasets: vec![pb::DatasetOffer { name: "toy".into(), schema_fingerprint: schema().fingerprint() }],
+        unavailable: Vec::new(),
         capabilities: pb::Capabilities::default(),
         signing_public_key: key.map(|k| k.to_bytes().to_vec()).unwrap_or_default(),
         min_participants: 3,

@@ -70,6 +70,8 @@ impl HonestBank {
             institution_id: id.into(),
             identity: identity(id),
             datasets: vec![DatasetRef { name: "toy".into(), schema_fingerprint: fixture::schema().fingerprint() }],
+            unavailable: Vec::new(),
+            one_class: Vec::new(),
             min_participants: policy.min_participants,
             federation_ca: None,
             allow_plain_aggregation: policy.allow_plain_aggregation,

@@ -90,6 +90,8 @@ fn training_seed(f: &Federation, task: &pb::Task, machine_seed: [u8; 32]) -> u64
         institution_id: "bank1".into(),
         identity: confide_harness::honest::identity("bank1"),
         datasets: vec![DatasetRef { name: "toy".into(), schema_fingerprint: fixture::schema().fingerprint() }],
+        unavailable: Vec::new(),
+        one_class: Vec::new(),
         min_participants: 3,
         federation_ca: None,
         allow_plain_aggregation: false,

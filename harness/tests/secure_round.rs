@@ -105,17 +105,22 @@ fn dropouts_during_statistics_and_evaluation_do_not_stop_the_job() {
 
 #[test]
 fn a_bank_refusing_by_policy_sends_no_key_and_is_shown_refused() {
-    let strict = PolicyConfig { max_rounds_per_job: 1, share_error_details: true, ..PolicyConfig::default() };
+    // A 2-round job and a bank that contributes to at most 1 round of a job: refused at the
+    // job's first task (its statistics), not at round 2, with the key and the job's value.
+    let strict = PolicyConfig { max_rounds_per_job: 1, ..PolicyConfig::default() };
     let mut banks = tolerant(3);
     banks.push(HonestBank::new("bank4", compute(4), strict).boxed());
     let mut f = Federation::new(fixture::job(&fixture::job_toml(2, "")), banks);
     f.run();
     f.completed();
-    let (st, reason) = status(&f, 2, "bank4");
-    assert_eq!(st, ParticipantStatus::Refused);
-    assert!(reason.contains("at most 1 rounds"), "{reason}");
-    assert_eq!(f.store.rounds[1].metrics["contributors"], 3.0);
-    assert_eq!(status(&f, 1, "bank4").0, ParticipantStatus::Contributed);
+    for round in [1, 2] {
+        let (st, reason) = status(&f, round, "bank4");
+        assert_eq!(st, ParticipantStatus::Refused, "round {round}");
+        assert_eq!(reason, "the job has 2 rounds; this bank contributes to at most 1 rounds of a job (policy.max_rounds_per_job = 1)");
+        assert_eq!(f.store.rounds[round as usize - 1].metrics["contributors"], 3.0);
+    }
+    let prep: confide_datasets::Preprocessing = serde_json::from_str(f.store.prep_json.as_deref().expect("prep")).expect("json");
+    assert_eq!(prep.rows, 40 + 50 + 60, "bank4's statistics are not in the preprocessing either");
 }
 
 #[test]
@@ -134,8 +139,10 @@ fn the_refusing_bank_sends_nothing_but_its_refusal() {
     let tap = bank.wiretap();
     let sent: Vec<_> = tap.lock().expect("tap").iter().filter(|(t, _)| *t == round2).map(|(_, c)| c.body.clone()).collect();
     assert_eq!(sent.len(), 1, "one message for the refused task: {sent:?}");
-    // The refusal travels as its kind and a reference; the reason stays in the bank's log.
-    assert!(matches!(&sent[0], Some(Body::Failure(f)) if f.reason.is_empty() && f.reference.len() == 12), "{sent:?}");
+    // The refusal travels as its kind, a reference and the policy's reason — the bank's rules
+    // checked against the job, nothing of its data.
+    let reason = "the job has 2 rounds; this bank contributes to at most 1 rounds of a job (policy.max_rounds_per_job = 1)";
+    assert!(matches!(&sent[0], Some(Body::Failure(f)) if f.reason == reason && f.reference.len() == 12), "{sent:?}");
 }
 
 #[test]

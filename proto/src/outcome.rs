@@ -1,7 +1,7 @@
 //! Wire ↔ domain conversion of participant statuses and failure kinds, used by every side
 //! (coordinator, worker, CLI), so an unknown or unset value is handled in one place.
 
-use confide_core::outcome::{FailureKind, ParticipantStatus};
+use confide_core::outcome::{DatasetProblem, FailureKind, ParticipantStatus};
 
 use crate::v1 as pb;
 
@@ -55,6 +55,8 @@ impl From<FailureKind> for pb::FailureKind {
             FailureKind::Protocol => pb::FailureKind::Protocol,
             FailureKind::Internal => pb::FailureKind::Internal,
             FailureKind::OutOfRange => pb::FailureKind::OutOfRange,
+            FailureKind::DatasetUnavailable => pb::FailureKind::DatasetUnavailable,
+            FailureKind::OneClassLabels => pb::FailureKind::OneClassLabels,
         }
     }
 }
@@ -75,6 +77,45 @@ impl pb::TaskFailure {
             pb::FailureKind::Protocol => Some(FailureKind::Protocol),
             pb::FailureKind::Internal => Some(FailureKind::Internal),
             pb::FailureKind::OutOfRange => Some(FailureKind::OutOfRange),
+            pb::FailureKind::DatasetUnavailable => Some(FailureKind::DatasetUnavailable),
+            pb::FailureKind::OneClassLabels => Some(FailureKind::OneClassLabels),
+        }
+    }
+}
+
+impl From<DatasetProblem> for pb::DatasetProblem {
+    fn from(p: DatasetProblem) -> Self {
+        match p {
+            DatasetProblem::Missing => pb::DatasetProblem::Missing,
+            DatasetProblem::Empty => pb::DatasetProblem::Empty,
+            DatasetProblem::Corrupt => pb::DatasetProblem::Corrupt,
+            DatasetProblem::Schema => pb::DatasetProblem::Schema,
+        }
+    }
+}
+
+impl pb::UnavailableDataset {
+    /// An unavailable dataset `name` with `problem`.
+    pub fn new(name: impl Into<String>, problem: DatasetProblem) -> Self {
+        Self { name: name.into(), problem: pb::DatasetProblem::from(problem).into() }
+    }
+
+    /// The typed problem; None for an unset or unknown value (a newer worker's).
+    pub fn typed_problem(&self) -> Option<DatasetProblem> {
+        match pb::DatasetProblem::try_from(self.problem).ok()? {
+            pb::DatasetProblem::Unspecified => None,
+            pb::DatasetProblem::Missing => Some(DatasetProblem::Missing),
+            pb::DatasetProblem::Empty => Some(DatasetProblem::Empty),
+            pb::DatasetProblem::Corrupt => Some(DatasetProblem::Corrupt),
+            pb::DatasetProblem::Schema => Some(DatasetProblem::Schema),
+        }
+    }
+
+    /// `name: unavailable (corrupt file)`, as `confide workers` shows it.
+    pub fn display(&self) -> String {
+        match self.typed_problem() {
+            Some(p) => format!("{}: unavailable ({})", self.name, p.describe()),
+            None => format!("{}: unavailable", self.name),
         }
     }
 }
@@ -95,5 +136,10 @@ mod tests {
             assert_eq!(pb::TaskFailure::new(k, "r").typed_kind(), Some(k));
         }
         assert_eq!(pb::TaskFailure::default().typed_kind(), None);
+        for p in DatasetProblem::ALL {
+            assert_eq!(pb::UnavailableDataset::new("d", p).typed_problem(), Some(p));
+        }
+        assert_eq!(pb::UnavailableDataset::new("telco_churn", DatasetProblem::Corrupt).display(), "telco_churn: unavailable (corrupt file)");
+        assert_eq!(pb::UnavailableDataset { name: "x".into(), problem: 99 }.display(), "x: unavailable");
     }
 }

@@ -2,20 +2,18 @@
 //! [`ComputeRequest`], run blocking (off the async threads) by the session driver.
 //!
 //! [`TorchCompute`] is the real bank: libtorch training and evaluation and the dataset
-//! statistics of [`crate::tasks`], with each dataset's splits loaded once and encoded splits
-//! cached by the preprocessing's id. The benchmarks' simulated institutions are another
+//! statistics of [`crate::tasks`] on the datasets its [`Catalog`] checked and offers, with each
+//! dataset's splits loaded once and encoded splits cached by the preprocessing's id. The benchmarks' simulated institutions are another
 //! implementation (`confide_benches::sim`).
-
-use std::collections::HashMap;
-use std::sync::Arc;
 
 use confide_proto::v1 as pb;
 use tch::Device;
 
+use crate::catalog::Catalog;
 use crate::config::{DatasetConfig, DeviceChoice};
 use crate::failure::Failure;
-use crate::task::{ComputeRequest, DatasetRef, ModelRef, Prep, TaskKind};
-use crate::tasks::{self, LocalDataset, ModelInput, UserStateStore};
+use crate::task::{ComputeRequest, DatasetRef, ModelRef, Prep, TaskKind, UnavailableDataset};
+use crate::tasks::{self, ModelInput, UserStateStore};
 
 /// A bank's local computation.
 pub trait Compute: Send + Sync + 'static {
@@ -23,12 +21,28 @@ pub trait Compute: Send + Sync + 'static {
     /// by the task machine).
     fn offers(&self) -> Vec<DatasetRef>;
 
+    /// The datasets configured but not offered now, sent at registration (see
+    /// [`crate::catalog`]); none by default.
+    fn unavailable(&self) -> Vec<UnavailableDataset> {
+        Vec::new()
+    }
+
+    /// The offered datasets whose training labels are all one class; none by default.
+    fn one_class(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// Re-checks the datasets whose files changed (blocking); true when the offers or the
+    /// unavailable datasets changed, so the bank registers again. Never, by default.
+    fn refresh(&self) -> bool {
+        false
+    }
+
     /// The hardware announced at registration (None: not announced).
     fn capabilities(&self) -> Option<pb::Capabilities> {
         None
     }
 
-    /// Computes the task's vector. Blocking: may train for minutes.
     /// Computes the task's vector. Blocking: may train for minutes.
     fn compute(&self, request: ComputeRequest) -> Result<Vec<f64>, Failure>;
 }
@@ -36,8 +50,8 @@ pub trait Compute: Send + Sync + 'static {
 /// The libtorch computation on the bank's configured datasets.
 #[derive(Debug)]
 pub struct TorchCompute {
-    /// The offered datasets by name, splits loaded on first use.
-    datasets: HashMap<String, Arc<LocalDataset>>,
+    /// The configured datasets, checked; only the valid ones are offered.
+    catalog: Catalog,
     /// Where models run.
     device: Device,
     /// Recommendation jobs' user sides (never leave the bank).
@@ -48,32 +62,28 @@ pub struct TorchCompute {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ComputeError {
-    /// A dataset's schema could not be loaded.
-    #[error("dataset `{name}`: {failure}")]
-    Dataset {
-        /// Dataset name.
-        name: String,
-        /// Why.
-        failure: Failure,
-    },
+    /// Datasets are configured, and none of them is usable: the bank has nothing to offer.
+    #[error("no configured dataset is usable: {}", .0.join("; "))]
+    NoUsableDataset(Vec<String>),
     /// CUDA was required but is not available.
     #[error("compute.device = \"cuda\" but libtorch sees no CUDA device")]
     NoCuda,
 }
 
 impl TorchCompute {
-    /// Loads the datasets' schemas (data files are read on first use), sets libtorch's CPU
-    /// threads and picks the device.
+    /// Checks every dataset (schema and both splits, see [`Catalog::open`]), sets libtorch's
+    /// CPU threads and picks the device. Configured datasets of which none is usable are an
+    /// error naming each one's problem; otherwise the bad ones are left out of the offers.
     pub fn new(
         datasets: &[DatasetConfig],
         device: DeviceChoice,
         threads: Option<usize>,
         user_state: UserStateStore,
     ) -> Result<Self, ComputeError> {
-        let mut loaded = HashMap::new();
-        for d in datasets {
-            let ds = LocalDataset::open(d.clone()).map_err(|failure| ComputeError::Dataset { name: d.name.clone(), failure })?;
-            loaded.insert(d.name.clone(), Arc::new(ds));
+        let catalog = Catalog::open(datasets);
+        if !datasets.is_empty() && catalog.offers().is_empty() {
+            let problems = catalog.problems().into_iter().map(|(name, u)| format!("dataset `{name}`: {}", u.detail)).collect();
+            return Err(ComputeError::NoUsableDataset(problems));
         }
         if let Some(t) = threads {
             crate::ml::set_cpu_threads(t);
@@ -84,7 +94,12 @@ impl TorchCompute {
             DeviceChoice::Cuda if tch::Cuda::is_available() => Device::Cuda(0),
             DeviceChoice::Cuda => return Err(ComputeError::NoCuda),
         };
-        Ok(Self { datasets: loaded, device, user_state })
+        Ok(Self { catalog, device, user_state })
+    }
+
+    /// The checked datasets.
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
     }
 
     /// The device models run on.
@@ -92,20 +107,23 @@ impl TorchCompute {
         self.device
     }
 
-    fn dataset(&self, name: &str) -> Result<&LocalDataset, Failure> {
-        self.datasets.get(name).map(Arc::as_ref).ok_or_else(|| Failure::internal(format!("dataset `{name}` is not loaded")))
-    }
 }
 
 impl Compute for TorchCompute {
     fn offers(&self) -> Vec<DatasetRef> {
-        let mut offers: Vec<DatasetRef> = self
-            .datasets
-            .values()
-            .map(|d| DatasetRef { name: d.config.name.clone(), schema_fingerprint: d.fingerprint.clone() })
-            .collect();
-        offers.sort_by(|a, b| a.name.cmp(&b.name));
-        offers
+        self.catalog.offers()
+    }
+
+    fn unavailable(&self) -> Vec<UnavailableDataset> {
+        self.catalog.unavailable()
+    }
+
+    fn one_class(&self) -> Vec<String> {
+        self.catalog.one_class()
+    }
+
+    fn refresh(&self) -> bool {
+        self.catalog.refresh()
     }
 
     fn capabilities(&self) -> Option<pb::Capabilities> {
@@ -118,14 +136,14 @@ impl Compute for TorchCompute {
 
     fn compute(&self, request: ComputeRequest) -> Result<Vec<f64>, Failure> {
         match &request.kind {
-            TaskKind::Stats { dataset } => self.dataset(&dataset.name)?.stats(),
+            TaskKind::Stats { dataset } => self.catalog.get(&dataset.name)?.stats(),
             TaskKind::Train { dataset, model, prep, local } => {
                 let input = model_input(&request, model, prep)?;
-                tasks::train_contribution(self.dataset(&dataset.name)?, &input, local, &self.user_state, self.device)
+                tasks::train_contribution(&*self.catalog.get(&dataset.name)?, &input, local, &self.user_state, self.device)
             }
             TaskKind::Evaluate { dataset, model, prep, buckets } => {
                 let input = model_input(&request, model, prep)?;
-                tasks::eval_contribution(self.dataset(&dataset.name)?, &input, *buckets, &self.user_state, self.device)
+                tasks::eval_contribution(&*self.catalog.get(&dataset.name)?, &input, *buckets, &self.user_state, self.device)
             }
         }
     }

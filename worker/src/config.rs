@@ -19,7 +19,9 @@ pub struct WorkerConfig {
     /// Directory for the identity key, the model cache and the audit log (`audit.log`: a
     /// signed, hash-chained record of every upload, read with `confide-worker audit show|verify`).
     pub data_dir: PathBuf,
-    /// Local datasets this worker may train on.
+    /// Local datasets this worker may train on. Each is loaded and checked against its schema
+    /// at start and whenever one of its files changes; only the valid ones are offered (see
+    /// [`crate::catalog`]), and none valid of those configured stops the worker (exit 2).
     #[serde(default)]
     pub datasets: Vec<DatasetConfig>,
     /// What this bank allows.
@@ -72,7 +74,8 @@ pub struct PolicyConfig {
     /// allowed.
     #[serde(default)]
     pub allowed_torchscript_sha256: Vec<String>,
-    /// Training rounds this bank contributes to any one job (0 = no limit).
+    /// Training rounds this bank contributes to any one job (0 = no limit). A job of more rounds
+    /// is refused at its first task, not when it reaches the limit.
     #[serde(default)]
     pub max_rounds_per_job: u64,
     /// Distinct jobs this bank takes part in per rolling 24 hours (0 = no limit).

@@ -37,7 +37,8 @@ pub enum StartError {
     Audit(#[from] crate::audit::AuditError),
 }
 
-/// Loads schemas, the identity key and the policy state, and picks the device.
+/// Checks the datasets (see [`crate::catalog`]), loads the identity key and the policy state,
+/// and picks the device.
 pub fn start(config: WorkerConfig) -> Result<Arc<Worker>, StartError> {
     let user_state = UserStateStore::new(&config.data_dir);
     let compute = TorchCompute::new(&config.datasets, config.compute.device, config.compute.threads, user_state)?;
@@ -58,6 +59,8 @@ pub fn start(config: WorkerConfig) -> Result<Arc<Worker>, StartError> {
         institution_id: config.institution_id.clone(),
         identity,
         datasets: compute.offers(),
+        unavailable: compute.unavailable(),
+        one_class: compute.one_class(),
         min_participants: config.policy.min_participants,
         federation_ca: config.tls.as_ref().map(|t| t.ca.clone()),
         allow_plain_aggregation: config.insecure_dev || config.policy.allow_plain_aggregation,
@@ -76,6 +79,14 @@ pub fn start(config: WorkerConfig) -> Result<Arc<Worker>, StartError> {
         blobs: BlobCache::default(),
         audit: Some(audit),
     }))
+}
+
+impl StartError {
+    /// True when the configuration's input is at fault (no configured dataset is usable): exit
+    /// 2, as a restart alone does not fix it.
+    pub fn is_bad_input(&self) -> bool {
+        matches!(self, StartError::Compute(ComputeError::NoUsableDataset(_)))
+    }
 }
 
 /// Where the bank's audit log is: `data_dir/audit.log`.

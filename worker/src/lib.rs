@@ -10,6 +10,8 @@
 //!   is libtorch's.
 //! - [`audit`]: the bank's signed, hash-chained log of everything that left it
 //!   (`data_dir/audit.log`); each upload is recorded before it is sent.
+//! - [`catalog`]: the bank's datasets, checked at start and whenever a file changes; only the
+//!   valid ones are offered, the others reported as unavailable.
 //! - [`daemon`]: the real worker assembled from its configuration.
 //! - [`config`]: the bank's configuration file (datasets, policy, compute).
 //! - [`policy`]: the bank's own rules (models, rounds per job, jobs per day).
@@ -26,6 +28,7 @@
 //!   evaluation statistics.
 
 pub mod audit;
+pub mod catalog;
 pub mod compute;
 pub mod config;
 pub mod daemon;

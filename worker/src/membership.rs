@@ -282,6 +282,7 @@ mod tests {
             job_id: "j".into(),
             round: 1,
             purpose: crate::task::Purpose::Statistics,
+            terms: None,
             peers: forged,
             federation_ca: Some(d.join("ca.pem")),
         };

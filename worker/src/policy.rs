@@ -25,7 +25,7 @@ use confide_core::model::ModelSpec;
 use crate::config::PolicyConfig;
 use crate::failure::Failure;
 use crate::membership::Membership;
-use crate::task::{AdmissionRequest, Purpose};
+use crate::task::{AdmissionRequest, JobTerms, Purpose};
 
 const DAY_SECS: u64 = 24 * 3600;
 
@@ -85,19 +85,39 @@ impl Policy {
 
     /// Answers a task machine's [`AdmissionRequest`]: the peer list against the bank's
     /// [`Membership`] (no one twice, no revoked certificate, only pinned members), every peer
-    /// key bound by the federation CA (when one is configured), then the model and usage rules
-    /// (recorded when admitted, so a task refused for its peers does not use up the bank's
-    /// budget).
+    /// key bound by the federation CA (when one is configured), the whole job's terms
+    /// ([`Self::admit_terms`]), then the model and usage rules (recorded when admitted, so a
+    /// task refused for its peers or its job does not use up the bank's budget).
     pub fn admit_request(&self, request: &AdmissionRequest) -> Result<(), Failure> {
         self.membership.check(&request.peers)?;
         if let Some(ca) = &request.federation_ca {
             crate::secure::check_peer_bindings(ca, &request.peers)?;
+        }
+        if let Some(terms) = &request.terms {
+            self.admit_terms(terms)?;
         }
         match &request.purpose {
             Purpose::Statistics => self.admit_job(&request.job_id),
             Purpose::Training { model } => self.admit_training(&request.job_id, request.round, model),
             Purpose::Evaluation { model } => self.admit_evaluation(&request.job_id, request.round, model),
         }
+    }
+
+    /// Checks the whole job against the rules that do not depend on the round: its model and
+    /// its number of rounds. Every task of the job is checked, so the first (its statistics)
+    /// already refuses a job this bank would leave part-way. The reason names the policy key
+    /// and the job's value; it is about the bank's rules, not its data, so it is shareable.
+    pub fn admit_terms(&self, terms: &JobTerms) -> Result<(), Failure> {
+        self.admit_model(&terms.model)?;
+        let max = self.config.max_rounds_per_job;
+        if max > 0 && terms.rounds > max {
+            return Err(Failure::policy(format!(
+                "the job has {} rounds; this bank contributes to at most {max} rounds of a job (policy.max_rounds_per_job = {max})",
+                terms.rounds
+            ))
+            .shareable());
+        }
+        Ok(())
     }
 
     /// Checks a training task for `job` round `round` of `model`, and records it.
@@ -115,17 +135,24 @@ impl Policy {
         let listed = allowed.iter().any(|m| m == kind);
         if let ModelSpec::TorchScript(ts) = model {
             if !listed {
-                return Err(Failure::policy("custom TorchScript models are not allowed by this bank (add \"torchscript\" to policy.allowed_models)"));
+                return Err(Failure::policy(
+                    "custom TorchScript models are not allowed by this bank (add \"torchscript\" to policy.allowed_models)",
+                )
+                .shareable());
             }
             let pins = &self.config.allowed_torchscript_sha256;
             let hash = ts.module_sha256.as_deref().unwrap_or_default();
             if !pins.is_empty() && !pins.iter().any(|p| p.eq_ignore_ascii_case(hash)) {
-                return Err(Failure::policy(format!("TorchScript module {hash} is not among this bank's allowed_torchscript_sha256")));
+                return Err(Failure::policy(format!("TorchScript module {hash} is not among this bank's allowed_torchscript_sha256")).shareable());
             }
             return Ok(());
         }
         if !allowed.is_empty() && !listed {
-            return Err(Failure::policy(format!("model kind `{kind}` is not allowed by this bank (allowed: {})", allowed.join(", "))));
+            return Err(Failure::policy(format!(
+                "model kind `{kind}` is not allowed by this bank (policy.allowed_models: {})",
+                allowed.join(", ")
+            ))
+            .shareable());
         }
         Ok(())
     }
@@ -151,7 +178,7 @@ impl Policy {
             let recent = usage.jobs.values().filter(|j| now.saturating_sub(j.first_seen) < DAY_SECS).count();
             let max = self.config.max_jobs_per_day;
             if max > 0 && recent >= max as usize {
-                return Err(Failure::policy(format!("this bank takes part in at most {max} jobs per 24 hours")));
+                return Err(Failure::policy(format!("this bank takes part in at most {max} jobs per 24 hours (policy.max_jobs_per_day)")).shareable());
             }
             usage.jobs.insert(job.to_string(), JobUsage { first_seen: now, ..JobUsage::default() });
         }
@@ -161,14 +188,18 @@ impl Policy {
             if *done >= max {
                 return Err(Failure::policy(format!(
                     "this bank evaluates round {round} of a job at most {max} times (policy.max_evaluations_per_round)"
-                )));
+                ))
+                .shareable());
             }
             *done += 1;
         } else if let (Some(round), Some(entry)) = (round, usage.jobs.get_mut(job))
             && !entry.rounds.contains(&round) {
                 let max = self.config.max_rounds_per_job;
                 if max > 0 && entry.rounds.len() as u64 >= max {
-                    return Err(Failure::policy(format!("this bank contributes to at most {max} rounds of a job")));
+                    return Err(Failure::policy(format!(
+                        "this bank contributes to at most {max} rounds of a job (policy.max_rounds_per_job = {max})"
+                    ))
+                    .shareable());
                 }
                 entry.rounds.push(round);
             }
@@ -265,6 +296,7 @@ mod tests {
             job_id: job.into(),
             round: 1,
             purpose,
+            terms: None,
             peers: Vec::new(),
             federation_ca: None,
         };
@@ -292,6 +324,32 @@ mod tests {
         default.admit_evaluation("k", 1, &mlp()).expect("first");
         default.admit_evaluation("k", 1, &mlp()).expect("one retry by default");
         assert!(default.admit_evaluation("k", 1, &mlp()).is_err(), "not a third");
+    }
+
+    #[test]
+    fn the_whole_job_is_checked_at_its_first_task_naming_the_key_and_the_jobs_value() {
+        let p = Policy::in_memory(PolicyConfig { max_rounds_per_job: 2, allowed_models: vec!["mlp".into()], ..Default::default() });
+        let terms = |rounds: u64, model: ModelSpec| JobTerms { rounds, model, score_buckets: 100 };
+        let request = |terms: JobTerms| AdmissionRequest {
+            job_id: "j".into(),
+            round: 0,
+            purpose: Purpose::Statistics,
+            terms: Some(terms),
+            peers: Vec::new(),
+            federation_ca: None,
+        };
+        p.admit_request(&request(terms(2, mlp()))).expect("a 2-round job fits");
+        let err = p.admit_request(&request(terms(3, mlp()))).expect_err("a 3-round job does not, at its statistics");
+        assert_eq!(err.kind, FailureKind::Policy);
+        assert_eq!(
+            err.reason,
+            "the job has 3 rounds; this bank contributes to at most 2 rounds of a job (policy.max_rounds_per_job = 2)"
+        );
+        assert!(err.shareable, "the bank's rules are not its data");
+        let err = p.admit_request(&request(terms(1, ModelSpec::LogisticRegression))).expect_err("a model it does not allow");
+        assert!(err.reason.contains("logistic_regression") && err.reason.contains("policy.allowed_models"), "{err}");
+        let unlimited = Policy::in_memory(PolicyConfig::default());
+        unlimited.admit_request(&request(terms(100_000, mlp()))).expect("0 = no limit");
     }
 
     #[test]

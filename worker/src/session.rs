@@ -4,7 +4,9 @@
 //! cancellations to them, executing their [`Effect`]s (policy checks, blob downloads through a
 //! small cache, the blocking [`Compute`] on the blocking pool, uploads with the crash drills
 //! around secure-aggregation messages) and firing their timers — and reconnects with
-//! exponential backoff whenever the coordinator is unreachable or restarts.
+//! exponential backoff whenever the coordinator is unreachable or restarts. Every
+//! [`crate::catalog::POLL_INTERVAL`] it has the computation look at its data files
+//! ([`Compute::refresh`]) and registers again when the offers changed.
 //!
 //! Everything a task decides lives in [`crate::task`]; this file only moves bytes and time.
 
@@ -69,18 +71,30 @@ impl<C: Compute> Bank<C> {
         &self.profile.institution_id
     }
 
+    /// The profile the next task's machine gets: the datasets as the computation offers them
+    /// now (they change when files do), the rest as configured.
+    fn task_profile(&self) -> BankProfile {
+        BankProfile {
+            datasets: self.compute.offers(),
+            unavailable: self.compute.unavailable(),
+            one_class: self.compute.one_class(),
+            ..self.profile.clone()
+        }
+    }
+
     fn register_request(&self) -> RegisterRequest {
         RegisterRequest {
             institution_id: self.profile.institution_id.clone(),
             datasets: self
-                .profile
-                .datasets
+                .compute
+                .offers()
                 .iter()
                 .map(|d| pb::DatasetOffer { name: d.name.clone(), schema_fingerprint: d.schema_fingerprint.clone() })
                 .collect(),
             capabilities: self.compute.capabilities(),
             signing_public_key: self.profile.identity.verifying_key().to_bytes().to_vec(),
             min_participants: self.profile.min_participants,
+            unavailable_datasets: self.compute.unavailable().into_iter().map(|u| pb::UnavailableDataset::new(u.name, u.problem)).collect(),
         }
     }
 }
@@ -118,12 +132,19 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// 30 s; back to 0.5 s once a connection got as far as registering).
 pub async fn run<C: Compute>(bank: Arc<Bank<C>>, shutdown: impl Future<Output = ()>) {
     tokio::pin!(shutdown);
+    // The data watch runs whether or not the coordinator is reachable, so the operator hears of
+    // a bad file at once; dropping the set at return stops it.
+    let (changed, mut offers) = tokio::sync::watch::channel(0u64);
+    let mut watch = JoinSet::new();
+    watch.spawn(watch_data(bank.clone(), changed));
     let mut backoff = Duration::from_millis(500);
     loop {
         let mut registered = false;
+        // A session registers with the offers of its start; only later changes matter to it.
+        offers.mark_unchanged();
         tokio::select! {
             _ = &mut shutdown => return,
-            r = session(&bank, &mut registered) => match r {
+            r = session(&bank, &mut registered, &mut offers) => match r {
                 Ok(()) => tracing::warn!(worker = %bank.id(), "task stream closed by the coordinator; reconnecting"),
                 // Refused either way (the server is not the coordinator, or the coordinator
                 // refuses this bank's certificate): an operator must act, so say it loudly.
@@ -141,6 +162,24 @@ pub async fn run<C: Compute>(bank: Arc<Bank<C>>, shutdown: impl Future<Output = 
             _ = tokio::time::sleep(backoff) => {}
         }
         backoff = (backoff * 2).min(Duration::from_secs(30));
+    }
+}
+
+/// Has the computation re-check its data files every [`crate::catalog::POLL_INTERVAL`]
+/// (off the async threads: a changed file is read in full), bumping `changed` when the offers
+/// changed.
+async fn watch_data<C: Compute>(bank: Arc<Bank<C>>, changed: tokio::sync::watch::Sender<u64>) {
+    let mut tick = tokio::time::interval(crate::catalog::POLL_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let checker = bank.clone();
+        match tokio::task::spawn_blocking(move || checker.compute.refresh()).await {
+            Ok(true) => changed.send_modify(|generation| *generation += 1),
+            Ok(false) => {}
+            Err(e) => tracing::error!(error = %e, "the data check panicked"),
+        }
     }
 }
 
@@ -167,7 +206,11 @@ struct Session<C> {
     pending: JoinSet<Completion>,
 }
 
-async fn session<C: Compute>(bank: &Arc<Bank<C>>, registered: &mut bool) -> Result<(), tonic::Status> {
+async fn session<C: Compute>(
+    bank: &Arc<Bank<C>>,
+    registered: &mut bool,
+    offers: &mut tokio::sync::watch::Receiver<u64>,
+) -> Result<(), tonic::Status> {
     let invalid = |e: String| tonic::Status::invalid_argument(e);
     let configure = |endpoint: Endpoint| {
         endpoint
@@ -218,6 +261,14 @@ async fn session<C: Compute>(bank: &Arc<Bank<C>>, registered: &mut bool) -> Resu
                 Some(wire) => s.on_task(wire),
                 None => return Ok(()),
             },
+            Ok(()) = offers.changed() => {
+                // Registering again replaces what the coordinator knows of this bank's datasets;
+                // the task stream stays open.
+                let request = bank.register_request();
+                let (offered, unavailable) = (request.datasets.len(), request.unavailable_datasets.len());
+                s.client.register(request).await?;
+                tracing::info!(offered, unavailable, "datasets changed: registered again with the coordinator");
+            },
             Some(joined) = s.pending.join_next(), if !s.pending.is_empty() => match joined {
                 Ok((generation, done)) => s.on_done(generation, done),
                 Err(e) => tracing::error!(error = %e, "a task effect panicked"),
@@ -242,7 +293,7 @@ impl<C: Compute> Session<C> {
         let mut seed = [0u8; 32];
         rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut seed);
         let bank = &self.bank;
-        match task::receive(&bank.profile, wire, self.machines.len(), bank.max_concurrent_tasks, seed) {
+        match task::receive(&bank.task_profile(), wire, self.machines.len(), bank.max_concurrent_tasks, seed) {
             Incoming::Relay { task_id, message } => match self.machines.get_mut(&task_id) {
                 Some((_, m)) => {
                     m.handle_relay(&message, Instant::now());
@@ -520,6 +571,8 @@ mod tests {
             institution_id: "bank1".into(),
             identity: testing::identity(1),
             datasets: vec![DatasetRef { name: "telco".into(), schema_fingerprint: "f00d".into() }],
+            unavailable: Vec::new(),
+            one_class: Vec::new(),
             min_participants: 3,
             federation_ca: None,
             allow_plain_aggregation: false,
@@ -543,7 +596,7 @@ mod tests {
         };
         let dataset = Some(pb::DatasetRef { name: "telco".into(), schema_fingerprint: "f00d".into() });
         let kind = Kind::Stats(pb::StatsTask { dataset, aggregation: Some(aggregation) });
-        let wire = pb::Task { task_id: "task-1".into(), job_id: "job-1".into(), round: 7, kind: Some(kind) };
+        let wire = pb::Task { task_id: "task-1".into(), job_id: "job-1".into(), round: 7, kind: Some(kind), terms: None };
         TaskMachine::from_wire(&profile(), wire, [7; 32])
     }
 

@@ -72,6 +72,7 @@ use confide_secagg::{Client, ClientEvent, ClientPolicy, Error as SecAggError, Me
 use ed25519_dalek::SigningKey;
 
 pub use crate::failure::{Failure, FailureKind};
+pub use confide_core::outcome::DatasetProblem;
 
 /// Largest checkpoint a worker downloads.
 pub const MAX_MODEL_BYTES: u64 = 4 << 30;
@@ -95,6 +96,15 @@ pub struct DatasetRef {
     pub schema_fingerprint: String,
 }
 
+/// A dataset the bank configured but does not offer now, and why (see [`crate::catalog`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnavailableDataset {
+    /// Name jobs refer to.
+    pub name: String,
+    /// What is wrong with it (the details are in the bank's log only).
+    pub problem: DatasetProblem,
+}
+
 /// Who the bank is and what it offers: everything a machine needs of its bank, as plain data
 /// (no libtorch, no connection), so a test can build one for any scripted bank.
 #[derive(Clone)]
@@ -105,6 +115,14 @@ pub struct BankProfile {
     pub identity: SigningKey,
     /// The datasets it offers.
     pub datasets: Vec<DatasetRef>,
+    /// The datasets it configured but does not offer now (a task naming one is refused as
+    /// [`FailureKind::DatasetUnavailable`]).
+    pub unavailable: Vec<UnavailableDataset>,
+    /// Offered datasets whose training labels are all one class: their statistics and training
+    /// tasks are refused as [`FailureKind::OneClassLabels`] — from the job's first task, so the
+    /// bank is in none of the training-side sums rather than leaving them part-way (which the
+    /// other banks' count protection would refuse) — while evaluation on the test split runs.
+    pub one_class: Vec<String>,
     /// Its floor on institutions per round (the job's may be higher, never lower).
     pub min_participants: u32,
     /// The federation CA (with mutual TLS): every peer key must be bound by a certificate it
@@ -162,6 +180,8 @@ impl std::fmt::Debug for BankProfile {
         f.debug_struct("BankProfile")
             .field("institution_id", &self.institution_id)
             .field("datasets", &self.datasets)
+            .field("unavailable", &self.unavailable)
+            .field("one_class", &self.one_class)
             .field("min_participants", &self.min_participants)
             .field("federation_ca", &self.federation_ca)
             .finish_non_exhaustive()
@@ -186,6 +206,20 @@ pub struct Task {
     pub kind: TaskKind,
     /// How the result is summed across institutions.
     pub aggregation: Aggregation,
+    /// The whole job's terms (None from a coordinator that does not send them).
+    pub terms: Option<JobTerms>,
+}
+
+/// What the whole job asks of the bank, checked at every task so the first one already refuses
+/// a job the bank's policy cannot serve to its end.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobTerms {
+    /// Training rounds the job runs at most.
+    pub rounds: u64,
+    /// The job's model.
+    pub model: ModelSpec,
+    /// Score buckets its evaluations ask for.
+    pub score_buckets: usize,
 }
 
 /// What a task computes.
@@ -306,8 +340,9 @@ pub struct SecureSetup {
 }
 
 impl Task {
-    /// Decodes a task's wire kind (`round` is the task's round, which the session binds).
-    pub fn decode(kind: Option<Kind>, round: u64) -> Result<Task, Failure> {
+    /// Decodes a task's wire kind and the job's terms (`round` is the task's round, which the
+    /// session binds).
+    pub fn decode(kind: Option<Kind>, round: u64, terms: Option<pb::JobTerms>) -> Result<Task, Failure> {
         let (kind, aggregation) = match kind {
             None => return Err(Failure::protocol("task has no kind")),
             Some(Kind::Secagg(_) | Kind::Cancel(_)) => return Err(Failure::protocol("not a task: a relay or a cancellation")),
@@ -341,8 +376,14 @@ impl Task {
                 peers: secure.peers,
             }))
         };
-        Ok(Task { kind, aggregation })
+        let terms = terms.map(job_terms).transpose()?;
+        Ok(Task { kind, aggregation, terms })
     }
+}
+
+fn job_terms(t: pb::JobTerms) -> Result<JobTerms, Failure> {
+    let model = serde_json::from_str(&t.model_spec_json).map_err(|e| Failure::protocol(format!("job terms: model spec: {e}")))?;
+    Ok(JobTerms { rounds: t.rounds, model, score_buckets: t.score_buckets as usize })
 }
 
 fn dataset(r: Option<pb::DatasetRef>) -> Result<DatasetRef, Failure> {
@@ -397,6 +438,8 @@ pub struct AdmissionRequest {
     pub round: u64,
     /// What the task does with the bank's data.
     pub purpose: Purpose,
+    /// The whole job's terms, checked against the bank's policy at every task.
+    pub terms: Option<JobTerms>,
     /// The round's peers (empty in plain mode), to be checked against `federation_ca`.
     pub peers: Vec<pb::SecAggPeer>,
     /// The federation CA from the bank's profile; None skips the certificate check.
@@ -530,7 +573,7 @@ pub enum Incoming {
 /// Routes one message of the task stream. A new task beyond `max_tasks` in progress is answered
 /// at once with an [`FailureKind::Internal`] failure ("worker busy"), not queued.
 pub fn receive(profile: &BankProfile, wire: pb::Task, in_progress: usize, max_tasks: usize, seed: [u8; 32]) -> Incoming {
-    let pb::Task { task_id, job_id, round, kind } = wire;
+    let pb::Task { task_id, job_id, round, kind, terms } = wire;
     match kind {
         Some(Kind::Secagg(relay)) => Incoming::Relay { task_id, message: relay.message },
         Some(Kind::Cancel(c)) => Incoming::Cancel { task_id, reason: c.reason },
@@ -540,7 +583,7 @@ pub fn receive(profile: &BankProfile, wire: pb::Task, in_progress: usize, max_ta
                 let busy = Failure::internal(format!("worker busy: {in_progress} tasks in progress"));
                 return Incoming::Start(Box::new(TaskMachine::refuse(id, busy)));
             }
-            let task = Task::decode(kind, round);
+            let task = Task::decode(kind, round, terms);
             Incoming::Start(Box::new(TaskMachine::new(profile, id, task, seed)))
         }
     }
@@ -646,8 +689,8 @@ impl std::fmt::Debug for TaskMachine {
 impl TaskMachine {
     /// A machine for one wire task (a relay or cancellation given here is a protocol failure).
     pub fn from_wire(profile: &BankProfile, wire: pb::Task, seed: [u8; 32]) -> TaskMachine {
-        let pb::Task { task_id, job_id, round, kind } = wire;
-        TaskMachine::new(profile, TaskId { task_id, job_id, round }, Task::decode(kind, round), seed)
+        let pb::Task { task_id, job_id, round, kind, terms } = wire;
+        TaskMachine::new(profile, TaskId { task_id, job_id, round }, Task::decode(kind, round, terms), seed)
     }
 
     /// A machine for a decoded task (or one that could not be decoded, which it reports). It
@@ -688,6 +731,7 @@ impl TaskMachine {
             job_id: m.id.job_id.clone(),
             round: m.id.round,
             purpose,
+            terms: task.terms.clone(),
             peers,
             federation_ca: m.federation_ca.clone(),
         }));
@@ -1195,6 +1239,9 @@ fn derived(seed: &[u8; 32], purpose: &str) -> (u64, String) {
 
 fn bank_rules(profile: &BankProfile, task: &Task) -> Result<(), Failure> {
     let wanted = task.kind.dataset();
+    if let Some(u) = profile.unavailable.iter().find(|u| u.name == wanted.name) {
+        return Err(Failure::dataset_unavailable(&u.name, u.problem));
+    }
     let offered = profile
         .datasets
         .iter()
@@ -1206,7 +1253,20 @@ fn bank_rules(profile: &BankProfile, task: &Task) -> Result<(), Failure> {
             wanted.name, wanted.schema_fingerprint, offered.schema_fingerprint
         )));
     }
+    if matches!(task.kind, TaskKind::Stats { .. } | TaskKind::Train { .. }) && profile.one_class.contains(&wanted.name) {
+        // A fixed text: not which class, nor how many rows.
+        return Err(Failure::new(FailureKind::OneClassLabels, FailureKind::OneClassLabels.describe()).shareable());
+    }
     let floors = &profile.floors;
+    if let Some(terms) = &task.terms
+        && terms.score_buckets > floors.max_score_buckets
+    {
+        return Err(Failure::policy(format!(
+            "the job's evaluations ask for {} score buckets; this bank reports at most {} (policy.max_score_buckets)",
+            terms.score_buckets, floors.max_score_buckets
+        ))
+        .shareable());
+    }
     if let TaskKind::Evaluate { buckets, .. } = &task.kind {
         if !SCORE_BUCKETS.contains(buckets) {
             return Err(Failure::protocol(format!("score_buckets {buckets} out of range")));
@@ -1307,6 +1367,8 @@ mod tests {
             institution_id: format!("bank{id}"),
             identity: testing::identity(id),
             datasets: vec![DatasetRef { name: DATASET.into(), schema_fingerprint: FINGERPRINT.into() }],
+            unavailable: Vec::new(),
+            one_class: Vec::new(),
             min_participants: 3,
             federation_ca: None,
             allow_plain_aggregation: true,
@@ -1336,7 +1398,7 @@ mod tests {
     }
 
     fn wire(me: u32, kind: Kind) -> pb::Task {
-        pb::Task { task_id: format!("task-{me}"), job_id: "job-1".into(), round: ROUND, kind: Some(kind) }
+        pb::Task { task_id: format!("task-{me}"), job_id: "job-1".into(), round: ROUND, kind: Some(kind), terms: None }
     }
 
     fn dataset_ref() -> Option<pb::DatasetRef> {
@@ -1615,6 +1677,56 @@ mod tests {
             assert!(f.admissions.is_empty(), "decided before asking the driver");
             assert_eq!(f.secagg_sent(1), 0);
         }
+    }
+
+    /// The failure report a machine sends first (before any admission), with its kind.
+    fn first_report(profile: &BankProfile, task: pb::Task) -> pb::TaskFailure {
+        let mut m = TaskMachine::from_wire(profile, task, [1; 32]);
+        match m.poll_effect() {
+            Some(Effect::Submit(Submission { contribution: pb::Contribution { body: Some(Body::Failure(f)) }, .. })) => f,
+            other => panic!("not refused before admission: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_unavailable_dataset_or_one_class_training_labels_are_refused_by_kind_without_the_data() {
+        let params = params(3, 2);
+        let unavailable = BankProfile {
+            datasets: Vec::new(),
+            unavailable: vec![UnavailableDataset { name: DATASET.into(), problem: DatasetProblem::Corrupt }],
+            ..profile(1)
+        };
+        let report = first_report(&unavailable, wire(1, stats(secure(&params, 1))));
+        assert_eq!(report.typed_kind(), Some(FailureKind::DatasetUnavailable));
+        // Reported without the bank sharing details: the kind of problem, never file or line.
+        assert_eq!(report.reason, format!("dataset `{DATASET}` is unavailable at this bank (corrupt file)"));
+
+        let one_class = BankProfile { one_class: vec![DATASET.into()], ..profile(1) };
+        let report = first_report(&one_class, wire(1, train(secure(&params, 1))));
+        assert_eq!(report.typed_kind(), Some(FailureKind::OneClassLabels));
+        assert_eq!(report.reason, "all training labels are one class", "no class, no count");
+        let report = first_report(&one_class, wire(1, stats(secure(&params, 1))));
+        assert_eq!(report.typed_kind(), Some(FailureKind::OneClassLabels), "refused from the job's first task");
+        assert!(matches!(first_effect(&one_class, 1, evaluate(secure(&params, 1), 10)), Effect::Admit(_)), "its test split still serves");
+    }
+
+    #[test]
+    fn the_jobs_terms_reach_the_admission_and_its_score_buckets_are_checked_at_the_first_task() {
+        let params = params(3, 2);
+        let terms = |score_buckets: u32| pb::JobTerms { rounds: 3, model_spec_json: r#"{"kind":"logistic_regression"}"#.into(), score_buckets };
+        let task = pb::Task { terms: Some(terms(100)), ..wire(1, stats(secure(&params, 1))) };
+        let Effect::Admit(request) = first_effect_of(&profile(1), task) else { panic!("admission first") };
+        assert_eq!(request.terms, Some(JobTerms { rounds: 3, model: ModelSpec::LogisticRegression, score_buckets: 100 }));
+        let greedy = pb::Task { terms: Some(terms(20_000)), ..wire(1, stats(secure(&params, 1))) };
+        let report = first_report(&profile(1), greedy);
+        assert_eq!(report.typed_kind(), Some(FailureKind::Policy));
+        assert!(report.reason.contains("20000 score buckets") && report.reason.contains("policy.max_score_buckets"), "{}", report.reason);
+        let garbled = pb::Task { terms: Some(pb::JobTerms { model_spec_json: "{".into(), ..terms(100) }), ..wire(1, stats(plain(2))) };
+        assert_eq!(first_report(&profile(1), garbled).typed_kind(), Some(FailureKind::Protocol));
+    }
+
+    fn first_effect_of(profile: &BankProfile, task: pb::Task) -> Effect {
+        TaskMachine::from_wire(profile, task, [1; 32]).poll_effect().expect("an effect")
     }
 
     #[test]

@@ -19,7 +19,8 @@ use std::sync::{Arc, Mutex};
 use confide_core::contribution::TrainContribution;
 use confide_core::job::LocalTraining;
 use confide_core::model::{ModelParams, ModelSpec};
-use confide_datasets::{Catalogue, DatasetSchema, Encoded, Preprocessing, Ratings, RawTable};
+use confide_core::outcome::DatasetProblem;
+use confide_datasets::{Catalogue, DataError, DatasetSchema, Encoded, Preprocessing, Ratings, RawTable, SchemaError};
 use tch::Device;
 
 use crate::config::DatasetConfig;
@@ -58,12 +59,64 @@ impl Split {
     }
 }
 
+/// Why a dataset cannot be offered: the kind of problem (all the coordinator learns) and the
+/// full detail naming file, line and column (for the bank's operator only).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unusable {
+    /// The kind of problem.
+    pub problem: DatasetProblem,
+    /// What is wrong, where.
+    pub detail: String,
+}
+
+impl std::fmt::Display for Unusable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.detail)
+    }
+}
+
+/// What checking a usable dataset found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Checked {
+    /// Every training label is the same class (binary targets only).
+    pub one_class: bool,
+}
+
+fn data_problem(e: &DataError) -> DatasetProblem {
+    match e {
+        DataError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => DatasetProblem::Missing,
+        DataError::NoHeader { .. } => DatasetProblem::Empty,
+        DataError::Schema(_) => DatasetProblem::Schema,
+        _ => DatasetProblem::Corrupt,
+    }
+}
+
 impl LocalDataset {
-    /// Loads the schema (data files are read on first use).
+    /// Loads the schema (data files are read on first use, or by [`Self::check`]).
     pub fn open(config: DatasetConfig) -> Result<Self, Failure> {
-        let schema = DatasetSchema::from_file(&config.schema).map_err(Failure::data)?;
+        Self::open_schema(config).map_err(|u| Failure::data(u.detail))
+    }
+
+    /// Loads the schema and then both splits ([`Self::check`]): a dataset the bank can offer.
+    pub fn load(config: DatasetConfig) -> Result<(Self, Checked), Unusable> {
+        let data = Self::open_schema(config)?;
+        let checked = data.check()?;
+        Ok((data, checked))
+    }
+
+    fn open_schema(config: DatasetConfig) -> Result<Self, Unusable> {
+        let schema = DatasetSchema::from_file(&config.schema).map_err(|e| {
+            let problem = match &e {
+                SchemaError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => DatasetProblem::Missing,
+                _ => DatasetProblem::Schema,
+            };
+            Unusable { problem, detail: e.to_string() }
+        })?;
         if schema.name != config.name {
-            return Err(Failure::data(format!("{}: schema describes dataset `{}`, config names it `{}`", config.schema.display(), schema.name, config.name)));
+            return Err(Unusable {
+                problem: DatasetProblem::Schema,
+                detail: format!("{}: schema describes dataset `{}`, config names it `{}`", config.schema.display(), schema.name, config.name),
+            });
         }
         let fingerprint = schema.fingerprint();
         Ok(Self {
@@ -81,6 +134,36 @@ impl LocalDataset {
             Split::Train => &self.config.train,
             Split::Test => &self.config.test,
         }
+    }
+
+    /// Reads both splits against the schema, keeping them for the tasks to come: a missing,
+    /// empty or corrupt file makes the dataset unusable (the detail names file, line and
+    /// column). Also says whether the training labels are all one class.
+    pub fn check(&self) -> Result<Checked, Unusable> {
+        let unusable = |e: DataError| Unusable { problem: data_problem(&e), detail: e.to_string() };
+        let empty = |path: &Path, what: &str| Unusable { problem: DatasetProblem::Empty, detail: format!("{}: {what}", path.display()) };
+        let mut one_class = false;
+        for split in [Split::Train, Split::Test] {
+            let path = self.path(split);
+            if self.schema.recommendation.is_some() {
+                let ratings = confide_datasets::load_ratings(path, &self.schema).map_err(unusable)?;
+                if ratings.is_empty() {
+                    return Err(empty(path, "no ratings"));
+                }
+                lock(&self.ratings).insert(split.key(), Arc::new(ratings));
+            } else {
+                let table = confide_datasets::load_table(path, &self.schema).map_err(unusable)?;
+                if table.rows == 0 {
+                    return Err(empty(path, "no usable rows"));
+                }
+                if split == Split::Train && self.schema.target.is_some() {
+                    let positives = table.positives();
+                    one_class = positives == 0 || positives == table.rows;
+                }
+                lock(&self.tables).insert(split.key(), Arc::new(table));
+            }
+        }
+        Ok(Checked { one_class })
     }
 
     /// The raw rows of a split (loaded once; a bad file is re-read on the next task, so a

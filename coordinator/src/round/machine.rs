@@ -550,7 +550,14 @@ impl JobMachine {
     }
 
     fn task(&self, task_id: String, round: u64, kind: Kind) -> pb::Task {
-        pb::Task { task_id, job_id: self.id.clone(), round, kind: Some(kind) }
+        // The job's terms travel with every task, so a bank refuses a job its policy cannot
+        // serve at the first task, not at the round that crosses its limit.
+        let terms = pb::JobTerms {
+            rounds: self.spec.training.rounds,
+            model_spec_json: self.model_spec_json.clone(),
+            score_buckets: self.spec.evaluation.score_buckets,
+        };
+        pb::Task { task_id, job_id: self.id.clone(), round, kind: Some(kind), terms: Some(terms) }
     }
 
     fn dataset_ref(&self) -> pb::DatasetRef {

@@ -46,7 +46,9 @@ impl ParticipantState {
         let (status, reason) = match self {
             ParticipantState::Pending => (ParticipantStatus::Pending, String::new()),
             ParticipantState::Contributed => (ParticipantStatus::Contributed, String::new()),
-            ParticipantState::Failed { kind: Some(FailureKind::Policy), reason } => (ParticipantStatus::Refused, reason.clone()),
+            ParticipantState::Failed { kind: Some(k), reason } if k.status() == ParticipantStatus::Refused => {
+                (ParticipantStatus::Refused, reason.clone())
+            }
             ParticipantState::Failed { reason, .. } => (ParticipantStatus::Failed, reason.clone()),
             ParticipantState::Dropped { reason } => (ParticipantStatus::Dropped, reason.clone()),
         };
@@ -335,7 +337,7 @@ pub fn report_reason(worker: &str, failure: &confide_proto::v1::TaskFailure) -> 
     if !failure.reason.is_empty() {
         // A shared reason reads as before: `data: train.csv line 7, …` (a refusal's alone).
         let mut reason = match kind {
-            Some(FailureKind::Policy) => failure.reason.clone(),
+            Some(k) if k.status() == ParticipantStatus::Refused => failure.reason.clone(),
             Some(k) => format!("{k}: {}", failure.reason),
             None => format!("unclassified: {}", failure.reason),
         };

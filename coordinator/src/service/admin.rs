@@ -171,6 +171,7 @@ impl Admin for AdminService {
                 pb::WorkerInfo {
                     connected: live.is_some(),
                     datasets: live.map(|c| c.datasets.clone()).unwrap_or_default(),
+                    unavailable_datasets: live.map(|c| c.unavailable.clone()).unwrap_or_default(),
                     capabilities: live.map(|c| c.capabilities.clone()),
                     last_seen: w.last_seen,
                     worker_id: w.id,

@@ -85,6 +85,9 @@ impl Federation for FederationService {
                 return Err(Status::invalid_argument(format!("dataset offer {:?} needs a name and a 64-hex-digit schema fingerprint", d.name)));
             }
         }
+        if let Some(u) = r.unavailable_datasets.iter().find(|u| u.name.is_empty() || u.name.len() > 256) {
+            return Err(Status::invalid_argument(format!("unavailable dataset {:?} needs a name of 1-256 bytes", u.name)));
+        }
         if !r.signing_public_key.is_empty() && r.signing_public_key.len() != 32 {
             return Err(Status::invalid_argument("signing_public_key must be 32 bytes (Ed25519)"));
         }
@@ -95,6 +98,7 @@ impl Federation for FederationService {
             "cuda_devices": capabilities.cuda_devices,
             "worker_version": capabilities.worker_version,
             "min_participants": r.min_participants,
+            "unavailable_datasets": r.unavailable_datasets.iter().map(|u| u.display()).collect::<Vec<_>>(),
         });
         let (shared, id) = (Arc::clone(&self.shared), r.institution_id.clone());
         tokio::task::spawn_blocking(move || shared.store.upsert_worker(&id, &info_json.to_string()))
@@ -104,6 +108,7 @@ impl Federation for FederationService {
         self.shared.hub.register(WorkerInfo {
             id: r.institution_id.clone(),
             datasets: r.datasets,
+            unavailable: r.unavailable_datasets,
             capabilities,
             signing_public_key: r.signing_public_key,
             min_participants: r.min_participants,

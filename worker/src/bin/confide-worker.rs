@@ -107,9 +107,13 @@ async fn daemon(path: &Path, coordinator: Option<String>, insecure_dev: bool) ->
         Ok(w) => w,
         Err(e) => {
             eprintln!("confide-worker: {e}");
-            return ExitCode::FAILURE;
+            return if e.is_bad_input() { ExitCode::from(2) } else { ExitCode::FAILURE };
         }
     };
+    // The operator sees at once what is not offered, and why (the log has it too).
+    for (name, problem) in worker.compute.catalog().problems() {
+        eprintln!("confide-worker: dataset `{name}` is unavailable and not offered: {problem}");
+    }
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
         tracing::info!("shutting down");
