@@ -277,6 +277,7 @@ fn job_export(job: &pb::Job, model: &[u8]) -> Result<confide_export::JobExport, 
         updated_at: job.updated_at.clone(),
         stop_reason: Some(job.stop_reason.clone()).filter(|s| !s.is_empty()),
         model_hash: job.model_hash.clone(),
+        model_round: (!job.model_hash.is_empty()).then_some(job.model_round),
         audit_heads: job
             .audit_heads
             .iter()
@@ -460,7 +461,13 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
         Command::Workers => {
             let workers = client.list_workers(pb::ListWorkersRequest {}).await.map_err(status_error)?.into_inner().workers;
             for w in workers {
-                let datasets: Vec<&str> = w.datasets.iter().map(|d| d.name.as_str()).collect();
+                // Name and schema fingerprint (12 hex digits tell schemas apart), so a job
+                // waiting for participants can be matched against what each bank offers.
+                let datasets: Vec<String> = w
+                    .datasets
+                    .iter()
+                    .map(|d| format!("{} (schema {})", d.name, d.schema_fingerprint.get(..12).unwrap_or(&d.schema_fingerprint)))
+                    .collect();
                 println!(
                     "{:<20} {:<13} last seen {}  datasets: {}",
                     w.worker_id,

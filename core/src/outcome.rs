@@ -108,6 +108,13 @@ impl FailureKind {
         }
     }
 
+    /// True when the same task to the same bank would fail the same way again (its data, its
+    /// policy, a value of its outside the task's range): the coordinator does not retry such a
+    /// bank with the same input.
+    pub fn is_deterministic(self) -> bool {
+        matches!(self, FailureKind::Data | FailureKind::Policy | FailureKind::OutOfRange)
+    }
+
     /// The participant status a failure of this kind gives: a policy failure is a refusal.
     pub fn status(self) -> ParticipantStatus {
         match self {
@@ -164,5 +171,7 @@ mod tests {
         assert!("contibuted".parse::<ParticipantStatus>().is_err(), "a typo is an error, not a status");
         assert_eq!(FailureKind::Policy.status(), ParticipantStatus::Refused);
         assert_eq!(FailureKind::Data.status(), ParticipantStatus::Failed);
+        assert!(FailureKind::Data.is_deterministic() && FailureKind::Policy.is_deterministic());
+        assert!(!FailureKind::Training.is_deterministic() && !FailureKind::Internal.is_deterministic());
     }
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use confide_core::model::ModelParams;
 use confide_core::outcome::{FailureKind, ParticipantStatus};
+use confide_coordinator::round::activity;
 use confide_coordinator::round::errors::PhaseError;
 use confide_coordinator::round::machine::{JobEnd, Persist};
 use confide_harness::fixture::{self, FakeCompute, Phase};
@@ -108,20 +109,66 @@ fn failures_and_refusals_are_recorded_with_their_kind() {
 
 #[test]
 fn a_round_without_enough_contributions_is_retried_then_the_job_fails_naming_why() {
-    // Two of three banks refuse every training task: each attempt ends with 1 of 3, 3 needed.
+    // Two of three banks drop out of every training phase: each attempt ends with 1 of 3,
+    // 3 needed; a dropout may not repeat, so the round is retried up to its limit.
     let banks = vec![
         bank("bank1", 40, 0.01).boxed(),
-        bank("bank2", 40, 0.01).on(Phase::Train, 1, Script::Fail(FailureKind::Policy, "no".into())).boxed(),
-        bank("bank3", 40, 0.01).on(Phase::Train, 1, Script::Fail(FailureKind::Policy, "no".into())).boxed(),
+        bank("bank2", 40, 0.01).on(Phase::Train, 1, Script::Silent).boxed(),
+        bank("bank3", 40, 0.01).on(Phase::Train, 1, Script::Silent).boxed(),
     ];
-    let mut f = Federation::new(fixture::job(&toml(2, "[selection]\nmin_workers = 3\nmax_round_attempts = 3")), banks);
+    let mut f = Federation::new(fixture::job(&toml(2, "[selection]\nmin_workers = 3\nmax_round_attempts = 3\nround_deadline_secs = 10")), banks);
     f.run();
     let err = f.failure();
     assert!(err.starts_with("round 1 failed 3 times; last: 1 of 3 selected workers contributed, 3 needed"), "{err}");
     assert_eq!(f.failed_attempt_reasons().len(), 3);
     // Every attempt's outcomes are durable, and nothing was committed.
-    assert_eq!(f.store.failed.iter().filter(|(r, a, p)| *r == 1 && *a == 3 && p.status == ParticipantStatus::Refused).count(), 2);
+    assert_eq!(f.store.failed.iter().filter(|(r, a, p)| *r == 1 && *a == 3 && p.status == ParticipantStatus::Dropped).count(), 2);
     assert!(f.store.rounds.is_empty());
+}
+
+#[test]
+fn deterministic_refusals_fail_the_job_at_once_when_too_few_banks_remain() {
+    // Two of three banks refuse by policy (deterministic): a retry would fail the same way, so
+    // there is one attempt, not five.
+    let banks = vec![
+        bank("bank1", 40, 0.01).boxed(),
+        bank("bank2", 40, 0.01).on(Phase::Train, 1, Script::Fail(FailureKind::Policy, "no".into())).boxed(),
+        bank("bank3", 40, 0.01).on(Phase::Train, 1, Script::Fail(FailureKind::Data, "train.csv line 3".into())).boxed(),
+    ];
+    let mut f = Federation::new(fixture::job(&toml(2, "[selection]\nmin_workers = 3")), banks);
+    f.run();
+    assert_eq!(
+        f.failure(),
+        "round 1 not retried: bank2 refused: no; bank3 failed: data: train.csv line 3; a retry would fail the same way, \
+         and without them 1 eligible bank is left, 3 needed"
+    );
+    assert_eq!(f.failed_attempt_reasons().len(), 1, "one attempt, no retries");
+    assert_eq!(f.store.failed.iter().filter(|(r, a, _)| *r == 1 && *a == 1).count(), 3);
+}
+
+#[test]
+fn a_bank_with_a_data_error_is_left_out_of_the_retry_when_enough_remain() {
+    // bank4's data is broken. The first attempt fails without enough contributions (bank3
+    // restarts mid-phase); the retry goes without bank4 and completes.
+    let banks = vec![
+        bank("bank1", 40, 0.01).boxed(),
+        bank("bank2", 40, 0.01).boxed(),
+        bank("bank3", 40, 0.01).on(Phase::Train, 1, Script::Silent).boxed(),
+        bank("bank4", 40, 0.01).by_default(Script::Fail(FailureKind::Data, "bad cell".into())).boxed(),
+    ];
+    let mut f = Federation::new(fixture::job(&toml(1, "[selection]\nmin_workers = 3")), banks);
+    f.run_until(|f| f.assigned.iter().any(|(w, t)| w == "bank3" && t.kind.as_ref().and_then(Phase::of) == Some(Phase::Train)));
+    f.replace_bank(bank("bank3", 40, 0.01).boxed());
+    f.run();
+    f.completed();
+    let train_tasks_to_b4 = f
+        .assigned
+        .iter()
+        .filter(|(w, t)| w == "bank4" && t.round == 1 && t.kind.as_ref().and_then(Phase::of) == Some(Phase::Train))
+        .count();
+    assert_eq!(train_tasks_to_b4, 1, "not retried with the same input");
+    let b4 = statuses(&f, 1).into_iter().find(|(w, _, _)| w == "bank4").expect("bank4 recorded");
+    assert_eq!((b4.1, b4.2.as_str()), (ParticipantStatus::Failed, "data: bad cell"));
 }
 
 #[test]
@@ -232,17 +279,20 @@ fn a_corrupted_store_fails_the_job_for_good() {
 #[test]
 fn too_few_eligible_workers_fail_the_job_after_the_waiting_limit() {
     let banks = vec![bank("bank1", 40, 0.01).boxed(), bank("bank2", 40, 0.01).boxed()];
+    // `wait_for_workers_secs` is the idle timeout's old name; before the first phase it ends
+    // the job as not started.
     let mut f = Federation::new(fixture::job(&toml(1, "[selection]\nmin_workers = 3\nwait_for_workers_secs = 60")), banks);
     let t0 = f.clock.now();
     f.run();
-    assert_eq!(f.failure(), "round 0: only 2 eligible workers (offering `toy` with this schema) after 60 s, 3 needed");
+    let fp = activity::short_fingerprint(&fixture::schema().fingerprint());
+    assert_eq!(f.failure(), format!("no round could start within 1m: waiting for participants: 2 of 2 connected banks offer toy with schema {fp}, 3 needed"));
     assert_eq!(f.clock.now(), t0 + Duration::from_secs(60));
 }
 
 #[test]
 fn a_job_waits_for_workers_and_starts_when_enough_connect() {
     let two = vec![bank("bank1", 40, 0.01).boxed(), bank("bank2", 60, 0.02).boxed()];
-    let mut f = Federation::new(fixture::job(&toml(1, "[selection]\nmin_workers = 3")), two);
+    let mut f = Federation::new(fixture::job(&toml(1, "[selection]\nmin_workers = 3\nstart_deadline_secs = 0\nidle_timeout_secs = 0")), two);
     f.run();
     assert!(matches!(f.ended, Ended::Running), "waits (no limit) rather than failing");
     assert!(f.assigned.is_empty(), "no task before enough banks are connected");

@@ -105,6 +105,14 @@ impl Admin for AdminService {
                 let _ = tx.send(Ok(finished(view))).await;
                 return;
             };
+            // A watcher that joins a waiting or stalled job learns why at once.
+            if !view.activity.is_empty() {
+                let activity = pb::JobActivity { activity: view.activity.clone(), reason: view.activity_reason.clone() };
+                let ev = pb::JobEvent { job_id: id.clone(), round: view.rounds_completed, kind: Some(pb::job_event::Kind::ActivityChanged(activity)) };
+                if tx.send(Ok(ev)).await.is_err() {
+                    return;
+                }
+            }
             loop {
                 match live.recv().await {
                     Ok(ev) => {

@@ -292,7 +292,20 @@ impl StoreError {
             _ => false,
         }
     }
+
+    /// True when the fault is a full disk (ENOSPC, or SQLite's SQLITE_FULL): the job shows
+    /// `stalled: no space left on device` until a write succeeds again.
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            StoreError::Io { source, .. } => source.kind() == std::io::ErrorKind::StorageFull || source.raw_os_error() == Some(ENOSPC),
+            StoreError::Sqlite { source: rusqlite::Error::SqliteFailure(e, _), .. } => e.code == rusqlite::ErrorCode::DiskFull,
+            _ => false,
+        }
+    }
 }
+
+/// Linux's "no space left on device".
+const ENOSPC: i32 = 28;
 
 /// Current time as RFC 3339 (UTC).
 pub fn now_rfc3339() -> String {
