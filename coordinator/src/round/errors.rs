@@ -97,7 +97,7 @@ pub enum JobError {
     },
     /// Banks failed deterministically (their data, their policy) and too few others remain
     /// to retry without them: a retry would fail the same way.
-    #[error("round {round} not retried: {failures}; a retry would fail the same way, and without them {} left, {needed} needed", banks_left(*remaining))]
+    #[error("{} not retried: {failures}; a retry would fail the same way, and without them {} left, {needed} needed", phase_name(*round), banks_left(*remaining))]
     NotRetried {
         /// The round (0 = statistics).
         round: u64,
@@ -120,6 +120,10 @@ pub enum JobError {
     /// The store failed permanently.
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+fn phase_name(round: u64) -> String {
+    if round == 0 { "preprocessing statistics".into() } else { format!("round {round}") }
 }
 
 fn banks_left(n: usize) -> String {
