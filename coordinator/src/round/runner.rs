@@ -192,7 +192,14 @@ async fn drive(shared: &Arc<Shared>, job_id: &str, cancel: &CancellationToken) -
                     let result = persist(shared, job_id, write).await;
                     machine.handle_persisted(Instant::now(), result);
                 }
-                Effect::Publish { round, event } => publish(shared, job_id, round, event),
+                Effect::Publish { round, event } => {
+                    if matches!(event, pb::job_event::Kind::ActivityChanged(_)) {
+                        // Recorded before it is published: a watcher that joins in between
+                        // reads it from the view.
+                        shared.jobs.set_activity(job_id, machine.activity());
+                    }
+                    publish(shared, job_id, round, event)
+                }
                 Effect::Finish(end) => {
                     shared.hub.close_tasks(sessions.keys());
                     return end;

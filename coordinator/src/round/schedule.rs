@@ -82,8 +82,12 @@ impl EarlyStopping {
     pub fn should_stop(&self) -> Option<String> {
         let spec = self.spec.as_ref()?;
         (self.since_best >= spec.patience).then(|| {
+            let kept = match self.restored_round() {
+                Some(r) => format!(" at round {r}, whose model the job keeps"),
+                None => String::new(),
+            };
             format!(
-                "early stopping: {} did not improve by more than {} for {} evaluations (best {:.5})",
+                "early stopping: {} did not improve by more than {} for {} evaluations (best {:.5}{kept})",
                 spec.metric,
                 spec.min_delta,
                 spec.patience,
