@@ -49,7 +49,7 @@ fn export_now(shared: &Shared, job_id: &str, stop_reason: Option<String>) -> Res
     let stored_rounds = store.rounds(job_id).map_err(|e| e.to_string())?;
     // The job's final model: the best round's when early stopping restores it.
     let spec = serde_json::from_str(&job.spec_json).ok();
-    let (model_round, model_hash) = crate::jobs::views::final_model(&job, spec.as_ref(), &stored_rounds).ok_or("the job has no model")?;
+    let (model_round, model_hash) = crate::jobs::views::final_model(&job, spec.as_ref(), &stored_rounds, true).ok_or("the job has no model")?;
     let model = store.checkpoints().get(&model_hash).map_err(|e| e.to_string())?;
     let rounds = stored_rounds
         .into_iter()

@@ -34,12 +34,13 @@ pub fn round_proto(r: &RoundRecord) -> pb::RoundSummary {
     }
 }
 
-/// The model a job ends with (or has now): (round, checkpoint hash). A completed job whose
+/// The model a job ends with (or has now): (round, checkpoint hash). A `completed` job whose
 /// early stopping restores the best round ends with that round's model; otherwise it is the
-/// latest committed one. What `FetchModel`, `job get` and the automatic export use.
-pub fn final_model(job: &JobRecord, spec: Option<&JobSpec>, rounds: &[RoundRecord]) -> Option<(u64, String)> {
+/// latest committed one. What `FetchModel`, `job get` and the automatic export (which runs
+/// just before the job is marked completed) use.
+pub fn final_model(job: &JobRecord, spec: Option<&JobSpec>, rounds: &[RoundRecord], completed: bool) -> Option<(u64, String)> {
     let head = job.model_hash.clone()?;
-    if job.status == JobStatus::Completed
+    if completed
         && let Some(spec) = spec
         && let Some(best) = schedule::final_round(spec, rounds.iter().map(|r| (r.round, &r.metrics)))
         && let Some(r) = rounds.iter().find(|r| r.round == best)
@@ -54,7 +55,7 @@ pub fn final_model(job: &JobRecord, spec: Option<&JobSpec>, rounds: &[RoundRecor
 pub fn job_proto(job: &JobRecord, rounds: &[RoundRecord], failed: &[(u64, u32, ParticipantRecord)], activity: Option<Activity>) -> pb::Job {
     let spec = serde_json::from_str::<JobSpec>(&job.spec_json).ok();
     let rounds_total = spec.as_ref().map_or(0, |s| s.training.rounds);
-    let (model_round, model_hash) = final_model(job, spec.as_ref(), rounds).unwrap_or_default();
+    let (model_round, model_hash) = final_model(job, spec.as_ref(), rounds, job.status == JobStatus::Completed).unwrap_or_default();
     let activity = activity.filter(|_| !job.status.is_final());
     let mut error = job.error.clone().unwrap_or_default();
     if error.is_empty() && !job.status.is_final() {

@@ -322,7 +322,6 @@ enum Stage {
     Finished,
 }
 
-
 /// One job's state machine; see the module docs for the calling order.
 #[derive(Debug)]
 pub struct JobMachine {
@@ -625,8 +624,8 @@ impl JobMachine {
 
     /// Why the waiting attempt cannot start with the connected workers.
     fn waiting_reason(&self) -> String {
-        let eligible = self.offering();
-        let floored: Vec<&WorkerInfo> = self.workers.iter().filter(|w| eligible.contains(&w.id) && !self.eligible().contains(&w.id)).collect();
+        let (offering, eligible) = (self.offering(), self.eligible());
+        let floored: Vec<&WorkerInfo> = self.workers.iter().filter(|w| offering.contains(&w.id) && !eligible.contains(&w.id)).collect();
         activity::waiting_reason(&self.workers, &self.spec.dataset, &self.fingerprint, self.spec.selection.min_workers, &floored)
     }
 
