@@ -324,6 +324,7 @@ fn job_export(job: &pb::Job, model: &[u8]) -> Result<confide_export::JobExport, 
         updated_at: job.updated_at.clone(),
         stop_reason: Some(job.stop_reason.clone()).filter(|s| !s.is_empty()),
         model_hash: job.model_hash.clone(),
+        model_round: (!job.model_hash.is_empty()).then_some(job.model_round),
         audit_heads: job
             .audit_heads
             .iter()
@@ -527,7 +528,13 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
         Command::Workers => {
             let workers = client.list_workers(pb::ListWorkersRequest {}).await.map_err(status_error)?.into_inner().workers;
             for w in workers {
-                let mut datasets: Vec<String> = w.datasets.iter().map(|d| d.name.clone()).collect();
+                // Name and schema fingerprint (12 hex digits tell schemas apart), so a job
+                // waiting for participants can be matched against what each bank offers.
+                let mut datasets: Vec<String> = w
+                    .datasets
+                    .iter()
+                    .map(|d| format!("{} (schema {})", d.name, d.schema_fingerprint.get(..12).unwrap_or(&d.schema_fingerprint)))
+                    .collect();
                 datasets.extend(w.unavailable_datasets.iter().map(pb::UnavailableDataset::display));
                 outln!(
                     "{:<20} {:<13} last seen {}  datasets: {}",

@@ -54,6 +54,9 @@ pub fn job_text(j: &pb::Job) -> String {
     let _ = writeln!(out, "job      {} ({})", j.id, j.name);
     let _ = writeln!(out, "status   {}", j.status);
     let _ = writeln!(out, "rounds   {}/{}", j.rounds_completed, j.rounds_total);
+    if !j.activity.is_empty() {
+        let _ = writeln!(out, "activity {}", activity_line(&j.activity, &j.activity_reason));
+    }
     if !j.error.is_empty() {
         let _ = writeln!(out, "error    {}", j.error);
     }
@@ -61,7 +64,7 @@ pub fn job_text(j: &pb::Job) -> String {
         let _ = writeln!(out, "stopped  {}", j.stop_reason);
     }
     if !j.model_hash.is_empty() {
-        let _ = writeln!(out, "model    {}", j.model_hash);
+        let _ = writeln!(out, "model    {} (round {})", j.model_hash, j.model_round);
     }
     // A custom model's module hash is what banks pin in `allowed_torchscript_sha256`.
     if let Ok(spec) = serde_json::from_str::<confide_core::job::JobSpec>(&j.spec_json)
@@ -113,9 +116,22 @@ pub fn job_json(j: &pb::Job) -> Value {
         "created_at": j.created_at,
         "updated_at": j.updated_at,
         "model_hash": j.model_hash,
+        "model_round": j.model_round,
+        "activity": if j.activity.is_empty() { Value::Null } else { json!(j.activity) },
+        "activity_reason": if j.activity_reason.is_empty() { Value::Null } else { json!(j.activity_reason) },
         "spec": spec,
         "rounds": j.rounds.iter().map(round_json).collect::<Vec<_>>(),
     })
+}
+
+/// A job's activity for people: the waiting and stalled reasons say what they are
+/// (`waiting for participants: …`, `stalled: no space left on device`); training is named.
+fn activity_line(activity: &str, reason: &str) -> String {
+    match activity {
+        "training" if !reason.is_empty() => format!("training: {reason}"),
+        _ if reason.is_empty() => activity.to_string(),
+        _ => reason.to_string(),
+    }
 }
 
 /// Prints a line above the bar, or plainly when the bar is hidden (output is not a terminal).
@@ -154,6 +170,8 @@ pub async fn watch(mut stream: tonic::Streaming<pb::JobEvent>) -> anyhow::Result
             }
             Some(Kind::RoundFailed(f)) => say(&bar, format!("round {:>3}  attempt failed: {}", ev.round, f.reason))?,
             Some(Kind::ParticipantFailed(p)) => say(&bar, format!("           {} {}: {}", p.worker_id, p.status_name(), p.reason))?,
+            // Sent once per change, so each line is news.
+            Some(Kind::ActivityChanged(a)) => say(&bar, activity_line(&a.activity, &a.reason))?,
             Some(Kind::JobFinished(job)) => {
                 bar.set_length(job.rounds_total);
                 bar.set_position(job.rounds_completed);

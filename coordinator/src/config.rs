@@ -56,6 +56,9 @@ pub struct CoordinatorConfig {
     /// until fixed (fail closed).
     #[serde(default)]
     pub revocation_file: Option<PathBuf>,
+    /// Limits a job file may override (`[selection]`): how long a job waits for participants.
+    #[serde(default)]
+    pub job_defaults: JobDefaults,
     /// Plaintext without client authentication, for development only (`--insecure-dev`; never
     /// read from the file).
     #[serde(skip)]
@@ -110,9 +113,34 @@ impl Default for CoordinatorConfig {
             metrics_listen: None,
             revoked: Vec::new(),
             revocation_file: None,
+            job_defaults: JobDefaults::default(),
             insecure_dev: false,
             accept_state_loss: false,
         }
+    }
+}
+
+/// The coordinator's defaults for a job's waiting limits (`[job_defaults]`), used when the job
+/// file leaves them out. 0 = no limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobDefaults {
+    /// Seconds within which a job's first phase must start (`selection.start_deadline_secs`).
+    #[serde(default = "default_wait_secs")]
+    pub start_deadline_secs: u64,
+    /// Seconds a started job may wait for participants before a round or retry can start
+    /// (`selection.idle_timeout_secs`).
+    #[serde(default = "default_wait_secs")]
+    pub idle_timeout_secs: u64,
+}
+
+fn default_wait_secs() -> u64 {
+    30 * 60
+}
+
+impl Default for JobDefaults {
+    fn default() -> Self {
+        Self { start_deadline_secs: default_wait_secs(), idle_timeout_secs: default_wait_secs() }
     }
 }
 

@@ -46,11 +46,12 @@ pub async fn export_completed(shared: &Arc<Shared>, job_id: &str, stop_reason: O
 fn export_now(shared: &Shared, job_id: &str, stop_reason: Option<String>) -> Result<PathBuf, String> {
     let store = &shared.store;
     let job = store.job(job_id).map_err(|e| e.to_string())?.ok_or("job vanished from the database")?;
-    let model_hash = job.model_hash.clone().ok_or("the job has no model")?;
+    let stored_rounds = store.rounds(job_id).map_err(|e| e.to_string())?;
+    // The job's final model: the best round's when early stopping restores it.
+    let spec = serde_json::from_str(&job.spec_json).ok();
+    let (model_round, model_hash) = crate::jobs::views::final_model(&job, spec.as_ref(), &stored_rounds, true).ok_or("the job has no model")?;
     let model = store.checkpoints().get(&model_hash).map_err(|e| e.to_string())?;
-    let rounds = store
-        .rounds(job_id)
-        .map_err(|e| e.to_string())?
+    let rounds = stored_rounds
         .into_iter()
         .map(|r| RoundReport {
             round: r.round,
@@ -72,6 +73,7 @@ fn export_now(shared: &Shared, job_id: &str, stop_reason: Option<String>) -> Res
         updated_at: now_rfc3339(),
         stop_reason: stop_reason.or(job.stop_reason.clone()),
         model_hash,
+        model_round: Some(model_round),
         audit_heads: store
             .audit_heads(job_id)
             .map_err(|e| e.to_string())?

@@ -186,9 +186,16 @@ pub struct SelectionSpec {
     /// Seconds a round waits for contributions before treating the missing ones as failed.
     #[serde(default = "defaults::round_deadline_secs")]
     pub round_deadline_secs: u64,
-    /// Seconds a job waits for enough eligible workers before each round (0 = forever).
-    #[serde(default)]
-    pub wait_for_workers_secs: u64,
+    /// Start deadline: seconds from the job's start (or its resumption) within which its first
+    /// phase must start, else it fails with the reason it waited (0 = no deadline; absent = the
+    /// coordinator's `job_defaults.start_deadline_secs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_deadline_secs: Option<u64>,
+    /// Idle timeout: seconds a started job waits for enough eligible workers before a round (or
+    /// a retry) can start, else it fails with the reason it waited (0 = forever; absent = the
+    /// coordinator's `job_defaults.idle_timeout_secs`). `wait_for_workers_secs` is its old name.
+    #[serde(default, alias = "wait_for_workers_secs", skip_serializing_if = "Option::is_none")]
+    pub idle_timeout_secs: Option<u64>,
     /// Failed attempts of one round before the job fails.
     #[serde(default = "defaults::max_round_attempts")]
     pub max_round_attempts: u32,
@@ -200,7 +207,8 @@ impl Default for SelectionSpec {
             min_workers: defaults::min_workers(),
             fraction: 1.0,
             round_deadline_secs: defaults::round_deadline_secs(),
-            wait_for_workers_secs: 0,
+            start_deadline_secs: None,
+            idle_timeout_secs: None,
             max_round_attempts: defaults::max_round_attempts(),
         }
     }
@@ -248,6 +256,10 @@ pub struct EarlyStoppingSpec {
     /// Smallest change that counts as an improvement.
     #[serde(default)]
     pub min_delta: f64,
+    /// Make the best round's model (by `metric`) the job's final and exported model, rather
+    /// than the last round's.
+    #[serde(default = "defaults::yes")]
+    pub restore_best: bool,
 }
 
 /// Smallest SecAgg+ degree a job may ask for: `Graph::recommended_degree(64)` of
@@ -533,6 +545,9 @@ mod defaults {
     }
     pub fn negatives() -> usize {
         4
+    }
+    pub fn yes() -> bool {
+        true
     }
     pub fn early_metric() -> String {
         "auc".into()

@@ -113,7 +113,8 @@ fn banks_refuse_a_round_whose_contributors_would_isolate_one_banks_count() {
     assert_eq!(done["status"], "failed", "{done:#}");
     assert_eq!(done["rounds_completed"], 2, "{done:#}");
     let error = done["error"].as_str().unwrap_or("");
-    assert!(error.starts_with("round 3 failed"), "{error}");
+    // Refusals are deterministic: the round is not retried with the same banks.
+    assert!(error.starts_with("round 3 not retried"), "{error}");
     for bank in ["bank1", "bank2", "bank3"] {
         assert!(error.contains(&format!("{bank} refused: policy refusal ({bank}'s log, ref ")), "{error}");
         let log = cluster.read_log(bank);

@@ -151,7 +151,7 @@ pub struct TrainingSummary {
     pub institutions: Vec<String>,
     /// Per round: contributing institutions and federated metrics.
     pub rounds: Vec<RoundCard>,
-    /// The last round's federated metrics (those of the exported model).
+    /// The exported model's federated metrics (its round's; the last round's by default).
     pub final_metrics: BTreeMap<String, f64>,
 }
 
@@ -275,7 +275,7 @@ impl ModelCard {
                 federation_rows: prep.rows,
                 columns,
             },
-            training: training_summary(&job.rounds, job.spec.training.rounds),
+            training: training_summary(&job.rounds, job.spec.training.rounds, job.job.model_round),
             privacy: PrivacySummary {
                 secure_aggregation: !job.spec.insecure_plain_aggregation,
                 modulus_bits: secure.modulus_bits,
@@ -350,6 +350,10 @@ impl ModelCard {
             writeln!(md, "| stopped early | {reason} |")?;
         }
         writeln!(md, "| model checkpoint | `{}` |", j.model_hash)?;
+        if let Some(round) = j.model_round {
+            let best = if Some(round) == self.training.rounds.last().map(|r| r.round) { "" } else { " (the best round by the early-stopping metric)" };
+            writeln!(md, "| model from round | {round}{best} |")?;
+        }
 
         writeln!(md, "\n## Final federated metrics\n")?;
         writeln!(md, "| metric | value |\n|---|---|")?;
@@ -563,7 +567,7 @@ fn short(hash: &str) -> &str {
     hash.get(..16).unwrap_or(hash)
 }
 
-fn training_summary(rounds: &[RoundReport], budget: u64) -> TrainingSummary {
+fn training_summary(rounds: &[RoundReport], budget: u64, model_round: Option<u64>) -> TrainingSummary {
     let contributed = |r: &RoundReport| {
         r.participants
             .iter()
@@ -589,7 +593,12 @@ fn training_summary(rounds: &[RoundReport], budget: u64) -> TrainingSummary {
                 }
             })
             .collect(),
-        final_metrics: rounds.last().map(|r| r.metrics.clone()).unwrap_or_default(),
+        // The exported model's round (the best one when early stopping restored it).
+        final_metrics: model_round
+            .and_then(|m| rounds.iter().find(|r| r.round == m))
+            .or(rounds.last())
+            .map(|r| r.metrics.clone())
+            .unwrap_or_default(),
     }
 }
 

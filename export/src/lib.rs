@@ -191,6 +191,10 @@ pub struct JobInfo {
     pub stop_reason: Option<String>,
     /// Content hash of the exported global model checkpoint.
     pub model_hash: String,
+    /// The round the exported model is from (the best round's when early stopping restores
+    /// it; None: the last round's, for records that predate it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_round: Option<u64>,
     /// Per bank, the hash of its own audit-log record of its last upload for this job, as its
     /// submission carried it: a validator matches it against the bank's log
     /// (`confide-worker audit verify --job`).

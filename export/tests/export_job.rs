@@ -325,3 +325,16 @@ fn custom_torchscript_models_export_their_trained_parameters_and_card_only() {
     assert_eq!(back.layout.tensors[0].name, "deep.0.weight");
     assert!(dir.path().join(names::CARD_JSON).exists() && dir.path().join(names::CARD_MD).exists());
 }
+
+#[test]
+fn a_card_of_the_best_rounds_model_says_which_round_and_shows_its_metrics() {
+    let mut job = job(ModelSpec::LogisticRegression, 3);
+    job.job.model_round = Some(1);
+    let card = ModelCard::new(&job, &[], None);
+    assert_eq!(card.training.final_metrics["auc"], 0.71, "round 1's metrics, not the last round's");
+    let md = card.to_markdown();
+    assert!(md.contains("| model from round | 1 (the best round by the early-stopping metric) |"), "{md}");
+    job.job.model_round = Some(2);
+    let md = ModelCard::new(&job, &[], None).to_markdown();
+    assert!(md.contains("| model from round | 2 |"), "{md}");
+}

@@ -56,6 +56,8 @@ pub fn job(spec_toml: &str) -> JobSnapshot {
         past_metrics: Vec::new(),
         catalogue: None,
         initial_params: None,
+        // The coordinator's defaults (30 min to start, 30 min idle), on the virtual clock.
+        defaults: confide_coordinator::config::JobDefaults::default(),
     }
 }
 

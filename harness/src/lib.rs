@@ -418,6 +418,13 @@ impl ScriptedBank {
         self
     }
 
+    /// What it registers as offering instead of the toy dataset (another schema, another
+    /// dataset): the coordinator does not select it for a job it does not fit.
+    pub fn offering(mut self, datasets: Vec<pb::DatasetOffer>) -> Self {
+        self.info.datasets = datasets;
+        self
+    }
+
     /// Boxed, for [`Federation::new`].
     pub fn boxed(self) -> Box<dyn Bank> {
         Box::new(self)

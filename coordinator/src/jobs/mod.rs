@@ -25,12 +25,15 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::Shared;
+use crate::round::activity::Activity;
 use crate::store::{JobRecord, JobStatus, StoreError};
 
 #[derive(Debug)]
 struct Running {
     cancel: CancellationToken,
     events: broadcast::Sender<JobEvent>,
+    /// What its machine says it is doing (None before it first says).
+    activity: Option<Activity>,
 }
 
 /// The jobs running in this process.
@@ -56,6 +59,18 @@ impl Jobs {
         if let Some(r) = self.lock().get(&event.job_id) {
             let _ = r.events.send(event);
         }
+    }
+
+    /// Records what a running job is doing now.
+    pub fn set_activity(&self, job_id: &str, activity: Option<&Activity>) {
+        if let Some(r) = self.lock().get_mut(job_id) {
+            r.activity = activity.cloned();
+        }
+    }
+
+    /// What a job running here is doing (None when it does not run here).
+    pub fn activity(&self, job_id: &str) -> Option<Activity> {
+        self.lock().get(job_id).and_then(|r| r.activity.clone())
     }
 
     /// Asks a running job to stop. False when it is not running here.
@@ -86,7 +101,7 @@ impl Jobs {
         }
         let cancel = CancellationToken::new();
         let (events, _) = broadcast::channel(1024);
-        running.insert(job_id.to_string(), Running { cancel: cancel.clone(), events });
+        running.insert(job_id.to_string(), Running { cancel: cancel.clone(), events, activity: None });
         Some(cancel)
     }
 

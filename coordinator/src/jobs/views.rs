@@ -8,7 +8,9 @@ use confide_core::job::JobSpec;
 use confide_proto::v1 as pb;
 
 use crate::Shared;
-use crate::store::{AuditHeadRecord, JobRecord, ParticipantRecord, RoundRecord, StoreError};
+use crate::round::activity::Activity;
+use crate::round::schedule;
+use crate::store::{AuditHeadRecord, JobRecord, JobStatus, ParticipantRecord, RoundRecord, StoreError};
 
 /// The API view of a participant's outcome.
 pub fn participant_proto(p: &ParticipantRecord) -> pb::ParticipantOutcome {
@@ -32,10 +34,29 @@ pub fn round_proto(r: &RoundRecord) -> pb::RoundSummary {
     }
 }
 
-/// The API view of a job, from its record, its committed rounds and the outcomes of its
-/// failed attempts (round, attempt, outcome).
-pub fn job_proto(job: &JobRecord, rounds: &[RoundRecord], failed: &[(u64, u32, ParticipantRecord)]) -> pb::Job {
-    let rounds_total = serde_json::from_str::<JobSpec>(&job.spec_json).map(|s| s.training.rounds).unwrap_or(0);
+/// The model a job ends with (or has now): (round, checkpoint hash). A `completed` job whose
+/// early stopping restores the best round ends with that round's model; otherwise it is the
+/// latest committed one. What `FetchModel`, `job get` and the automatic export (which runs
+/// just before the job is marked completed) use.
+pub fn final_model(job: &JobRecord, spec: Option<&JobSpec>, rounds: &[RoundRecord], completed: bool) -> Option<(u64, String)> {
+    let head = job.model_hash.clone()?;
+    if completed
+        && let Some(spec) = spec
+        && let Some(best) = schedule::final_round(spec, rounds.iter().map(|r| (r.round, &r.metrics)))
+        && let Some(r) = rounds.iter().find(|r| r.round == best)
+    {
+        return Some((r.round, r.model_hash.clone()));
+    }
+    Some((job.rounds_completed, head))
+}
+
+/// The API view of a job, from its record, its committed rounds, the outcomes of its failed
+/// attempts (round, attempt, outcome) and what it is doing now (when it runs here).
+pub fn job_proto(job: &JobRecord, rounds: &[RoundRecord], failed: &[(u64, u32, ParticipantRecord)], activity: Option<Activity>) -> pb::Job {
+    let spec = serde_json::from_str::<JobSpec>(&job.spec_json).ok();
+    let rounds_total = spec.as_ref().map_or(0, |s| s.training.rounds);
+    let (model_round, model_hash) = final_model(job, spec.as_ref(), rounds, job.status == JobStatus::Completed).unwrap_or_default();
+    let activity = activity.filter(|_| !job.status.is_final());
     let mut error = job.error.clone().unwrap_or_default();
     if error.is_empty() && !job.status.is_final() {
         // Surface why the current round keeps failing (e.g. a worker's data error).
@@ -54,13 +75,16 @@ pub fn job_proto(job: &JobRecord, rounds: &[RoundRecord], failed: &[(u64, u32, P
         updated_at: job.updated_at.clone(),
         error,
         rounds: rounds.iter().map(round_proto).collect(),
-        model_hash: job.model_hash.clone().unwrap_or_default(),
+        model_hash,
+        model_round,
         stop_reason: job.stop_reason.clone().unwrap_or_default(),
         schema_toml: job.schema_toml.clone(),
         preprocessing_json: job.preprocessing_json.clone().unwrap_or_default(),
         export_dir: job.export_dir.clone().unwrap_or_default(),
         export_error: job.export_error.clone().unwrap_or_default(),
         audit_heads: Vec::new(),
+        activity: activity.as_ref().map(|a| a.kind.as_str().to_string()).unwrap_or_default(),
+        activity_reason: activity.map(|a| a.reason).unwrap_or_default(),
     }
 }
 
@@ -79,7 +103,7 @@ pub fn load_job(shared: &Shared, id: &str) -> Result<Option<pb::Job>, StoreError
 
 /// The view of a job record already read (two queries).
 pub fn job_view(shared: &Shared, job: &JobRecord) -> Result<pb::Job, StoreError> {
-    Ok(job_proto(job, &shared.store.rounds(&job.id)?, &shared.store.failed_attempts(&job.id)?))
+    Ok(job_proto(job, &shared.store.rounds(&job.id)?, &shared.store.failed_attempts(&job.id)?, shared.jobs.activity(&job.id)))
 }
 
 /// Every job's view, oldest first, in three queries whatever the number of jobs.
@@ -89,7 +113,7 @@ pub fn load_jobs(shared: &Shared) -> Result<Vec<pb::Job>, StoreError> {
     let mut failed = group(shared.store.all_failed_attempts()?);
     Ok(jobs
         .iter()
-        .map(|j| job_proto(j, &rounds.remove(&j.id).unwrap_or_default(), &failed.remove(&j.id).unwrap_or_default()))
+        .map(|j| job_proto(j, &rounds.remove(&j.id).unwrap_or_default(), &failed.remove(&j.id).unwrap_or_default(), shared.jobs.activity(&j.id)))
         .collect())
 }
 

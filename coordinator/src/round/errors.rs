@@ -69,19 +69,44 @@ pub enum JobError {
         /// Why the last one failed.
         last: String,
     },
-    /// Not enough eligible workers connected within the job's waiting limit.
-    #[error("round {round}: only {eligible} eligible workers (offering `{dataset}` with this schema) after {waited_secs} s, {needed} needed")]
-    NotEnoughWorkers {
-        /// The round waited for (0 = statistics).
+    /// No phase could start before the job's start deadline.
+    #[error("no round could start within {}: {reason}", human_secs(*limit_secs))]
+    NotStarted {
+        /// The start deadline, in seconds.
+        limit_secs: u64,
+        /// Why it waited (see [`super::activity::waiting_reason`]).
+        reason: String,
+    },
+    /// A started job could not start its next round (or retry) within its idle timeout.
+    #[error("idle for {} with no round progress (round {round} could not start): {reason}", human_secs(*limit_secs))]
+    Idle {
+        /// The round it waited to start (0 = statistics).
         round: u64,
-        /// Eligible workers connected.
-        eligible: usize,
-        /// Workers needed.
+        /// The idle timeout, in seconds.
+        limit_secs: u64,
+        /// Why it waited.
+        reason: String,
+    },
+    /// Training diverged: a loss is not finite, or far above the first round's.
+    #[error("diverged at round {round}: {detail}; lower the learning rate")]
+    Diverged {
+        /// The round whose metrics showed it.
+        round: u64,
+        /// Which loss, its value and the reference, e.g. `train loss 30.12 (round 1: 0.6931)`.
+        detail: String,
+    },
+    /// Banks failed deterministically (their data, their policy) and too few others remain
+    /// to retry without them: a retry would fail the same way.
+    #[error("{} not retried: {failures}; a retry would fail the same way, and without them {} left, {needed} needed", phase_name(*round), banks_left(*remaining))]
+    NotRetried {
+        /// The round (0 = statistics).
+        round: u64,
+        /// `bank2 failed: data error (bank2's log, ref …)`, per bank, `; `-separated.
+        failures: String,
+        /// Eligible banks connected besides them.
+        remaining: usize,
+        /// Banks needed.
         needed: usize,
-        /// The job's dataset.
-        dataset: String,
-        /// Seconds waited.
-        waited_secs: u64,
     },
     /// The federation's summed statistics do not give a usable preprocessing.
     #[error("federated statistics: {0}")]
@@ -95,4 +120,35 @@ pub enum JobError {
     /// The store failed permanently.
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+fn phase_name(round: u64) -> String {
+    if round == 0 { "preprocessing statistics".into() } else { format!("round {round}") }
+}
+
+fn banks_left(n: usize) -> String {
+    if n == 1 { "1 eligible bank is".into() } else { format!("{n} eligible banks are") }
+}
+
+/// Seconds as people read them: `45s`, `30m`, `1h30m`.
+pub fn human_secs(secs: u64) -> String {
+    let (h, m, s) = (secs / 3600, secs % 3600 / 60, secs % 60);
+    match (h, m, s) {
+        (0, 0, s) => format!("{s}s"),
+        (0, m, 0) => format!("{m}m"),
+        (0, m, s) => format!("{m}m{s}s"),
+        (h, 0, 0) => format!("{h}h"),
+        (h, m, _) => format!("{h}h{m}m"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn durations_read_as_people_write_them() {
+        assert_eq!(super::human_secs(3), "3s");
+        assert_eq!(super::human_secs(1800), "30m");
+        assert_eq!(super::human_secs(90), "1m30s");
+        assert_eq!(super::human_secs(5400), "1h30m");
+    }
 }

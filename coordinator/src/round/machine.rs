@@ -32,6 +32,29 @@
 //! A write that fails transiently (full disk, I/O error) pauses the job; after a backoff
 //! (1 s doubling to 60 s) the machine asks for the very same write again, so the round is not
 //! lost and the job survives. A permanent fault (corruption) fails the job.
+//!
+//! ## What users see
+//! After every call the machine knows the job's [`Activity`] ([`JobMachine::activity`]):
+//! waiting for participants (with the reason, from what the connected banks offer), training,
+//! or stalled on the store (`stalled: no space left on device` for a full disk, until a write
+//! succeeds again). A change is published as an event once (a new waiting reason counts as a
+//! change; a new training round does not, the round events say that).
+//!
+//! ## Limits and refusals
+//! - Start deadline: a job whose first phase cannot start within it fails with the waiting
+//!   reason; idle timeout: a started job that cannot start its next round or retry within it
+//!   fails the same way (both [`JobLimits`]; 0 = no limit).
+//! - A bank whose failure is deterministic ([`FailureKind::is_deterministic`]: its data, its
+//!   policy) is left out of the retry when enough others remain; otherwise the job fails at
+//!   once, naming it, rather than repeating the same failing task.
+//! - Divergence: a round whose training or evaluation loss is not finite, or more than
+//!   [`DIVERGENCE_RATIO`] times round 1's and [`DIVERGENCE_MARGIN`] above it, or (for a binary
+//!   classifier) more than [`DIVERGENCE_RATIO`] times a coin flip's log loss, fails the job
+//!   before it is committed, with a hint to lower the learning rate.
+//! - Early stopping with `restore_best` (the default) ends the job with the best round's model:
+//!   the job's views pick it by [`schedule::final_round`].
+//!
+//! [`FailureKind::is_deterministic`]: confide_core::outcome::FailureKind::is_deterministic
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -48,10 +71,12 @@ use confide_proto::v1::{self as pb, contribution::Body, task::Kind};
 use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 
+use super::activity::{self, Activity, ActivityKind};
 use super::errors::{JobError, PhaseError};
 use super::phase::{Phase, PhaseFailure, PhaseOutcome};
 use super::schedule::{self, EarlyStopping};
 use super::secure::{Encoding, SecurePhase};
+use crate::config::JobDefaults;
 use crate::hub::WorkerInfo;
 use crate::store::{ParticipantRecord, RoundRecord, StoreError};
 
@@ -59,6 +84,33 @@ use crate::store::{ParticipantRecord, RoundRecord, StoreError};
 pub const STORE_BACKOFF: Duration = Duration::from_secs(1);
 /// Longest pause between retries of a failing write.
 pub const MAX_STORE_BACKOFF: Duration = Duration::from_secs(60);
+
+/// A loss more than this many times its reference has diverged (with [`DIVERGENCE_MARGIN`]).
+pub const DIVERGENCE_RATIO: f64 = 10.0;
+/// ... and more than this far above it in absolute terms, so a tiny round-1 loss (0.01 → 0.1)
+/// is not taken for divergence.
+pub const DIVERGENCE_MARGIN: f64 = 1.0;
+
+/// How long a job waits for participants, resolved from its job file and the coordinator's
+/// defaults (`None` = no limit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JobLimits {
+    /// The job's first phase must start within this.
+    pub start_deadline: Option<Duration>,
+    /// A started job's next round (or retry) must start within this.
+    pub idle_timeout: Option<Duration>,
+}
+
+impl JobLimits {
+    /// The job file's `[selection]` values where set, the coordinator's defaults elsewhere.
+    pub fn resolve(spec: &JobSpec, defaults: &JobDefaults) -> Self {
+        let limit = |secs: u64| (secs > 0).then(|| Duration::from_secs(secs));
+        Self {
+            start_deadline: limit(spec.selection.start_deadline_secs.unwrap_or(defaults.start_deadline_secs)),
+            idle_timeout: limit(spec.selection.idle_timeout_secs.unwrap_or(defaults.idle_timeout_secs)),
+        }
+    }
+}
 
 /// A job's committed state, as the store holds it: what [`JobMachine::new`] starts from.
 #[derive(Debug, Clone)]
@@ -79,6 +131,8 @@ pub struct JobSnapshot {
     pub catalogue: Option<Vec<String>>,
     /// A custom model's submitted initial parameters (safetensors).
     pub initial_params: Option<Vec<u8>>,
+    /// The coordinator's defaults for the job's waiting limits.
+    pub defaults: JobDefaults,
 }
 
 /// The latest committed model and everything needed to continue from it.
@@ -285,22 +339,37 @@ pub struct JobMachine {
     stage: Stage,
     effects: VecDeque<Effect>,
     backoff: Duration,
-    /// Banks whose policy refused an earlier attempt at the current round: a retry goes
-    /// without them when enough others remain (their refusal would only fail it again, and
-    /// their keys would count towards the threshold the others must reach).
-    refused: BTreeMap<String, ParticipantRecord>,
+    /// Banks that failed an earlier attempt at the current round deterministically (their
+    /// policy refused, their data is bad): a retry goes without them when enough others remain
+    /// (they would only fail it again, and their keys would count towards the threshold the
+    /// others must reach); when too few remain the job fails at once.
+    excluded: BTreeMap<String, ParticipantRecord>,
+    limits: JobLimits,
+    /// When this machine started (the start deadline counts from here).
+    born: Instant,
+    /// True once a phase started in this machine's life (the start deadline no longer applies).
+    ever_started: bool,
+    /// Why the last store write failed, until one succeeds (the job is stalled meanwhile).
+    stalled: Option<String>,
+    /// The activity last computed (published when it changes).
+    activity: Option<Activity>,
+    /// Round 1's metrics: the reference divergence is measured against.
+    first_metrics: Option<BTreeMap<String, f64>>,
+    /// The round of the last phase started (what a write in flight belongs to).
+    last_round: u64,
 }
 
 impl JobMachine {
     /// A machine resuming `snapshot` at `now`, drawing its randomness from `seed`. Fails when
     /// the committed state cannot be read back.
     pub fn new(snapshot: JobSnapshot, seed: [u8; 32], now: Instant) -> Result<Self, JobError> {
-        let JobSnapshot { job_id, spec, schema, head, rounds_completed, past_metrics, catalogue, initial_params } = snapshot;
+        let JobSnapshot { job_id, spec, schema, head, rounds_completed, past_metrics, catalogue, initial_params, defaults } = snapshot;
         let model_spec_json = serde_json::to_string(&spec.model).map_err(|e| JobError::StoredState(e.to_string()))?;
         let mut early = EarlyStopping::new(spec.early_stopping.clone());
-        for m in &past_metrics {
-            early.observe(m);
+        for (i, m) in past_metrics.iter().enumerate() {
+            early.observe(i as u64 + 1, m);
         }
+        let limits = JobLimits::resolve(&spec, &defaults);
         let mut machine = Self {
             id: job_id,
             fingerprint: schema.fingerprint(),
@@ -316,7 +385,14 @@ impl JobMachine {
             stage: Stage::Finished,
             effects: VecDeque::new(),
             backoff: STORE_BACKOFF,
-            refused: Default::default(),
+            excluded: Default::default(),
+            limits,
+            born: now,
+            ever_started: false,
+            stalled: None,
+            activity: None,
+            first_metrics: past_metrics.first().cloned(),
+            last_round: rounds_completed,
         };
         let Some(head) = head else {
             machine.stage = Stage::Waiting(Attempt { round: 0, attempt: 1, started: now });
@@ -358,13 +434,32 @@ impl JobMachine {
     /// When [`Self::handle_timeout`] must be called next (None: only events move it on).
     pub fn poll_timeout(&self) -> Option<Instant> {
         match &self.stage {
-            Stage::Waiting(at) => {
-                let limit = self.spec.selection.wait_for_workers_secs;
-                (limit > 0).then(|| at.started + Duration::from_secs(limit))
-            }
+            Stage::Waiting(at) => self.give_up_at(at).map(|(t, _)| t),
             Stage::Aggregating(agg) => Some(agg.phase.poll_timeout()),
             Stage::Stalled { until, .. } => Some(*until),
             Stage::Persisting(_) | Stage::Finished => None,
+        }
+    }
+
+    /// What the job is doing now (None once it finished).
+    pub fn activity(&self) -> Option<&Activity> {
+        self.activity.as_ref()
+    }
+
+    /// True until the job's first phase starts (no head committed, none started here): the
+    /// start deadline applies, and giving up reads as "could not start".
+    fn never_started(&self) -> bool {
+        !self.ever_started && self.trained.is_none()
+    }
+
+    /// When a job waiting for `at` gives up, and the limit that says so (the earlier of its
+    /// start deadline and its idle timeout).
+    fn give_up_at(&self, at: &Attempt) -> Option<(Instant, Duration)> {
+        let start = self.limits.start_deadline.filter(|_| self.never_started()).map(|d| (self.born + d, d));
+        let idle = self.limits.idle_timeout.map(|d| (at.started + d, d));
+        match (start, idle) {
+            (Some(s), Some(i)) => Some(if i.0 < s.0 { i } else { s }),
+            (s, i) => s.or(i),
         }
     }
 
@@ -413,15 +508,15 @@ impl JobMachine {
         match std::mem::replace(&mut self.stage, Stage::Finished) {
             Stage::Waiting(at) => {
                 self.stage = Stage::Waiting(at);
-                let limit = self.spec.selection.wait_for_workers_secs;
-                if limit > 0 && now >= at.started + Duration::from_secs(limit) && !self.try_start(now) {
-                    let eligible = self.eligible().len();
-                    self.finish(JobEnd::Failed(JobError::NotEnoughWorkers {
-                        round: at.round,
-                        eligible,
-                        needed: self.spec.selection.min_workers,
-                        dataset: self.spec.dataset.clone(),
-                        waited_secs: limit,
+                if let Some((when, limit)) = self.give_up_at(&at)
+                    && now >= when
+                    && !self.try_start(now)
+                {
+                    let (reason, limit_secs) = (self.waiting_reason(), limit.as_secs());
+                    self.finish(JobEnd::Failed(if self.never_started() {
+                        JobError::NotStarted { limit_secs, reason }
+                    } else {
+                        JobError::Idle { round: at.round, limit_secs, reason }
                     }));
                 }
             }
@@ -457,10 +552,12 @@ impl JobMachine {
         match result {
             Ok(()) => {
                 self.backoff = STORE_BACKOFF;
+                self.stalled = None;
                 self.then(now, pending.then);
             }
             Err(e) if e.is_transient() => {
                 tracing::warn!(job = %self.id, error = %e, retry_in = ?self.backoff, "store write failed; the job is paused and will retry");
+                self.stalled = Some(if e.is_disk_full() { activity::DISK_FULL.to_string() } else { format!("stalled: {e}") });
                 self.stage = Stage::Stalled { until: now + self.backoff, pending };
                 self.backoff = (self.backoff * 2).min(MAX_STORE_BACKOFF);
             }
@@ -471,6 +568,7 @@ impl JobMachine {
 
     fn finish(&mut self, end: JobEnd) {
         self.stage = Stage::Finished;
+        self.activity = None;
         self.effects.push_back(Effect::Finish(end));
     }
 
@@ -480,8 +578,58 @@ impl JobMachine {
     }
 
     /// Relays the phase's messages, starts what can start and ends what is over, until nothing
-    /// changes.
+    /// changes; then publishes the job's activity if it changed.
     fn pump(&mut self, now: Instant) {
+        self.advance(now);
+        self.update_activity();
+    }
+
+    /// The activity the stage shows, and its event when it changed (see the module docs).
+    fn update_activity(&mut self) {
+        let (kind, reason) = match &self.stage {
+            Stage::Finished => return,
+            Stage::Stalled { .. } | Stage::Persisting(_) if self.stalled.is_some() => {
+                (ActivityKind::Stalled, self.stalled.clone().unwrap_or_default())
+            }
+            Stage::Waiting(_) => (ActivityKind::Waiting, self.waiting_reason()),
+            _ => (ActivityKind::Training, self.training_reason()),
+        };
+        let changed = match &self.activity {
+            None => true,
+            Some(last) => last.kind != kind || (kind != ActivityKind::Training && last.reason != reason),
+        };
+        let activity = Activity { kind, reason };
+        if changed {
+            let round = self.current_round();
+            self.effects.push_back(Effect::Publish { round, event: pb::job_event::Kind::ActivityChanged(activity.to_proto()) });
+        }
+        self.activity = Some(activity);
+    }
+
+    /// The round the job works on now (0 = statistics).
+    fn current_round(&self) -> u64 {
+        match &self.stage {
+            Stage::Waiting(at) => at.round,
+            Stage::Aggregating(agg) => agg.at.round,
+            _ => self.last_round,
+        }
+    }
+
+    fn training_reason(&self) -> String {
+        match self.current_round() {
+            0 => "computing the federation's preprocessing statistics".into(),
+            r => format!("round {r} of {}", self.spec.training.rounds),
+        }
+    }
+
+    /// Why the waiting attempt cannot start with the connected workers.
+    fn waiting_reason(&self) -> String {
+        let (offering, eligible) = (self.offering(), self.eligible());
+        let floored: Vec<&WorkerInfo> = self.workers.iter().filter(|w| offering.contains(&w.id) && !eligible.contains(&w.id)).collect();
+        activity::waiting_reason(&self.workers, &self.spec.dataset, &self.fingerprint, self.spec.selection.min_workers, &floored)
+    }
+
+    fn advance(&mut self, now: Instant) {
         loop {
             match std::mem::replace(&mut self.stage, Stage::Finished) {
                 Stage::Waiting(at) => {
@@ -514,8 +662,22 @@ impl JobMachine {
     }
 
     /// Ids of the connected workers that offer the job's dataset with its schema.
-    fn eligible(&self) -> Vec<String> {
+    fn offering(&self) -> Vec<String> {
         self.workers.iter().filter(|w| w.offers(&self.spec.dataset, &self.fingerprint)).map(|w| w.id.clone()).collect()
+    }
+
+    /// The offering workers that would take part: a bank whose own floor on participants is
+    /// above the number that could take part would refuse the task, so it is left out (until
+    /// nobody else drops out).
+    fn eligible(&self) -> Vec<String> {
+        let mut pool: Vec<&WorkerInfo> = self.workers.iter().filter(|w| w.offers(&self.spec.dataset, &self.fingerprint)).collect();
+        loop {
+            let n = pool.len();
+            pool.retain(|w| w.min_participants as usize <= n);
+            if pool.len() == n {
+                return pool.into_iter().map(|w| w.id.clone()).collect();
+            }
+        }
     }
 
     /// Starts the waiting attempt's phase if enough eligible workers are connected.
@@ -525,7 +687,7 @@ impl JobMachine {
         if eligible.len() < self.spec.selection.min_workers {
             return false;
         }
-        let willing: Vec<String> = eligible.iter().filter(|w| !self.refused.contains_key(*w)).cloned().collect();
+        let willing: Vec<String> = eligible.iter().filter(|w| !self.excluded.contains_key(*w)).cloned().collect();
         if willing.len() >= self.spec.selection.min_workers {
             eligible = willing;
         }
@@ -607,6 +769,8 @@ impl JobMachine {
 
     /// Hands a task to each participant and starts summing their contributions.
     fn start_phase(&mut self, now: Instant, step: Step, at: Attempt, participants: &[String]) {
+        self.ever_started = true;
+        self.last_round = at.round;
         let (vector_len, encoding) = self.vector_of(&step);
         let deadline = now + Duration::from_secs(self.spec.selection.round_deadline_secs);
         let min = self.spec.selection.min_workers.min(participants.len());
@@ -630,6 +794,7 @@ impl JobMachine {
             let outcome = PhaseOutcome {
                 sum: Err(PhaseFailure { reason: format!("only {} selected workers still connected", present.len()) }),
                 participants: absent.iter().map(|w| record(w, ParticipantStatus::Dropped, "disconnected before the phase")).collect(),
+                deterministic: Vec::new(),
             };
             return self.phase_over(now, step, at, outcome);
         } else {
@@ -641,6 +806,7 @@ impl JobMachine {
                     let outcome = PhaseOutcome {
                         sum: Err(PhaseFailure { reason: format!("secure aggregation setup: {e}") }),
                         participants: participants.iter().map(|w| record(w, ParticipantStatus::Failed, &e)).collect(),
+                        deterministic: Vec::new(),
                     };
                     return self.phase_over(now, step, at, outcome);
                 }
@@ -674,7 +840,8 @@ impl JobMachine {
 
     /// Takes a finished phase's outcome to the job's next step.
     fn phase_over(&mut self, now: Instant, step: Step, at: Attempt, outcome: PhaseOutcome) {
-        let PhaseOutcome { sum, participants } = outcome;
+        let PhaseOutcome { sum, participants, deterministic } = outcome;
+        self.exclude(&participants, &deterministic);
         match step {
             Step::Statistics => match sum {
                 Ok(sum) => match self.start_training(&sum) {
@@ -790,8 +957,12 @@ impl JobMachine {
     }
 
     fn commit(&mut self, now: Instant, at: Attempt, mut adv: Box<Advanced>) {
-        // Banks that refused an earlier attempt and were left out of this one show as refused.
-        for (worker, record) in &self.refused {
+        if let Some(detail) = self.divergence(at.round, &adv.metrics) {
+            return self.finish(JobEnd::Failed(JobError::Diverged { round: at.round, detail }));
+        }
+        // Banks that failed an earlier attempt deterministically and were left out of this one
+        // show with that outcome.
+        for (worker, record) in &self.excluded {
             if !adv.train_participants.iter().any(|p| &p.worker_id == worker) {
                 adv.train_participants.push(record.clone());
             }
@@ -811,8 +982,59 @@ impl JobMachine {
         self.persist(write, Then::RoundCommitted(adv, at.round));
     }
 
+    /// The job's end when banks failed deterministically and too few others remain to retry
+    /// without them (None: retry).
+    fn not_retried(&self, round: u64) -> Option<JobError> {
+        if self.excluded.is_empty() {
+            return None;
+        }
+        let remaining = self.eligible().iter().filter(|w| !self.excluded.contains_key(*w)).count();
+        let needed = self.spec.selection.min_workers;
+        if remaining >= needed {
+            return None;
+        }
+        let failures = self.excluded.values().map(|p| format!("{} {}: {}", p.worker_id, p.status, p.reason)).collect::<Vec<_>>().join("; ");
+        Some(JobError::NotRetried { round, failures, remaining, needed })
+    }
+
+    /// Why round `round`'s metrics show divergence, if they do (see the module docs).
+    fn divergence(&self, round: u64, metrics: &BTreeMap<String, f64>) -> Option<String> {
+        // A binary classifier's losses are log losses: a coin flip scores ln 2 (a positive
+        // class weight scales the training loss up to that factor).
+        let coin = (!self.spec.model.is_recommendation()).then(|| {
+            let weight = self.spec.training.pos_weight.unwrap_or(1.0).max(1.0);
+            (std::f64::consts::LN_2 * weight, std::f64::consts::LN_2)
+        });
+        let losses = [("train loss", "train_loss", coin.map(|c| c.0)), ("evaluation log loss", "log_loss", coin.map(|c| c.1)), ("evaluation rmse", "rmse", None)];
+        for (label, key, coin) in losses {
+            let Some(&value) = metrics.get(key) else { continue };
+            if !value.is_finite() {
+                return Some(format!("{label} {value} is not finite"));
+            }
+            let first = self.first_metrics.as_ref().and_then(|m| m.get(key)).copied().filter(|f| f.is_finite());
+            if let Some(first) = first.filter(|_| round > 1)
+                && value > first * DIVERGENCE_RATIO
+                && value > first + DIVERGENCE_MARGIN
+            {
+                return Some(format!("{label} {} (round 1: {})", loss(value), loss(first)));
+            }
+            if let Some(coin) = coin
+                && value > coin * DIVERGENCE_RATIO
+            {
+                return Some(format!("{label} {} (a coin flip scores {})", loss(value), loss(coin)));
+            }
+        }
+        None
+    }
+
+    /// Remembers the banks that failed this attempt deterministically (see [`Self::excluded`]).
+    fn exclude(&mut self, participants: &[ParticipantRecord], deterministic: &[String]) {
+        for p in participants.iter().filter(|p| p.status == ParticipantStatus::Refused || deterministic.contains(&p.worker_id)) {
+            self.excluded.insert(p.worker_id.clone(), p.clone());
+        }
+    }
+
     fn attempt_failed(&mut self, at: Attempt, reason: String, participants: Vec<ParticipantRecord>) {
-        self.refused.extend(participants.iter().filter(|p| p.status == ParticipantStatus::Refused).map(|p| (p.worker_id.clone(), p.clone())));
         tracing::warn!(job = %self.id, round = at.round, attempt = at.attempt, %reason, "round attempt failed");
         self.persist(Persist::FailedAttempt { round: at.round, attempt: at.attempt, participants }, Then::Retry { at, reason });
     }
@@ -821,14 +1043,17 @@ impl JobMachine {
     fn then(&mut self, now: Instant, then: Then) {
         match then {
             Then::StartTraining(trained) => {
-                self.refused.clear();
+                self.excluded.clear();
                 self.trained = Some(trained);
                 self.stage = Stage::Waiting(Attempt { round: 1, attempt: 1, started: now });
             }
             Then::Evaluate(adv, at, contributors) => self.start_phase(now, Step::Evaluate(adv), at, &contributors),
             Then::RoundCommitted(adv, round) => {
-                self.refused.clear();
-                self.early.observe(&adv.metrics);
+                self.excluded.clear();
+                self.early.observe(round, &adv.metrics);
+                if round == 1 {
+                    self.first_metrics = Some(adv.metrics.clone());
+                }
                 if let Some(t) = self.trained.as_deref_mut() {
                     t.model_ref = pb::ModelRef {
                         hash: adv.model.hash.clone(),
@@ -850,7 +1075,9 @@ impl JobMachine {
             Then::Retry { at, reason } => {
                 let event = pb::job_event::Kind::RoundFailed(pb::RoundAttemptFailed { reason: reason.clone() });
                 self.effects.push_back(Effect::Publish { round: at.round, event });
-                if at.attempt >= self.spec.selection.max_round_attempts {
+                if let Some(end) = self.not_retried(at.round) {
+                    self.finish(JobEnd::Failed(end));
+                } else if at.attempt >= self.spec.selection.max_round_attempts {
                     let attempts = at.attempt;
                     let end = if at.round == 0 {
                         JobError::StatisticsFailed { attempts, last: reason }
@@ -864,6 +1091,11 @@ impl JobMachine {
             }
         }
     }
+}
+
+/// A loss as the divergence message shows it.
+fn loss(v: f64) -> String {
+    if v.abs() < 1e6 { format!("{v:.4}") } else { format!("{v:.3e}") }
 }
 
 fn record(worker: &str, status: ParticipantStatus, reason: &str) -> ParticipantRecord {

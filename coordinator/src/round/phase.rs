@@ -70,6 +70,9 @@ pub struct PhaseOutcome {
     pub sum: Result<Vec<f64>, PhaseFailure>,
     /// Outcome per selected worker.
     pub participants: Vec<ParticipantRecord>,
+    /// Workers whose failure would repeat with the same task (a deterministic
+    /// [`FailureKind`]: their data, their policy): a retry goes without them.
+    pub deterministic: Vec<String>,
 }
 
 /// Plain summation (debugging only): the coordinator sees each vector.
@@ -246,6 +249,14 @@ impl Phase {
         self.participants.iter().map(|(w, s)| s.record(w)).collect()
     }
 
+    fn deterministic(&self) -> Vec<String> {
+        self.participants
+            .iter()
+            .filter(|(_, s)| matches!(s, ParticipantState::Failed { kind: Some(k), .. } if k.is_deterministic()))
+            .map(|(w, _)| w.clone())
+            .collect()
+    }
+
     fn pump_secure(&mut self) {
         let Summation::Secure(s) = &mut self.summation else { return };
         while let Some(t) = s.poll_transmit() {
@@ -293,6 +304,7 @@ impl Phase {
                 self.outcome = Some(PhaseOutcome {
                     sum: Err(PhaseFailure { reason: format!("{reason} ({})", self.failure_summary(contributed)) }),
                     participants: self.records(),
+                    deterministic: self.deterministic(),
                 });
             }
             return;
@@ -324,7 +336,7 @@ impl Phase {
         let sum = sum.map_err(|f| PhaseFailure {
             reason: if f.reason.is_empty() { self.failure_summary(contributed) } else { format!("{} ({})", f.reason, self.failure_summary(contributed)) },
         });
-        self.outcome = Some(PhaseOutcome { sum, participants: self.records() });
+        self.outcome = Some(PhaseOutcome { sum, participants: self.records(), deterministic: self.deterministic() });
     }
 }
 

@@ -25,6 +25,8 @@ use crate::store::{JobStatus, StoreError, now_rfc3339};
 /// Runs a job to its end and records how it ended.
 pub async fn run(shared: &Arc<Shared>, job_id: &str, cancel: CancellationToken) {
     let end = drive(shared, job_id, &cancel).await;
+    shared.metrics.set_job_activity(job_id, None);
+    shared.jobs.set_activity(job_id, None);
     let recorded = match &end {
         JobEnd::Completed { stop_reason } => {
             // Exported before the job reads as completed, so whoever sees `completed` finds
@@ -131,6 +133,7 @@ fn load_snapshot(shared: &Shared, job_id: &str) -> Result<Result<Loaded, JobErro
         past_metrics,
         catalogue,
         initial_params,
+        defaults: shared.config.job_defaults,
     }))))
 }
 
@@ -189,13 +192,23 @@ async fn drive(shared: &Arc<Shared>, job_id: &str, cancel: &CancellationToken) -
                     let result = persist(shared, job_id, write).await;
                     machine.handle_persisted(Instant::now(), result);
                 }
-                Effect::Publish { round, event } => publish(shared, job_id, round, event),
+                Effect::Publish { round, event } => {
+                    if matches!(event, pb::job_event::Kind::ActivityChanged(_)) {
+                        // Recorded before it is published: a watcher that joins in between
+                        // reads it from the view.
+                        shared.jobs.set_activity(job_id, machine.activity());
+                    }
+                    publish(shared, job_id, round, event)
+                }
                 Effect::Finish(end) => {
                     shared.hub.close_tasks(sessions.keys());
                     return end;
                 }
             }
         }
+        // What `GetJob` and the metrics show; the machine published the change as an event.
+        shared.jobs.set_activity(job_id, machine.activity());
+        shared.metrics.set_job_activity(job_id, machine.activity());
         let wake = machine.poll_timeout().map_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600), tokio::time::Instant::from_std);
         tokio::select! {
             _ = cancel.cancelled() => machine.handle_stop(),

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use confide_core::job::{EarlyStoppingSpec, SelectionSpec};
+use confide_core::job::{EarlyStoppingSpec, JobSpec, SelectionSpec};
 use confide_core::metrics::higher_is_better;
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
@@ -24,22 +24,36 @@ pub fn select(eligible: &[String], spec: &SelectionSpec, seed: u64, round: u64, 
     pool
 }
 
+/// The round whose model a completed job ends with when its early-stopping rule restores the
+/// best one (`restore_best`, the default): the best round by the rule's metric, from the
+/// committed rounds' metrics in order. None: the latest model stands.
+pub fn final_round<'a>(spec: &JobSpec, rounds: impl IntoIterator<Item = (u64, &'a BTreeMap<String, f64>)>) -> Option<u64> {
+    let mut tracker = EarlyStopping::new(spec.early_stopping.clone());
+    for (round, metrics) in rounds {
+        tracker.observe(round, metrics);
+    }
+    tracker.restored_round()
+}
+
 /// Tracks the watched metric and says when it has stopped improving.
 #[derive(Debug)]
 pub struct EarlyStopping {
     spec: Option<EarlyStoppingSpec>,
     best: Option<f64>,
+    /// The round that scored `best`.
+    best_round: Option<u64>,
     since_best: u64,
 }
 
 impl EarlyStopping {
     /// A tracker for the job's rule (None = never stop early).
     pub fn new(spec: Option<EarlyStoppingSpec>) -> Self {
-        Self { spec, best: None, since_best: 0 }
+        Self { spec, best: None, best_round: None, since_best: 0 }
     }
 
-    /// Feeds one round's metrics (rounds without the metric are not evaluations and are skipped).
-    pub fn observe(&mut self, metrics: &BTreeMap<String, f64>) {
+    /// Feeds round `round`'s metrics (rounds without the metric are not evaluations and are
+    /// skipped).
+    pub fn observe(&mut self, round: u64, metrics: &BTreeMap<String, f64>) {
         let Some(spec) = &self.spec else { return };
         let Some(&value) = metrics.get(&spec.metric) else { return };
         let higher = higher_is_better(&spec.metric).unwrap_or(true);
@@ -50,18 +64,30 @@ impl EarlyStopping {
         };
         if improved {
             self.best = Some(value);
+            self.best_round = Some(round);
             self.since_best = 0;
         } else {
             self.since_best += 1;
         }
     }
 
+    /// The round whose model the job ends with when its rule restores the best one
+    /// (`restore_best`): the last round that improved the metric. None without such a rule or
+    /// before any evaluation (the latest model stands).
+    pub fn restored_round(&self) -> Option<u64> {
+        self.spec.as_ref().filter(|s| s.restore_best).and(self.best_round)
+    }
+
     /// Why to stop now, if the metric has not improved for `patience` evaluations.
     pub fn should_stop(&self) -> Option<String> {
         let spec = self.spec.as_ref()?;
         (self.since_best >= spec.patience).then(|| {
+            let kept = match self.restored_round() {
+                Some(r) => format!(" at round {r}, whose model the job keeps"),
+                None => String::new(),
+            };
             format!(
-                "early stopping: {} did not improve by more than {} for {} evaluations (best {:.5})",
+                "early stopping: {} did not improve by more than {} for {} evaluations (best {:.5}{kept})",
                 spec.metric,
                 spec.min_delta,
                 spec.patience,
@@ -94,17 +120,20 @@ mod tests {
 
     #[test]
     fn stops_after_patience_evaluations_without_improvement() {
-        let spec = EarlyStoppingSpec { metric: "auc".into(), patience: 2, min_delta: 0.001 };
+        let spec = EarlyStoppingSpec { metric: "auc".into(), patience: 2, min_delta: 0.001, restore_best: true };
         let mut es = EarlyStopping::new(Some(spec));
-        for auc in [0.70, 0.75, 0.7505, 0.749] {
-            es.observe(&BTreeMap::from([("auc".to_string(), auc)]));
+        for (round, auc) in [0.70, 0.75, 0.7505, 0.749].into_iter().enumerate() {
+            es.observe(round as u64 + 1, &BTreeMap::from([("auc".to_string(), auc)]));
         }
         assert!(es.should_stop().is_some());
-        let mut lower = EarlyStopping::new(Some(EarlyStoppingSpec { metric: "log_loss".into(), patience: 1, min_delta: 0.0 }));
-        lower.observe(&BTreeMap::from([("log_loss".to_string(), 0.5)]));
-        lower.observe(&BTreeMap::from([("log_loss".to_string(), 0.4)]));
+        assert_eq!(es.restored_round(), Some(2), "0.7505 is not better than 0.75 by more than min_delta");
+        let rule = EarlyStoppingSpec { metric: "log_loss".into(), patience: 1, min_delta: 0.0, restore_best: false };
+        let mut lower = EarlyStopping::new(Some(rule));
+        lower.observe(1, &BTreeMap::from([("log_loss".to_string(), 0.5)]));
+        lower.observe(2, &BTreeMap::from([("log_loss".to_string(), 0.4)]));
         assert!(lower.should_stop().is_none());
-        lower.observe(&BTreeMap::from([("log_loss".to_string(), 0.45)]));
+        lower.observe(3, &BTreeMap::from([("log_loss".to_string(), 0.45)]));
         assert!(lower.should_stop().is_some());
+        assert_eq!(lower.restored_round(), None, "restore_best = false keeps the last model");
     }
 }

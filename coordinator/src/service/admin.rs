@@ -116,6 +116,17 @@ impl Admin for AdminService {
                 let _ = tx.send(Ok(finished(view))).await;
                 return;
             };
+            // A watcher that joins a waiting or stalled job learns why at once (and not twice,
+            // should the change also be in flight on the live channel).
+            let mut last_activity = None;
+            if !view.activity.is_empty() {
+                let activity = pb::JobActivity { activity: view.activity.clone(), reason: view.activity_reason.clone() };
+                last_activity = Some(activity.clone());
+                let ev = pb::JobEvent { job_id: id.clone(), round: view.rounds_completed, kind: Some(pb::job_event::Kind::ActivityChanged(activity)) };
+                if tx.send(Ok(ev)).await.is_err() {
+                    return;
+                }
+            }
             loop {
                 match live.recv().await {
                     Ok(ev) => {
@@ -123,6 +134,12 @@ impl Admin for AdminService {
                             && r.round <= last_round {
                                 continue;
                             }
+                        if let Some(pb::job_event::Kind::ActivityChanged(a)) = &ev.kind {
+                            if last_activity.as_ref() == Some(a) {
+                                continue;
+                            }
+                            last_activity = Some(a.clone());
+                        }
                         let end = matches!(ev.kind, Some(pb::job_event::Kind::JobFinished(_)));
                         if tx.send(Ok(ev)).await.is_err() || end {
                             return;

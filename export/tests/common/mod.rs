@@ -28,6 +28,7 @@ pub fn completed_job(
         updated_at: "2026-01-01T00:01:00Z".into(),
         stop_reason: None,
         model_hash: "0".repeat(64),
+        model_round: None,
         audit_heads: vec![
             AuditHead { institution: "bank1".into(), round: 2, head: "a1".repeat(32) },
             AuditHead { institution: "bank2".into(), round: 2, head: "b2".repeat(32) },
