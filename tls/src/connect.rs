@@ -29,7 +29,7 @@ use tonic::codegen::http::Uri;
 use crate::{Peer, Role, TlsError, TlsFiles, cert_err, read};
 
 /// The server presented a CA-signed certificate that is not a coordinator's.
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("the server's certificate is for `{name}` in role `{role}`, not the federation's coordinator: refusing to connect")]
 pub struct NotTheCoordinator {
     /// The certificate's common name.
