@@ -4,6 +4,12 @@
 //! connections). The hub keeps, per worker, the sending half of that stream and what the worker
 //! registered (datasets, capabilities, signing key), and routes each task's contributions to the
 //! job runner that owns the task.
+//!
+//! One identity, one live stream: a second process with the same certificate is refused
+//! ([`AlreadyConnected`]) instead of replacing the first, which used to knock the two off each
+//! other every half second. A stream is live until its receiving half is dropped — tonic drops
+//! it when the worker's connection closes (at once when its process dies; within the HTTP/2
+//! keepalive timeout when its machine vanishes) — so a restarted worker is not locked out.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -61,6 +67,22 @@ struct OpenTask {
 struct Session {
     generation: u64,
     tx: mpsc::Sender<Result<Task, tonic::Status>>,
+    /// When it connected (Unix seconds), for the refusal of a duplicate.
+    since: i64,
+    /// A duplicate was refused already (it is logged as an error once per session).
+    duplicate_reported: bool,
+}
+
+/// A second process presented an identity whose task stream is live.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("institution {worker} is already connected from another process (since {since}); stop the other worker or use a different certificate")]
+pub struct AlreadyConnected {
+    /// The institution.
+    pub worker: String,
+    /// When the live stream connected (UTC).
+    pub since: String,
+    /// True for the first refusal during that stream (log it loudly once, not on every retry).
+    pub first: bool,
 }
 
 #[derive(Debug, Default)]
@@ -149,17 +171,36 @@ impl Hub {
         self.lock().registered.contains_key(worker_id)
     }
 
-    /// Opens a task stream for a worker, replacing any older one. Returns its receiving half and
-    /// its generation (to tell a stale disconnect from the current session).
-    pub fn connect(&self, worker_id: &str) -> (mpsc::Receiver<Result<Task, tonic::Status>>, u64) {
+    /// Refuses `worker_id` when it has a live task stream (a closed one no longer counts).
+    pub fn ensure_not_connected(&self, worker_id: &str) -> Result<(), AlreadyConnected> {
+        Self::refuse_live(&mut self.lock(), worker_id)
+    }
+
+    fn refuse_live(inner: &mut Inner, worker_id: &str) -> Result<(), AlreadyConnected> {
+        match inner.sessions.get_mut(worker_id) {
+            Some(s) if !s.tx.is_closed() => {
+                let first = !s.duplicate_reported;
+                s.duplicate_reported = true;
+                Err(AlreadyConnected { worker: worker_id.to_string(), since: confide_tls::check::utc(s.since), first })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Opens a task stream for a worker, replacing a closed older one; refused while an older
+    /// one is live. Returns its receiving half and its generation (to tell a stale disconnect
+    /// from the current session).
+    pub fn connect(&self, worker_id: &str) -> Result<(mpsc::Receiver<Result<Task, tonic::Status>>, u64), AlreadyConnected> {
         let (tx, rx) = mpsc::channel(256);
         let mut inner = self.lock();
+        Self::refuse_live(&mut inner, worker_id)?;
         inner.next_generation += 1;
         let generation = inner.next_generation;
-        inner.sessions.insert(worker_id.to_string(), Session { generation, tx });
+        let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+        inner.sessions.insert(worker_id.to_string(), Session { generation, tx, since, duplicate_reported: false });
         drop(inner);
         self.connected.notify_waiters();
-        (rx, generation)
+        Ok((rx, generation))
     }
 
     /// Closes one worker's task stream (its certificate was revoked); false when it had none.
@@ -325,11 +366,32 @@ mod tests {
     async fn a_dropped_stream_means_disconnected() {
         let hub = Hub::default();
         hub.register(info("bank1"));
-        let (rx, _) = hub.connect("bank1");
+        let (rx, _) = hub.connect("bank1").expect("first stream");
         assert_eq!(hub.connected().len(), 1);
         assert!(hub.connected()[0].offers("telco", "abc"));
         drop(rx);
         assert!(hub.connected().is_empty());
         assert!(!hub.send("bank1", Task::default()).await);
+    }
+
+    #[test]
+    fn a_second_stream_for_a_live_identity_is_refused_and_a_dead_one_is_replaced() {
+        let hub = Hub::default();
+        hub.register(info("bank1"));
+        let (first, generation) = hub.connect("bank1").expect("first stream");
+        let err = hub.connect("bank1").expect_err("a live stream is not replaced");
+        assert!(err.first, "the first refusal is the one to log");
+        assert!(
+            err.to_string().starts_with("institution bank1 is already connected from another process (since "),
+            "{err}"
+        );
+        let again = hub.ensure_not_connected("bank1").expect_err("still live");
+        assert!(!again.first, "later refusals during the same stream are not logged again");
+        assert_eq!(hub.generation("bank1"), Some(generation), "the first keeps its stream");
+        // The first process dies: its stream closes, and a restarted worker gets in.
+        drop(first);
+        hub.ensure_not_connected("bank1").expect("a closed stream does not count");
+        let (_second, newer) = hub.connect("bank1").expect("replaces the dead stream");
+        assert!(newer > generation);
     }
 }

@@ -61,13 +61,20 @@ pub enum RunError {
     /// The revocation file is missing or malformed.
     #[error(transparent)]
     Revocation(#[from] confide_tls::revocation::RevocationError),
+    /// The coordinator's own certificate, key or CA file is unusable (bad input: exit 2).
+    #[error("TLS: {0}")]
+    Identity(#[from] confide_tls::check::IdentityError),
 }
 
 /// Opens the store, resumes unfinished jobs and serves both services on `listener` until
 /// `shutdown` completes.
 pub async fn run(config: CoordinatorConfig, listener: TcpListener, shutdown: impl Future<Output = ()> + Send) -> Result<(), RunError> {
     let tls = match (&config.tls, config.insecure_dev) {
-        (Some(files), _) => Some(confide_tls::server_config(files).map_err(|e| RunError::Tls(e.to_string()))?),
+        (Some(files), _) => {
+            // Checked here so a wrong file is named at start, not found by each worker's handshake.
+            confide_tls::check::check_identity(files, confide_tls::check::Holder::Coordinator, None)?;
+            Some(confide_tls::server_config(files).map_err(|e| RunError::Tls(e.to_string()))?)
+        }
         (None, true) => {
             tracing::warn!("INSECURE development mode: plaintext gRPC, no client certificates; never use with real data");
             None

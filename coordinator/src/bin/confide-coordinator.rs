@@ -41,7 +41,11 @@ async fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("confide-coordinator: {e:#}");
-            ExitCode::FAILURE
+            // Bad certificate files are bad input (README exit codes).
+            match e.downcast_ref::<confide_coordinator::RunError>() {
+                Some(confide_coordinator::RunError::Identity(_)) => ExitCode::from(2),
+                _ => ExitCode::FAILURE,
+            }
         }
     }
 }
