@@ -153,7 +153,9 @@ pub fn from_rustls(error: &rustls::Error, client: &'static str) -> Option<Connec
         },
         rustls::Error::AlertReceived(alert) => {
             let reason = match alert {
-                AlertDescription::UnknownCA => Rejection::UnknownCa,
+                // Every federation CA has the same name, so a certificate from another one is
+                // found "issued" by the server's CA and fails its signature check: decrypt_error.
+                AlertDescription::UnknownCA | AlertDescription::DecryptError => Rejection::UnknownCa,
                 AlertDescription::CertificateExpired => Rejection::Expired,
                 AlertDescription::CertificateRevoked => Rejection::Revoked,
                 AlertDescription::BadCertificate
@@ -219,12 +221,24 @@ pub fn authority(url: &str) -> Option<String> {
 }
 
 /// Why dialling `url` failed with `error`, if retrying cannot help: a certificate fault in the
-/// error, else — when `with_tls` disagrees with what the server speaks — the TLS mismatch.
-pub async fn diagnose(error: &(dyn Error + 'static), url: &str, with_tls: bool, client: &'static str) -> Option<ConnectFault> {
+/// error, else in a fresh handshake through `tls` (our connector; None without TLS), else —
+/// when our TLS mode disagrees with what the server speaks — the TLS mismatch.
+pub async fn diagnose(
+    error: &(dyn Error + 'static),
+    url: &str,
+    tls: Option<&crate::CoordinatorConnector>,
+    client: &'static str,
+) -> Option<ConnectFault> {
     if let Some(fault) = classify(error, client) {
         return Some(fault);
     }
-    match (probe(&authority(url)?).await?, with_tls) {
+    if let Some(fault) = match tls {
+        Some(connector) => connector.diagnose(client).await,
+        None => None,
+    } {
+        return Some(fault);
+    }
+    match (probe(&authority(url)?).await?, tls.is_some()) {
         (Speaks::Tls, false) => Some(ConnectFault::ServerSpeaksTls { client }),
         (Speaks::PlainHttp2, true) => Some(ConnectFault::ServerWithoutTls { client }),
         _ => None,

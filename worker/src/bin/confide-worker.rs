@@ -105,6 +105,10 @@ async fn daemon(path: &Path, coordinator: Option<String>, insecure_dev: bool) ->
     }
     let worker = match confide_worker::daemon::start(config) {
         Ok(w) => w,
+        Err(e @ confide_worker::daemon::StartError::Certificate(_)) => {
+            eprintln!("confide-worker: {e}");
+            return ExitCode::from(2);
+        }
         Err(e) => {
             eprintln!("confide-worker: {e}");
             return ExitCode::FAILURE;
@@ -114,8 +118,14 @@ async fn daemon(path: &Path, coordinator: Option<String>, insecure_dev: bool) ->
         let _ = tokio::signal::ctrl_c().await;
         tracing::info!("shutting down");
     };
-    confide_worker::daemon::run(worker, shutdown).await;
-    ExitCode::SUCCESS
+    match confide_worker::daemon::run(worker, shutdown).await {
+        Ok(()) => ExitCode::SUCCESS,
+        // The coordinator cannot be used as configured, or refuses this identity (README: 3).
+        Err(e) => {
+            eprintln!("confide-worker: {e}");
+            ExitCode::from(3)
+        }
+    }
 }
 
 fn audit_command(command: AuditCommand) -> ExitCode {
