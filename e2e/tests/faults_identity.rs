@@ -34,11 +34,7 @@ fn run_for(cmd: &mut Command, limit: Duration) -> (Option<i32>, String) {
         }
         std::thread::sleep(Duration::from_millis(100));
     };
-    let text = format!(
-        "{}{}",
-        std::fs::read_to_string(&err).unwrap_or_default(),
-        std::fs::read_to_string(&out).unwrap_or_default()
-    );
+    let text = format!("{}{}", std::fs::read_to_string(&err).unwrap_or_default(), std::fs::read_to_string(&out).unwrap_or_default());
     (code, text)
 }
 
@@ -128,10 +124,7 @@ fn a_worker_names_each_wrong_certificate_file_at_start_and_exits_2() {
     let (admin, admin_key) = issue_into(&cluster, &admin_dir, "admin", "bank1", &[]);
     let (code, said) = start("role", &with_files(&cluster, &config, &admin, &admin_key));
     assert_eq!(code, Some(2), "{said}");
-    assert!(
-        said.contains("is for `bank1` in role `admin`, but a bank's worker needs a certificate in role `institution`"),
-        "{said}"
-    );
+    assert!(said.contains("is for `bank1` in role `admin`, but a bank's worker needs a certificate in role `institution`"), "{said}");
 
     let rogue = rogue_ca(&scratch.join("rogue"));
     let rogue_out = scratch.join("rogue-issued");
@@ -230,7 +223,8 @@ fn a_server_that_rejects_our_certificate_or_presents_a_bad_one_ends_the_worker_w
     assert!(!said.contains("coordinator unreachable"), "not retried as unreachable: {said}");
 
     // An expired coordinator certificate.
-    let (old, old_key) = issue_into(&cluster, &scratch, "coordinator", "coordinator", &["--san", "127.0.0.1", "--backdate-days", "30", "--days", "10"]);
+    let (old, old_key) =
+        issue_into(&cluster, &scratch, "coordinator", "coordinator", &["--san", "127.0.0.1", "--backdate-days", "30", "--days", "10"]);
     let addr = confide_e2e::tls_stand_in(&ca, &old, &old_key);
     let (code, said) = worker(&cluster, "expired-server", &point(&addr), &[], limit);
     assert_eq!(code, Some(3), "{said}");
@@ -240,7 +234,12 @@ fn a_server_that_rejects_our_certificate_or_presents_a_bad_one_ends_the_worker_w
     let addr = confide_e2e::tls_stand_in(&scratch.join("rogue/ca.pem"), &real_cert, &real_key);
     let (code, said) = worker(&cluster, "rejecting-server", &point(&addr), &[], limit);
     assert_eq!(code, Some(3), "{said}");
-    assert!(said.contains("the coordinator rejected this worker's certificate: it was not issued by the coordinator's federation CA (unknown CA)"), "{said}");
+    assert!(
+        said.contains(
+            "the coordinator rejected this worker's certificate: it was not issued by the coordinator's federation CA (unknown CA)"
+        ),
+        "{said}"
+    );
     // ... and the CLI's admin certificate likewise.
     let (_, admin, admin_key) = cluster.tls_files("tester");
     let out = Command::new(binary("confide"))
@@ -253,7 +252,10 @@ fn a_server_that_rejects_our_certificate_or_presents_a_bad_one_ends_the_worker_w
         .expect("confide");
     let said = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "{said}");
-    assert!(said.contains("rejected this client's certificate: it was not issued by the coordinator's federation CA (unknown CA)"), "{said}");
+    assert!(
+        said.contains("rejected this client's certificate: it was not issued by the coordinator's federation CA (unknown CA)"),
+        "{said}"
+    );
 }
 
 #[test]
@@ -264,7 +266,8 @@ fn tls_on_one_side_only_is_said_and_ends_the_worker() {
     let tls_table = config.find("\n[tls]").expect("tls table");
     let rest = &config[tls_table + 1..];
     let end = rest.find("\n[").map_or(rest.len(), |i| i + 1);
-    let plain = format!("{}{}", &config[..tls_table + 1], &rest[end..]).replace(&cluster.url(), &cluster.url().replace("https://", "http://"));
+    let plain =
+        format!("{}{}", &config[..tls_table + 1], &rest[end..]).replace(&cluster.url(), &cluster.url().replace("https://", "http://"));
     let (code, said) = worker(&cluster, "plain", &plain, &["--insecure-dev"], Duration::from_secs(60));
     assert_eq!(code, Some(3), "{said}");
     assert!(said.contains("the coordinator speaks TLS but this worker is configured without TLS (insecure dev)"), "{said}");
@@ -275,7 +278,10 @@ fn tls_on_one_side_only_is_said_and_ends_the_worker() {
     let tls_to_plain = config.replace(&cluster.url(), &format!("https://{}", insecure.addr));
     let (code, said) = worker(&cluster, "tls-to-plain", &tls_to_plain, &[], Duration::from_secs(60));
     assert_eq!(code, Some(3), "{said}");
-    assert!(said.contains("the coordinator does not speak TLS (is it running with --insecure-dev?) but this worker is configured with TLS"), "{said}");
+    assert!(
+        said.contains("the coordinator does not speak TLS (is it running with --insecure-dev?) but this worker is configured with TLS"),
+        "{said}"
+    );
 }
 
 #[test]
@@ -288,7 +294,8 @@ fn a_second_worker_with_a_connected_identity_is_refused_on_both_sides_and_the_fi
     cluster.wait_workers(1, Duration::from_secs(60));
 
     // The same certificate from another process (its own data directory, as on another machine).
-    let twin = config.replace(&cluster.worker_data_dir("bank1").display().to_string(), &cluster.worker_data_dir("bank1-twin").display().to_string());
+    let twin = config
+        .replace(&cluster.worker_data_dir("bank1").display().to_string(), &cluster.worker_data_dir("bank1-twin").display().to_string());
     let started = Instant::now();
     let (code, said) = worker(&cluster, "bank1-twin", &twin, &[], Duration::from_secs(60));
     assert_eq!(code, Some(3), "{said}");

@@ -62,7 +62,9 @@ pub enum IdentityError {
         reason: String,
     },
     /// The key's public half is not the one in the certificate.
-    #[error("the key {key} does not belong to the certificate {cert} (their public keys differ): configure the key issued with this certificate")]
+    #[error(
+        "the key {key} does not belong to the certificate {cert} (their public keys differ): configure the key issued with this certificate"
+    )]
     KeyMismatch {
         /// The certificate.
         cert: PathBuf,
@@ -112,7 +114,9 @@ pub enum IdentityError {
         holder: &'static str,
     },
     /// The certificate is for another name than the one this process acts as.
-    #[error("the certificate {path} is for `{found}`, but this process acts as `{expected}`: use `{expected}`'s certificate, or fix the configured name")]
+    #[error(
+        "the certificate {path} is for `{found}`, but this process acts as `{expected}`: use `{expected}`'s certificate, or fix the configured name"
+    )]
     WrongName {
         /// The certificate.
         path: PathBuf,
@@ -122,7 +126,9 @@ pub enum IdentityError {
         expected: String,
     },
     /// The configured federation CA did not sign the certificate.
-    #[error("the certificate {cert} was not issued by the federation CA {ca} (unknown CA; it names issuer `{issuer}`): use a certificate issued by this federation's CA, or configure the CA that issued it")]
+    #[error(
+        "the certificate {cert} was not issued by the federation CA {ca} (unknown CA; it names issuer `{issuer}`): use a certificate issued by this federation's CA, or configure the CA that issued it"
+    )]
     UnknownCa {
         /// The certificate.
         cert: PathBuf,
@@ -287,7 +293,10 @@ mod tests {
         assert!(err.to_string().contains("does not belong to the certificate"), "{err}");
 
         let err = check_identity(&good, Holder::Coordinator, None).expect_err("role");
-        assert!(err.to_string().contains("is for `bank1` in role `institution`, but the coordinator needs a certificate in role `coordinator`"), "{err}");
+        assert!(
+            err.to_string().contains("is for `bank1` in role `institution`, but the coordinator needs a certificate in role `coordinator`"),
+            "{err}"
+        );
         let err = check_identity(&good, Holder::Worker, Some("bank3")).expect_err("name");
         assert!(matches!(err, IdentityError::WrongName { .. }), "{err}");
 

@@ -48,7 +48,9 @@ impl std::fmt::Display for Rejection {
 #[non_exhaustive]
 pub enum ConnectFault {
     /// The server's certificate is not signed by our federation CA.
-    #[error("the server's certificate was not issued by this federation's CA (unknown CA): check the coordinator URL and the configured `ca` file")]
+    #[error(
+        "the server's certificate was not issued by this federation's CA (unknown CA): check the coordinator URL and the configured `ca` file"
+    )]
     ServerUnknownCa,
     /// The server's certificate has expired.
     #[error("the coordinator's certificate expired{}: its operator must issue a new one", on(.not_after))]
@@ -63,7 +65,9 @@ pub enum ConnectFault {
         not_before: Option<String>,
     },
     /// The server's certificate does not name the host in the URL.
-    #[error("the coordinator's certificate is not valid for the host in the coordinator URL: use a host it names (confide certs issue --san)")]
+    #[error(
+        "the coordinator's certificate is not valid for the host in the coordinator URL: use a host it names (confide certs issue --san)"
+    )]
     ServerWrongName,
     /// The server's certificate is CA-signed but not in the coordinator role.
     #[error(transparent)]
@@ -224,7 +228,7 @@ pub fn authority(url: &str) -> Option<String> {
 /// error, else in a fresh handshake through `tls` (our connector; None without TLS), else —
 /// when our TLS mode disagrees with what the server speaks — the TLS mismatch.
 pub async fn diagnose(
-    error: &(dyn Error + 'static),
+    error: &(dyn Error + Send + Sync + 'static),
     url: &str,
     tls: Option<&crate::CoordinatorConnector>,
     client: &'static str,
