@@ -102,8 +102,8 @@ enum CertsCommand {
         /// Directory for the CA (keep `ca.key` offline).
         #[arg(long)]
         dir: PathBuf,
-        /// Validity in days.
-        #[arg(long, default_value_t = 3650)]
+        /// Validity in days (at least 1).
+        #[arg(long, default_value_t = 3650, allow_negative_numbers = true)]
         days: i64,
     },
     /// Issue a certificate signed by the CA; prints its SHA-256 fingerprint (for revocation).
@@ -120,9 +120,13 @@ enum CertsCommand {
         /// Extra host names or IP addresses the holder serves on (coordinators), repeatable.
         #[arg(long)]
         san: Vec<String>,
-        /// Validity in days.
-        #[arg(long, default_value_t = 365)]
+        /// Validity in days (at least 1).
+        #[arg(long, default_value_t = 365, allow_negative_numbers = true)]
         days: i64,
+        /// Tests only: the validity starts this many days ago (negative: in the future), to
+        /// make expired and not-yet-valid certificates.
+        #[arg(long, hide = true, allow_negative_numbers = true)]
+        backdate_days: Option<i64>,
         /// Output directory for `<name>.pem` and `<name>.key`.
         #[arg(long)]
         out: PathBuf,
@@ -241,23 +245,60 @@ fn bad_input(error: anyhow::Error) -> Failure {
     Failure { code: 2, error }
 }
 
+/// A certificate valid for less than a day would be expired (or nearly) when written.
+fn check_days(days: i64) -> Result<(), Failure> {
+    if days < 1 {
+        return Err(bad_input(anyhow!("--days must be at least 1, got {days}")));
+    }
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    let url = cli.coordinator.clone();
+    let connector = tls_files(&cli).and_then(|f| confide_tls::coordinator_endpoint(&f, &url).ok()).map(|(_, c)| c);
     match run(cli).await {
         Ok(code) => ExitCode::from(code),
         // The reader of our output went away (`| head`): nothing is wrong, end quietly.
         Err(Failure { error, .. }) if out::is_closed_pipe(&error) => ExitCode::SUCCESS,
         Err(Failure { code, error }) => {
+            // A call that died at the transport may have been the server refusing our
+            // certificate (TLS 1.3 says so only after the handshake): ask once more.
+            let fault = match (error.downcast_ref::<Unreached>(), &connector) {
+                (Some(_), Some(c)) => c.diagnose("client").await,
+                _ => None,
+            };
+            let Failure { code, error } = fault.map_or(Failure { code, error }, |f| refused(&url, f));
             eprintln!("confide: {error:#}");
             ExitCode::from(code)
         }
     }
 }
 
+/// A call failed at the transport, not with the coordinator's answer.
+#[derive(Debug)]
+struct Unreached(String);
+
+impl std::fmt::Display for Unreached {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Unreached {}
+
+/// The admin's TLS files, when all three are given.
+fn tls_files(cli: &Cli) -> Option<confide_tls::TlsFiles> {
+    match (&cli.ca, &cli.cert, &cli.key) {
+        (Some(ca), Some(cert), Some(key)) => Some(confide_tls::TlsFiles { ca: ca.clone(), cert: cert.clone(), key: key.clone() }),
+        _ => None,
+    }
+}
+
 async fn connect(cli: &Cli) -> Result<AdminClient<Channel>, Failure> {
     let url = &cli.coordinator;
-    let mut endpoint = tonic::transport::Endpoint::from_shared(url.to_string())
+    let endpoint = tonic::transport::Endpoint::from_shared(url.to_string())
         .map_err(|e| bad_input(anyhow!("--coordinator {:?}: {e}", confide_core::text::cap_quote(url))))?;
     let uri = endpoint.uri();
     if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none_or(str::is_empty) {
@@ -266,14 +307,25 @@ async fn connect(cli: &Cli) -> Result<AdminClient<Channel>, Failure> {
             confide_core::text::cap_quote(url)
         )));
     }
+    let mut connector = None;
     match (&cli.ca, &cli.cert, &cli.key) {
-        (Some(ca), Some(cert), Some(key)) => {
-            let files = confide_tls::TlsFiles { ca: ca.clone(), cert: cert.clone(), key: key.clone() };
-            let host = endpoint.uri().host().unwrap_or_default().to_string();
-            let tls = confide_tls::client_config(&files, &host).map_err(|e| bad_input(e.into()))?;
-            endpoint = endpoint.tls_config(tls).map_err(|e| bad_input(e.into()))?;
+        (Some(_), Some(_), Some(_)) => {
+            let files = tls_files(cli).ok_or_else(|| bad_input(anyhow!("--ca, --cert and --key go together")))?;
+            // Checked here, so an expired or wrong certificate is named instead of failing as a
+            // `transport error` in the handshake.
+            confide_tls::check::check_identity(&files, confide_tls::check::Holder::Cli, None).map_err(|e| bad_input(e.into()))?;
+            // Like a worker, the CLI talks only to a server holding the coordinator role.
+            connector = Some(confide_tls::coordinator_endpoint(&files, url).map_err(|e| bad_input(e.into()))?);
         }
-        (None, None, None) if url.starts_with("http://") => {}
+        (None, None, None) if url.starts_with("http://") => {
+            // Plaintext against a TLS server fails only at the first call, as an HTTP/2 frame
+            // error: ask the server what it speaks first.
+            if let Some(authority) = confide_tls::fault::authority(url)
+                && confide_tls::fault::probe(&authority).await == Some(confide_tls::fault::Speaks::Tls)
+            {
+                return Err(refused(url, confide_tls::fault::ConnectFault::ServerSpeaksTls { client: "client" }));
+            }
+        }
         (None, None, None) => {
             return Err(bad_input(anyhow!(
                 "{url} needs an admin certificate: give --ca, --cert and --key (or CONFIDE_CA, CONFIDE_CERT, CONFIDE_KEY)"
@@ -281,18 +333,37 @@ async fn connect(cli: &Cli) -> Result<AdminClient<Channel>, Failure> {
         }
         _ => return Err(bad_input(anyhow!("--ca, --cert and --key go together"))),
     }
-    let channel = endpoint
-        .connect_timeout(std::time::Duration::from_secs(5))
-        .connect()
-        .await
-        .with_context(|| format!("cannot reach the coordinator at {url}"))?;
+    let timeout = std::time::Duration::from_secs(5);
+    let connected = match &connector {
+        Some((endpoint, connector)) => endpoint.clone().connect_timeout(timeout).connect_with_connector(connector.clone()).await,
+        None => endpoint.connect_timeout(timeout).connect().await,
+    };
+    let channel = match connected {
+        Ok(channel) => channel,
+        Err(e) => match confide_tls::fault::diagnose(&e, url, connector.as_ref().map(|(_, c)| c), "client").await {
+            Some(fault) => return Err(refused(url, fault)),
+            None => return Err(anyhow::Error::new(e).context(format!("cannot reach the coordinator at {url}")).into()),
+        },
+    };
     Ok(AdminClient::new(channel).max_decoding_message_size(16 << 20))
+}
+
+/// The coordinator cannot be used as configured (exit 3), saying why.
+fn refused(url: &str, fault: confide_tls::fault::ConnectFault) -> Failure {
+    Failure { code: 3, error: anyhow!("cannot use the coordinator at {url}: {fault}") }
 }
 
 /// A refusal from the coordinator, with its exit code: what the request named is wrong
 /// (bad job file, unknown job id, a job without a model yet) is bad input (2); anything else
 /// is the coordinator refusing or failing (3).
 fn status_error(s: tonic::Status) -> Failure {
+    // With TLS 1.3 the server's refusal of our certificate arrives with the first call.
+    if let Some(fault) = confide_tls::fault::classify(&s, "client") {
+        return Failure { code: 3, error: anyhow!("the coordinator refused the connection: {fault}") };
+    }
+    if matches!(s.code(), tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled) {
+        return Failure { code: 3, error: anyhow::Error::new(Unreached(s.message().to_string())) };
+    }
     use tonic::Code;
     let code = match s.code() {
         Code::InvalidArgument | Code::NotFound | Code::FailedPrecondition | Code::AlreadyExists | Code::OutOfRange => 2,
@@ -409,14 +480,23 @@ fn schema_width(file: &Path, features: bool) -> Result<(), Failure> {
 async fn run(cli: Cli) -> Result<u8, Failure> {
     match &cli.command {
         Command::Certs(CertsCommand::Init { dir, days }) => {
-            confide_tls::init_ca(dir, *days)?;
+            check_days(*days)?;
+            confide_tls::init_ca(dir, *days).map_err(|e| bad_input(e.into()))?;
             outln!("{}", dir.join("ca.pem").display())?;
             return Ok(0);
         }
-        Command::Certs(CertsCommand::Issue { ca_dir, role, name, san, days, out }) => {
+        Command::Certs(CertsCommand::Issue { ca_dir, role, name, san, days, backdate_days, out }) => {
             let role = confide_tls::Role::parse(role)
                 .ok_or_else(|| bad_input(anyhow!("--role must be coordinator, institution or admin, got {role:?}")))?;
-            let fingerprint = confide_tls::issue(ca_dir, role, name, san, *days, out).map_err(|e| bad_input(e.into()))?;
+            check_days(*days)?;
+            let fingerprint = match backdate_days {
+                None => confide_tls::issue(ca_dir, role, name, san, *days, out),
+                Some(back) => {
+                    let from = time::OffsetDateTime::now_utc() - time::Duration::days(*back);
+                    confide_tls::issue_from(ca_dir, role, name, san, from, from + time::Duration::days(*days), out)
+                }
+            }
+            .map_err(|e| bad_input(e.into()))?;
             outln!("{fingerprint}")?;
             return Ok(0);
         }

@@ -4,6 +4,12 @@
 //! connections). The hub keeps, per worker, the sending half of that stream and what the worker
 //! registered (datasets, capabilities, signing key), and routes each task's contributions to the
 //! job runner that owns the task.
+//!
+//! One identity, one live stream: a second process with the same certificate is refused
+//! ([`AlreadyConnected`]) instead of replacing the first, which used to knock the two off each
+//! other every half second. A stream is live until its receiving half is dropped — tonic drops
+//! it when the worker's connection closes (at once when its process dies; within the HTTP/2
+//! keepalive timeout when its machine vanishes) — so a restarted worker is not locked out.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -63,6 +69,25 @@ struct OpenTask {
 struct Session {
     generation: u64,
     tx: mpsc::Sender<Result<Task, tonic::Status>>,
+    /// When it connected (Unix seconds), for the refusal of a duplicate.
+    since: i64,
+    /// A duplicate was refused already (it is logged as an error once per session).
+    duplicate_reported: bool,
+    /// The client's address on the connection the stream is on: a registration from the same
+    /// address and port is the same process refreshing its offers, not a second process.
+    peer: Option<std::net::SocketAddr>,
+}
+
+/// A second process presented an identity whose task stream is live.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("institution {worker} is already connected from another process (since {since}); stop the other worker or use a different certificate")]
+pub struct AlreadyConnected {
+    /// The institution.
+    pub worker: String,
+    /// When the live stream connected (UTC).
+    pub since: String,
+    /// True for the first refusal during that stream (log it loudly once, not on every retry).
+    pub first: bool,
 }
 
 #[derive(Debug, Default)]
@@ -151,17 +176,43 @@ impl Hub {
         self.lock().registered.contains_key(worker_id)
     }
 
-    /// Opens a task stream for a worker, replacing any older one. Returns its receiving half and
-    /// its generation (to tell a stale disconnect from the current session).
-    pub fn connect(&self, worker_id: &str) -> (mpsc::Receiver<Result<Task, tonic::Status>>, u64) {
+    /// Refuses `worker_id` when it has a live task stream (a closed one no longer counts) on
+    /// another connection than `peer`'s: the stream's own connection may register again to
+    /// refresh its offers.
+    pub fn ensure_not_connected(&self, worker_id: &str, peer: Option<std::net::SocketAddr>) -> Result<(), AlreadyConnected> {
+        Self::refuse_live(&mut self.lock(), worker_id, peer)
+    }
+
+    fn refuse_live(inner: &mut Inner, worker_id: &str, peer: Option<std::net::SocketAddr>) -> Result<(), AlreadyConnected> {
+        match inner.sessions.get_mut(worker_id) {
+            Some(s) if !s.tx.is_closed() && !(peer.is_some() && s.peer == peer) => {
+                let first = !s.duplicate_reported;
+                s.duplicate_reported = true;
+                Err(AlreadyConnected { worker: worker_id.to_string(), since: confide_tls::check::utc(s.since), first })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Opens a task stream for a worker, replacing a closed older one; refused while an older
+    /// one is live. Returns its receiving half and its generation (to tell a stale disconnect
+    /// from the current session).
+    pub fn connect(
+        &self,
+        worker_id: &str,
+        peer: Option<std::net::SocketAddr>,
+    ) -> Result<(mpsc::Receiver<Result<Task, tonic::Status>>, u64), AlreadyConnected> {
         let (tx, rx) = mpsc::channel(256);
         let mut inner = self.lock();
+        // A second stream is refused even from the same connection: one stream per identity.
+        Self::refuse_live(&mut inner, worker_id, None)?;
         inner.next_generation += 1;
         let generation = inner.next_generation;
-        inner.sessions.insert(worker_id.to_string(), Session { generation, tx });
+        let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+        inner.sessions.insert(worker_id.to_string(), Session { generation, tx, since, duplicate_reported: false, peer });
         drop(inner);
         self.connected.notify_waiters();
-        (rx, generation)
+        Ok((rx, generation))
     }
 
     /// Closes one worker's task stream (its certificate was revoked); false when it had none.
@@ -328,11 +379,44 @@ mod tests {
     async fn a_dropped_stream_means_disconnected() {
         let hub = Hub::default();
         hub.register(info("bank1"));
-        let (rx, _) = hub.connect("bank1");
+        let (rx, _) = hub.connect("bank1", None).expect("first stream");
         assert_eq!(hub.connected().len(), 1);
         assert!(hub.connected()[0].offers("telco", "abc"));
         drop(rx);
         assert!(hub.connected().is_empty());
         assert!(!hub.send("bank1", Task::default()).await);
+    }
+
+    #[test]
+    fn a_second_stream_for_a_live_identity_is_refused_and_a_dead_one_is_replaced() {
+        let hub = Hub::default();
+        hub.register(info("bank1"));
+        let (first, generation) = hub.connect("bank1", None).expect("first stream");
+        let err = hub.connect("bank1", None).expect_err("a live stream is not replaced");
+        assert!(err.first, "the first refusal is the one to log");
+        assert!(
+            err.to_string().starts_with("institution bank1 is already connected from another process (since "),
+            "{err}"
+        );
+        let again = hub.ensure_not_connected("bank1", None).expect_err("still live");
+        assert!(!again.first, "later refusals during the same stream are not logged again");
+        assert_eq!(hub.generation("bank1"), Some(generation), "the first keeps its stream");
+        // The first process dies: its stream closes, and a restarted worker gets in.
+        drop(first);
+        hub.ensure_not_connected("bank1", None).expect("a closed stream does not count");
+        let (_second, newer) = hub.connect("bank1", None).expect("replaces the dead stream");
+        assert!(newer > generation);
+    }
+
+    #[test]
+    fn the_live_streams_own_connection_may_register_again_but_no_other() {
+        let hub = Hub::default();
+        hub.register(info("bank1"));
+        let (own, other) = (Some("127.0.0.1:40001".parse().expect("addr")), Some("127.0.0.1:40002".parse().expect("addr")));
+        let (_stream, _) = hub.connect("bank1", own).expect("first stream");
+        hub.ensure_not_connected("bank1", own).expect("the same connection refreshes its offers");
+        hub.ensure_not_connected("bank1", other).expect_err("another connection is another process");
+        hub.ensure_not_connected("bank1", None).expect_err("an unknown peer is not trusted as the same one");
+        hub.connect("bank1", own).expect_err("still one stream per identity");
     }
 }

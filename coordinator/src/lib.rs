@@ -61,14 +61,18 @@ pub enum RunError {
     /// The revocation file is missing or malformed.
     #[error(transparent)]
     Revocation(#[from] confide_tls::revocation::RevocationError),
+    /// The coordinator's own certificate, key or CA file is unusable (bad input: exit 2).
+    #[error("TLS: {0}")]
+    Identity(#[from] confide_tls::check::IdentityError),
 }
 
 impl RunError {
-    /// The process exit code for this error: 2 when the state on disk is refused (bad input
-    /// the operator must fix, see [`store::StoreError::StateLost`]), 1 otherwise.
+    /// The process exit code for this error: 2 for bad input the operator must fix — the
+    /// state on disk is refused ([`store::StoreError::StateLost`]) or the certificate files
+    /// are wrong — 1 otherwise.
     pub fn exit_code(&self) -> u8 {
         match self {
-            RunError::Store(store::StoreError::StateLost { .. }) => 2,
+            RunError::Store(store::StoreError::StateLost { .. }) | RunError::Identity(_) => 2,
             _ => 1,
         }
     }
@@ -78,7 +82,11 @@ impl RunError {
 /// `shutdown` completes.
 pub async fn run(config: CoordinatorConfig, listener: TcpListener, shutdown: impl Future<Output = ()> + Send) -> Result<(), RunError> {
     let tls = match (&config.tls, config.insecure_dev) {
-        (Some(files), _) => Some(confide_tls::server_config(files).map_err(|e| RunError::Tls(e.to_string()))?),
+        (Some(files), _) => {
+            // Checked here so a wrong file is named at start, not found by each worker's handshake.
+            confide_tls::check::check_identity(files, confide_tls::check::Holder::Coordinator, None)?;
+            Some(confide_tls::server_config(files).map_err(|e| RunError::Tls(e.to_string()))?)
+        }
         (None, true) => {
             tracing::warn!("INSECURE development mode: plaintext gRPC, no client certificates; never use with real data");
             None

@@ -541,3 +541,50 @@ pub fn telco_job(name: &str, model: &str, rounds: u64, extra: &str) -> String {
         schema.display()
     )
 }
+
+/// A TLS server on 127.0.0.1 presenting `cert`/`key` and requiring a client certificate
+/// signed by `trusted_ca`, that completes handshakes and then says nothing: it stands in for a
+/// coordinator with a certificate the real one refuses to start with (expired, from another
+/// CA, in another role) or one that trusts another CA. Runs until the test process exits;
+/// returns its address.
+pub fn tls_stand_in(trusted_ca: &Path, cert: &Path, key: &Path) -> String {
+    use std::sync::Arc;
+
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = |p: &Path| CertificateDer::pem_file_iter(p).expect("pem").collect::<Result<Vec<_>, _>>().expect("certs");
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for c in certs(trusted_ca) {
+        roots.add(c).expect("root");
+    }
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone()).build().expect("verifier");
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(certs(cert), PrivateKeyDer::from_pem_file(key).expect("key"))
+        .expect("server config");
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    listener.set_nonblocking(true).expect("nonblocking");
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+            while let Ok((tcp, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    if let Ok(mut tls) = acceptor.accept(tcp).await {
+                        // Hold the connection a moment (the client reads our silence), then close.
+                        tokio::time::sleep(Duration::from_secs(2)).await;
+                        let _ = tokio::io::AsyncWriteExt::shutdown(&mut tls).await;
+                    }
+                });
+            }
+        });
+    });
+    addr
+}

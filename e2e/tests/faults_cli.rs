@@ -106,6 +106,23 @@ fn a_reader_that_closes_the_pipe_ends_the_command_quietly() {
         assert_eq!(code, Some(0), "confide {args:?} into a closed pipe must exit 0: {err}");
         assert!(err.is_empty(), "confide {args:?} into a closed pipe must say nothing: {err}");
     }
+    // The bank's audit log, read into a closed pipe, likewise.
+    let config = cluster.dir.path().join("bank1.toml");
+    for args in [vec!["audit", "show", "--config"], vec!["audit", "show", "--json", "--config"], vec!["audit", "verify", "--config"]] {
+        let mut child = Command::new(binary("confide-worker"))
+            .args(&args)
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn confide-worker");
+        drop(child.stdout.take());
+        let out = child.wait_with_output().expect("wait");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "confide-worker {args:?} into a closed pipe must exit 0: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
     // The same watch into an open pipe still exits 0 and shows every round.
     let out = cluster.confide(&["job", "watch", &id]);
     assert_eq!(out.status.code(), Some(0));
@@ -130,4 +147,33 @@ fn errors_quote_at_most_a_few_hundred_bytes_of_input() {
     let (code, err) = run(&cluster, &["--coordinator", &url, "job", "list"]);
     assert_eq!(code, Some(2));
     assert!(err.len() < 4096 && err.contains("more bytes"), "the error is {} bytes long", err.len());
+}
+
+#[test]
+fn a_worker_exits_2_for_what_its_configuration_gets_wrong() {
+    let cluster = Cluster::start();
+    let partition = confide_e2e::partition_telco(&cluster.dir.path().join("partition"), 1, 3);
+    let (_, schema) = telco();
+    let bank = partition.join("bank1");
+    let config = cluster.write_worker_config("bank1", &[("telco_churn", &schema, &bank.join("train.csv"), &bank.join("test.csv"))], "");
+    let text = std::fs::read_to_string(&config).expect("config");
+    let run_with = |toml: &str| {
+        let path = cluster.dir.path().join("variant.toml");
+        std::fs::write(&path, toml).expect("variant");
+        let out = Command::new(binary("confide-worker")).arg("--config").arg(&path).stdin(Stdio::null()).output().expect("run worker");
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    // libtorch on this machine sees no CUDA device (the suite runs on CPUs).
+    let (code, err) = run_with(&text.replace("device = \"cpu\"", "device = \"cuda\""));
+    assert_eq!(code, Some(2), "a device the machine lacks is bad input: {err}");
+    assert!(err.contains("compute.device = \"cuda\""), "{err}");
+    let missing_schema = text.replace(&schema.display().to_string(), "/no/such/schema.toml");
+    let (code, err) = run_with(&missing_schema);
+    assert_eq!(code, Some(2), "a missing schema file is bad input: {err}");
+    assert!(err.contains("/no/such/schema.toml"), "{err}");
+    let (code, err) = run_with(&text.replace("threads = 1", "threds = 1"));
+    assert_eq!(code, Some(2), "a misspelt key is bad input: {err}");
+    assert!(err.contains("threds"), "{err}");
+    let out = Command::new(binary("confide-worker")).args(["--config", "/no/such/bank.toml"]).output().expect("run worker");
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
 }

@@ -3,10 +3,9 @@
 //! worker refuses a server whose CA-signed certificate is not the coordinator's.
 
 use std::path::Path;
-use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use confide_e2e::{Cluster, binary, partition_telco};
+use confide_e2e::{Cluster, partition_telco};
 
 /// Polls `what` until it holds, panicking with `context()` after `timeout`.
 fn eventually(timeout: Duration, what: &str, mut holds: impl FnMut() -> bool, context: impl Fn() -> String) {
@@ -50,38 +49,11 @@ fn a_running_coordinator_re_reads_its_revocation_file() {
     assert!(bank_connected(&cluster, "bank1") && bank_connected(&cluster, "bank2"), "{}", cluster.logs());
 }
 
-/// Starts a `confide-coordinator` serving with `name`'s certificate (not a coordinator's);
-/// returns the process and its address.
-fn impostor(cluster: &Cluster, name: &str) -> (Child, String) {
-    let dir = cluster.dir.path().join("impostor");
-    std::fs::create_dir_all(&dir).expect("dir");
+/// A TLS server presenting `name`'s certificate (not a coordinator's; the real coordinator
+/// refuses to start with one); returns its address.
+fn impostor(cluster: &Cluster, name: &str) -> String {
     let (ca, cert, key) = cluster.tls_files(name);
-    let config = dir.join("coordinator.toml");
-    std::fs::write(&config, format!("[tls]\nca = {ca:?}\ncert = {cert:?}\nkey = {key:?}\n")).expect("config");
-    let addr_file = dir.join("addr");
-    let log = std::fs::File::create(dir.join("log")).expect("log");
-    let child = Command::new(binary("confide-coordinator"))
-        .arg("--config")
-        .arg(&config)
-        .args(["--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(dir.join("data"))
-        .arg("--addr-file")
-        .arg(&addr_file)
-        .stdout(log.try_clone().expect("log"))
-        .stderr(log)
-        .spawn()
-        .expect("spawn impostor");
-    let mut addr = String::new();
-    eventually(
-        Duration::from_secs(30),
-        "the impostor listens",
-        || {
-            addr = std::fs::read_to_string(&addr_file).unwrap_or_default().trim().to_string();
-            !addr.is_empty()
-        },
-        || std::fs::read_to_string(dir.join("log")).unwrap_or_default(),
-    );
-    (child, addr)
+    confide_e2e::tls_stand_in(&ca, &cert, &key)
 }
 
 #[test]
@@ -90,7 +62,7 @@ fn a_worker_refuses_a_server_whose_certificate_is_not_the_coordinators() {
     // bank9's certificate is CA-signed and valid for 127.0.0.1, exactly like the coordinator's,
     // but in the institution role.
     cluster.issue("institution", "bank9", &["--san", "127.0.0.1"]);
-    let (mut server, addr) = impostor(&cluster, "bank9");
+    let addr = impostor(&cluster, "bank9");
     let partition = partition_telco(&cluster.dir.path().join("partition"), 3, 53);
     let (_, schema) = confide_e2e::telco();
     let bank = partition.join("bank1");
@@ -103,6 +75,4 @@ fn a_worker_refuses_a_server_whose_certificate_is_not_the_coordinators() {
     let log = cluster.read_log("bank1");
     assert!(log.contains("ERROR"), "said loudly, not as a routine retry:\n{log}");
     assert!(!log.contains("registered with the coordinator"), "nothing was sent to the impostor:\n{log}");
-    let _ = server.kill();
-    let _ = server.wait();
 }

@@ -29,7 +29,7 @@ use tonic::codegen::http::Uri;
 use crate::{Peer, Role, TlsError, TlsFiles, cert_err, read};
 
 /// The server presented a CA-signed certificate that is not a coordinator's.
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("the server's certificate is for `{name}` in role `{role}`, not the federation's coordinator: refusing to connect")]
 pub struct NotTheCoordinator {
     /// The certificate's common name.
@@ -136,6 +136,27 @@ impl tower_service::Service<Uri> for CoordinatorConnector {
     }
 }
 
+impl CoordinatorConnector {
+    /// Dials once more only to see how the handshake ends, for a connection that failed
+    /// without saying why. With TLS 1.3 the server judges our certificate after our side of the
+    /// handshake is done, so its refusal (an alert: unknown CA, expired, revoked) reaches only
+    /// the connection's background reader, and the call fails as a bare `transport error`.
+    /// Here the first read after the handshake returns that alert (or the server's first bytes).
+    pub async fn diagnose(&self, client: &'static str) -> Option<crate::fault::ConnectFault> {
+        let wait = std::time::Duration::from_secs(5);
+        let tcp = tokio::time::timeout(wait, TcpStream::connect(&self.authority)).await.ok()?.ok()?;
+        let mut tls = match tokio::time::timeout(wait, self.tls.connect(self.server_name.clone(), tcp)).await.ok()? {
+            Ok(tls) => tls,
+            Err(e) => return crate::fault::classify(&e, client),
+        };
+        let mut first = [0u8; 1];
+        match tokio::time::timeout(wait, tokio::io::AsyncReadExt::read(&mut tls, &mut first)).await {
+            Ok(Err(e)) => crate::fault::classify(&e, client),
+            _ => None,
+        }
+    }
+}
+
 /// The role refusal inside a failed handshake, if that is why it failed.
 fn not_the_coordinator(e: &std::io::Error) -> Option<NotTheCoordinator> {
     match e.get_ref()?.downcast_ref::<rustls::Error>()? {
@@ -190,9 +211,14 @@ mod tests {
     /// A TLS server on 127.0.0.1 presenting `name`'s certificate (requiring a client
     /// certificate from the same CA); returns its port.
     async fn serve_as(dir: &std::path::Path, name: &str) -> u16 {
+        serve_trusting(dir, name, &dir.join("ca.pem")).await
+    }
+
+    /// [`serve_as`], trusting client certificates from the CA in `client_ca`.
+    async fn serve_trusting(dir: &std::path::Path, name: &str, client_ca: &std::path::Path) -> u16 {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut roots = rustls::RootCertStore::empty();
-        roots.add(CertificateDer::from(pem_der(&dir.join("ca.pem")).expect("ca"))).expect("root");
+        roots.add(CertificateDer::from(pem_der(client_ca).expect("ca"))).expect("root");
         let clients = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone()).build().expect("verifier");
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(pem_der(&dir.join(format!("{name}.key"))).expect("key")));
         let cert = CertificateDer::from(pem_der(&dir.join(format!("{name}.pem"))).expect("cert"));
@@ -242,5 +268,27 @@ mod tests {
         assert_eq!(endpoint.uri().scheme_str(), Some("http"), "the connector, not tonic, does the TLS");
         connector.call(Uri::from_static("http://ignored")).await.expect("the coordinator is accepted");
         assert!(coordinator_endpoint(&bank1, "http://127.0.0.1:1").is_err(), "TLS needs an https URL");
+    }
+
+    #[tokio::test]
+    async fn a_server_refusing_our_certificate_is_told_apart_from_an_unreachable_one() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path();
+        crate::init_ca(d, 1).expect("ca");
+        crate::issue(d, Role::Coordinator, "coordinator", &["127.0.0.1".to_string()], 1, d).expect("coordinator");
+        crate::issue(d, Role::Institution, "bank1", &[], 1, d).expect("bank1");
+        let other = tempfile::tempdir().expect("tempdir");
+        crate::init_ca(other.path(), 1).expect("other ca");
+        let bank1 = TlsFiles { ca: d.join("ca.pem"), cert: d.join("bank1.pem"), key: d.join("bank1.key") };
+        let port = serve_trusting(d, "coordinator", &other.path().join("ca.pem")).await;
+        let (_, connector) = coordinator_endpoint(&bank1, &format!("https://127.0.0.1:{port}")).expect("connector");
+        let fault = connector.diagnose("worker").await.expect("the server's alert is read");
+        assert!(
+            matches!(fault, crate::fault::ConnectFault::Rejected { reason: crate::fault::Rejection::UnknownCa, .. }),
+            "{fault}"
+        );
+        let port = serve_as(d, "coordinator").await;
+        let (_, connector) = coordinator_endpoint(&bank1, &format!("https://127.0.0.1:{port}")).expect("connector");
+        assert_eq!(connector.diagnose("worker").await, None, "a coordinator that accepts us");
     }
 }

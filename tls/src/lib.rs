@@ -12,6 +12,8 @@
 //! - [`coordinator_endpoint`] dials the coordinator accepting only a certificate in the
 //!   coordinator role ([`connect`]); [`revocation::RevocationList`] is a revocation file
 //!   re-read whenever it changes.
+//! - [`check::check_identity`] names what is wrong with a holder's own files before it dials
+//!   or listens; [`fault::diagnose`] names why a connection failed and whether retrying helps.
 
 use std::path::{Path, PathBuf};
 
@@ -21,7 +23,9 @@ use rcgen::{
 };
 use serde::Deserialize;
 
+pub mod check;
 pub mod connect;
+pub mod fault;
 pub mod revocation;
 
 pub use connect::{CoordinatorConnector, NotTheCoordinator, coordinator_endpoint};
@@ -121,6 +125,21 @@ pub fn init_ca(dir: &Path, days: i64) -> Result<(), TlsError> {
 /// with extra subject alternative names `sans` (host names or IP addresses the holder serves
 /// on). Writes `out/<name>.pem` and `out/<name>.key`; returns the certificate's fingerprint.
 pub fn issue(ca_dir: &Path, role: Role, name: &str, sans: &[String], days: i64, out: &Path) -> Result<String, TlsError> {
+    let now = time::OffsetDateTime::now_utc();
+    issue_from(ca_dir, role, name, sans, now - time::Duration::hours(1), now + time::Duration::days(days), out)
+}
+
+/// [`issue`], valid from `not_before` to `not_after` (tests make expired and not-yet-valid
+/// certificates with it).
+pub fn issue_from(
+    ca_dir: &Path,
+    role: Role,
+    name: &str,
+    sans: &[String],
+    not_before: time::OffsetDateTime,
+    not_after: time::OffsetDateTime,
+    out: &Path,
+) -> Result<String, TlsError> {
     let valid = !name.is_empty() && name.len() <= 128 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
     if !valid {
         return Err(TlsError::BadName(name.into()));
@@ -135,8 +154,8 @@ pub fn issue(ca_dir: &Path, role: Role, name: &str, sans: &[String], days: i64, 
     params.distinguished_name.push(DnType::OrganizationalUnitName, role.as_str());
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
-    params.not_before = time::OffsetDateTime::now_utc() - time::Duration::hours(1);
-    params.not_after = time::OffsetDateTime::now_utc() + time::Duration::days(days);
+    params.not_before = not_before;
+    params.not_after = not_after;
     let cert = params.signed_by(&key, &issuer).map_err(cert_err)?;
     write(&out.join(format!("{name}.pem")), &cert.pem(), false)?;
     write(&out.join(format!("{name}.key")), &key.serialize_pem(), true)?;

@@ -29,6 +29,9 @@ pub enum StartError {
     /// The TLS files are unusable.
     #[error("tls: {0}")]
     Tls(#[from] confide_tls::TlsError),
+    /// The bank's own certificate, key or CA file is wrong (bad input: exit 2).
+    #[error("tls: {0}")]
+    Certificate(#[from] confide_tls::check::IdentityError),
     /// The bank's policy state could not be loaded.
     #[error("policy: {0}")]
     Policy(Failure),
@@ -40,6 +43,10 @@ pub enum StartError {
 /// Checks the datasets (see [`crate::catalog`]), loads the identity key and the policy state,
 /// and picks the device.
 pub fn start(config: WorkerConfig) -> Result<Arc<Worker>, StartError> {
+    // First, so a wrong certificate is named at start rather than found in every handshake.
+    if let Some(tls) = &config.tls {
+        confide_tls::check::check_identity(tls, confide_tls::check::Holder::Worker, Some(&config.institution_id))?;
+    }
     let user_state = UserStateStore::new(&config.data_dir);
     let compute = TorchCompute::new(&config.datasets, config.compute.device, config.compute.threads, user_state)?;
     // With TLS the certificate's key is the identity (bound by the federation CA); the
@@ -82,10 +89,17 @@ pub fn start(config: WorkerConfig) -> Result<Arc<Worker>, StartError> {
 }
 
 impl StartError {
-    /// True when the configuration's input is at fault (no configured dataset is usable): exit
-    /// 2, as a restart alone does not fix it.
+    /// True when the configuration's input is at fault — no configured dataset is usable, a
+    /// device it names is absent, its certificate files are wrong, its membership list is
+    /// inconsistent: exit 2, as a restart alone does not fix it. A broken audit chain or an
+    /// unreadable state file is the bank's state, not its input (exit 1).
     pub fn is_bad_input(&self) -> bool {
-        matches!(self, StartError::Compute(ComputeError::NoUsableDataset(_)))
+        matches!(
+            self,
+            StartError::Compute(ComputeError::NoUsableDataset(_) | ComputeError::NoCuda)
+                | StartError::Certificate(_)
+                | StartError::Tls(_)
+        )
     }
 }
 
@@ -104,7 +118,8 @@ pub fn audit_key(config: &WorkerConfig) -> Result<ed25519_dalek::VerifyingKey, S
     Ok(identity.verifying_key())
 }
 
-/// Runs the worker until `shutdown` completes (see [`crate::session::run`]).
-pub async fn run(worker: Arc<Worker>, shutdown: impl Future<Output = ()>) {
-    crate::session::run(worker, shutdown).await;
+/// Runs the worker until `shutdown` completes, or until the coordinator cannot be used for a
+/// reason retrying cannot fix (see [`crate::session::run`]).
+pub async fn run(worker: Arc<Worker>, shutdown: impl Future<Output = ()>) -> Result<(), crate::session::Refused> {
+    crate::session::run(worker, shutdown).await
 }

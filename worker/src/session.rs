@@ -6,7 +6,9 @@
 //! around secure-aggregation messages) and firing their timers — and reconnects with
 //! exponential backoff whenever the coordinator is unreachable or restarts. Every
 //! [`crate::catalog::POLL_INTERVAL`] it has the computation look at its data files
-//! ([`Compute::refresh`]) and registers again when the offers changed.
+//! ([`Compute::refresh`]) and registers again when the offers changed. What waiting
+//! cannot fix — a certificate fault, TLS on one side only, another process holding this
+//! identity — ends [`run`] with a [`Refused`] naming it.
 //!
 //! Everything a task decides lives in [`crate::task`]; this file only moves bytes and time.
 
@@ -128,9 +130,35 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Why the bank stopped trying to reach the coordinator: a fault that reconnecting cannot fix.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Refused {
+    /// A certificate or TLS-mode fault found when connecting.
+    #[error("cannot use the coordinator at {url}: {fault}")]
+    Connect {
+        /// The coordinator URL.
+        url: String,
+        /// What is wrong.
+        fault: confide_tls::fault::ConnectFault,
+    },
+    /// Another process holds this identity's task stream (the coordinator's message).
+    #[error("{0}")]
+    Duplicate(String),
+}
+
+/// How long a refusal as a duplicate identity is retried before the worker gives up: long
+/// enough for the coordinator to notice that this bank's previous connection (a crashed or
+/// restarted process) is gone, which it does as soon as that connection closes.
+const DUPLICATE_GRACE: Duration = Duration::from_secs(10);
+
+/// The pause between retries within [`DUPLICATE_GRACE`].
+const DUPLICATE_RETRY: Duration = Duration::from_secs(2);
+
 /// Runs the bank until `shutdown` completes, reconnecting with backoff (0.5 s doubling to
-/// 30 s; back to 0.5 s once a connection got as far as registering).
-pub async fn run<C: Compute>(bank: Arc<Bank<C>>, shutdown: impl Future<Output = ()>) {
+/// 30 s; back to 0.5 s once a connection got as far as registering) while the coordinator is
+/// unreachable; returns [`Refused`] for faults that retrying cannot fix.
+pub async fn run<C: Compute>(bank: Arc<Bank<C>>, shutdown: impl Future<Output = ()>) -> Result<(), Refused> {
     tokio::pin!(shutdown);
     // The data watch runs whether or not the coordinator is reachable, so the operator hears of
     // a bad file at once; dropping the set at return stops it.
@@ -138,30 +166,61 @@ pub async fn run<C: Compute>(bank: Arc<Bank<C>>, shutdown: impl Future<Output = 
     let mut watch = JoinSet::new();
     watch.spawn(watch_data(bank.clone(), changed));
     let mut backoff = Duration::from_millis(500);
+    let mut duplicate_since: Option<Instant> = None;
     loop {
         let mut registered = false;
+        let mut pause = None;
         // A session registers with the offers of its start; only later changes matter to it.
         offers.mark_unchanged();
         tokio::select! {
-            _ = &mut shutdown => return,
+            _ = &mut shutdown => return Ok(()),
             r = session(&bank, &mut registered, &mut offers) => match r {
                 Ok(()) => tracing::warn!(worker = %bank.id(), "task stream closed by the coordinator; reconnecting"),
-                // Refused either way (the server is not the coordinator, or the coordinator
-                // refuses this bank's certificate): an operator must act, so say it loudly.
-                Err(e) if e.code() == tonic::Code::PermissionDenied => {
-                    tracing::error!(worker = %bank.id(), error = %e.message(), retry_in = ?backoff, "refused: no tasks are taken until this is fixed");
+                Err(e) if e.code() == tonic::Code::AlreadyExists => {
+                    let since = *duplicate_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= DUPLICATE_GRACE {
+                        tracing::error!(worker = %bank.id(), error = %e.message(), "refused: this identity is connected from another process");
+                        return Err(Refused::Duplicate(e.message().to_string()));
+                    }
+                    tracing::warn!(worker = %bank.id(), error = %e.message(), retry_in = ?DUPLICATE_RETRY, "refused as a duplicate; retrying in case the other connection is a stale one being closed");
+                    pause = Some(DUPLICATE_RETRY);
                 }
-                Err(e) => tracing::warn!(worker = %bank.id(), error = %e, retry_in = ?backoff, "coordinator unreachable"),
+                Err(e) => {
+                    duplicate_since = None;
+                    // Before registering, a failure may be the certificates or the TLS mode:
+                    // those are said once and end the worker instead of being retried forever.
+                    let fault = match registered {
+                        false => {
+                            let connector = bank.tls.as_ref().and_then(|f| confide_tls::coordinator_endpoint(f, &bank.coordinator).ok()).map(|(_, c)| c);
+                            confide_tls::fault::diagnose(&e, &bank.coordinator, connector.as_ref(), "worker").await
+                        }
+                        true => None,
+                    };
+                    if let Some(fault) = fault {
+                        tracing::error!(worker = %bank.id(), coordinator = %bank.coordinator, error = %fault, "refused: not retrying");
+                        return Err(Refused::Connect { url: bank.coordinator.clone(), fault });
+                    }
+                    if e.code() == tonic::Code::PermissionDenied {
+                        // The coordinator refuses this bank's certificate (e.g. revoked): an
+                        // operator must act, so say it loudly (the list is re-read live, so keep trying).
+                        tracing::error!(worker = %bank.id(), error = %e.message(), retry_in = ?backoff, "refused: no tasks are taken until this is fixed");
+                    } else {
+                        tracing::warn!(worker = %bank.id(), error = %e.message(), retry_in = ?backoff, "coordinator unreachable; retrying");
+                    }
+                }
             },
         }
-        if registered {
+        if registered && pause.is_none() {
             backoff = Duration::from_millis(500);
+            duplicate_since = None;
         }
         tokio::select! {
-            _ = &mut shutdown => return,
-            _ = tokio::time::sleep(backoff) => {}
+            _ = &mut shutdown => return Ok(()),
+            _ = tokio::time::sleep(pause.unwrap_or(backoff)) => {}
         }
-        backoff = (backoff * 2).min(Duration::from_secs(30));
+        if pause.is_none() {
+            backoff = (backoff * 2).min(Duration::from_secs(30));
+        }
     }
 }
 
@@ -220,8 +279,10 @@ async fn session<C: Compute>(
             .keep_alive_while_idle(true)
     };
     let unreachable = |e: tonic::transport::Error| {
-        let message = format!("connecting to {}: {}", bank.coordinator, chain(&e));
-        if is_not_the_coordinator(&e) { tonic::Status::permission_denied(message) } else { tonic::Status::unavailable(message) }
+        let mut status = tonic::Status::unavailable(format!("connecting to {}: {}", bank.coordinator, chain(&e)));
+        // Kept for [`confide_tls::fault::diagnose`], which reads the TLS error inside.
+        status.set_source(Arc::new(e));
+        status
     };
     // With TLS the server must prove the coordinator role, not merely a CA-signed certificate
     // (every bank and admin holds one of those), before anything is sent.
@@ -519,20 +580,6 @@ fn chain(e: &dyn std::error::Error) -> String {
         cause = c.source();
     }
     out
-}
-
-/// True when the connection failed because the server's certificate is not a coordinator's.
-fn is_not_the_coordinator(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cause = Some(e);
-    while let Some(c) = cause {
-        // The connector returns it inside an `io::Error`, whose `source` skips it.
-        let inner = c.downcast_ref::<std::io::Error>().and_then(std::io::Error::get_ref).map(|i| i as &(dyn std::error::Error + 'static));
-        if [Some(c), inner].into_iter().flatten().any(|e| e.downcast_ref::<confide_tls::NotTheCoordinator>().is_some()) {
-            return true;
-        }
-        cause = c.source();
-    }
-    false
 }
 
 fn log_outcome(id: &task::TaskId, outcome: &TaskOutcome) {

@@ -46,7 +46,8 @@ async fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("confide-coordinator: {e:#}");
-            // 2: the state on disk is refused and must be fixed by the operator; 1: any other failure.
+            // 2: bad certificate files, or state on disk the operator must fix (README exit
+            // codes); 1: any other failure.
             ExitCode::from(e.downcast_ref::<confide_coordinator::RunError>().map_or(1, |e| e.exit_code()))
         }
     }

@@ -14,7 +14,7 @@ use tokio_stream::{Stream, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::Shared;
-use crate::hub::{Inbound, WorkerInfo};
+use crate::hub::{AlreadyConnected, Inbound, WorkerInfo};
 use crate::service::auth::{self, Caller};
 
 /// Protocol version spoken by this coordinator.
@@ -38,6 +38,16 @@ impl FederationService {
 pub fn validate_id(what: &str, id: &str) -> Result<(), Status> {
     let ok = !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
     if ok { Ok(()) } else { Err(Status::invalid_argument(format!("{what} must be 1-128 characters of [A-Za-z0-9._-], got {id:?}"))) }
+}
+
+/// Refuses a second process with a connected identity (logged once per live stream).
+fn duplicate(e: AlreadyConnected) -> Status {
+    if e.first {
+        tracing::error!(worker = %e.worker, since = %e.since, "refused a second connection for an identity that is already connected: two processes share one certificate");
+    } else {
+        tracing::debug!(worker = %e.worker, "duplicate identity refused again");
+    }
+    Status::already_exists(e.to_string())
 }
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
@@ -69,6 +79,7 @@ pub async fn blob_stream(shared: &Arc<Shared>, hash: &str) -> Result<BoxStream<p
 impl Federation for FederationService {
     async fn register(&self, request: Request<RegisterRequest>) -> Result<Response<RegisterResponse>, Status> {
         let caller = auth::caller(&self.shared, &request)?;
+        let remote = request.remote_addr();
         let mut r = request.into_inner();
         validate_id("institution_id", &r.institution_id)?;
         auth::require_institution(&caller, &r.institution_id)?;
@@ -91,6 +102,8 @@ impl Federation for FederationService {
         if !r.signing_public_key.is_empty() && r.signing_public_key.len() != 32 {
             return Err(Status::invalid_argument("signing_public_key must be 32 bytes (Ed25519)"));
         }
+        // Before anything is recorded: a duplicate must not overwrite the live worker's offer.
+        self.shared.hub.ensure_not_connected(&r.institution_id, remote).map_err(duplicate)?;
         let capabilities = r.capabilities.unwrap_or_default();
         let info_json = serde_json::json!({
             "datasets": r.datasets.iter().map(|d| serde_json::json!({"name": d.name, "schema_fingerprint": d.schema_fingerprint})).collect::<Vec<_>>(),
@@ -125,13 +138,14 @@ impl Federation for FederationService {
 
     async fn subscribe(&self, request: Request<SubscribeRequest>) -> Result<Response<Self::SubscribeStream>, Status> {
         let caller = auth::caller(&self.shared, &request)?;
+        let remote = request.remote_addr();
         let worker_id = request.into_inner().worker_id;
         validate_id("worker_id", &worker_id)?;
         auth::require_institution(&caller, &worker_id)?;
         if !self.shared.hub.is_registered(&worker_id) {
             return Err(Status::unauthenticated(format!("unknown worker `{worker_id}`: register first")));
         }
-        let (rx, generation) = self.shared.hub.connect(&worker_id);
+        let (rx, generation) = self.shared.hub.connect(&worker_id, remote).map_err(duplicate)?;
         tracing::info!(worker = %worker_id, generation, "worker connected");
         Ok(Response::new(ReceiverStream::new(rx)))
     }

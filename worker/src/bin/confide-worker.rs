@@ -118,8 +118,28 @@ async fn daemon(path: &Path, coordinator: Option<String>, insecure_dev: bool) ->
         let _ = tokio::signal::ctrl_c().await;
         tracing::info!("shutting down");
     };
-    confide_worker::daemon::run(worker, shutdown).await;
-    ExitCode::SUCCESS
+    match confide_worker::daemon::run(worker, shutdown).await {
+        Ok(()) => ExitCode::SUCCESS,
+        // The coordinator cannot be used as configured, or refuses this identity (README: 3).
+        Err(e) => {
+            eprintln!("confide-worker: {e}");
+            ExitCode::from(3)
+        }
+    }
+}
+
+/// Writes a command's output. A reader that went away (`| head`) ends the command quietly
+/// with exit 0 instead of the panic `println!` gives.
+fn emit(text: &str) -> Result<(), ExitCode> {
+    use std::io::Write as _;
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Err(ExitCode::SUCCESS),
+        Err(e) => {
+            eprintln!("confide-worker: writing the output: {e}");
+            Err(ExitCode::FAILURE)
+        }
+    }
 }
 
 fn audit_command(command: AuditCommand) -> ExitCode {
@@ -140,17 +160,21 @@ fn audit_command(command: AuditCommand) -> ExitCode {
             if json {
                 for r in shown {
                     match serde_json::to_string(r) {
-                        Ok(line) => println!("{line}"),
+                        Ok(line) => {
+                            if let Err(code) = emit(&format!("{line}\n")) {
+                                return code;
+                            }
+                        }
                         Err(e) => {
                             eprintln!("confide-worker: {e}");
                             return ExitCode::FAILURE;
                         }
                     }
                 }
+                ExitCode::SUCCESS
             } else {
-                print!("{}", table(shown));
+                emit(&table(shown)).map_or_else(|code| code, |()| ExitCode::SUCCESS)
             }
-            ExitCode::SUCCESS
         }
         AuditCommand::Verify { config, job } => {
             let config = match read_config(&config) {
@@ -166,16 +190,16 @@ fn audit_command(command: AuditCommand) -> ExitCode {
             };
             match audit::verify(&confide_worker::daemon::audit_path(&config), &key) {
                 Ok(report) => {
-                    println!("{} records, chain and signatures intact, head {}", report.records, report.head);
+                    let mut text = format!("{} records, chain and signatures intact, head {}\n", report.records, report.head);
                     match job.map(|j| (report.heads.get(&j).cloned(), j)) {
-                        Some((Some(head), job)) => println!("job {job}: audit head {head}"),
-                        Some((None, job)) => println!("job {job}: no records"),
+                        Some((Some(head), job)) => text.push_str(&format!("job {job}: audit head {head}\n")),
+                        Some((None, job)) => text.push_str(&format!("job {job}: no records\n")),
                         None => {}
                     }
-                    ExitCode::SUCCESS
+                    emit(&text).map_or_else(|code| code, |()| ExitCode::SUCCESS)
                 }
                 Err(e) => {
-                    println!("audit log NOT intact: {e}");
+                    let _ = emit(&format!("audit log NOT intact: {e}\n"));
                     ExitCode::FAILURE
                 }
             }
