@@ -89,9 +89,14 @@ fn resumes(cluster: &Cluster) -> usize {
 #[test]
 fn a_job_whose_resumes_keep_crashing_the_coordinator_is_quarantined_and_the_coordinator_starts() {
     let mut cluster = Cluster::start();
+    // A coordinator whose memory limit makes this job a plausible culprit (MLP[256], about half
+    // a MiB of the 2 MiB): a small job's crashes are not blamed on it (see the survival tests).
+    cluster.coordinator_toml = "max_job_memory_bytes = 2097152\n".into();
+    cluster.kill_coordinator();
+    cluster.start_coordinator();
     // No bank connects, so no round commits: every SIGKILL below lands during a resume, as an
     // OOM kill would while the job allocates its model.
-    let job = cluster.submit(&telco_job("crashes", "kind = \"logistic_regression\"", 3, ""));
+    let job = cluster.submit(&telco_job("crashes", "kind = \"mlp\"\nhidden = [256]", 3, ""));
     cluster.kill_coordinator();
     for crashed in 1..=2 {
         cluster.start_coordinator();

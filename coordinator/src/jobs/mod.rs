@@ -132,7 +132,16 @@ pub fn start(shared: &Arc<Shared>, job_id: &str) {
 /// (SIGINT) or a committed round clears the count. When several jobs reach the count at one
 /// start (they were resumed together), only the one needing the most memory is quarantined;
 /// the others are resumed once more, and a further crash quarantines the next.
+///
+/// Only a job large enough to plausibly exhaust memory is blamed: one whose estimated
+/// coordinator memory is at least [`QUARANTINE_MIN_SHARE`] of `max_job_memory_bytes`. A small
+/// job's crashes have another cause (a host restarting the coordinator, an operator's kill),
+/// and it is resumed however often that happens, as a durable job must be.
 pub const QUARANTINE_AFTER_CRASHED_RESUMES: u32 = 2;
+
+/// The share of `max_job_memory_bytes` (1/8) a job's estimate must reach for its crashed
+/// resumes to quarantine it.
+pub const QUARANTINE_MIN_SHARE: (u64, u64) = (1, 8);
 
 /// Why a job was quarantined after `crashed` resumes.
 pub fn quarantine_reason(crashed: u32) -> String {
@@ -144,11 +153,16 @@ pub fn quarantine_reason(crashed: u32) -> String {
 /// larger than this coordinator's limits now admit, is marked failed with the reason instead.
 pub fn resume_all(shared: &Arc<Shared>) -> Result<usize, StoreError> {
     let unfinished: Vec<JobRecord> = shared.store.jobs()?.into_iter().filter(|j| !j.status.is_final()).collect();
+    let memory = |j: &JobRecord| admission::stored_size(&shared.store, j).map_or(0, |(_, size)| size.memory_bytes);
+    let (share, of) = QUARANTINE_MIN_SHARE;
+    let plausible = |bytes: u64| bytes.saturating_mul(of) >= shared.config.max_job_memory_bytes.saturating_mul(share);
     let suspect = unfinished
         .iter()
         .filter(|j| j.resume_attempts >= QUARANTINE_AFTER_CRASHED_RESUMES)
-        .max_by_key(|j| admission::stored_size(&shared.store, j).map_or(0, |(_, size)| size.memory_bytes))
-        .map(|j| j.id.clone());
+        .map(|j| (j, memory(j)))
+        .filter(|(_, bytes)| plausible(*bytes))
+        .max_by_key(|(_, bytes)| *bytes)
+        .map(|(j, _)| j.id.clone());
     let mut n = 0;
     for job in unfinished {
         let refusal = if suspect.as_deref() == Some(job.id.as_str()) {
@@ -196,7 +210,8 @@ mod tests {
             store: crate::store::Store::open(dir.path()).expect("store"),
             hub: crate::hub::Hub::default(),
             jobs: Jobs::default(),
-            config: crate::config::CoordinatorConfig::default(),
+            // "large" (MLP[512], about 1 MB) is over an eighth of this limit; "small" is not.
+            config: crate::config::CoordinatorConfig { max_job_memory_bytes: 4 << 20, ..Default::default() },
             metrics: Arc::new(crate::telemetry::Metrics::default()),
             revocations: Default::default(),
         });
@@ -210,10 +225,16 @@ mod tests {
         }
         assert_eq!(resume_all(&shared).expect("resume"), 2);
         shared.jobs.stop_all();
+        // Once the large one is gone, the small one's crashes are still not blamed on it: it is
+        // too small to have exhausted the coordinator's memory.
+        shared.store.begin_resume("small").expect("another crash");
+        assert_eq!(resume_all(&shared).expect("resume"), 2, "small and fresh resumed again");
+        shared.jobs.stop_all();
         let status = |id: &str| shared.store.job(id).expect("query").expect("job");
         assert_eq!(status("large").status, JobStatus::Failed);
         assert_eq!(status("large").error.as_deref(), Some(quarantine_reason(2).as_str()));
-        assert_eq!(status("small").resume_attempts, 3, "resumed once more");
-        assert_eq!(status("fresh").resume_attempts, 1);
+        assert!(!status("small").status.is_final(), "small is not failed");
+        assert_eq!(status("small").resume_attempts, 5, "resumed after every crash");
+        assert_eq!(status("fresh").resume_attempts, 2);
     }
 }

@@ -17,11 +17,10 @@ use confide_datasets::Encoded;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use rand_distr::{Distribution, Geometric, StandardNormal};
-use tch::nn::{self, OptimizerConfig};
 use tch::{Device, Kind, Reduction, Tensor};
 
 use super::model::{Classifier, Net};
-use super::train::{Optimizer, TrainConfig, TrainOutcome, check_training_data};
+use super::train::{Setup, TrainConfig, TrainOutcome, check_training_data, setup};
 use super::MlError;
 
 /// The privacy settings of DP-SGD.
@@ -75,26 +74,7 @@ pub fn train_local_dp(
     // Batches and noise come from this task's own generator (seeded by the bank's secret-salted
     // training seed), never from libtorch's process-wide one that concurrent tasks share.
     let mut rng = ChaCha20Rng::seed_from_u64(cfg.seed);
-    let rows = i64::try_from(data.rows).map_err(|_| MlError::Data("too many rows".into()))?;
-    let dim = i64::try_from(data.dim).map_err(|_| MlError::Data("too many columns".into()))?;
-    let x = Tensor::f_from_slice(&data.features)?.f_reshape([rows, dim])?.f_to_device(device)?;
-    let y = Tensor::f_from_slice(&data.labels)?.f_to_device(device)?;
-    let pos_weight = match cfg.pos_weight {
-        Some(w) => Some(Tensor::f_from_slice(&[w as f32])?.f_to_device(device)?),
-        None => None,
-    };
-    let anchors: Vec<(Tensor, Tensor)> = if cfg.prox_mu > 0.0 {
-        net.var_store().trainable_variables().into_iter().map(|v| {
-            let g = tch::no_grad(|| v.detach().copy());
-            (v, g)
-        }).collect()
-    } else {
-        Vec::new()
-    };
-    let mut opt = match cfg.optimizer {
-        Optimizer::Sgd { momentum } => nn::Sgd { momentum, ..Default::default() }.build(net.var_store(), cfg.learning_rate)?,
-        Optimizer::Adam => nn::Adam::default().build(net.var_store(), cfg.learning_rate)?,
-    };
+    let Setup { rows, x, y, pos_weight, anchors, mut opt } = setup(net.var_store(), data, cfg, device)?;
     let expected_batch = dp.sampling_rate * data.rows as f64;
     let sampler = Geometric::new(dp.sampling_rate).map_err(|e| MlError::InvalidConfig(format!("sampling_rate: {e}")))?;
     let mut epoch_losses = Vec::with_capacity(cfg.epochs);

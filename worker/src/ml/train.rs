@@ -179,6 +179,50 @@ pub fn train_model(
     train_checked(model, data, cfg, device)
 }
 
+/// What a round of local training sets up before its first step (plain and DP-SGD alike).
+pub(crate) struct Setup {
+    /// Rows.
+    pub rows: i64,
+    /// The features on the device, `rows × dim`.
+    pub x: Tensor,
+    /// The labels on the device.
+    pub y: Tensor,
+    /// The positive-class weight on the device, if any.
+    pub pos_weight: Option<Tensor>,
+    /// FedProx anchors: (variable, detached copy of its global value); empty without FedProx.
+    pub anchors: Vec<(Tensor, Tensor)>,
+    /// The local optimizer over the trainable variables.
+    pub opt: nn::Optimizer,
+}
+
+/// Copies the rows to the device and builds the anchors and the optimizer for `vs`.
+pub(crate) fn setup(vs: &nn::VarStore, data: &Encoded, cfg: &TrainConfig, device: Device) -> Result<Setup, MlError> {
+    let rows = i64::try_from(data.rows).map_err(|_| MlError::Data("too many rows".into()))?;
+    let dim = i64::try_from(data.dim).map_err(|_| MlError::Data("too many columns".into()))?;
+    let x = Tensor::f_from_slice(&data.features)?.f_reshape([rows, dim])?.f_to_device(device)?;
+    let y = Tensor::f_from_slice(&data.labels)?.f_to_device(device)?;
+    let pos_weight = match cfg.pos_weight {
+        Some(w) => Some(Tensor::f_from_slice(&[w as f32])?.f_to_device(device)?),
+        None => None,
+    };
+    let anchors: Vec<(Tensor, Tensor)> = if cfg.prox_mu > 0.0 {
+        vs.trainable_variables()
+            .into_iter()
+            .map(|v| {
+                let g = tch::no_grad(|| v.detach().copy());
+                (v, g)
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let opt = match cfg.optimizer {
+        Optimizer::Sgd { momentum } => nn::Sgd { momentum, ..Default::default() }.build(vs, cfg.learning_rate)?,
+        Optimizer::Adam => nn::Adam::default().build(vs, cfg.learning_rate)?,
+    };
+    Ok(Setup { rows, x, y, pos_weight, anchors, opt })
+}
+
 /// The training loop, on a configuration and data already checked.
 fn train_checked(
     net: &mut dyn Classifier,
@@ -189,33 +233,7 @@ fn train_checked(
     // Seeds libtorch's generator, which a scripted module's dropout draws from.
     tch::manual_seed(i64::from_le_bytes(cfg.seed.to_le_bytes()));
     net.set_training(true)?;
-    let rows = i64::try_from(data.rows).map_err(|_| MlError::Data("too many rows".into()))?;
-    let dim = i64::try_from(data.dim).map_err(|_| MlError::Data("too many columns".into()))?;
-    let x = Tensor::f_from_slice(&data.features)?.f_reshape([rows, dim])?.f_to_device(device)?;
-    let y = Tensor::f_from_slice(&data.labels)?.f_to_device(device)?;
-    let pos_weight = match cfg.pos_weight {
-        Some(w) => Some(Tensor::f_from_slice(&[w as f32])?.f_to_device(device)?),
-        None => None,
-    };
-    // FedProx anchors: (variable, detached copy of its global value).
-    let anchors: Vec<(Tensor, Tensor)> = if cfg.prox_mu > 0.0 {
-        net.var_store()
-            .trainable_variables()
-            .into_iter()
-            .map(|v| {
-                let g = tch::no_grad(|| v.detach().copy());
-                (v, g)
-            })
-            .collect()
-    } else {
-        Vec::new()
-    };
-    let mut opt = match cfg.optimizer {
-        Optimizer::Sgd { momentum } => {
-            nn::Sgd { momentum, ..Default::default() }.build(net.var_store(), cfg.learning_rate)?
-        }
-        Optimizer::Adam => nn::Adam::default().build(net.var_store(), cfg.learning_rate)?,
-    };
+    let Setup { rows, x, y, pos_weight, anchors, mut opt } = setup(net.var_store(), data, cfg, device)?;
 
     let batch = i64::try_from(cfg.batch_size).unwrap_or(i64::MAX).min(rows);
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
