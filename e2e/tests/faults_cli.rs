@@ -177,3 +177,24 @@ fn a_worker_exits_2_for_what_its_configuration_gets_wrong() {
     let out = Command::new(binary("confide-worker")).args(["--config", "/no/such/bank.toml"]).output().expect("run worker");
     assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+#[test]
+fn a_data_file_with_a_megabyte_header_line_is_reported_in_a_few_hundred_bytes() {
+    let cluster = Cluster::start();
+    let partition = confide_e2e::partition_telco(&cluster.dir.path().join("partition"), 1, 5);
+    let (_, schema) = telco();
+    let bank = partition.join("bank1");
+    // The header grows by one undeclared column whose name is a megabyte long.
+    let train = bank.join("train.csv");
+    let text = std::fs::read_to_string(&train).expect("train.csv");
+    let (header, rows) = text.split_once('\n').expect("header line");
+    let long = "z".repeat(1 << 20);
+    let widened: String = rows.lines().map(|l| format!("{l},0\n")).collect();
+    std::fs::write(&train, format!("{header},{long}\n{widened}")).expect("write");
+    let config = cluster.write_worker_config("bank1", &[("telco_churn", &schema, &train, &bank.join("test.csv"))], "");
+    let out = Command::new(binary("confide-worker")).arg("--config").arg(&config).stdin(Stdio::null()).output().expect("run worker");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "no usable dataset: {}", &err[..err.len().min(2000)]);
+    assert!(err.contains("is not in the schema") && err.contains("more bytes"), "{}", &err[..err.len().min(2000)]);
+    assert!(err.len() < 8192, "the worker's error is {} bytes long", err.len());
+}
