@@ -22,26 +22,10 @@ import warnings
 import torch
 from opacus import PrivacyEngine
 
+# The same model and input reader as the non-DP speed bench (this script's folder is on sys.path).
+from train_speed import build, read_f32
+
 warnings.filterwarnings("ignore")
-
-
-def build(dim: int, hidden: list[int]) -> torch.nn.Sequential:
-    layers: list[torch.nn.Module] = []
-    fan_in = dim
-    for width in hidden:
-        layers += [torch.nn.Linear(fan_in, width), torch.nn.ReLU()]
-        fan_in = width
-    layers.append(torch.nn.Linear(fan_in, 1))
-    return torch.nn.Sequential(*layers)
-
-
-def read_f32(path: str, count: int) -> torch.Tensor:
-    with open(path, "rb") as f:
-        data = bytearray(f.read())
-    t = torch.frombuffer(data, dtype=torch.float32)
-    if t.numel() != count:
-        raise SystemExit(f"{path}: {t.numel()} values, expected {count}")
-    return t
 
 
 def train_once(x, y, hidden, batch, epochs, lr, clip, sigma, seed) -> float:
