@@ -50,6 +50,79 @@ pub struct JobSpec {
     /// Secure-aggregation parameters.
     #[serde(default)]
     pub secure_aggregation: SecureAggregationSpec,
+    /// Differential privacy (absent: none). Banks compute their own spend from these public
+    /// parameters and refuse what their budget cannot pay (see [`crate::spend`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub privacy: Option<PrivacySpec>,
+}
+
+/// What differential privacy protects, and where the noise is added.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PrivacyMode {
+    /// Record level: every bank trains with DP-SGD (per-row clipping to `clip_norm`, Gaussian
+    /// noise per step, Poisson batches at rate `batch_size / rows`), so its update is already
+    /// private before it leaves. Logistic regression and MLPs.
+    Record,
+    /// Institution level: every bank clips its whole update to `clip_norm` and adds its share of
+    /// distributed discrete Gaussian noise in the secure-aggregation ring, so the unmasked sum
+    /// hides any one bank's update. Every tabular family, custom TorchScript modules included.
+    Institution,
+}
+
+impl PrivacyMode {
+    /// `record` or `institution`.
+    pub fn name(self) -> &'static str {
+        match self {
+            PrivacyMode::Record => "record",
+            PrivacyMode::Institution => "institution",
+        }
+    }
+}
+
+/// The `[privacy]` section: differential privacy of the job's training, statistics and
+/// evaluations. Either `target_epsilon` (the coordinator solves for the noise multiplier over
+/// the planned rounds, and stores it) or `noise_multiplier` is given.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrivacySpec {
+    /// Record-level DP-SGD or institution-level distributed noise.
+    pub mode: PrivacyMode,
+    /// The ε the whole job should spend at most (record level: at a bank of `planned_rows`
+    /// training rows; institution level: for one institution's participation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_epsilon: Option<f64>,
+    /// σ: noise standard deviation over `clip_norm` (solved from `target_epsilon` when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub noise_multiplier: Option<f64>,
+    /// δ of the (ε, δ) guarantee; must be below 1/rows of every bank.
+    #[serde(default = "defaults::delta")]
+    pub delta: f64,
+    /// C: per-row gradient L2 bound (record) or per-bank update L2 bound (institution).
+    #[serde(default = "defaults::one")]
+    pub clip_norm: f64,
+    /// Record level: training rows of the smallest bank the plan is made for (a smaller bank
+    /// spends more, which its own budget decides). Required with `target_epsilon` in record mode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub planned_rows: Option<u64>,
+    /// Institution level: participants of a round whose noise may be missing from the sum
+    /// (dropped out, or colluding with the coordinator); each bank adds noise for
+    /// `participants − dropout_allowance` noise shares. Banks refuse less than their own floor.
+    #[serde(default = "defaults::dropout_allowance")]
+    pub dropout_allowance: u32,
+    /// σ of the Gaussian noise on the preprocessing statistics (in units of one row's effect).
+    #[serde(default = "defaults::statistics_noise")]
+    pub statistics_noise_multiplier: f64,
+    /// σ of the Gaussian noise on every evaluation vector (in units of one test row's effect).
+    #[serde(default = "defaults::evaluation_noise")]
+    pub evaluation_noise_multiplier: f64,
+}
+
+impl PrivacySpec {
+    /// The resolved noise multiplier (set by the coordinator at submit when `target_epsilon` was given).
+    pub fn sigma(&self) -> f64 {
+        self.noise_multiplier.unwrap_or(f64::NAN)
+    }
 }
 
 /// Local training hyper-parameters and the round budget.
@@ -488,6 +561,74 @@ impl JobSpec {
         if sa.stage_timeout_secs == 0 {
             return bad("secure_aggregation.stage_timeout_secs", "must be at least 1");
         }
+        if let Some(p) = &self.privacy {
+            self.validate_privacy(p)?;
+        }
+        Ok(())
+    }
+
+    fn validate_privacy(&self, p: &PrivacySpec) -> Result<(), JobError> {
+        fn bad(field: &'static str, reason: impl Into<String>) -> Result<(), JobError> {
+            Err(JobError::Invalid { field, reason: reason.into() })
+        }
+        let positive = |x: f64| x.is_finite() && x > 0.0;
+        if self.model.is_recommendation() {
+            return bad(
+                "privacy",
+                format!(
+                    "`{}` cannot be trained with differential privacy here: a user's ratings move both the item \
+                     embeddings and that user's private embedding, and per-user clipping of the item side is not implemented, \
+                     so no bound could be stated",
+                    self.model.kind_name()
+                ),
+            );
+        }
+        if p.mode == PrivacyMode::Record && matches!(self.model, ModelSpec::TorchScript(_)) {
+            return bad(
+                "privacy.mode",
+                "custom TorchScript modules support institution-level DP only (`mode = \"institution\"`): per-row gradients \
+                 are computed for the built-in linear layers",
+            );
+        }
+        if self.insecure_plain_aggregation {
+            return bad("privacy", "differential privacy needs secure aggregation (the noise is added under the masks)");
+        }
+        match (p.target_epsilon, p.noise_multiplier) {
+            (None, None) => return bad("privacy.target_epsilon", "give `target_epsilon` or `noise_multiplier`"),
+            (Some(e), _) if !positive(e) => return bad("privacy.target_epsilon", format!("must be a positive number, got {e}")),
+            (_, Some(s)) if !positive(s) => return bad("privacy.noise_multiplier", format!("must be a positive number, got {s}")),
+            _ => {}
+        }
+        if !(p.delta > 0.0 && p.delta < 1.0) {
+            return bad("privacy.delta", format!("must be in (0, 1), got {}", p.delta));
+        }
+        if !positive(p.clip_norm) {
+            return bad("privacy.clip_norm", format!("must be a positive number, got {}", p.clip_norm));
+        }
+        if p.mode == PrivacyMode::Record {
+            match p.planned_rows {
+                None if p.target_epsilon.is_some() => {
+                    return bad("privacy.planned_rows", "record-level plans need the training rows of the smallest bank planned for")
+                }
+                Some(0) => return bad("privacy.planned_rows", "must be at least 1"),
+                Some(rows) if p.delta >= 1.0 / rows as f64 => {
+                    return bad("privacy.delta", format!("must be below 1/planned_rows = {:.3e}, got {}", 1.0 / rows as f64, p.delta))
+                }
+                _ => {}
+            }
+        }
+        if p.mode == PrivacyMode::Institution && self.selection.min_workers <= p.dropout_allowance as usize {
+            return bad(
+                "privacy.dropout_allowance",
+                format!("must be below selection.min_workers = {} (some bank's noise must count)", self.selection.min_workers),
+            );
+        }
+        if !positive(p.statistics_noise_multiplier) {
+            return bad("privacy.statistics_noise_multiplier", "must be a positive number");
+        }
+        if !positive(p.evaluation_noise_multiplier) {
+            return bad("privacy.evaluation_noise_multiplier", "must be a positive number");
+        }
         Ok(())
     }
 
@@ -563,6 +704,18 @@ mod defaults {
     }
     pub fn stage_timeout_secs() -> u64 {
         60
+    }
+    pub fn delta() -> f64 {
+        1e-5
+    }
+    pub fn dropout_allowance() -> u32 {
+        1
+    }
+    pub fn statistics_noise() -> f64 {
+        4.0
+    }
+    pub fn evaluation_noise() -> f64 {
+        2.0
     }
 }
 

@@ -10,6 +10,7 @@
 //! - [`outcome`]: participant statuses and failure kinds, typed.
 //! - [`text`]: capping untrusted input quoted in error messages.
 //! - [`privacy`]: the differential-privacy accountant (RDP of the subsampled Gaussian, (ε, δ)).
+//! - [`spend`]: what a DP job costs a bank, from its public parameters (plans, per-task spends).
 
 pub mod config_file;
 pub mod contribution;
@@ -18,6 +19,7 @@ pub mod metrics;
 pub mod model;
 pub mod outcome;
 pub mod privacy;
+pub mod spend;
 pub mod strategy;
 pub mod text;
 

@@ -107,8 +107,9 @@ impl Mechanism {
     }
 }
 
-/// Accumulated RDP at each order: composition is addition.
-#[derive(Debug, Clone, PartialEq)]
+/// Accumulated RDP at each order: composition is addition. Serialises as its orders and
+/// values, so a ledger can persist it and compose more later.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Accountant {
     orders: Vec<f64>,
     rdp: Vec<f64>,

@@ -114,6 +114,11 @@ pub struct ColumnSpec {
     /// Missing-cell policy overriding the schema default (feature columns only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub missing: Option<MissingPolicy>,
+    /// A numeric column's declared range `[low, high]`: differentially private statistics clip
+    /// each value into it at the bank, which bounds one row's effect on the sums. A DP job on a
+    /// schema whose numeric feature lacks one is refused, naming the column.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub range: Option<[f64; 2]>,
 }
 
 impl ColumnSpec {
@@ -346,6 +351,14 @@ impl DatasetSchema {
                 return Err(format!(
                     "{at}: `missing` applies only to numeric and categorical columns"
                 ));
+            }
+            if let Some([low, high]) = col.range {
+                if col.kind != ColumnType::Numeric {
+                    return Err(format!("{at}: `range` is only allowed on numeric columns"));
+                }
+                if !(low.is_finite() && high.is_finite() && low < high) {
+                    return Err(format!("{at}: `range` must be [low, high] with finite low < high"));
+                }
             }
             match (col.kind, &col.levels) {
                 (ColumnType::Categorical, None) => {

@@ -92,6 +92,14 @@ pub enum StatsError {
         /// What differs.
         detail: String,
     },
+    /// Differentially private statistics need a declared range for every numeric feature.
+    #[error("column `{column}` has no `range = [low, high]` in schema `{schema}`: differentially private statistics clip numeric values into a declared range")]
+    NoRange {
+        /// Schema name.
+        schema: String,
+        /// The numeric feature column without a range.
+        column: String,
+    },
 }
 
 /// Length of the statistics vector for `schema`.
@@ -162,6 +170,69 @@ pub fn local_stats(table: &RawTable, schema: &DatasetSchema) -> Vec<f64> {
         }
     }
     out
+}
+
+/// The first numeric feature of `schema` without a declared `range` (a DP job is refused on it).
+pub fn first_unranged_column(schema: &DatasetSchema) -> Option<&str> {
+    if schema.recommendation.is_some() {
+        return None;
+    }
+    schema.feature_columns().find(|c| c.kind == ColumnType::Numeric && c.range.is_none()).map(|c| c.name.as_str())
+}
+
+/// How far one row can move each slot of the statistics vector, for differential privacy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StatsSensitivity {
+    /// Per slot, the most one row adds to it (1 for counts, max(|low|, |high|) for a sum,
+    /// its square for a sum of squares).
+    pub per_slot: Vec<f64>,
+    /// The most slots one row touches: rows, three per numeric feature, one per categorical.
+    pub slots_per_row: usize,
+}
+
+impl StatsSensitivity {
+    /// The sensitivities of `schema`'s statistics vector, with values clipped into the declared
+    /// ranges ([`clipped_local_stats`]); an error naming the first numeric feature without one.
+    /// Adding `N(0, (σ·per_slot[j])²·slots_per_row)` to slot j makes the vector (ρ = 1/(2σ²))-zCDP
+    /// for adding or removing one row: scaled by 1/per_slot it moves at most 1 in each of
+    /// `slots_per_row` slots, so its L2 sensitivity is √slots_per_row.
+    pub fn of(schema: &DatasetSchema) -> Result<Self, StatsError> {
+        if let Some(column) = first_unranged_column(schema) {
+            return Err(StatsError::NoRange { schema: schema.name.clone(), column: column.to_string() });
+        }
+        let mut per_slot = vec![1.0];
+        let mut slots_per_row = 1;
+        for c in schema.feature_columns() {
+            match c.kind {
+                ColumnType::Categorical => {
+                    per_slot.extend(std::iter::repeat_n(1.0, c.level_names().len() + 1));
+                    slots_per_row += 1;
+                }
+                _ => {
+                    let [low, high] = c.range.unwrap_or([0.0, 0.0]);
+                    let m = low.abs().max(high.abs()).max(f64::MIN_POSITIVE);
+                    per_slot.extend([1.0, m, m * m]);
+                    slots_per_row += 3;
+                }
+            }
+        }
+        Ok(Self { per_slot, slots_per_row })
+    }
+}
+
+/// [`local_stats`] with every numeric value clipped into its column's declared range, so one
+/// row's effect is bounded by [`StatsSensitivity`]; an error naming a numeric feature without one.
+pub fn clipped_local_stats(table: &RawTable, schema: &DatasetSchema) -> Result<Vec<f64>, StatsError> {
+    StatsSensitivity::of(schema)?;
+    let mut clipped = table.clone();
+    for (col, spec) in clipped.columns.iter_mut().zip(schema.feature_columns()) {
+        if let (ColumnData::Numeric(values), Some([low, high])) = (&mut col.data, spec.range) {
+            for x in values.iter_mut().flatten() {
+                *x = x.clamp(low, high);
+            }
+        }
+    }
+    Ok(local_stats(&clipped, schema))
 }
 
 /// How one feature column is encoded.
@@ -363,6 +434,37 @@ impl Preprocessing {
             }
         }
         Ok(Preprocessing { schema_fingerprint: schema.fingerprint(), rows: rows as u64, columns, recommendation: None })
+    }
+
+    /// [`Self::from_aggregate`] for a sum that carries differential-privacy noise: counts are
+    /// clamped at zero rather than refused, and a numeric column's mean is clamped into its
+    /// declared range (noise can push a small column's mean outside it).
+    pub fn from_noisy_aggregate(schema: &DatasetSchema, summed: &[f64]) -> Result<Self, StatsError> {
+        let sensitivity = StatsSensitivity::of(schema)?;
+        if summed.len() != sensitivity.per_slot.len() {
+            return Err(StatsError::Length { schema: schema.name.clone(), found: summed.len(), expected: sensitivity.per_slot.len() });
+        }
+        let mut clamped = summed.to_vec();
+        let mut is_count = vec![true];
+        for c in schema.feature_columns() {
+            match c.kind {
+                ColumnType::Categorical => is_count.extend(std::iter::repeat_n(true, c.level_names().len() + 1)),
+                _ => is_count.extend([true, false, false]),
+            }
+        }
+        for (v, count) in clamped.iter_mut().zip(&is_count) {
+            if *count && v.is_finite() {
+                *v = v.max(0.0);
+            }
+        }
+        let mut prep = Self::from_aggregate(schema, &clamped)?;
+        for (transform, spec) in prep.columns.iter_mut().zip(schema.feature_columns()) {
+            if let (ColumnTransform::Numeric { mean, std, .. }, Some([low, high])) = (transform, spec.range) {
+                *mean = mean.clamp(low, high);
+                *std = std.min(high - low).max(1e-8 * (high - low));
+            }
+        }
+        Ok(prep)
     }
 
     /// Width of each encoded row; for recommendation datasets, the number of catalogue items

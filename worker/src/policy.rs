@@ -329,7 +329,7 @@ mod tests {
     #[test]
     fn the_whole_job_is_checked_at_its_first_task_naming_the_key_and_the_jobs_value() {
         let p = Policy::in_memory(PolicyConfig { max_rounds_per_job: 2, allowed_models: vec!["mlp".into()], ..Default::default() });
-        let terms = |rounds: u64, model: ModelSpec| JobTerms { rounds, model, score_buckets: 100 };
+        let terms = |rounds: u64, model: ModelSpec| JobTerms { rounds, model, score_buckets: 100, dp: None };
         let request = |terms: JobTerms| AdmissionRequest {
             job_id: "j".into(),
             round: 0,

@@ -220,6 +220,8 @@ pub struct JobTerms {
     pub model: ModelSpec,
     /// Score buckets its evaluations ask for.
     pub score_buckets: usize,
+    /// Its differential privacy (None: not DP), from which the bank computes its own spend.
+    pub dp: Option<confide_core::spend::DpJob>,
 }
 
 /// What a task computes.
@@ -383,7 +385,12 @@ impl Task {
 
 fn job_terms(t: pb::JobTerms) -> Result<JobTerms, Failure> {
     let model = serde_json::from_str(&t.model_spec_json).map_err(|e| Failure::protocol(format!("job terms: model spec: {e}")))?;
-    Ok(JobTerms { rounds: t.rounds, model, score_buckets: t.score_buckets as usize })
+    let dp = if t.dp_json.is_empty() {
+        None
+    } else {
+        Some(serde_json::from_str(&t.dp_json).map_err(|e| Failure::protocol(format!("job terms: differential privacy: {e}")))?)
+    };
+    Ok(JobTerms { rounds: t.rounds, model, score_buckets: t.score_buckets as usize, dp })
 }
 
 fn dataset(r: Option<pb::DatasetRef>) -> Result<DatasetRef, Failure> {
@@ -1713,10 +1720,10 @@ mod tests {
     #[test]
     fn the_jobs_terms_reach_the_admission_and_its_score_buckets_are_checked_at_the_first_task() {
         let params = params(3, 2);
-        let terms = |score_buckets: u32| pb::JobTerms { rounds: 3, model_spec_json: r#"{"kind":"logistic_regression"}"#.into(), score_buckets };
+        let terms = |score_buckets: u32| pb::JobTerms { rounds: 3, model_spec_json: r#"{"kind":"logistic_regression"}"#.into(), score_buckets, dp_json: String::new() };
         let task = pb::Task { terms: Some(terms(100)), ..wire(1, stats(secure(&params, 1))) };
         let Effect::Admit(request) = first_effect_of(&profile(1), task) else { panic!("admission first") };
-        assert_eq!(request.terms, Some(JobTerms { rounds: 3, model: ModelSpec::LogisticRegression, score_buckets: 100 }));
+        assert_eq!(request.terms, Some(JobTerms { rounds: 3, model: ModelSpec::LogisticRegression, score_buckets: 100, dp: None }));
         let greedy = pb::Task { terms: Some(terms(20_000)), ..wire(1, stats(secure(&params, 1))) };
         let report = first_report(&profile(1), greedy);
         assert_eq!(report.typed_kind(), Some(FailureKind::Policy));

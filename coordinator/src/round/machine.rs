@@ -718,6 +718,7 @@ impl JobMachine {
             rounds: self.spec.training.rounds,
             model_spec_json: self.model_spec_json.clone(),
             score_buckets: self.spec.evaluation.score_buckets,
+            dp_json: confide_core::spend::DpJob::of(&self.spec).and_then(|dp| serde_json::to_string(&dp).ok()).unwrap_or_default(),
         };
         pb::Task { task_id, job_id: self.id.clone(), round, kind: Some(kind), terms: Some(terms) }
     }
