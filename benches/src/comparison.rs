@@ -271,7 +271,7 @@ fn pooled_eval(
     for bank in banks {
         add_into(
             &mut sum,
-            &eval_contribution(&bank.data, &input, SCORE_BUCKETS, &tabular_users(), Device::Cpu)?,
+            &eval_contribution(&bank.data, &input, SCORE_BUCKETS, None, &tabular_users(), Device::Cpu)?,
         );
     }
     EvalContribution::from_slice(&sum, SCORE_BUCKETS)
@@ -423,7 +423,7 @@ fn run_one(
             let local = job.local_training(round, k as u64);
             add_into(
                 &mut sum,
-                &train_contribution(&bank.data, &input, &local, &tabular_users(), Device::Cpu)?,
+                &train_contribution(&bank.data, &input, &local, None, &tabular_users(), Device::Cpu)?,
             );
         }
         // Layout of a training contribution: [n·Δ…, n, n·loss].

@@ -80,6 +80,19 @@ enum PrivacyCommand {
         #[arg(long)]
         delta: f64,
     },
+    /// A DP job's plan before anything is sent: σ (solved from the job's target ε as the
+    /// coordinator will), then the cumulative ε after each round at a bank of `--rows` training
+    /// rows — the same arithmetic each bank's budget ledger charges.
+    Plan {
+        /// The job file (TOML) with a `[privacy]` section.
+        file: PathBuf,
+        /// The bank's training rows.
+        #[arg(long)]
+        rows: u64,
+        /// The bank's test rows (evaluations spend on those); default a quarter of `--rows`.
+        #[arg(long)]
+        test_rows: Option<u64>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -399,7 +412,7 @@ fn job_export(job: &pb::Job, model: &[u8]) -> Result<confide_export::JobExport, 
         audit_heads: job
             .audit_heads
             .iter()
-            .map(|h| confide_export::AuditHead { institution: h.worker_id.clone(), round: h.round, head: h.head.clone() })
+            .map(|h| confide_export::AuditHead { institution: h.worker_id.clone(), round: h.round, head: h.head.clone(), dp_epsilon: None })
             .collect(),
     };
     let rounds = job
@@ -426,6 +439,40 @@ fn job_export(job: &pb::Job, model: &[u8]) -> Result<confide_export::JobExport, 
 /// parameters, or for a recommendation model the item ids of its catalogue file (all relative
 /// to the job file), validating the job locally first so mistakes are
 /// reported with the file's name before anything is sent.
+/// `confide privacy plan`: the job's plan and the per-round table at a bank of `rows` rows.
+fn privacy_plan(path: &Path, rows: u64, test_rows: u64) -> Result<(), Failure> {
+    use confide_core::spend::{self, BankRows, DpJob};
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display())).map_err(bad_input)?;
+    let mut spec = JobSpec::from_toml(&text).map_err(|e| bad_input(anyhow!("{}: {e}", path.display())))?;
+    if spec.privacy.is_none() {
+        return Err(bad_input(anyhow!("{}: the job has no `[privacy]` section: it is not differentially private", path.display())));
+    }
+    if rows == 0 {
+        return Err(bad_input(anyhow!("--rows must be at least 1")));
+    }
+    let plan = spend::resolve(&mut spec).map_err(|e| bad_input(anyhow!("{}: field `privacy.target_epsilon`: {e}", path.display())))?;
+    let dp = DpJob::of(&spec).ok_or_else(|| bad_input(anyhow!("{}: no `[privacy]` section", path.display())))?;
+    let table = spend::per_round(&dp, BankRows { train: rows, test: test_rows }).map_err(|e| bad_input(anyhow!("{e}")))?;
+    outln!("job `{}`: {plan}", spec.name)?;
+    if plan.delta >= 1.0 / rows as f64 {
+        outln!("warning: δ = {} is not below 1/rows = {:.3e}: a bank of {rows} rows refuses this job", plan.delta, 1.0 / rows as f64)?;
+    }
+    if dp.privacy.mode == confide_core::job::PrivacyMode::Record {
+        let q = spend::sampling_rate(dp.batch_size, rows);
+        outln!(
+            "at a bank of {rows} training and {test_rows} test rows: sampling rate q = {q:.5}, {} noisy steps per round",
+            spend::dp_sgd_steps(q, dp.local_epochs)
+        )?;
+    } else {
+        outln!("at a bank of {rows} training and {test_rows} test rows (record level: a row moves the bank's clipped update by at most 2C)")?;
+    }
+    outln!("{:>6}  {:>14}  {:>12}  {:>12}", "round", "ε train split", "ε test split", "ε dataset")?;
+    for r in &table {
+        outln!("{:>6}  {:>14.4}  {:>12.4}  {:>12.4}", r.round, r.train_epsilon, r.test_epsilon, r.train_epsilon.max(r.test_epsilon))?;
+    }
+    Ok(())
+}
+
 fn read_job(path: &Path) -> Result<pb::SubmitJobRequest, Failure> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display())).map_err(bad_input)?;
     let spec = JobSpec::from_toml(&text).map_err(|e| bad_input(anyhow!("{}: {e}", path.display())))?;
@@ -517,6 +564,10 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             outln!("{epsilon}")?;
             return Ok(0);
         }
+        Command::Privacy(PrivacyCommand::Plan { file, rows, test_rows }) => {
+            privacy_plan(file, *rows, test_rows.unwrap_or(*rows / 4).max(1))?;
+            return Ok(0);
+        }
         _ => {}
     }
     // A job file is checked before anything is sent, so its mistakes are reported even offline.
@@ -539,6 +590,9 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                 );
             } else if !reply.identical_job_id.is_empty() {
                 eprintln!("note: an identical job was submitted at {} as {}", reply.identical_submitted_at, reply.identical_job_id);
+            }
+            if let Some(plan) = &reply.privacy {
+                eprintln!("differential privacy: {}", plan.summary);
             }
             outln!("{}", reply.job_id)?;
         }

@@ -712,10 +712,10 @@ mod defaults {
         1
     }
     pub fn statistics_noise() -> f64 {
-        4.0
+        10.0
     }
     pub fn evaluation_noise() -> f64 {
-        2.0
+        5.0
     }
 }
 
@@ -822,6 +822,32 @@ mod tests {
         JobSpec::from_toml(&text.replace("metric = \"rmse\"", "metric = \"ndcg@10\"")).expect("ndcg@10 watched");
         let err = JobSpec::from_toml(&text.replace("metric = \"rmse\"", "metric = \"hr@5\"")).expect_err("k mismatch");
         assert!(err.to_string().contains("top_k"), "{err}");
+    }
+
+    #[test]
+    fn privacy_parameters_out_of_range_are_refused_naming_the_field() {
+        let with = |block: &str| JobSpec::from_toml(&format!("{MINIMAL}\n[privacy]\n{block}\n"));
+        let ok = "mode = \"record\"\ntarget_epsilon = 4.0\nplanned_rows = 1000";
+        with(ok).expect("valid");
+        for (block, field) in [
+            (ok.replace("4.0", "0.0"), "privacy.target_epsilon"),
+            (ok.replace("4.0", "-1.0"), "privacy.target_epsilon"),
+            (format!("{ok}\nclip_norm = 0.0"), "privacy.clip_norm"),
+            (format!("{ok}\ndelta = 0.001"), "privacy.delta"),
+            (format!("{ok}\ndelta = 1.5"), "privacy.delta"),
+            ("mode = \"record\"\ntarget_epsilon = 4.0".to_string(), "privacy.planned_rows"),
+            ("mode = \"record\"".to_string(), "privacy.target_epsilon"),
+            ("mode = \"institution\"\nnoise_multiplier = -2.0".to_string(), "privacy.noise_multiplier"),
+            ("mode = \"institution\"\nnoise_multiplier = 2.0\ndropout_allowance = 3".to_string(), "privacy.dropout_allowance"),
+        ] {
+            let err = with(&block).expect_err(&block);
+            assert!(err.to_string().contains(field), "{block}: {err}");
+        }
+        let mf = format!("catalogue = \"m.csv\"\n{}\n[privacy]\nmode = \"institution\"\nnoise_multiplier = 1.0\n", MINIMAL.replace("kind = \"mlp\"\n        hidden = [16]", "kind = \"matrix_factorization\"\n        dim = 8"));
+        let err = JobSpec::from_toml(&mf).expect_err("recommenders refuse DP");
+        assert!(err.to_string().contains("`privacy`") && err.to_string().contains("per-user clipping"), "{err}");
+        let plain = format!("insecure_plain_aggregation = true\n{MINIMAL}\n[privacy]\n{ok}\n");
+        assert!(JobSpec::from_toml(&plain).expect_err("plain").to_string().contains("secure aggregation"));
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //! - [`text`]: capping untrusted input quoted in error messages.
 //! - [`privacy`]: the differential-privacy accountant (RDP of the subsampled Gaussian, (ε, δ)).
 //! - [`spend`]: what a DP job costs a bank, from its public parameters (plans, per-task spends).
+//! - [`record_noise`]: the Gaussian mechanism on statistics and evaluation vectors.
 
 pub mod config_file;
 pub mod contribution;
@@ -19,6 +20,7 @@ pub mod metrics;
 pub mod model;
 pub mod outcome;
 pub mod privacy;
+pub mod record_noise;
 pub mod spend;
 pub mod strategy;
 pub mod text;

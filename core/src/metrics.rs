@@ -43,12 +43,18 @@ impl EvalContribution {
 
     /// Builds the contribution from predicted probabilities and 0/1 labels.
     pub fn from_predictions(probs: &[f32], labels: &[f32], buckets: usize) -> Self {
+        Self::from_predictions_with_floor(probs, labels, buckets, 1e-7)
+    }
+
+    /// [`Self::from_predictions`] with the log loss computed from probabilities clamped to
+    /// `[floor, 1 − floor]`, which bounds one row's loss by −ln(floor) (differential privacy).
+    pub fn from_predictions_with_floor(probs: &[f32], labels: &[f32], buckets: usize, floor: f64) -> Self {
         let mut c = Self { pos_hist: vec![0.0; buckets], neg_hist: vec![0.0; buckets], ..Self::default() };
         for (&p, &y) in probs.iter().zip(labels) {
             let p = f64::from(p).clamp(0.0, 1.0);
             let positive = y >= 0.5;
             let b = ((p * buckets as f64) as usize).min(buckets.saturating_sub(1));
-            let pc = p.clamp(1e-7, 1.0 - 1e-7);
+            let pc = p.clamp(floor, 1.0 - floor);
             c.n += 1.0;
             if positive {
                 c.pos_hist[b] += 1.0;
@@ -105,8 +111,8 @@ impl EvalContribution {
             neg_hist: neg.iter().copied().map(round).collect(),
             n: round(s[0]),
             positives: round(s[1]),
-            log_loss_sum: s[2],
-            brier_sum: s[3],
+            log_loss_sum: s[2].max(0.0),
+            brier_sum: s[3].max(0.0),
             correct: round(s[4]),
             tp: round(s[5]),
             fp: round(s[6]),

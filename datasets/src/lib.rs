@@ -33,8 +33,8 @@ pub use schema::{
     ColumnSpec, ColumnType, DatasetSchema, MissingPolicy, RecommendationSpec, SchemaError, TargetSpec,
 };
 pub use stats::{
-    ColumnTransform, Encoded, Preprocessing, RecommendationPrep, StatsError, StatsSensitivity, clipped_local_stats,
-    first_unranged_column, local_stats, stats_len, stats_names,
+    ColumnTransform, Encoded, Preprocessing, RecommendationPrep, StatsError, clipped_local_stats,
+    first_unranged_column, local_stats, stats_len, stats_names, stats_sensitivity,
 };
 pub use table::{
     ColumnData, DataFormat, RawColumn, RawTable, load_csv, load_csv_from_reader,

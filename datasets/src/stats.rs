@@ -22,6 +22,7 @@
 //! Magnitudes: a sum of squares grows with rows × value²; secure aggregation's fixed-point range
 //! must cover it (for example 30,000 rows of values near 10⁶ give about 3·10¹⁶).
 
+use confide_core::record_noise::Sensitivity;
 use serde::{Deserialize, Serialize};
 
 use crate::schema::{ColumnType, DatasetSchema};
@@ -180,50 +181,38 @@ pub fn first_unranged_column(schema: &DatasetSchema) -> Option<&str> {
     schema.feature_columns().find(|c| c.kind == ColumnType::Numeric && c.range.is_none()).map(|c| c.name.as_str())
 }
 
-/// How far one row can move each slot of the statistics vector, for differential privacy.
-#[derive(Debug, Clone, PartialEq)]
-pub struct StatsSensitivity {
-    /// Per slot, the most one row adds to it (1 for counts, max(|low|, |high|) for a sum,
-    /// its square for a sum of squares).
-    pub per_slot: Vec<f64>,
-    /// The most slots one row touches: rows, three per numeric feature, one per categorical.
-    pub slots_per_row: usize,
-}
-
-impl StatsSensitivity {
-    /// The sensitivities of `schema`'s statistics vector, with values clipped into the declared
-    /// ranges ([`clipped_local_stats`]); an error naming the first numeric feature without one.
-    /// Adding `N(0, (σ·per_slot[j])²·slots_per_row)` to slot j makes the vector (ρ = 1/(2σ²))-zCDP
-    /// for adding or removing one row: scaled by 1/per_slot it moves at most 1 in each of
-    /// `slots_per_row` slots, so its L2 sensitivity is √slots_per_row.
-    pub fn of(schema: &DatasetSchema) -> Result<Self, StatsError> {
-        if let Some(column) = first_unranged_column(schema) {
-            return Err(StatsError::NoRange { schema: schema.name.clone(), column: column.to_string() });
-        }
-        let mut per_slot = vec![1.0];
-        let mut slots_per_row = 1;
-        for c in schema.feature_columns() {
-            match c.kind {
-                ColumnType::Categorical => {
-                    per_slot.extend(std::iter::repeat_n(1.0, c.level_names().len() + 1));
-                    slots_per_row += 1;
-                }
-                _ => {
-                    let [low, high] = c.range.unwrap_or([0.0, 0.0]);
-                    let m = low.abs().max(high.abs()).max(f64::MIN_POSITIVE);
-                    per_slot.extend([1.0, m, m * m]);
-                    slots_per_row += 3;
-                }
+/// How far one row can move each slot of `schema`'s statistics vector, for differential
+/// privacy: 1 for counts, max(|low|, |high|) for a numeric sum, its square for a sum of squares;
+/// a row touches the row count, three slots per numeric feature and one per categorical. Values
+/// are clipped into the declared ranges first ([`clipped_local_stats`]); an error names the
+/// first numeric feature without one. See [`confide_core::record_noise`] for the noise.
+pub fn stats_sensitivity(schema: &DatasetSchema) -> Result<Sensitivity, StatsError> {
+    if let Some(column) = first_unranged_column(schema) {
+        return Err(StatsError::NoRange { schema: schema.name.clone(), column: column.to_string() });
+    }
+    let mut per_slot = vec![1.0];
+    let mut slots_per_row = 1;
+    for c in schema.feature_columns() {
+        match c.kind {
+            ColumnType::Categorical => {
+                per_slot.extend(std::iter::repeat_n(1.0, c.level_names().len() + 1));
+                slots_per_row += 1;
+            }
+            _ => {
+                let [low, high] = c.range.unwrap_or([0.0, 0.0]);
+                let m = low.abs().max(high.abs()).max(f64::MIN_POSITIVE);
+                per_slot.extend([1.0, m, m * m]);
+                slots_per_row += 3;
             }
         }
-        Ok(Self { per_slot, slots_per_row })
     }
+    Ok(Sensitivity { per_slot, slots_per_row })
 }
 
 /// [`local_stats`] with every numeric value clipped into its column's declared range, so one
 /// row's effect is bounded by [`StatsSensitivity`]; an error naming a numeric feature without one.
 pub fn clipped_local_stats(table: &RawTable, schema: &DatasetSchema) -> Result<Vec<f64>, StatsError> {
-    StatsSensitivity::of(schema)?;
+    stats_sensitivity(schema)?;
     let mut clipped = table.clone();
     for (col, spec) in clipped.columns.iter_mut().zip(schema.feature_columns()) {
         if let (ColumnData::Numeric(values), Some([low, high])) = (&mut col.data, spec.range) {
@@ -440,7 +429,7 @@ impl Preprocessing {
     /// clamped at zero rather than refused, and a numeric column's mean is clamped into its
     /// declared range (noise can push a small column's mean outside it).
     pub fn from_noisy_aggregate(schema: &DatasetSchema, summed: &[f64]) -> Result<Self, StatsError> {
-        let sensitivity = StatsSensitivity::of(schema)?;
+        let sensitivity = stats_sensitivity(schema)?;
         if summed.len() != sensitivity.per_slot.len() {
             return Err(StatsError::Length { schema: schema.name.clone(), found: summed.len(), expected: sensitivity.per_slot.len() });
         }

@@ -185,8 +185,87 @@ pub struct PrivacySummary {
     pub secagg_plus_neighbours: u32,
     /// Fewest institutions a round accepts.
     pub min_institutions_per_round: usize,
-    /// Differential privacy.
+    /// Differential privacy, in one line ("not applied" without it).
     pub differential_privacy: String,
+    /// Differential privacy's parameters and each bank's own spend, when applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dp: Option<DpCard>,
+}
+
+/// A DP job's guarantee as planned, and what each bank reported spending.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DpCard {
+    /// `record` (DP-SGD in each bank) or `institution` (distributed discrete Gaussian noise
+    /// under secure aggregation).
+    pub mode: String,
+    /// The planned ε: record mode at a bank of `planned_rows` training rows (statistics
+    /// included), institution mode for one institution's whole participation.
+    pub epsilon: f64,
+    /// δ.
+    pub delta: f64,
+    /// How ε was computed.
+    pub accountant: String,
+    /// σ: noise standard deviation over C.
+    pub noise_multiplier: f64,
+    /// C: per-row gradient bound (record) or per-bank update bound (institution).
+    pub clip_norm: f64,
+    /// Rounds planned.
+    pub rounds: u64,
+    /// Record mode: the training rows the planned ε is for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub planned_rows: Option<u64>,
+    /// Institution mode: participants per round whose noise may be missing (dropped out or
+    /// colluding) — the assumption under which the sum carries the planned noise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dropout_allowance: Option<u32>,
+    /// σ of the statistics' Gaussian noise.
+    pub statistics_noise_multiplier: f64,
+    /// σ of the evaluations' Gaussian noise.
+    pub evaluation_noise_multiplier: f64,
+    /// ε the evaluations spend on a bank's test rows (record level, parallel to training).
+    pub evaluation_epsilon: f64,
+    /// Each bank's record-level ε for this job, as the bank itself computed and reported it
+    /// with its last upload (its budget ledger has the details).
+    pub bank_spend: Vec<BankSpend>,
+}
+
+/// One bank's reported spend.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BankSpend {
+    /// Institution id.
+    pub institution: String,
+    /// Its ε at the job's δ (record level, both splits: the larger).
+    pub epsilon: f64,
+}
+
+/// The DP card of `job`, or None when the job is not differentially private.
+fn dp_card(job: &JobExport) -> Option<DpCard> {
+    let dp = confide_core::spend::DpJob::of(&job.spec)?;
+    let plan = confide_core::spend::plan_for(&dp).ok()?;
+    let p = &dp.privacy;
+    let institution = p.mode == confide_core::job::PrivacyMode::Institution;
+    Some(DpCard {
+        mode: p.mode.name().into(),
+        epsilon: plan.epsilon,
+        delta: plan.delta,
+        accountant: "Rényi DP (subsampled Gaussian for DP-SGD, zCDP for the Gaussian and distributed discrete Gaussian \
+                     mechanisms), composed over steps and rounds, converted to (ε, δ) as in dp-accounting"
+            .into(),
+        noise_multiplier: plan.noise_multiplier,
+        clip_norm: plan.clip_norm,
+        rounds: dp.rounds,
+        planned_rows: p.planned_rows.filter(|_| !institution),
+        dropout_allowance: institution.then_some(p.dropout_allowance),
+        statistics_noise_multiplier: p.statistics_noise_multiplier,
+        evaluation_noise_multiplier: p.evaluation_noise_multiplier,
+        evaluation_epsilon: plan.evaluation_epsilon,
+        bank_spend: job
+            .job
+            .audit_heads
+            .iter()
+            .filter_map(|h| h.dp_epsilon.map(|epsilon| BankSpend { institution: h.institution.clone(), epsilon }))
+            .collect(),
+    })
 }
 
 /// The logistic-regression coefficient table.
@@ -222,6 +301,7 @@ impl ModelCard {
     /// Builds the card of an export that wrote `files`.
     pub fn new(job: &JobExport, files: &[ExportedFile], signature: Option<GraphSignature>) -> Self {
         let prep = &job.preprocessing;
+        let dp = dp_card(job);
         let transform = |name: &str| prep.columns.iter().find(|c| c.name() == name);
         let columns = job
             .schema
@@ -283,7 +363,20 @@ impl ModelCard {
                 update_clip: secure.update_clip,
                 secagg_plus_neighbours: secure.sparse_neighbours,
                 min_institutions_per_round: job.spec.selection.min_workers,
-                differential_privacy: "not applied".into(),
+                differential_privacy: match &dp {
+                    None => "not applied".into(),
+                    Some(d) if d.mode == "record" => format!(
+                        "record-level DP-SGD in every bank: ε = {:.3}, δ = {:.1e} at a bank of {} training rows",
+                        d.epsilon,
+                        d.delta,
+                        d.planned_rows.map_or("the planned".to_string(), |r| r.to_string())
+                    ),
+                    Some(d) => format!(
+                        "institution-level distributed discrete Gaussian under secure aggregation: ε = {:.3}, δ = {:.1e} per institution",
+                        d.epsilon, d.delta
+                    ),
+                },
+                dp,
             },
             recommendation: recommendation_card(job),
             coefficients: coefficient_table(job),
@@ -420,6 +513,27 @@ impl ModelCard {
             p.min_institutions_per_round
         )?;
         writeln!(md, "- differential privacy: {}", p.differential_privacy)?;
+        if let Some(d) = &p.dp {
+            writeln!(md, "  - mode: {}; accountant: {}", d.mode, d.accountant)?;
+            writeln!(md, "  - σ = {:.4}, C = {}, {} rounds", d.noise_multiplier, d.clip_norm, d.rounds)?;
+            if let Some(a) = d.dropout_allowance {
+                writeln!(
+                    md,
+                    "  - assumption: in every round at most {a} participant(s)' noise is missing from the sum (dropped out or colluding with the coordinator); each bank adds its share for the rest"
+                )?;
+            }
+            writeln!(
+                md,
+                "  - statistics noise σ = {}, evaluation noise σ = {} (evaluations spend ε = {:.3} on each bank's test rows)",
+                d.statistics_noise_multiplier, d.evaluation_noise_multiplier, d.evaluation_epsilon
+            )?;
+            if d.bank_spend.is_empty() {
+                writeln!(md, "  - no bank reported its spend")?;
+            }
+            for b in &d.bank_spend {
+                writeln!(md, "  - {} spent ε = {:.3} (its own accountant; `confide-worker budget show`)", b.institution, b.epsilon)?;
+            }
+        }
 
         if !j.audit_heads.is_empty() {
             writeln!(md, "\n## Audit heads\n")?;

@@ -203,7 +203,7 @@ pub struct JobInfo {
 }
 
 /// One bank's audit head for a job.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AuditHead {
     /// Institution id.
     pub institution: String,
@@ -211,6 +211,9 @@ pub struct AuditHead {
     pub round: u64,
     /// SHA-256 hex of the bank's audit record.
     pub head: String,
+    /// A DP job: the bank's own record-level ε for this job, reported with that upload.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dp_epsilon: Option<f64>,
 }
 
 /// How one institution fared in one round.

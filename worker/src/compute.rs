@@ -136,14 +136,19 @@ impl Compute for TorchCompute {
 
     fn compute(&self, request: ComputeRequest) -> Result<Vec<f64>, Failure> {
         match &request.kind {
-            TaskKind::Stats { dataset } => self.catalog.get(&dataset.name)?.stats(),
+            TaskKind::Stats { dataset } => match &request.dp {
+                Some(dp) => self.catalog.get(&dataset.name)?.dp_stats(dp, request.noise_seed),
+                None => self.catalog.get(&dataset.name)?.stats(),
+            },
             TaskKind::Train { dataset, model, prep, local } => {
                 let input = model_input(&request, model, prep)?;
-                tasks::train_contribution(&*self.catalog.get(&dataset.name)?, &input, local, &self.user_state, self.device)
+                let data = self.catalog.get(&dataset.name)?;
+                tasks::train_contribution(&data, &input, local, request.dp.as_ref(), &self.user_state, self.device)
             }
             TaskKind::Evaluate { dataset, model, prep, buckets } => {
                 let input = model_input(&request, model, prep)?;
-                tasks::eval_contribution(&*self.catalog.get(&dataset.name)?, &input, *buckets, &self.user_state, self.device)
+                let dp = request.dp.as_ref().map(|dp| (dp, request.noise_seed));
+                tasks::eval_contribution(&*self.catalog.get(&dataset.name)?, &input, *buckets, dp, &self.user_state, self.device)
             }
         }
     }

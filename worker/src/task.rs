@@ -505,6 +505,11 @@ pub struct ComputeRequest {
     pub checkpoint: Option<Arc<Vec<u8>>>,
     /// A `torchscript` model's module bytes, verified against its hash.
     pub module: Option<Arc<Vec<u8>>>,
+    /// The job's differential privacy (None: not DP): statistics and evaluations get Gaussian
+    /// noise, training runs DP-SGD (record mode) and contributes unweighted updates.
+    pub dp: Option<confide_core::spend::DpJob>,
+    /// Seed of the statistics' and evaluations' noise, secret to the bank.
+    pub noise_seed: u64,
 }
 
 impl std::fmt::Debug for ComputeRequest {
@@ -516,7 +521,8 @@ impl std::fmt::Debug for ComputeRequest {
             .field("kind", &self.kind)
             .field("checkpoint_bytes", &self.checkpoint.as_ref().map(|b| b.len()))
             .field("module_bytes", &self.module.as_ref().map(|b| b.len()))
-            .finish()
+            .field("dp", &self.dp)
+            .finish_non_exhaustive()
     }
 }
 
@@ -650,6 +656,9 @@ pub struct TaskMachine {
     /// Bank-secret randomness mixed into local training's seed, so a rerun of the same
     /// training (same job, round, model and data) gives a different vector (drawn from the seed).
     training_salt: u64,
+    /// Bank-secret seed of the Gaussian noise on DP statistics and evaluations (drawn from the
+    /// seed: the coordinator cannot predict, and so subtract, it).
+    record_noise_seed: u64,
     /// The reference a failure report carries (random, drawn from the seed), so the bank's
     /// operator finds the details in its own log.
     reference: String,
@@ -709,6 +718,7 @@ impl TaskMachine {
             federation_ca: profile.federation_ca.clone(),
             seed: Some(seed),
             training_salt: derived(&seed, "training").0,
+            record_noise_seed: derived(&seed, "record-noise").0,
             reference: derived(&seed, "reference").1,
             share_error_details: profile.share_error_details,
             ..TaskMachine::blank(id)
@@ -764,6 +774,7 @@ impl TaskMachine {
             federation_ca: None,
             seed: None,
             training_salt: 0,
+            record_noise_seed: 0,
             reference: String::new(),
             share_error_details: false,
             contributed: None,
@@ -1034,6 +1045,8 @@ impl TaskMachine {
             kind,
             checkpoint,
             module,
+            dp: task.terms.as_ref().and_then(|t| t.dp.clone()),
+            noise_seed: self.record_noise_seed,
         }));
     }
 

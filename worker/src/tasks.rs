@@ -11,13 +11,33 @@
 //!
 //! Rows are loaded here and never leave this module: only these vectors do. Failures carry a
 //! kind and a reason (a data error names file, line and column) that the coordinator records.
+//!
+//! ## Differentially private jobs
+//! When a task's job is DP ([`DpJob`]), every vector that leaves is private on its own:
+//! - statistics: values clipped into the schema's declared ranges, then Gaussian noise per
+//!   [`confide_datasets::stats_sensitivity`] at the job's `statistics_noise_multiplier`;
+//! - training: `[Δ…, 1, 0]` — the *unweighted* update (a row count is itself a statistic of the
+//!   data), weight 1 and no loss. Record mode trains with DP-SGD ([`ml::dp_sgd`]: per-row
+//!   clipping to C, noise σ·C per step, Poisson batches at q = batch_size/rows); institution mode
+//!   trains normally and the task machine clips the whole Δ to C and adds the distributed
+//!   discrete noise before masking;
+//! - evaluation: the score histograms and sums with log losses clamped at
+//!   [`confide_core::record_noise::DP_EVAL_MIN_PROBABILITY`], plus Gaussian noise at the job's
+//!   `evaluation_noise_multiplier`.
+//!
+//! The noise seeds are bank secrets (drawn by the task machine), so the coordinator cannot
+//! subtract the noise. What each task costs is [`confide_core::spend`]'s arithmetic, charged by
+//! the bank's budget ledger before the task runs.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use confide_core::contribution::TrainContribution;
-use confide_core::job::LocalTraining;
+use confide_core::job::{LocalTraining, PrivacyMode};
+use confide_core::record_noise;
+use confide_core::spend::{self, DpJob};
+use rand::SeedableRng;
 use confide_core::model::{ModelParams, ModelSpec};
 use confide_core::outcome::DatasetProblem;
 use confide_datasets::{Catalogue, DataError, DatasetSchema, Encoded, Preprocessing, Ratings, RawTable, SchemaError};
@@ -214,6 +234,30 @@ impl LocalDataset {
         let table = self.table(Split::Train)?;
         Ok(confide_datasets::local_stats(&table, &self.schema))
     }
+
+    /// The statistics of a DP job: clipped into the declared ranges, with Gaussian noise from
+    /// the bank-secret `noise_seed` (see the module docs).
+    pub fn dp_stats(&self, dp: &DpJob, noise_seed: u64) -> Result<Vec<f64>, Failure> {
+        if self.schema.recommendation.is_some() {
+            return Err(Failure::policy("differential privacy is not available for ratings datasets"));
+        }
+        let table = self.table(Split::Train)?;
+        // A schema without ranges names only its own column (public), never a value.
+        let sensitivity = confide_datasets::stats_sensitivity(&self.schema).map_err(|e| Failure::policy(e.to_string()))?;
+        let mut v = confide_datasets::clipped_local_stats(&table, &self.schema).map_err(|e| Failure::policy(e.to_string()))?;
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(noise_seed);
+        record_noise::add_gaussian(&mut v, &sensitivity, dp.privacy.statistics_noise_multiplier, &mut rng);
+        Ok(v)
+    }
+
+    /// The bank's training and test rows (what its own DP accounting reads).
+    pub fn rows(&self) -> Result<spend::BankRows, Failure> {
+        if self.schema.recommendation.is_some() {
+            let (train, test) = (self.ratings(Split::Train)?, self.ratings(Split::Test)?);
+            return Ok(spend::BankRows { train: train.len() as u64, test: test.len() as u64 });
+        }
+        Ok(spend::BankRows { train: self.table(Split::Train)?.rows as u64, test: self.table(Split::Test)?.rows as u64 })
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -259,15 +303,20 @@ fn weighted_update(local: &ModelParams, global: &ModelParams, samples: usize, me
         .map_err(Failure::training)
 }
 
-/// Trains locally and returns `[n·Δ…, n, n·loss]` over the model's federated layout.
+/// Trains locally and returns `[n·Δ…, n, n·loss]` over the model's federated layout, or for a
+/// DP job `[Δ…, 1, 0]` (see the module docs).
 pub fn train_contribution(
     data: &LocalDataset,
     model: &ModelInput<'_>,
     local: &LocalTraining,
+    dp: Option<&DpJob>,
     users: &UserStateStore,
     device: Device,
 ) -> Result<Vec<f64>, Failure> {
     let global = model.params()?;
+    if let Some(dp) = dp {
+        return dp_train_contribution(data, model, &global, local, dp, device);
+    }
     if model.spec.is_recommendation() {
         let (mut user_side, train, _) = rec_data(data, model, users, false)?;
         let cfg = ml::recsys::RecTrainConfig::from(local);
@@ -284,16 +333,66 @@ pub fn train_contribution(
     weighted_update(&out.params, &global, out.samples, out.mean_loss)
 }
 
+/// One DP training round: DP-SGD (record mode) or plain local training (institution mode),
+/// contributing the unweighted update with weight 1 and no loss.
+fn dp_train_contribution(
+    data: &LocalDataset,
+    model: &ModelInput<'_>,
+    global: &ModelParams,
+    local: &LocalTraining,
+    dp: &DpJob,
+    device: Device,
+) -> Result<Vec<f64>, Failure> {
+    if model.spec.is_recommendation() {
+        return Err(Failure::policy(format!("differential privacy is not available for `{}` models", model.spec.kind_name())));
+    }
+    let enc = data.encoded(Split::Train, model.prep, model.prep_key)?;
+    let cfg = ml::TrainConfig::from(local);
+    let out = match dp.privacy.mode {
+        PrivacyMode::Record => {
+            if matches!(model.spec, ModelSpec::TorchScript(_)) {
+                return Err(Failure::policy("record-level DP-SGD is not available for custom TorchScript modules"));
+            }
+            let settings = ml::dp_sgd::DpSgd {
+                clip_norm: dp.privacy.clip_norm,
+                noise_multiplier: dp.sigma().map_err(|e| Failure::protocol(format!("job terms: {e}")))?,
+                sampling_rate: spend::sampling_rate(dp.batch_size, enc.rows as u64),
+            };
+            ml::dp_sgd::train_local_dp(model.spec, global, &enc, &cfg, &settings, device).map_err(Failure::training)?
+        }
+        PrivacyMode::Institution => {
+            let mut net = model.build(global, enc.dim, device)?;
+            ml::train_model(net.as_mut(), &enc, &cfg, device).map_err(Failure::training)?
+        }
+    };
+    TrainContribution::from_training(&out.params.values, &global.values, 1, 0.0).map(|c| c.to_vec()).map_err(Failure::training)
+}
+
 /// Evaluates the model on the test split and returns its evaluation contribution vector
-/// (score histograms and sums, or recommendation sums).
+/// (score histograms and sums, or recommendation sums); for a DP job with Gaussian noise from
+/// the bank-secret `noise_seed` (see the module docs).
 pub fn eval_contribution(
     data: &LocalDataset,
     model: &ModelInput<'_>,
     buckets: usize,
+    dp: Option<(&DpJob, u64)>,
     users: &UserStateStore,
     device: Device,
 ) -> Result<Vec<f64>, Failure> {
     let params = model.params()?;
+    if let Some((dp, noise_seed)) = dp {
+        if model.spec.is_recommendation() {
+            return Err(Failure::policy(format!("differential privacy is not available for `{}` models", model.spec.kind_name())));
+        }
+        let enc = data.encoded(Split::Test, model.prep, model.prep_key)?;
+        let mut net = model.build(&params, enc.dim, device)?;
+        let probs = ml::predict_with(net.as_mut(), &enc.features, enc.rows, enc.dim, device).map_err(Failure::training)?;
+        let floor = record_noise::DP_EVAL_MIN_PROBABILITY;
+        let mut v = ml::EvalContribution::from_predictions_with_floor(&probs, &enc.labels, buckets, floor).to_vec();
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(noise_seed);
+        record_noise::add_gaussian(&mut v, &record_noise::eval_sensitivity(buckets), dp.privacy.evaluation_noise_multiplier, &mut rng);
+        return Ok(v);
+    }
     if model.spec.is_recommendation() {
         let (user_side, train, test) = rec_data(data, model, users, true)?;
         let rec = recommendation_prep(model.prep)?;

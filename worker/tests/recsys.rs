@@ -85,7 +85,7 @@ fn user_embeddings_stay_in_the_bank_and_only_the_item_side_update_is_sent() {
     let store = UserStateStore::new(dir.path());
     let model = ModelInput { spec: &spec, checkpoint: &checkpoint, module: None, prep: &prep, prep_key: &prep_key, job_id: "job-1", round: 1 };
 
-    let sent = train_contribution(&data, &model, &local(1, Feedback::Explicit), &store, Device::Cpu).expect("trains");
+    let sent = train_contribution(&data, &model, &local(1, Feedback::Explicit), None, &store, Device::Cpu).expect("trains");
     // Exactly the shared layout (item embeddings, item biases, global bias) plus n and n·loss.
     assert_eq!(sent.len(), layout.len() + 2);
     assert_eq!(sent[layout.len()], 72.0, "weight = the bank's training ratings");
@@ -104,25 +104,25 @@ fn user_embeddings_stay_in_the_bank_and_only_the_item_side_update_is_sent() {
     };
     assert_ne!(users.embedding, initial.embedding);
     // A retried round 1 starts again from the users before round 1: the same result.
-    let again = train_contribution(&data, &model, &local(1, Feedback::Explicit), &store, Device::Cpu).expect("retry");
+    let again = train_contribution(&data, &model, &local(1, Feedback::Explicit), None, &store, Device::Cpu).expect("retry");
     assert_eq!(again, sent, "a retried round does not train the users twice");
     assert_eq!(store.load_before("job-1", 2, &spec).expect("state"), users);
     let round2 = ModelInput { round: 2, ..model };
-    train_contribution(&data, &round2, &local(2, Feedback::Explicit), &store, Device::Cpu).expect("second round");
+    train_contribution(&data, &round2, &local(2, Feedback::Explicit), None, &store, Device::Cpu).expect("second round");
     let after = store.load_before("job-1", 3, &spec).expect("state");
     assert_ne!(after.embedding, users.embedding, "round 2 updated the user side");
     let round3 = ModelInput { round: 3, ..model };
-    train_contribution(&data, &round3, &local(3, Feedback::Explicit), &store, Device::Cpu).expect("third round");
+    train_contribution(&data, &round3, &local(3, Feedback::Explicit), None, &store, Device::Cpu).expect("third round");
     assert_eq!(store.rounds("job-1").expect("rounds"), [2, 3], "older rounds are pruned");
     // Evaluation sends the seven recommendation sums, never per-user values.
-    let eval = eval_contribution(&data, &round3, 10, &store, Device::Cpu).expect("evaluates");
+    let eval = eval_contribution(&data, &round3, 10, None, &store, Device::Cpu).expect("evaluates");
     assert_eq!(eval.len(), confide_core::metrics::RECOMMENDATION_EVAL_LEN);
     assert_eq!(eval[2], 18.0, "every held-out rating scored");
     assert_eq!(eval[6], 3.0, "three users evaluated");
     // Another job gets its own user side, and a hostile job id cannot escape the state dir.
     assert!(store.load_before("job-2", 9, &spec).expect("empty").is_empty());
     let evil = ModelInput { job_id: "../../etc", ..model };
-    let err = train_contribution(&data, &evil, &local(1, Feedback::Explicit), &store, Device::Cpu).expect_err("path id");
+    let err = train_contribution(&data, &evil, &local(1, Feedback::Explicit), None, &store, Device::Cpu).expect_err("path id");
     assert_eq!(err.kind, confide_worker::failure::FailureKind::Protocol);
 }
 

@@ -12,6 +12,8 @@ use confide_core::job::JobSpec;
 use confide_core::model::ModelSpec;
 use confide_datasets::DatasetSchema;
 
+use confide_core::spend::Plan;
+
 use super::admission::{JobSize, SizeError};
 use crate::Shared;
 use crate::store::{Inserted, JobRecord, NewJob, StoreError};
@@ -51,6 +53,15 @@ pub enum SubmitError {
     /// The item catalogue is missing, invalid, or sent with a tabular job.
     #[error("item catalogue: {0}")]
     Catalogue(String),
+    /// The job's differential privacy cannot be planned: a numeric column without a declared
+    /// range, or a target ε no noise multiplier reaches.
+    #[error("job file: field `{field}`: {reason}")]
+    Privacy {
+        /// Dotted path of the field.
+        field: &'static str,
+        /// Why.
+        reason: String,
+    },
     /// The job is larger than this coordinator admits.
     #[error(transparent)]
     Size(#[from] SizeError),
@@ -97,7 +108,7 @@ impl From<&JobRecord> for Earlier {
 }
 
 /// The outcome of a submission.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Submitted {
     /// A new job was stored and started; `identical` names the latest earlier job with the
     /// same submission, if any.
@@ -106,6 +117,8 @@ pub enum Submitted {
         job_id: String,
         /// An identical earlier job.
         identical: Option<Earlier>,
+        /// A differentially private job's plan (σ resolved and stored with the job).
+        privacy: Option<Plan>,
     },
     /// The idempotency key had already submitted this job: nothing new was stored.
     Replayed(Earlier),
@@ -212,6 +225,7 @@ pub fn submit(
         }
         (false, false) => None,
     };
+    let privacy = plan_privacy(&mut spec, &schema)?;
     JobSize::of(&spec, input_dim).check(&spec, &shared.config)?;
     let id = uuid::Uuid::new_v4().to_string();
     let spec_json = serde_json::to_string(&spec).map_err(|e| SubmitError::Schema(e.to_string()))?;
@@ -233,7 +247,27 @@ pub fn submit(
         tracing::warn!(job = %id, "job uses INSECURE plain aggregation: the coordinator sees every institution's update (debugging only)");
     }
     super::start(shared, &id);
-    Ok(Submitted::New { job_id: id, identical })
+    Ok(Submitted::New { job_id: id, identical, privacy })
+}
+
+/// A DP job's plan: the schema must declare a range for every numeric feature (DP statistics
+/// clip into it), and the noise multiplier is solved from the target ε when not given, then
+/// stored with the job, so every bank reads the same σ.
+fn plan_privacy(spec: &mut JobSpec, schema: &DatasetSchema) -> Result<Option<Plan>, SubmitError> {
+    if spec.privacy.is_none() {
+        return Ok(None);
+    }
+    if let Some(column) = confide_datasets::first_unranged_column(schema) {
+        return Err(SubmitError::Privacy {
+            field: "privacy",
+            reason: format!(
+                "schema `{}`: numeric column `{column}` has no `range = [low, high]`; differentially private statistics clip values into a declared range",
+                schema.name
+            ),
+        });
+    }
+    let plan = confide_core::spend::resolve(spec).map_err(|e| SubmitError::Privacy { field: "privacy.target_epsilon", reason: e.to_string() })?;
+    Ok(Some(plan))
 }
 
 
@@ -332,7 +366,7 @@ mod tests {
         let (schema, _) = telco_schema();
         let go = |key: Option<&str>, spec: &str| submit(&shared, spec, &schema, ModelFiles::default(), Vec::new(), key);
         let first = go(None, &job(MLP)).expect("first");
-        let Submitted::New { job_id: second, identical } = go(None, &job(MLP)).expect("second") else { panic!("no key, new job") };
+        let Submitted::New { job_id: second, identical, .. } = go(None, &job(MLP)).expect("second") else { panic!("no key, new job") };
         let earlier = identical.expect("the first is named");
         assert_eq!(earlier.job_id, first.job_id());
         assert_ne!(second, first.job_id(), "without a key an identical job still runs");
@@ -359,5 +393,36 @@ mod tests {
             .to_string();
         assert!(err.contains("parameters, above this coordinator's limit of 100000000") && err.contains("`max_model_parameters`"), "{err}");
         assert!(shared.store.jobs().expect("jobs").is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_dp_job_is_planned_at_submit_and_stored_with_its_solved_noise() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let shared = shared(dir.path());
+        let (schema, _) = telco_schema();
+        let privacy = "\n[privacy]\nmode = \"record\"\ntarget_epsilon = 4.0\nplanned_rows = 1800\n";
+        let spec = format!("{}{privacy}", job(MLP));
+        let Submitted::New { job_id, privacy: Some(plan), .. } = submit(&shared, &spec, &schema, ModelFiles::default(), Vec::new(), None).expect("planned")
+        else {
+            panic!("no plan")
+        };
+        shared.jobs.stop_all();
+        assert!(plan.epsilon <= 4.0 && plan.epsilon > 3.99 && plan.noise_multiplier > 0.5, "{plan}");
+        let stored: JobSpec = serde_json::from_str(&shared.store.job(&job_id).expect("read").expect("stored").spec_json).expect("spec");
+        assert_eq!(stored.privacy.and_then(|p| p.noise_multiplier), Some(plan.noise_multiplier), "banks read the solved σ");
+
+        // A schema whose numeric column declares no range cannot have DP statistics.
+        let unranged = schema.replacen("range = [0, 72]\n", "", 1);
+        let err = submit(&shared, &spec, &unranged, ModelFiles::default(), Vec::new(), None).expect_err("no range").to_string();
+        assert!(err.contains("field `privacy`") && err.contains("numeric column `tenure` has no `range"), "{err}");
+        // A target no noise reaches: the statistics alone spend more.
+        let tiny = spec.replace("target_epsilon = 4.0", "target_epsilon = 0.01");
+        let err = submit(&shared, &tiny, &schema, ModelFiles::default(), Vec::new(), None).expect_err("unreachable").to_string();
+        assert!(err.contains("field `privacy.target_epsilon`") && err.contains("no noise multiplier"), "{err}");
+        let err = submit(&shared, &spec.replace("target_epsilon = 4.0", "target_epsilon = 4.0\ndelta = 0.001"), &schema, ModelFiles::default(), Vec::new(), None)
+            .expect_err("delta above 1/rows")
+            .to_string();
+        assert!(err.contains("field `privacy.delta`"), "{err}");
+        assert_eq!(shared.store.jobs().expect("jobs").len(), 1, "refused jobs are not stored");
     }
 }

@@ -871,7 +871,12 @@ impl JobMachine {
 
     /// The preprocessing from the summed statistics, the initial model and optimizer.
     fn start_training(&self, summed: &[f64]) -> Result<(Persist, Box<Trained>), JobError> {
-        let mut prep = Preprocessing::from_aggregate(&self.schema, summed)?;
+        // A DP job's statistics carry each bank's Gaussian noise: counts may come out negative.
+        let mut prep = if self.spec.privacy.is_some() {
+            Preprocessing::from_noisy_aggregate(&self.schema, summed)?
+        } else {
+            Preprocessing::from_aggregate(&self.schema, summed)?
+        };
         if let Some(rec) = prep.recommendation.as_mut() {
             // Every institution indexes items and ranks held-out items identically.
             rec.items = self.catalogue.clone().ok_or_else(|| JobError::StoredState("recommendation job has no item catalogue".into()))?;
@@ -932,11 +937,13 @@ impl JobMachine {
             return self.attempt_failed(at, format!("aggregate refused: {e}"), participants);
         }
         let contributors: Vec<String> = participants.iter().filter(|p| p.status.contributed()).map(|p| p.worker_id.clone()).collect();
-        let metrics = BTreeMap::from([
-            ("train_loss".to_string(), summed.mean_loss()),
-            ("train_examples".to_string(), summed.weight.round()),
-            ("contributors".to_string(), contributors.len() as f64),
-        ]);
+        let mut metrics = BTreeMap::from([("contributors".to_string(), contributors.len() as f64)]);
+        // DP contributions are unweighted and carry no loss (counts and losses are statistics
+        // of the data): their sum's weight is the number of banks, and there is no train loss.
+        if self.spec.privacy.is_none() {
+            metrics.insert("train_loss".to_string(), summed.mean_loss());
+            metrics.insert("train_examples".to_string(), summed.weight.round());
+        }
         let model = Blob::new(self.checkpoint_bytes(&global, at.round));
         let adv = Box::new(Advanced { global, optimizer, model, metrics, train_participants: participants });
         if self.spec.evaluates(at.round) {

@@ -68,14 +68,33 @@ impl Admin for AdminService {
             other => Status::invalid_argument(other.to_string()),
         })?;
         let reply = match submitted {
-            jobs::Submitted::New { job_id, identical } => {
+            jobs::Submitted::New { job_id, identical, privacy } => {
                 tracing::info!(job = %job_id, identical_to = identical.as_ref().map(|e| e.job_id.as_str()), "job submitted");
+                if let Some(plan) = &privacy {
+                    tracing::info!(job = %job_id, "differential privacy: {plan}");
+                }
                 let (earlier, at) = identical.map(|e| (e.job_id, e.submitted_at)).unwrap_or_default();
-                pb::SubmitJobResponse { job_id, identical_job_id: earlier, identical_submitted_at: at, replayed: false }
+                let privacy = privacy.map(|p| pb::PrivacyPlan {
+                    mode: p.mode.name().into(),
+                    epsilon: p.epsilon,
+                    delta: p.delta,
+                    noise_multiplier: p.noise_multiplier,
+                    clip_norm: p.clip_norm,
+                    planned_rows: p.planned_rows.unwrap_or_default(),
+                    evaluation_epsilon: p.evaluation_epsilon,
+                    summary: p.to_string(),
+                });
+                pb::SubmitJobResponse { job_id, identical_job_id: earlier, identical_submitted_at: at, replayed: false, privacy }
             }
             jobs::Submitted::Replayed(e) => {
                 tracing::info!(job = %e.job_id, "repeated submission with the same idempotency key: nothing stored");
-                pb::SubmitJobResponse { job_id: e.job_id.clone(), identical_job_id: e.job_id, identical_submitted_at: e.submitted_at, replayed: true }
+                pb::SubmitJobResponse {
+                    job_id: e.job_id.clone(),
+                    identical_job_id: e.job_id,
+                    identical_submitted_at: e.submitted_at,
+                    replayed: true,
+                    privacy: None,
+                }
             }
         };
         Ok(Response::new(reply))

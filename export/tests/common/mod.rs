@@ -30,8 +30,8 @@ pub fn completed_job(
         model_hash: "0".repeat(64),
         model_round: None,
         audit_heads: vec![
-            AuditHead { institution: "bank1".into(), round: 2, head: "a1".repeat(32) },
-            AuditHead { institution: "bank2".into(), round: 2, head: "b2".repeat(32) },
+            AuditHead { institution: "bank1".into(), round: 2, head: "a1".repeat(32), dp_epsilon: None },
+            AuditHead { institution: "bank2".into(), round: 2, head: "b2".repeat(32), dp_epsilon: None },
         ],
     };
     JobExport::from_stored(
