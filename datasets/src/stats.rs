@@ -592,6 +592,37 @@ type = "numeric"
     }
 
     #[test]
+    fn dp_statistics_clip_into_declared_ranges_and_bound_one_rows_effect() {
+        // Without ranges, DP statistics are refused naming the first numeric column.
+        assert_eq!(first_unranged_column(&schema()), Some("x"));
+        assert!(matches!(stats_sensitivity(&schema()), Err(StatsError::NoRange { column, .. }) if column == "x"));
+        let ranged = SCHEMA.replacen("name = \"x\"\ntype = \"numeric\"", "name = \"x\"\ntype = \"numeric\"\nrange = [0, 3]", 1)
+            .replacen("name = \"k\"\ntype = \"numeric\"", "name = \"k\"\ntype = \"numeric\"\nrange = [-1, 2]", 1);
+        let s = DatasetSchema::parse(&ranged, "s.toml").expect("ranged schema");
+        let sens = stats_sensitivity(&s).expect("ranges declared");
+        assert_eq!(sens.per_slot, [1.0, 1.0, 3.0, 9.0, 1.0, 1.0, 1.0, 1.0, 1.0, 2.0, 4.0]);
+        assert_eq!(sens.slots_per_row, 1 + 3 + 1 + 3);
+        let load = |body: &str| load_csv_from_reader(format!("x,c,k,y\n{body}").as_bytes(), "t.csv", &s).expect("loads");
+        // x = 5 is clipped to 3 and k = 5 to 2.
+        let v = clipped_local_stats(&load(A), &s).expect("clipped");
+        assert_eq!(v, [3.0, 2.0, 3.0, 5.0, 1.0, 1.0, 1.0, 0.0, 3.0, 6.0, 12.0]);
+        // Adding any one row moves every slot by at most its bound.
+        for row in ["3,a,2,1\n", ",,,0\n", "100,c,-100,1\n"] {
+            let more = clipped_local_stats(&load(&format!("{A}{row}")), &s).expect("clipped");
+            let moved: Vec<f64> = more.iter().zip(&v).map(|(a, b)| (a - b).abs()).collect();
+            assert!(moved.iter().zip(&sens.per_slot).all(|(m, b)| m <= b), "{row}: {moved:?}");
+            assert!(moved.iter().filter(|m| **m > 0.0).count() <= sens.slots_per_row);
+        }
+        // A noisy sum with negative counts still gives a preprocessing, means within the ranges.
+        let mut noisy = v.clone();
+        noisy[7] = -2.0;
+        noisy[2] = 50.0;
+        let prep = Preprocessing::from_noisy_aggregate(&s, &noisy).expect("noisy sum");
+        assert!(matches!(prep.columns[0], ColumnTransform::Numeric { mean, .. } if mean == 3.0));
+        assert!(Preprocessing::from_aggregate(&s, &noisy).is_err(), "the exact path refuses a negative count");
+    }
+
+    #[test]
     fn stats_add_across_institutions() {
         let s = schema();
         let (a, b) = (local_stats(&table(A), &s), local_stats(&table(B), &s));
