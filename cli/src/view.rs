@@ -66,11 +66,14 @@ pub fn job_text(j: &pb::Job) -> String {
     if !j.model_hash.is_empty() {
         let _ = writeln!(out, "model    {} (round {})", j.model_hash, j.model_round);
     }
-    // A custom model's module hash is what banks pin in `allowed_torchscript_sha256`.
-    if let Ok(spec) = serde_json::from_str::<confide_core::job::JobSpec>(&j.spec_json)
-        && let confide_core::model::ModelSpec::TorchScript(ts) = &spec.model
-    {
-        let _ = writeln!(out, "module   torchscript {}", ts.module_sha256.as_deref().unwrap_or("unresolved"));
+    if let Ok(spec) = serde_json::from_str::<confide_core::job::JobSpec>(&j.spec_json) {
+        // A custom model's module hash is what banks pin in `allowed_torchscript_sha256`.
+        if let confide_core::model::ModelSpec::TorchScript(ts) = &spec.model {
+            let _ = writeln!(out, "module   torchscript {}", ts.module_sha256.as_deref().unwrap_or("unresolved"));
+        }
+        if let Some(plan) = confide_core::spend::DpJob::of(&spec).and_then(|dp| confide_core::spend::plan_for(&dp).ok()) {
+            let _ = writeln!(out, "privacy  {plan}");
+        }
     }
     if !j.export_dir.is_empty() {
         let _ = writeln!(out, "export   {} (on the coordinator)", j.export_dir);
