@@ -54,3 +54,38 @@ fn the_documented_dp_job_runs_from_the_cli_and_its_card_states_the_guarantee() {
     assert_eq!((dp.delta, dp.clip_norm, dp.rounds, dp.planned_rows), (1e-5, 1.0, 15, Some(1800)));
     assert!(card.privacy.differential_privacy.starts_with("record-level DP-SGD in every bank: ε = "), "{}", card.privacy.differential_privacy);
 }
+
+#[test]
+fn an_institution_level_dp_job_adds_distributed_noise_and_still_learns() {
+    let (cluster, _) = Cluster::telco_federation(3, 12);
+    cluster.wait_workers(3, Duration::from_secs(60));
+    let job = confide_e2e::telco_job(
+        "dp-institution",
+        "kind = \"logistic_regression\"",
+        8,
+        "[evaluation]\nevery = 8\nscore_buckets = 20\n[privacy]\nmode = \"institution\"\nnoise_multiplier = 0.3\nclip_norm = 2.0\ndropout_allowance = 1\n",
+    );
+    let out = cluster.confide(&["job", "submit", cluster_file(&cluster, &job).to_str().expect("utf-8")]);
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "submit failed: {stderr}");
+    assert!(stderr.contains("differential privacy: ε = ") && stderr.contains("(institution level)"), "{stderr}");
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let done = cluster.wait_finished(&id, Duration::from_secs(600));
+    assert_eq!(done["status"], "completed", "{done:#}\n{}", cluster.logs());
+    let rounds = done["rounds"].as_array().expect("rounds");
+    assert!(rounds.iter().all(|r| r["metrics"]["contributors"] == 3.0 && r["metrics"].get("train_loss").is_none()));
+    // σ·C = 0.6 of noise on a sum of three updates of norm ≤ 2 per round: a scorecard still ranks churners.
+    let auc = rounds[7]["metrics"]["auc"].as_f64().expect("auc");
+    assert!(auc > 0.65, "final AUC {auc}");
+    for bank in ["bank1", "bank2", "bank3"] {
+        let log = cluster.read_log(bank);
+        assert!(!log.contains("panicked"), "{bank}: {log}");
+    }
+}
+
+/// Writes `job_toml` into the cluster's folder and returns its path.
+fn cluster_file(cluster: &Cluster, job_toml: &str) -> std::path::PathBuf {
+    let path = cluster.dir.path().join("dp-institution.toml");
+    std::fs::write(&path, job_toml).expect("job file");
+    path
+}
