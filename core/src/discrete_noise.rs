@@ -37,7 +37,7 @@
 //! in exact integer arithmetic (u128, the last one with a floor estimated in f64 and corrected
 //! exactly), from uniform integers drawn by rejection. So the output is exactly N_Z(0, s) given
 //! a uniform generator, with two cut-offs: a candidate whose acceptance probability is below
-//! exp(−2^40) is rejected outright, and a discrete-Laplace draw that overflows i64 is redrawn;
+//! exp(−10^12) is rejected outright, and a discrete-Laplace draw that overflows i64 is redrawn;
 //! both events have probability far below 2^-1000. No floating-point exp is evaluated.
 
 use rand::RngCore;

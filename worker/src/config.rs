@@ -415,3 +415,23 @@ impl WorkerConfig {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(extra: &str) -> WorkerConfig {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("worker.toml");
+        let text = format!("coordinator = \"http://127.0.0.1:1\"\ninstitution_id = \"bank1\"\ndata_dir = \"data\"\n{extra}");
+        std::fs::write(&path, text).expect("write");
+        WorkerConfig::from_file(&path).expect("config")
+    }
+
+    #[test]
+    fn the_privacy_sections_dropout_floor_reaches_the_task_machine_and_defaults_to_one() {
+        assert_eq!(config("").floors().min_dropout_allowance, 1);
+        assert_eq!(config("[privacy]\nmin_dropout_allowance = 2\n").floors().min_dropout_allowance, 2);
+        assert_eq!(config("[privacy]\nmin_dropout_allowance = 2\n").floors().max_update_clip, PolicyConfig::default().max_update_clip);
+    }
+}
