@@ -216,7 +216,7 @@ pub fn sample_discrete_gaussian(variance: u64, rng: &mut (impl RngCore + ?Sized)
         let y = sample_discrete_laplace(t, rng);
         let a = (u128::from(y.unsigned_abs()) * t128).abs_diff(s128);
         let estimate = (a as f64) * (a as f64) / den as f64;
-        if !(estimate < 1e12) {
+        if estimate >= 1e12 {
             continue; // acceptance probability below exp(−10^12)
         }
         // q = ⌊a²/den⌋ and r = a² − q·den exactly, from the f64 estimate: the difference is

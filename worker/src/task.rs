@@ -56,7 +56,8 @@
 //!   would let the noisy sum wrap ([`confide_core::discrete_noise::NoisePlan::check_ring`]);
 //!   otherwise the computed `[Δ…, 1, 0]` becomes Δ clipped to C, rounded to the grid, plus this
 //!   bank's discrete Gaussian share (drawn from the task's fresh seed), then 1 and 0 — exact grid
-//!   values, so the encoder rounds nothing.
+//!   values, so the encoder rounds nothing. The bank helps unmask only a sum over at least
+//!   `n − dropout_allowance` inputs (the noise shares its bound counts).
 //! - When the protocol ends early while the local computation still runs, the computation's own
 //!   failure (a data error naming file and line, say) is the more useful report: the machine
 //!   waits up to [`LOCAL_FAILURE_GRACE`] of the caller's time for it, then reports the protocol's
@@ -1079,7 +1080,23 @@ impl TaskMachine {
             Err(e) => return self.protocol_ended(Failure::protocol(e), Some(now)),
         };
         match &msg.payload {
-            confide_secagg::ServerPayload::ConsistencyRequest { survivors, .. } => self.survivors = Some(survivors.clone()),
+            confide_secagg::ServerPayload::ConsistencyRequest { survivors, .. } => {
+                // Fewer inputs in the sum than the noise shares the job counts: its noise would
+                // fall short of the bound, so this bank helps reveal nothing.
+                if let Some(plan) = &self.noise
+                    && survivors.len() < plan.noise_shares
+                {
+                    let f = Failure::policy(format!(
+                        "refusing to reveal a sum holding the noise of {} banks: the job's privacy counts {} ({} listed, privacy.dropout_allowance = {})",
+                        survivors.len(),
+                        plan.noise_shares,
+                        plan.participants,
+                        plan.participants - plan.noise_shares
+                    ));
+                    return self.protocol_ended(f.shareable(), Some(now));
+                }
+                self.survivors = Some(survivors.clone())
+            }
             confide_secagg::ServerPayload::UnmaskRequest(_) if self.held_unmask.is_none() => {
                 if let Some(check) = self.sum_check() {
                     self.held_unmask = Some(msg);
@@ -2305,5 +2322,32 @@ mod tests {
         let failure = failed(f.outcomes.get(&1));
         assert_eq!(failure.kind, FailureKind::Internal, "{failure}");
         assert_eq!(f.submitted[&1].iter().filter(|s| s.secagg == Some(MessageKind::MaskedInput)).count(), 0);
+    }
+
+    #[test]
+    fn a_sum_holding_fewer_noise_shares_than_the_job_counts_is_not_revealed() {
+        // 7 banks, threshold 5, allowance 1: the bound counts 6 shares. Two banks never send
+        // their masked input; the server would unmask the 5 others' sum, which the banks refuse.
+        let (n, d) = (7u32, 50usize);
+        let (params, _) = dp_params(n, d, 1);
+        let mut f = Federation::default();
+        f.server = Some(Server::new(params.clone(), f.clock.now()).expect("server"));
+        for id in 1..=n {
+            f.start(id, dp_train(&params, id, 1));
+            if id <= 5 {
+                f.results.insert(id, Ok(dp_update(id, d)));
+            }
+        }
+        f.run();
+        let deadline = f.server.as_ref().and_then(Server::poll_timeout).expect("the masked-input stage waits");
+        f.clock.advance_to(deadline);
+        f.server.as_mut().expect("server").handle_timeout(deadline);
+        f.run();
+        assert!(f.sum().is_none(), "the sum was revealed");
+        for id in 1..=5 {
+            let failure = failed(f.outcomes.get(&id));
+            assert_eq!(failure.kind, FailureKind::Policy, "{failure}");
+            assert!(failure.reason.contains("noise of 5 banks"), "{failure}");
+        }
     }
 }
