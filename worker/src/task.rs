@@ -959,7 +959,10 @@ impl TaskMachine {
                         ));
                     }
                 }
-                self.contributed = Some((crate::ledger::SumCheck::digest_of(&vector), counts_of(&task, &vector)));
+                // An institution-DP vector's weight is the constant 1, not the bank's row count:
+                // differencing sums of it reveals nothing, so it is no count to protect.
+                let counts = if self.noise.is_some() { Vec::new() } else { counts_of(&task, &vector) };
+                self.contributed = Some((crate::ledger::SumCheck::digest_of(&vector), counts));
                 let Some(client) = self.client.as_mut() else { return };
                 if let Err(e) = client.set_input(&vector) {
                     return self.report(Failure::protocol(e));
@@ -2349,5 +2352,22 @@ mod tests {
             assert_eq!(failure.kind, FailureKind::Policy, "{failure}");
             assert!(failure.reason.contains("noise of 5 banks"), "{failure}");
         }
+    }
+
+    #[test]
+    fn institution_dp_rounds_over_changing_banks_are_not_refused_as_count_differencing() {
+        // Four banks, then three of them: with weighted updates the ledger refuses the second
+        // sum (it would isolate bank 4's rows); an institution-DP weight is the constant 1.
+        let (first, _) = dp_round(4, 20, 1, true);
+        assert!(first.sum().is_some());
+        let (params, _) = dp_params(3, 20, 1);
+        let mut f = Federation { ledgers: first.ledgers, ..Federation::default() };
+        f.server = Some(Server::new(params.clone(), f.clock.now()).expect("server"));
+        for id in 1..=3 {
+            f.start(id, dp_train(&params, id, 1));
+            f.results.insert(id, Ok(dp_update(id, 20)));
+        }
+        f.run();
+        assert!(f.sum().is_some(), "refused: {:?}", f.outcomes);
     }
 }
