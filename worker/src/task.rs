@@ -51,8 +51,9 @@
 //! - Values outside the session's fixed-point range are clipped for training updates (bounded-
 //!   update FedAvg; the count is in [`TaskOutcome::Contributed`]) and refused (data) for
 //!   statistics and evaluation, which must be exact.
-//! - Institution-level DP training (`terms.dp` in institution mode) is refused (policy) in plain
-//!   mode, below the bank's [`Floors::min_dropout_allowance`], or when the session's grid and clip
+//! - An institution-level DP job (`terms.dp` in institution mode) is refused (policy) from its
+//!   first task when its dropout allowance is below the bank's [`Floors::min_dropout_allowance`];
+//!   its training tasks also in plain mode, or when the session's grid and clip
 //!   would let the noisy sum wrap ([`confide_core::discrete_noise::NoisePlan::check_ring`]);
 //!   otherwise the computed `[Δ…, 1, 0]` becomes Δ clipped to C, rounded to the grid, plus this
 //!   bank's discrete Gaussian share (drawn from the task's fresh seed), then 1 and 0 — exact grid
@@ -1307,12 +1308,11 @@ fn derived_seed(seed: &[u8; 32], purpose: &str) -> [u8; 32] {
 /// the session the coordinator chose, after the bank's checks: none for any other task.
 fn noise_plan(floors: &Floors, task: &Task) -> Result<Option<NoisePlan>, Failure> {
     let Some(p) = task.terms.as_ref().and_then(|t| t.dp.as_ref()).map(|dp| &dp.privacy) else { return Ok(None) };
-    if p.mode != PrivacyMode::Institution || !matches!(task.kind, TaskKind::Train { .. }) {
+    if p.mode != PrivacyMode::Institution {
         return Ok(None);
     }
-    let Aggregation::Secure(setup) = &task.aggregation else {
-        return Err(Failure::policy("institution-level DP adds each bank's noise under the masks; this bank refuses plain aggregation for it"));
-    };
+    // Checked at every task of the job, so a bank that will refuse its training is in none of
+    // its sums (rather than leaving them part-way).
     if p.dropout_allowance < floors.min_dropout_allowance {
         return Err(Failure::policy(format!(
             "the job counts the noise of all but {} banks; this bank requires a dropout allowance of at least {} (privacy.min_dropout_allowance)",
@@ -1320,6 +1320,12 @@ fn noise_plan(floors: &Floors, task: &Task) -> Result<Option<NoisePlan>, Failure
         ))
         .shareable());
     }
+    if !matches!(task.kind, TaskKind::Train { .. }) {
+        return Ok(None);
+    }
+    let Aggregation::Secure(setup) = &task.aggregation else {
+        return Err(Failure::policy("institution-level DP adds each bank's noise under the masks; this bank refuses plain aggregation for it"));
+    };
     let params = &setup.params;
     let n = params.participants.len();
     let parameters = params.vector_len.checked_sub(confide_core::contribution::TRAIN_EXTRAS).filter(|&d| d > 0);
@@ -2284,6 +2290,9 @@ mod tests {
         assert_eq!(f.kind, FailureKind::Policy);
         assert!(f.reason.contains("min_dropout_allowance"), "{f}");
         assert!(matches!(m.poll_effect(), Some(Effect::Submit(s)) if reported(&s) == Some(FailureKind::Policy)));
+        let stats_task = pb::Task { terms: Some(dp_terms(0)), ..wire(1, stats(secure(&params, 1))) };
+        let m = TaskMachine::from_wire(&profile(1), stats_task, bank_seed(1));
+        assert_eq!(m.reporting().map(|f| f.kind), Some(FailureKind::Policy), "the job is refused from its first task");
         let lenient = BankProfile { floors: Floors { min_dropout_allowance: 0, ..profile(1).floors }, ..profile(1) };
         let m = TaskMachine::from_wire(&lenient, dp_train(&params, 1, 0), bank_seed(1));
         assert!(m.reporting().is_none(), "a bank whose floor is 0 takes it");
