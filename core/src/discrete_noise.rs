@@ -685,6 +685,10 @@ mod tests {
                 prop_assert!(plan.check_ring(bits).is_ok());
                 prop_assert!(plan.variance >= 1 && plan.variance <= MAX_VARIANCE);
                 prop_assert!(plan.rounded_norm >= c / plan.gamma);
+                // Record level (a row moves the bank's update by up to 2Δ₂): at most 4ρ, as
+                // `crate::spend` charges.
+                let record = kls_epsilon(2.0 * plan.rounded_norm, plan.variance as f64, plan.noise_shares, d);
+                prop_assert!(record * record / 2.0 <= 4.0 / (2.0 * sigma * sigma));
                 // Its variance is the smallest integer that meets ρ.
                 if plan.variance > 1 {
                     let eps = kls_epsilon(plan.rounded_norm, (plan.variance - 1) as f64, plan.noise_shares, d);
