@@ -42,6 +42,7 @@ fn the_documented_dp_job_runs_from_the_cli_and_its_card_states_the_guarantee() {
     // Evaluated every 5 rounds on noisy histograms; DP-SGD at ε = 4 still learns churn (the
     // non-DP demo job reaches about 0.84).
     let auc = rounds[14]["metrics"]["auc"].as_f64().expect("final auc");
+    eprintln!("record-level DP job: final AUC {auc}");
     assert!(auc > 0.7, "final AUC {auc}");
 
     let card: ModelCard = serde_json::from_slice(
@@ -76,6 +77,7 @@ fn an_institution_level_dp_job_adds_distributed_noise_and_still_learns() {
     assert!(rounds.iter().all(|r| r["metrics"]["contributors"] == 3.0 && r["metrics"].get("train_loss").is_none()));
     // σ·C = 0.6 of noise on a sum of three updates of norm ≤ 2 per round: a scorecard still ranks churners.
     let auc = rounds[7]["metrics"]["auc"].as_f64().expect("auc");
+    eprintln!("institution-level DP job: final AUC {auc}");
     assert!(auc > 0.65, "final AUC {auc}");
     for bank in ["bank1", "bank2", "bank3"] {
         let log = cluster.read_log(bank);

@@ -226,7 +226,13 @@ pub fn submit(
         (false, false) => None,
     };
     let privacy = plan_privacy(&mut spec, &schema)?;
-    JobSize::of(&spec, input_dim).check(&spec, &shared.config)?;
+    let size = JobSize::of(&spec, input_dim);
+    size.check(&spec, &shared.config)?;
+    // Institution-level noise must fit the ring for every bank that could take part: the
+    // connected ones now, or the job's minimum.
+    let parameters = usize::try_from(size.parameters).unwrap_or(usize::MAX);
+    crate::round::secure::check_institution_ring(&spec, parameters, shared.hub.connected().len())
+        .map_err(|reason| SubmitError::Privacy { field: "secure_aggregation.modulus_bits", reason })?;
     let id = uuid::Uuid::new_v4().to_string();
     let spec_json = serde_json::to_string(&spec).map_err(|e| SubmitError::Schema(e.to_string()))?;
     let identical = shared.store.latest_job_by_submission(&hash)?.as_ref().map(Earlier::from);
