@@ -11,9 +11,12 @@
 //! - [`text`]: capping untrusted input quoted in error messages.
 //! - [`privacy`]: the differential-privacy accountant (RDP of the subsampled Gaussian, (ε, δ)).
 //! - [`spend`]: what a DP job costs a bank, from its public parameters (plans, per-task spends).
+//! - [`discrete_noise`]: institution-level distributed discrete Gaussian noise (sampler, clipping and
+//!   rounding to the grid, each bank's noise scale, the ring's wrap-around check).
 
 pub mod config_file;
 pub mod contribution;
+pub mod discrete_noise;
 pub mod job;
 pub mod metrics;
 pub mod model;

@@ -100,6 +100,9 @@ pub struct FakeCompute {
     pub delta: f64,
     /// The mean training loss it reports.
     pub loss: f64,
+    /// Training returns the unweighted update, weight 1 and loss 0 (the institution-level DP
+    /// contract) instead of the sample-weighted one.
+    pub unweighted: bool,
 }
 
 impl FakeCompute {
@@ -117,7 +120,7 @@ impl FakeCompute {
         }
         let table = confide_datasets::load_csv_from_reader(csv.as_bytes(), "harness.csv", &schema())
             .unwrap_or_else(|e| panic!("harness table: {e}"));
-        Self { table: Arc::new(table), delta, loss: 0.5 + delta }
+        Self { table: Arc::new(table), delta, loss: 0.5 + delta, unweighted: false }
     }
 
     /// Rows held.
@@ -135,7 +138,8 @@ impl FakeCompute {
                 let params = len.checked_sub(confide_core::contribution::TRAIN_EXTRAS).ok_or_else(|| fail("vector too short"))?;
                 let global = vec![0.0f32; params];
                 let local: Vec<f32> = global.iter().map(|g| g + self.delta as f32).collect();
-                let c = TrainContribution::from_training(&local, &global, self.rows(), self.loss).map_err(|e| fail(&e.to_string()))?;
+                let (samples, loss) = if self.unweighted { (1, 0.0) } else { (self.rows(), self.loss) };
+                let c = TrainContribution::from_training(&local, &global, samples, loss).map_err(|e| fail(&e.to_string()))?;
                 Ok(c.to_vec())
             }
             Kind::Evaluate(t) => {

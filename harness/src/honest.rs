@@ -138,8 +138,8 @@ impl HonestBank {
                 // Like real training, the result depends (slightly) on the seed it starts from.
                 let delta = self.compute.delta + (local.seed % 997) as f64 * 1e-9;
                 let local: Vec<f32> = global.iter().map(|g| g + delta as f32).collect();
-                let c = TrainContribution::from_training(&local, &global, self.compute.rows(), self.compute.loss)
-                    .map_err(Failure::training)?;
+                let (samples, loss) = if self.compute.unweighted { (1, 0.0) } else { (self.compute.rows(), self.compute.loss) };
+                let c = TrainContribution::from_training(&local, &global, samples, loss).map_err(Failure::training)?;
                 Ok(c.to_vec())
             }
             TaskKind::Evaluate { buckets, .. } => {

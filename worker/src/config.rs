@@ -30,6 +30,9 @@ pub struct WorkerConfig {
     /// Compute settings.
     #[serde(default)]
     pub compute: ComputeConfig,
+    /// Differential privacy this bank demands of institution-level DP jobs.
+    #[serde(default)]
+    pub privacy: PrivacyConfig,
     /// Who this bank accepts as the federation's members (pinned list, revocation file).
     #[serde(default)]
     pub federation: FederationConfig,
@@ -150,15 +153,46 @@ impl Default for PolicyConfig {
 }
 
 impl PolicyConfig {
-    /// The bounds the task machine checks on what the coordinator chooses.
+    /// The bounds the task machine checks on what the coordinator chooses (with the default
+    /// `[privacy]` floors; [`WorkerConfig::floors`] has the configured ones).
     pub fn floors(&self) -> crate::task::Floors {
         crate::task::Floors {
             min_threshold_fraction: self.min_threshold_fraction,
             max_score_buckets: self.max_score_buckets as usize,
             max_update_clip: self.max_update_clip,
             min_exact_clip: self.min_exact_clip,
+            min_dropout_allowance: PrivacyConfig::default().min_dropout_allowance,
         }
     }
+}
+
+/// The `[privacy]` section: what this bank demands of institution-level DP jobs, whose noise is
+/// shared among the banks of a round (see `SECURITY.md`, "Distributed noise").
+///
+/// ```toml
+/// [privacy]
+/// # Banks of a round whose noise the job may count as missing (dropped out, or colluding with
+/// # the coordinator): a job assuming fewer is refused. Each bank's noise share is scaled for
+/// # n − dropout_allowance shares, so the sum stays private with that many missing.
+/// min_dropout_allowance = 1
+/// ```
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrivacyConfig {
+    /// Smallest `privacy.dropout_allowance` an institution-level DP job may assume (default 1:
+    /// one bank may collude with the coordinator and subtract its own noise).
+    #[serde(default = "default_min_dropout_allowance")]
+    pub min_dropout_allowance: u32,
+}
+
+impl Default for PrivacyConfig {
+    fn default() -> Self {
+        PrivacyConfig { min_dropout_allowance: default_min_dropout_allowance() }
+    }
+}
+
+fn default_min_dropout_allowance() -> u32 {
+    1
 }
 
 fn default_min_participants() -> u32 {
@@ -269,6 +303,12 @@ pub enum DeviceChoice {
 pub use confide_core::config_file::ConfigError;
 
 impl WorkerConfig {
+    /// The bounds the task machine checks on what the coordinator chooses: `[policy]`'s and
+    /// `[privacy]`'s.
+    pub fn floors(&self) -> crate::task::Floors {
+        crate::task::Floors { min_dropout_allowance: self.privacy.min_dropout_allowance, ..self.policy.floors() }
+    }
+
     /// Reads and validates a configuration file, resolving relative paths against its directory.
     /// Validation (see [`Self::validate`]) is left to the caller, after command-line overrides.
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
@@ -373,5 +413,25 @@ impl WorkerConfig {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(extra: &str) -> WorkerConfig {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("worker.toml");
+        let text = format!("coordinator = \"http://127.0.0.1:1\"\ninstitution_id = \"bank1\"\ndata_dir = \"data\"\n{extra}");
+        std::fs::write(&path, text).expect("write");
+        WorkerConfig::from_file(&path).expect("config")
+    }
+
+    #[test]
+    fn the_privacy_sections_dropout_floor_reaches_the_task_machine_and_defaults_to_one() {
+        assert_eq!(config("").floors().min_dropout_allowance, 1);
+        assert_eq!(config("[privacy]\nmin_dropout_allowance = 2\n").floors().min_dropout_allowance, 2);
+        assert_eq!(config("[privacy]\nmin_dropout_allowance = 2\n").floors().max_update_clip, PolicyConfig::default().max_update_clip);
     }
 }

@@ -72,7 +72,7 @@ pub fn start(config: WorkerConfig) -> Result<Arc<Worker>, StartError> {
         federation_ca: config.tls.as_ref().map(|t| t.ca.clone()),
         allow_plain_aggregation: config.insecure_dev || config.policy.allow_plain_aggregation,
         share_error_details: config.policy.share_error_details,
-        floors: config.policy.floors(),
+        floors: config.floors(),
     };
     Ok(Arc::new(Bank {
         profile,

@@ -51,6 +51,14 @@
 //! - Values outside the session's fixed-point range are clipped for training updates (bounded-
 //!   update FedAvg; the count is in [`TaskOutcome::Contributed`]) and refused (data) for
 //!   statistics and evaluation, which must be exact.
+//! - An institution-level DP job (`terms.dp` in institution mode) is refused (policy) from its
+//!   first task when its dropout allowance is below the bank's [`Floors::min_dropout_allowance`];
+//!   its training tasks also in plain mode, or when the session's grid and clip
+//!   would let the noisy sum wrap ([`confide_core::discrete_noise::NoisePlan::check_ring`]);
+//!   otherwise the computed `[Δ…, 1, 0]` becomes Δ clipped to C, rounded to the grid, plus this
+//!   bank's discrete Gaussian share (drawn from the task's fresh seed), then 1 and 0 — exact grid
+//!   values, so the encoder rounds nothing. The bank helps unmask only a sum over at least
+//!   `n − dropout_allowance` inputs (the noise shares its bound counts).
 //! - When the protocol ends early while the local computation still runs, the computation's own
 //!   failure (a data error naming file and line, say) is the more useful report: the machine
 //!   waits up to [`LOCAL_FAILURE_GRACE`] of the caller's time for it, then reports the protocol's
@@ -64,7 +72,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use confide_core::job::LocalTraining;
+use confide_core::discrete_noise::NoisePlan;
+use confide_core::job::{LocalTraining, PrivacyMode};
 use confide_core::model::ModelSpec;
 use confide_datasets::Preprocessing;
 use confide_proto::v1::{self as pb, contribution::Body, task::Kind};
@@ -153,6 +162,9 @@ pub struct Floors {
     /// Smallest fixed-point clip of statistics and evaluation (values are refused, not
     /// clipped, outside it).
     pub min_exact_clip: f64,
+    /// Smallest dropout allowance an institution-level DP job may assume (`[privacy]
+    /// min_dropout_allowance`).
+    pub min_dropout_allowance: u32,
 }
 
 impl Default for Floors {
@@ -653,6 +665,11 @@ pub struct TaskMachine {
     /// The reference a failure report carries (random, drawn from the seed), so the bank's
     /// operator finds the details in its own log.
     reference: String,
+    /// Institution-level DP training: how this bank noises its update.
+    noise: Option<NoisePlan>,
+    /// The seed of the noise generator (from the task's fresh seed, domain-separated; never the
+    /// coordinator's training seed, which the coordinator knows).
+    noise_seed: [u8; 32],
     /// Send failure details to the coordinator (development federations).
     share_error_details: bool,
     /// Digest and counts of the vector this bank masked, once it did.
@@ -710,6 +727,7 @@ impl TaskMachine {
             seed: Some(seed),
             training_salt: derived(&seed, "training").0,
             reference: derived(&seed, "reference").1,
+            noise_seed: derived_seed(&seed, "noise"),
             share_error_details: profile.share_error_details,
             ..TaskMachine::blank(id)
         };
@@ -724,6 +742,13 @@ impl TaskMachine {
         if let Err(f) = bank_rules(profile, &task) {
             m.report(f);
             return m;
+        }
+        match noise_plan(&profile.floors, &task) {
+            Ok(plan) => m.noise = plan,
+            Err(f) => {
+                m.report(f);
+                return m;
+            }
         }
         let purpose = match &task.kind {
             TaskKind::Stats { .. } => Purpose::Statistics,
@@ -765,6 +790,8 @@ impl TaskMachine {
             seed: None,
             training_salt: 0,
             reference: String::new(),
+            noise: None,
+            noise_seed: [0; 32],
             share_error_details: false,
             contributed: None,
             survivors: None,
@@ -912,6 +939,12 @@ impl TaskMachine {
                 self.upload(Upload::Plain, Submission { contribution, secagg: None });
             }
             Aggregation::Secure(setup) => {
+                if let Some(plan) = &self.noise {
+                    vector = match noisy_update(plan, &vector, self.noise_seed) {
+                        Ok(v) => v,
+                        Err(f) => return self.report(f),
+                    };
+                }
                 let clip = setup.params.encoding.clip;
                 let outside = vector.iter().filter(|v| v.abs() > clip).count();
                 if outside > 0 {
@@ -927,7 +960,10 @@ impl TaskMachine {
                         ));
                     }
                 }
-                self.contributed = Some((crate::ledger::SumCheck::digest_of(&vector), counts_of(&task, &vector)));
+                // An institution-DP vector's weight is the constant 1, not the bank's row count:
+                // differencing sums of it reveals nothing, so it is no count to protect.
+                let counts = if self.noise.is_some() { Vec::new() } else { counts_of(&task, &vector) };
+                self.contributed = Some((crate::ledger::SumCheck::digest_of(&vector), counts));
                 let Some(client) = self.client.as_mut() else { return };
                 if let Err(e) = client.set_input(&vector) {
                     return self.report(Failure::protocol(e));
@@ -1048,7 +1084,23 @@ impl TaskMachine {
             Err(e) => return self.protocol_ended(Failure::protocol(e), Some(now)),
         };
         match &msg.payload {
-            confide_secagg::ServerPayload::ConsistencyRequest { survivors, .. } => self.survivors = Some(survivors.clone()),
+            confide_secagg::ServerPayload::ConsistencyRequest { survivors, .. } => {
+                // Fewer inputs in the sum than the noise shares the job counts: its noise would
+                // fall short of the bound, so this bank helps reveal nothing.
+                if let Some(plan) = &self.noise
+                    && survivors.len() < plan.noise_shares
+                {
+                    let f = Failure::policy(format!(
+                        "refusing to reveal a sum holding the noise of {} banks: the job's privacy counts {} ({} listed, privacy.dropout_allowance = {})",
+                        survivors.len(),
+                        plan.noise_shares,
+                        plan.participants,
+                        plan.participants - plan.noise_shares
+                    ));
+                    return self.protocol_ended(f.shareable(), Some(now));
+                }
+                self.survivors = Some(survivors.clone())
+            }
             confide_secagg::ServerPayload::UnmaskRequest(_) if self.held_unmask.is_none() => {
                 if let Some(check) = self.sum_check() {
                     self.held_unmask = Some(msg);
@@ -1235,13 +1287,77 @@ fn counts_of(task: &Task, vector: &[f64]) -> Vec<String> {
 /// A value and a short hex reference derived from a task's seed for `purpose` (domain-separated
 /// from the secure-aggregation client's use of the same seed).
 fn derived(seed: &[u8; 32], purpose: &str) -> (u64, String) {
+    let d = derived_seed(seed, purpose);
+    let value = u64::from_be_bytes([d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]]);
+    (value, hex::encode(&d[..6]))
+}
+
+/// A 32-byte seed derived from a task's seed for `purpose` (as [`derived`]).
+fn derived_seed(seed: &[u8; 32], purpose: &str) -> [u8; 32] {
     let mut input = Vec::with_capacity(48);
     input.extend_from_slice(b"confide-task-");
     input.extend_from_slice(purpose.as_bytes());
     input.extend_from_slice(seed);
-    let digest = confide_core::sha256_hex(&input);
-    let value = u64::from_str_radix(&digest[..16], 16).unwrap_or_default();
-    (value, digest[..12].to_string())
+    let mut out = [0u8; 32];
+    // A SHA-256 hex digest always decodes to 32 bytes.
+    let _ = hex::decode_to_slice(confide_core::sha256_hex(&input), &mut out);
+    out
+}
+
+/// The noise plan of an institution-level DP training task, from the job's public terms and
+/// the session the coordinator chose, after the bank's checks: none for any other task.
+fn noise_plan(floors: &Floors, task: &Task) -> Result<Option<NoisePlan>, Failure> {
+    let Some(p) = task.terms.as_ref().and_then(|t| t.dp.as_ref()).map(|dp| &dp.privacy) else { return Ok(None) };
+    if p.mode != PrivacyMode::Institution {
+        return Ok(None);
+    }
+    // Checked at every task of the job, so a bank that will refuse its training is in none of
+    // its sums (rather than leaving them part-way).
+    if p.dropout_allowance < floors.min_dropout_allowance {
+        return Err(Failure::policy(format!(
+            "the job counts the noise of all but {} banks; this bank requires a dropout allowance of at least {} (privacy.min_dropout_allowance)",
+            p.dropout_allowance, floors.min_dropout_allowance
+        ))
+        .shareable());
+    }
+    if !matches!(task.kind, TaskKind::Train { .. }) {
+        return Ok(None);
+    }
+    let Aggregation::Secure(setup) = &task.aggregation else {
+        return Err(Failure::policy("institution-level DP adds each bank's noise under the masks; this bank refuses plain aggregation for it"));
+    };
+    let params = &setup.params;
+    let n = params.participants.len();
+    let parameters = params.vector_len.checked_sub(confide_core::contribution::TRAIN_EXTRAS).filter(|&d| d > 0);
+    let parameters = parameters.ok_or_else(|| Failure::protocol(format!("a training vector of {} values", params.vector_len)))?;
+    let refuse = |why: String| Failure::policy(format!("refusing institution-level DP training: {why}")).shareable();
+    let plan = NoisePlan::for_grid(p.clip_norm, p.sigma(), 1.0 / params.encoding.scale, parameters, n, p.dropout_allowance)
+        .map_err(|e| refuse(format!("the session's grid 1/{}: {e}", params.encoding.scale)))?;
+    plan.check_ring(params.modulus_bits).map_err(|e| refuse(e.to_string()))?;
+    if params.encoding.clip < plan.encoding_clip() {
+        return Err(refuse(format!(
+            "the session's clip ±{:e} does not cover this bank's noisy values (±{:e}): they would be clamped",
+            params.encoding.clip,
+            plan.encoding_clip()
+        )));
+    }
+    Ok(Some(plan))
+}
+
+/// The institution-DP contribution: `[Δ…, 1, 0]` from the computation becomes Δ clipped,
+/// rounded and noised ([`NoisePlan::privatize`]), then the weight 1 and loss 0 unchanged.
+fn noisy_update(plan: &NoisePlan, vector: &[f64], seed: [u8; 32]) -> Result<Vec<f64>, Failure> {
+    use rand::SeedableRng;
+    let d = plan.dimension;
+    let (update, extras) = vector.split_at_checked(d).ok_or_else(|| Failure::internal(format!("computed {} values for {d} parameters", vector.len())))?;
+    if extras != [1.0, 0.0] {
+        // The weight and the loss are summed exactly: anything else would reveal the bank's rows.
+        return Err(Failure::internal("an institution-DP training vector must end in weight 1 and loss 0"));
+    }
+    let mut rng = rand_chacha::ChaCha20Rng::from_seed(seed);
+    let mut noisy = plan.privatize(update, &mut rng).map_err(Failure::internal)?;
+    noisy.extend_from_slice(extras);
+    Ok(noisy)
 }
 
 fn bank_rules(profile: &BankProfile, task: &Task) -> Result<(), Failure> {
@@ -2018,5 +2134,249 @@ mod tests {
         assert_eq!(failure.kind, FailureKind::Policy);
         assert!(failure.reason.contains("at most 1 times"), "{failure}");
         assert_eq!(f.secagg_sent(1), 0, "no key for the second query");
+    }
+
+    // ---- institution-level DP: the distributed discrete Gaussian ----
+
+    const DP_C: f64 = 1.0;
+    const DP_SIGMA: f64 = 1.0;
+
+    fn dp_terms(allowance: u32) -> pb::JobTerms {
+        let privacy = confide_core::job::PrivacySpec {
+            mode: PrivacyMode::Institution,
+            target_epsilon: None,
+            noise_multiplier: Some(DP_SIGMA),
+            delta: 1e-6,
+            clip_norm: DP_C,
+            planned_rows: None,
+            dropout_allowance: allowance,
+            statistics_noise_multiplier: 1.0,
+            evaluation_noise_multiplier: 1.0,
+        };
+        let dp = confide_core::spend::DpJob { privacy, rounds: 5, local_epochs: 1, batch_size: 8, evaluate_every: 1 };
+        pb::JobTerms {
+            rounds: 5,
+            model_spec_json: MLP.into(),
+            score_buckets: 10,
+            dp_json: serde_json::to_string(&dp).expect("json"),
+        }
+    }
+
+    /// A session for `n` banks with the encoding the coordinator chooses for institution DP.
+    fn dp_params(n: u32, parameters: usize, allowance: u32) -> (SessionParams, NoisePlan) {
+        let plan = NoisePlan::choose(DP_C, DP_SIGMA, parameters, n as usize, allowance, 32).expect("plan");
+        let mut p = params(n, parameters + confide_core::contribution::TRAIN_EXTRAS);
+        p.encoding = confide_secagg::FixedPoint { clip: plan.encoding_clip(), scale: plan.scale() };
+        (p, plan)
+    }
+
+    fn dp_train(params: &SessionParams, me: u32, allowance: u32) -> pb::Task {
+        pb::Task { terms: Some(dp_terms(allowance)), ..wire(me, train(secure(params, me))) }
+    }
+
+    fn bank_seed(id: u32) -> [u8; 32] {
+        let mut seed = [0x17u8; 32];
+        seed[..4].copy_from_slice(&id.to_be_bytes());
+        seed
+    }
+
+    /// Each bank's update (norm 3, clipped to 1 by the bank), `[Δ…, 1, 0]` as the contract says.
+    fn dp_update(id: u32, d: usize) -> Vec<f64> {
+        let mut v: Vec<f64> = (0..d).map(|j| ((j as f64 + 1.0) * f64::from(id)).sin()).collect();
+        let norm = v.iter().map(|x| x * x).sum::<f64>().sqrt();
+        v.iter_mut().for_each(|x| *x *= 3.0 / norm);
+        v.extend([1.0, 0.0]);
+        v
+    }
+
+    /// Runs one institution-DP training round of `n` banks; `noise` false removes the noise step
+    /// (the banks hand the computed vector to the encoder as it is).
+    fn dp_round(n: u32, d: usize, allowance: u32, noise: bool) -> (Federation, NoisePlan) {
+        let (params, plan) = dp_params(n, d, allowance);
+        let mut f = Federation::default();
+        f.server = Some(Server::new(params.clone(), f.clock.now()).expect("server"));
+        for id in 1..=n {
+            f.start(id, dp_train(&params, id, allowance));
+            let update = if noise {
+                dp_update(id, d)
+            } else {
+                // The noise step removed: the bank still clips, and sends the clipped update.
+                f.machines.get_mut(&id).expect("machine").noise = None;
+                clipped(id, d).into_iter().chain([1.0, 0.0]).collect()
+            };
+            f.results.insert(id, Ok(update));
+        }
+        f.run();
+        (f, plan)
+    }
+
+    /// What bank `id` contributed, recomputed from its seed (as the bank itself can).
+    fn contribution_of(plan: &NoisePlan, id: u32, d: usize) -> Vec<f64> {
+        noisy_update(plan, &dp_update(id, d), derived_seed(&bank_seed(id), "noise")).expect("noisy")
+    }
+
+    fn clipped(id: u32, d: usize) -> Vec<f64> {
+        let mut v = dp_update(id, d)[..d].to_vec();
+        confide_core::discrete_noise::clip_l2(&mut v, DP_C);
+        v
+    }
+
+    fn std_dev(xs: &[f64]) -> f64 {
+        let mean = xs.iter().sum::<f64>() / xs.len() as f64;
+        (xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (xs.len() as f64 - 1.0)).sqrt()
+    }
+
+    #[test]
+    fn the_decoded_sum_is_the_clipped_updates_plus_every_banks_noise_and_the_exact_weight() {
+        let (n, d) = (4u32, 3000usize);
+        let (f, plan) = dp_round(n, d, 1, true);
+        let sum = f.sum().expect("the round finished");
+        assert!(f.outcomes.values().all(|o| matches!(o, TaskOutcome::Contributed { clipped: 0, .. })), "{:?}", f.outcomes);
+        // The encoder added nothing: the sum is exactly the banks' noisy grid values.
+        let mut want = vec![0.0; d + 2];
+        for id in 1..=n {
+            for (w, v) in want.iter_mut().zip(contribution_of(&plan, id, d)) {
+                *w += v;
+            }
+        }
+        assert_eq!(sum, want);
+        assert_eq!(&sum[d..], &[f64::from(n), 0.0], "weights and losses are summed exactly");
+        // Σ clipped + noise: the difference is the noise of n banks (each N_Z(0, s) in grid
+        // units) plus the rounding (below γ per bank and coordinate).
+        let residual: Vec<f64> =
+            (0..d).map(|j| sum[j] - (1..=n).map(|id| clipped(id, d)[j]).sum::<f64>()).collect();
+        let expected = (f64::from(n) * plan.variance as f64).sqrt() * plan.gamma;
+        let got = std_dev(&residual);
+        // Sample standard deviation over d coordinates: standard error σ/√(2d) ≈ 1.3%.
+        assert!((got / expected - 1.0).abs() < 0.07, "noise std {got}, expected {expected}");
+        let quantisation = f64::from(n) * plan.gamma;
+        assert!(quantisation < 1e-6, "the grid is fine: {plan:?}");
+    }
+
+    #[test]
+    fn colluding_banks_and_the_coordinator_learn_the_victims_update_only_under_the_honest_banks_noise() {
+        // The attacker: the coordinator unmasks the sum, and the banks 2..=1+colluders subtract
+        // their own exact contributions (they know their noise). Bank 1 is the victim; the other
+        // honest banks' updates the test subtracts too (the attacker's best case). What is
+        // left besides the victim's clipped update is the honest banks' noise.
+        let (n, d, allowance, colluders) = (5u32, 2000usize, 2u32, 2u32);
+        let attack = |noise: bool| {
+            let (f, plan) = dp_round(n, d, allowance, noise);
+            let sum = f.sum().expect("the round finished");
+            let colluding: Vec<Vec<f64>> = (2..2 + colluders)
+                .map(|id| if noise { contribution_of(&plan, id, d) } else { clipped(id, d) })
+                .collect();
+            let residual: Vec<f64> = (0..d)
+                .map(|j| {
+                    let known: f64 = colluding.iter().map(|v| v[j]).sum();
+                    let honest_others: f64 = (2 + colluders..=n).map(|id| clipped(id, d)[j]).sum();
+                    sum[j] - known - honest_others - clipped(1, d)[j]
+                })
+                .collect();
+            std_dev(&residual)
+        };
+        let floor = DP_SIGMA * DP_C * (f64::from(n - allowance - colluders) / f64::from(n - allowance)).sqrt();
+        let with_noise = attack(true);
+        assert!(with_noise >= floor, "residual noise {with_noise} below the honest share {floor}");
+        let without = attack(false);
+        assert!(without < floor / 100.0, "without the noise step the victim's update is exposed ({without})");
+    }
+
+    #[test]
+    fn a_dropout_allowance_below_the_banks_floor_is_refused_before_any_key_leaves() {
+        let (params, _) = dp_params(4, 20, 0);
+        let mut m = TaskMachine::from_wire(&profile(1), dp_train(&params, 1, 0), bank_seed(1));
+        let f = m.reporting().cloned().expect("refused");
+        assert_eq!(f.kind, FailureKind::Policy);
+        assert!(f.reason.contains("min_dropout_allowance"), "{f}");
+        assert!(matches!(m.poll_effect(), Some(Effect::Submit(s)) if reported(&s) == Some(FailureKind::Policy)));
+        let stats_task = pb::Task { terms: Some(dp_terms(0)), ..wire(1, stats(secure(&params, 1))) };
+        let m = TaskMachine::from_wire(&profile(1), stats_task, bank_seed(1));
+        assert_eq!(m.reporting().map(|f| f.kind), Some(FailureKind::Policy), "the job is refused from its first task");
+        let lenient = BankProfile { floors: Floors { min_dropout_allowance: 0, ..profile(1).floors }, ..profile(1) };
+        let m = TaskMachine::from_wire(&lenient, dp_train(&params, 1, 0), bank_seed(1));
+        assert!(m.reporting().is_none(), "a bank whose floor is 0 takes it");
+    }
+
+    #[test]
+    fn a_session_whose_grid_or_clip_lets_the_noise_wrap_or_be_clamped_is_refused() {
+        let (good, _) = dp_params(4, 500, 1);
+        let mut small = good.clone();
+        small.modulus_bits = 20; // the same grid in a ring too small for it: the headroom rule
+        let m = TaskMachine::from_wire(&profile(1), dp_train(&small, 1, 1), bank_seed(1));
+        assert_eq!(m.reporting().map(|f| f.kind), Some(FailureKind::Protocol));
+        let mut odd = good.clone();
+        odd.encoding.scale /= 3.0; // not a power of two: grid values would not be exact
+        let mut tight = good.clone();
+        tight.encoding.clip /= 4.0; // the noise would be clamped
+        let mut plain_task = dp_train(&good, 1, 1);
+        if let Some(Kind::Train(t)) = &mut plain_task.kind {
+            t.aggregation = Some(plain(502));
+        }
+        for (task, what) in [(dp_train(&odd, 1, 1), "odd grid"), (dp_train(&tight, 1, 1), "clamped"), (plain_task, "plain")] {
+            let m = TaskMachine::from_wire(&profile(1), task, bank_seed(1));
+            let f = m.reporting().cloned().unwrap_or_else(|| panic!("{what}: not refused"));
+            assert_eq!(f.kind, FailureKind::Policy, "{what}: {f}");
+        }
+        assert!(TaskMachine::from_wire(&profile(1), dp_train(&good, 1, 1), bank_seed(1)).reporting().is_none());
+    }
+
+    #[test]
+    fn an_institution_dp_vector_not_ending_in_weight_one_and_loss_zero_is_not_sent() {
+        let (params, _) = dp_params(4, 10, 1);
+        let mut f = Federation::default();
+        f.server = Some(Server::new(params.clone(), f.clock.now()).expect("server"));
+        f.start(1, dp_train(&params, 1, 1));
+        let mut weighted = dp_update(1, 10);
+        weighted[10] = 250.0; // a weighted update: the weight is the bank's row count
+        f.results.insert(1, Ok(weighted));
+        f.run();
+        let failure = failed(f.outcomes.get(&1));
+        assert_eq!(failure.kind, FailureKind::Internal, "{failure}");
+        assert_eq!(f.submitted[&1].iter().filter(|s| s.secagg == Some(MessageKind::MaskedInput)).count(), 0);
+    }
+
+    #[test]
+    fn a_sum_holding_fewer_noise_shares_than_the_job_counts_is_not_revealed() {
+        // 7 banks, threshold 5, allowance 1: the bound counts 6 shares. Two banks never send
+        // their masked input; the server would unmask the 5 others' sum, which the banks refuse.
+        let (n, d) = (7u32, 50usize);
+        let (params, _) = dp_params(n, d, 1);
+        let mut f = Federation::default();
+        f.server = Some(Server::new(params.clone(), f.clock.now()).expect("server"));
+        for id in 1..=n {
+            f.start(id, dp_train(&params, id, 1));
+            if id <= 5 {
+                f.results.insert(id, Ok(dp_update(id, d)));
+            }
+        }
+        f.run();
+        let deadline = f.server.as_ref().and_then(Server::poll_timeout).expect("the masked-input stage waits");
+        f.clock.advance_to(deadline);
+        f.server.as_mut().expect("server").handle_timeout(deadline);
+        f.run();
+        assert!(f.sum().is_none(), "the sum was revealed");
+        for id in 1..=5 {
+            let failure = failed(f.outcomes.get(&id));
+            assert_eq!(failure.kind, FailureKind::Policy, "{failure}");
+            assert!(failure.reason.contains("noise of 5 banks"), "{failure}");
+        }
+    }
+
+    #[test]
+    fn institution_dp_rounds_over_changing_banks_are_not_refused_as_count_differencing() {
+        // Four banks, then three of them: with weighted updates the ledger refuses the second
+        // sum (it would isolate bank 4's rows); an institution-DP weight is the constant 1.
+        let (first, _) = dp_round(4, 20, 1, true);
+        assert!(first.sum().is_some());
+        let (params, _) = dp_params(3, 20, 1);
+        let mut f = Federation { ledgers: first.ledgers, ..Federation::default() };
+        f.server = Some(Server::new(params.clone(), f.clock.now()).expect("server"));
+        for id in 1..=3 {
+            f.start(id, dp_train(&params, id, 1));
+            f.results.insert(id, Ok(dp_update(id, 20)));
+        }
+        f.run();
+        assert!(f.sum().is_some(), "refused: {:?}", f.outcomes);
     }
 }

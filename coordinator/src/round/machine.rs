@@ -738,7 +738,10 @@ impl JobMachine {
             Step::Statistics => (confide_datasets::stats_len(&self.schema), Encoding::Statistics),
             Step::Train => {
                 let params = trained.map_or(0, |t| t.layout.len());
-                (TrainContribution::vector_len(params), Encoding::WeightedUpdate { rows: trained.map_or(1, |t| t.prep.rows) })
+                let institution_dp = self.spec.privacy.as_ref().is_some_and(|p| p.mode == confide_core::job::PrivacyMode::Institution);
+                let encoding =
+                    if institution_dp { Encoding::NoisyUpdate } else { Encoding::WeightedUpdate { rows: trained.map_or(1, |t| t.prep.rows) } };
+                (TrainContribution::vector_len(params), encoding)
             }
             Step::Evaluate(_) if self.spec.model.is_recommendation() => (RECOMMENDATION_EVAL_LEN, Encoding::Counts),
             Step::Evaluate(_) => (EvalContribution::vector_len(self.spec.evaluation.score_buckets as usize), Encoding::Counts),

@@ -6,12 +6,16 @@
 //! Encodings: statistics and evaluation vectors are small and hold large counts and sums, so
 //! they use a 64-bit ring with a fixed resolution; model updates use the job's modulus (32 bits
 //! by default) with a range of `rows × update_clip`, which keeps the weighted mean's error near
-//! `10·m²/2^31` per parameter for `m` contributors.
+//! `10·m²/2^31` per parameter for `m` contributors. Institution-level DP updates
+//! ([`Encoding::NoisyUpdate`]) use the grid and clip of [`confide_core::discrete_noise::NoisePlan::choose`]:
+//! every bank's noisy coordinate is an exact grid value the clip covers, and n of them cannot wrap.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Instant;
 
-use confide_core::job::JobSpec;
+use confide_core::discrete_noise::NoisePlan;
+use confide_core::job::{JobSpec, PrivacyMode};
+use confide_core::contribution::TRAIN_EXTRAS;
 use confide_proto::v1 as pb;
 use confide_secagg::{
     ClientMessage, FixedPoint, Graph, ParticipantId, Server, ServerEvent, SessionParams, Stage,
@@ -33,6 +37,9 @@ pub enum Encoding {
     },
     /// Histogram counts and metric sums.
     Counts,
+    /// Institution-level DP: each bank's clipped update on the grid plus its discrete Gaussian
+    /// noise share, then weight 1 and loss 0 (see [`confide_core::discrete_noise`]).
+    NoisyUpdate,
 }
 
 /// Resolution (1/scale) of the 64-bit encodings.
@@ -40,11 +47,11 @@ const STATISTICS_SCALE: f64 = 256.0;
 const COUNTS_SCALE: f64 = 65_536.0;
 
 impl Encoding {
-    /// Modulus bits and fixed-point encoding for `n` participants.
-    fn fixed_point(self, spec: &JobSpec, n: usize) -> (u32, FixedPoint) {
+    /// Modulus bits and fixed-point encoding for `n` participants and vectors of `vector_len`.
+    fn fixed_point(self, spec: &JobSpec, n: usize, vector_len: usize) -> Result<(u32, FixedPoint), String> {
         // Largest clip for which n·⌈clip·scale⌉ stays below 2^62 (half the 64-bit headroom).
         let wide = |scale: f64| FixedPoint { clip: 2f64.powi(62) / (n.max(1) as f64) / scale, scale };
-        match self {
+        Ok(match self {
             Encoding::Statistics => (64, wide(STATISTICS_SCALE)),
             Encoding::Counts => (64, wide(COUNTS_SCALE)),
             Encoding::WeightedUpdate { rows } => {
@@ -52,7 +59,42 @@ impl Encoding {
                 let clip = rows.max(1) as f64 * spec.secure_aggregation.update_clip;
                 (bits, FixedPoint { clip, scale: SessionParams::max_scale(n, clip, bits) })
             }
+            Encoding::NoisyUpdate => {
+                let plan = noise_plan(spec, vector_len.saturating_sub(TRAIN_EXTRAS), n)?;
+                (spec.secure_aggregation.modulus_bits, FixedPoint { clip: plan.encoding_clip(), scale: plan.scale() })
+            }
+        })
+    }
+}
+
+/// The noise plan of an institution-level DP job's training round with `participants` banks
+/// and `parameters` model parameters: the finest grid the job's modulus holds without
+/// wrapping. Fails, naming what to change, when the ring is too small or the job is not in
+/// institution mode.
+pub fn noise_plan(spec: &JobSpec, parameters: usize, participants: usize) -> Result<NoisePlan, String> {
+    let p = spec.privacy.as_ref().filter(|p| p.mode == PrivacyMode::Institution).ok_or("the job is not institution-level DP")?;
+    NoisePlan::choose(
+        p.clip_norm,
+        p.sigma(),
+        parameters.max(1),
+        participants,
+        p.dropout_allowance,
+        spec.secure_aggregation.modulus_bits,
+    )
+    .map_err(|e| format!("institution-level differential privacy: {e}"))
+}
+
+/// For submit: refuses an institution-level DP job whose ring cannot hold the noisy sum of up to
+/// `max_participants` banks (the most the integrator expects in one round, e.g. the registered
+/// workers) for a model of `parameters` parameters. Other jobs pass. More banks need more room,
+/// so a job that passes here passes every smaller round too.
+pub fn check_institution_ring(spec: &JobSpec, parameters: usize, max_participants: usize) -> Result<(), String> {
+    match &spec.privacy {
+        Some(p) if p.mode == PrivacyMode::Institution => {
+            let n = max_participants.max(spec.selection.min_workers);
+            noise_plan(spec, parameters, n).map(|_| ())
         }
+        _ => Ok(()),
     }
 }
 
@@ -139,7 +181,7 @@ impl SecurePhase {
         }
         let n = keys.len();
         let graph = graph(n, spec.secure_aggregation.sparse_neighbours);
-        let (modulus_bits, fixed) = encoding.fixed_point(spec, n);
+        let (modulus_bits, fixed) = encoding.fixed_point(spec, n, vector_len)?;
         let mut params = SessionParams {
             session_id,
             round,
@@ -312,5 +354,37 @@ mod tests {
         assert_eq!(graph(1000, 100), Graph::Sparse { k: 100 });
         assert_eq!(graph(65, 0), Graph::Sparse { k: Graph::recommended_degree(65) });
         assert_eq!(Graph::recommended_degree(64) as u32, confide_core::job::MIN_SPARSE_NEIGHBOURS);
+    }
+
+    fn institution_job(extra: &str) -> JobSpec {
+        let text = format!(
+            "name = \"dp\"\ndataset = \"d\"\n[model]\nkind = \"mlp\"\nhidden = [8]\n[training]\nrounds = 10\nbatch_size = 64\nlearning_rate = 0.1\n\
+             {extra}\n[privacy]\nmode = \"institution\"\nnoise_multiplier = 1.0\nclip_norm = 0.5\ndropout_allowance = 1\n"
+        );
+        JobSpec::from_toml(&text).expect("valid DP job")
+    }
+
+    #[test]
+    fn an_institution_dp_round_gets_an_exact_grid_whose_noisy_sum_cannot_wrap() {
+        let spec = institution_job("");
+        let (bits, fixed) = Encoding::NoisyUpdate.fixed_point(&spec, 5, 1000 + TRAIN_EXTRAS).expect("encoding");
+        assert_eq!(bits, spec.secure_aggregation.modulus_bits);
+        assert_eq!(fixed.scale.log2().fract(), 0.0, "the scale is a power of two");
+        assert!(fixed.scale >= 1.0 && fixed.clip >= 1.0, "weight 1 is exact and within the clip");
+        assert!(5.0 * fixed.max_abs_encoded() < 2f64.powi(bits as i32 - 1), "{fixed:?}");
+        let plan = noise_plan(&spec, 1000, 5).expect("plan");
+        assert_eq!(plan.noise_shares, 4);
+        assert!(plan.clip_norm / plan.gamma <= fixed.clip * fixed.scale);
+    }
+
+    #[test]
+    fn a_ring_too_small_for_the_noisy_sum_is_refused_at_submit_naming_the_fix() {
+        let small = institution_job("[secure_aggregation]\nmodulus_bits = 16");
+        let err = check_institution_ring(&small, 100_000, 1000).expect_err("16 bits cannot hold 1000 banks' noise");
+        assert!(err.contains("modulus_bits"), "{err}");
+        check_institution_ring(&institution_job(""), 100_000, 10).expect("32 bits hold it");
+        let mut plain = small;
+        plain.privacy = None;
+        check_institution_ring(&plain, 100_000, 1000).expect("not DP: no noise to hold");
     }
 }
