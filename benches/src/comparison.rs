@@ -55,6 +55,8 @@ pub enum CompareError {
     Spend(#[from] confide_core::spend::SpendError),
     #[error(transparent)]
     Privacy(#[from] confide_core::privacy::PrivacyError),
+    #[error(transparent)]
+    Noise(#[from] confide_core::discrete_noise::NoiseError),
     #[error("{0}")]
     Io(#[from] std::io::Error),
     #[error("{0}")]

@@ -10,18 +10,18 @@
 //!   [`Preprocessing::from_noisy_aggregate`] on the sum.
 //! - Record level: each bank runs the worker's DP-SGD ([`train_local_dp`], Poisson rate
 //!   `batch_size / rows` of that bank) and contributes its unweighted update with weight 1.
-//! - Institution level: each bank trains without DP, clips its whole update Δ to C, rounds it
-//!   randomly onto the grid γ = C/2¹⁶ and adds its share of discrete Gaussian noise, variance
-//!   (σC/γ)²/(K − dropout_allowance), in the 2³² ring of secure aggregation; the coordinator
-//!   centre-lifts the ring sum and scales it back. The sampler is Canonne, Kamath & Steinke's
-//!   (2020) rejection from a discrete Laplace, in floating point — a bench stand-in for the
-//!   banks' own noise module; quantisation error (≤ γ per coordinate) is negligible beside the noise.
+//! - Institution level: each bank trains without DP and hands its whole update Δ to core's
+//!   distributed discrete Gaussian ([`NoisePlan::choose`] for the job's C, σ, dropout allowance
+//!   and ring, then [`NoisePlan::privatize`]: clip to C, conditional rounding onto the grid γ,
+//!   the bank's discrete Gaussian share) — what a bank's task machine adds before masking; the
+//!   sum of the shares is what the coordinator unmasks (integers times γ, exact in f64).
 //!
 //! The server step is core's [`ServerOptimizer`] on the sum with total weight K, as for any
 //! DP training sum (`[Δ…, 1, 0]` per bank).
 
 use std::sync::Arc;
 
+use confide_core::discrete_noise::NoisePlan;
 use confide_core::job::JobSpec;
 use confide_core::model::ModelParams;
 use confide_core::spend::{self, Plan};
@@ -32,7 +32,7 @@ use confide_worker::ml::{self, Device, TrainConfig};
 use confide_worker::tasks::Split;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
-use rand_distr::{Distribution, Geometric, StandardNormal};
+use rand_distr::StandardNormal;
 
 use crate::comparison::{CompareError, Institution, Prep, Scores, add_into, pooled_eval};
 
@@ -139,9 +139,6 @@ pub fn preprocessing(schema: &DatasetSchema, banks: &[Institution], job: &JobSpe
     Prep::keyed(Preprocessing::from_noisy_aggregate(schema, &sum)?)
 }
 
-/// Fixed-point grid of the institution-level noise, in units of C.
-const GRID_BITS: i32 = 16;
-
 /// Trains `job` federated over `banks` (training splits encoded with `prep`) in `mode`; returns
 /// the final global model.
 pub fn train(job: &JobSpec, prep: &Prep, banks: &[Institution], mode: Mode) -> Result<ModelParams, CompareError> {
@@ -161,9 +158,20 @@ pub fn train_encoded(job: &JobSpec, dim: usize, train: &[Arc<Encoded>], mode: Mo
         (_, Some(p)) => Some(p),
         (_, None) => return Err(CompareError::Invalid(format!("{} training needs a [privacy] section", mode.label()))),
     };
+    // Institution level: every bank derives the same noise plan from the job's public terms.
+    let noise = match (mode, privacy) {
+        (Mode::Institution, Some(p)) => Some(NoisePlan::choose(
+            p.clip_norm,
+            p.sigma(),
+            layout.len(),
+            train.len(),
+            p.dropout_allowance,
+            job.secure_aggregation.modulus_bits,
+        )?),
+        _ => None,
+    };
     for round in 1..=job.training.rounds {
         let mut sum = vec![0.0; layout.len()];
-        let mut ring = vec![0u32; layout.len()];
         for (k, data) in train.iter().enumerate() {
             let local = job.local_training(round, k as u64);
             let cfg = TrainConfig::from(&local);
@@ -179,107 +187,20 @@ pub fn train_encoded(job: &JobSpec, dim: usize, train: &[Arc<Encoded>], mode: Mo
                 _ => ml::train_local(spec, &global, data, &cfg, Device::Cpu)?,
             };
             let delta: Vec<f64> = trained.params.values.iter().zip(&global.values).map(|(l, g)| f64::from(l - g)).collect();
-            match (mode, privacy) {
-                (Mode::Institution, Some(p)) => {
-                    let counted = train.len().saturating_sub(p.dropout_allowance as usize).max(1);
+            match &noise {
+                Some(plan) => {
                     let mut rng = ChaCha20Rng::seed_from_u64(local.seed ^ 0x4e4f_4953_45);
-                    noisy_share(&delta, p.clip_norm, p.sigma() / (counted as f64).sqrt(), &mut ring, &mut rng)?;
+                    add_into(&mut sum, &plan.privatize(&delta, &mut rng)?);
                 }
-                _ => add_into(&mut sum, &delta),
+                None => add_into(&mut sum, &delta),
             }
-        }
-        if mode == Mode::Institution {
-            let gamma = privacy.map_or(1.0, |p| p.clip_norm) * 2f64.powi(-GRID_BITS);
-            // Centre-lift the ring sum: values above 2³¹ are negative.
-            sum = ring.iter().map(|&v| f64::from(v as i32) * gamma).collect();
         }
         server.step(&mut global, &sum, train.len() as f64)?;
     }
     Ok(global)
 }
 
-/// One bank's institution-level share: Δ clipped to L2 norm `clip`, randomly rounded onto the grid
-/// γ = clip/2¹⁶, plus discrete Gaussian noise of standard deviation `share_sigma`·clip (in grid
-/// units), added into the 2³² ring `ring`.
-fn noisy_share(delta: &[f64], clip: f64, share_sigma: f64, ring: &mut [u32], rng: &mut ChaCha20Rng) -> Result<(), CompareError> {
-    let norm = delta.iter().map(|d| d * d).sum::<f64>().sqrt();
-    let scale = if norm > clip { clip / norm } else { 1.0 };
-    let grid = 2f64.powi(GRID_BITS) / clip;
-    let sampler = DiscreteGaussian::new(share_sigma * clip * grid)?;
-    for (slot, d) in ring.iter_mut().zip(delta) {
-        let x = d * scale * grid;
-        let down = x.floor();
-        let q = if rng.random::<f64>() < x - down { down + 1.0 } else { down } as i64;
-        let v = q + sampler.sample(rng);
-        // Two's complement: adding an i64 mod 2³² is adding its low 32 bits.
-        *slot = slot.wrapping_add(v as u32);
-    }
-    Ok(())
-}
-
-/// The discrete Gaussian on ℤ (Canonne, Kamath & Steinke 2020, Algorithm 3): a discrete Laplace
-/// proposal of scale t = ⌊σ⌋ + 1, accepted with probability exp(−(|y| − σ²/t)²/(2σ²)).
-struct DiscreteGaussian {
-    sigma: f64,
-    t: f64,
-    geometric: Geometric,
-}
-
-impl DiscreteGaussian {
-    fn new(sigma: f64) -> Result<Self, CompareError> {
-        if !(sigma.is_finite() && sigma > 0.0) {
-            return Err(CompareError::Invalid(format!("discrete Gaussian σ = {sigma}")));
-        }
-        let t = sigma.floor() + 1.0;
-        let geometric = Geometric::new(1.0 - (-1.0 / t).exp()).map_err(|e| CompareError::Invalid(format!("discrete Laplace: {e}")))?;
-        Ok(Self { sigma, t, geometric })
-    }
-
-    fn sample(&self, rng: &mut ChaCha20Rng) -> i64 {
-        loop {
-            // The difference of two geometric counts is a discrete Laplace of scale t.
-            let y = self.geometric.sample(rng) as i64 - self.geometric.sample(rng) as i64;
-            let c = y.unsigned_abs() as f64 - self.sigma * self.sigma / self.t;
-            if rng.random::<f64>() < (-c * c / (2.0 * self.sigma * self.sigma)).exp() {
-                return y;
-            }
-        }
-    }
-}
-
 /// The pooled-test metrics of `params`.
 pub fn pooled_scores(job: &JobSpec, params: &ModelParams, prep: &Prep, banks: &[Institution]) -> Result<Scores, CompareError> {
     Scores::of(&pooled_eval(&job.model, params, prep, banks)?)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn discrete_gaussian_has_the_requested_spread_and_no_bias() {
-        let mut rng = ChaCha20Rng::seed_from_u64(7);
-        for sigma in [0.7, 3.0, 250.0] {
-            let g = DiscreteGaussian::new(sigma).expect("sampler");
-            let n = 40_000;
-            let draws: Vec<f64> = (0..n).map(|_| g.sample(&mut rng) as f64).collect();
-            let mean = draws.iter().sum::<f64>() / n as f64;
-            let sd = (draws.iter().map(|d| (d - mean).powi(2)).sum::<f64>() / n as f64).sqrt();
-            assert!(mean.abs() < 4.0 * sigma / (n as f64).sqrt(), "σ {sigma}: mean {mean}");
-            // A discrete Gaussian of parameter σ ≥ 0.7 has a standard deviation within 1 % of σ.
-            assert!((sd / sigma - 1.0).abs() < 0.03, "σ {sigma}: sd {sd}");
-        }
-    }
-
-    #[test]
-    fn a_share_without_noise_is_the_clipped_update_on_the_grid_even_when_negative() {
-        let mut rng = ChaCha20Rng::seed_from_u64(1);
-        let delta = [3.0, -4.0]; // norm 5, clipped to 1: (0.6, -0.8)
-        let mut ring = vec![0u32; 2];
-        // σ so small the discrete Gaussian is 0 with overwhelming probability.
-        noisy_share(&delta, 1.0, 1e-9, &mut ring, &mut rng).expect("share");
-        noisy_share(&delta, 1.0, 1e-9, &mut ring, &mut rng).expect("share");
-        let back: Vec<f64> = ring.iter().map(|&v| f64::from(v as i32) * 2f64.powi(-GRID_BITS)).collect();
-        assert!((back[0] - 1.2).abs() < 1e-4 && (back[1] + 1.6).abs() < 1e-4, "{back:?}");
-    }
 }

@@ -7,10 +7,14 @@
 //! same federation and hyper-parameters without DP (exact statistics, no clipping, no noise).
 //! See [`confide_benches::dp`] for how each bank applies the DP terms.
 //!
+//! Hyper-parameters (the same for every ε and mode, tuned once on Taiwan at ε = 4 and ∞; see
+//! [`Hyper`]) can be overridden with `CONFIDE_DP_ROUNDS`, `_BATCH`, `_LR`, `_RECORD_CLIP`,
+//! `_INSTITUTION_CLIP`; `CONFIDE_DP_DATASET=Taiwan` runs one dataset.
+//!
 //! Writes `benches/results/dp_utility.{csv,md}` and one PNG per dataset × model (AUC vs ε, one
 //! line per mode, the non-DP model as a reference line).
 //!
-//! `cargo run --release -p confide-benches --bin dp_utility [OUT_DIR]` — about 3 minutes on two
+//! `cargo run --release -p confide-benches --bin dp_utility [OUT_DIR]` — about 1 minute on two
 //! shared cores for 3 seeds (`CONFIDE_COMPARE_SEEDS=1` for one seed).
 
 use std::collections::BTreeMap;
@@ -267,8 +271,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
          {} rounds at the smallest bank (record level: the training split's ε with the statistics included; institution level: the \
          institution-level ε of the training rounds). Every setting: {} rounds × 1 local epoch, expected batch {} (DP-SGD: Poisson rate \
          batch/rows), SGD with momentum 0.9, learning rate {}, FedAvg (server learning rate 1) over unweighted updates (weight 1 per \
-         bank), no class weighting. Record level C = {} per row; institution level C = {} per bank update, noise shares for \
-         K − 1 banks (dropout_allowance 1), grid C/2¹⁶ in the 2³² ring. Statistics noise multiplier 4 (the job default) for ε ≥ 4, 4·4/ε below \
+         bank), no class weighting. Record level C = {} per row; institution level C = {} per bank update, core's distributed \
+         discrete Gaussian (`discrete_noise::NoisePlan::choose`: noise shares counted for K − 1 banks, dropout_allowance 1; the finest grid the 32-bit \
+         ring allows; conditional rounding). Statistics noise multiplier 4 (the job default) for ε ≥ 4, 4·4/ε below \
          (the default alone would spend ε ≈ 1.1); each bank noises its own clipped statistics. ∞ = the same without DP (exact statistics, no clipping, \
          no noise). Mean and sample sd over seeds {:?} (partition and model seeds) of the runs that did not diverge (`diverged`: a bank's local loss overflowed, as the worker would fail that task); every run is in `dp_utility.csv`.\n\n{}\n{}\n\n{}\n",
         started.elapsed().as_secs_f64(),
