@@ -233,7 +233,9 @@ fn run_setting(
         test_auc: mean_sd(&test_aucs),
         member_loss: loss_of(true),
         nonmember_loss: loss_of(false),
-        loss_scores: targets.iter().map(|t| (-t.loss, t.member)).collect(),
+        // −loss = −ln(1 + e^−φ) orders rows exactly as φ does, and φ does not underflow: a model
+        // with logits in the hundreds (ε = 1 here) would tie thousands of rows at loss 0.
+        loss_scores: targets.iter().map(|t| (t.phi, t.member)).collect(),
         lira_scores: targets.iter().zip(&means).map(|(t, m)| ((t.phi - m) / spread, t.member)).collect(),
         lira_own_scores: targets
             .iter()
