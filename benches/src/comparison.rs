@@ -51,6 +51,12 @@ pub enum CompareError {
     Strategy(#[from] confide_core::strategy::StrategyError),
     #[error(transparent)]
     Report(#[from] confide_report::ReportError),
+    #[error(transparent)]
+    Spend(#[from] confide_core::spend::SpendError),
+    #[error(transparent)]
+    Privacy(#[from] confide_core::privacy::PrivacyError),
+    #[error(transparent)]
+    Noise(#[from] confide_core::discrete_noise::NoiseError),
     #[error("{0}")]
     Io(#[from] std::io::Error),
     #[error("{0}")]
@@ -150,7 +156,8 @@ pub struct Scores {
 }
 
 impl Scores {
-    fn of(c: &EvalContribution) -> Result<Self, CompareError> {
+    /// The metrics of a summed evaluation.
+    pub fn of(c: &EvalContribution) -> Result<Self, CompareError> {
         let m = c.metrics();
         let get = |k: &str| {
             m.get(k).copied().ok_or_else(|| {
@@ -215,26 +222,57 @@ impl PartitionResult {
 pub const TARGET_GAP: f64 = 0.005;
 
 /// An institution as the simulation sees it: the worker's dataset handle.
-struct Institution {
-    name: String,
-    data: LocalDataset,
+pub struct Institution {
+    pub name: String,
+    pub data: LocalDataset,
+}
+
+/// Opens every institution of a partition written to `folder` as the worker would.
+pub fn open_institutions(
+    schema: &DatasetSchema,
+    schema_path: &Path,
+    summary: &PartitionSummary,
+    folder: &Path,
+) -> Result<Vec<Institution>, CompareError> {
+    summary
+        .institutions
+        .iter()
+        .map(|i| {
+            let config = DatasetConfig {
+                name: schema.name.clone(),
+                schema: schema_path.to_path_buf(),
+                train: folder.join(&i.name).join("train.csv"),
+                test: folder.join(&i.name).join("test.csv"),
+            };
+            Ok(Institution {
+                name: i.name.clone(),
+                data: LocalDataset::open(config)?,
+            })
+        })
+        .collect()
 }
 
 /// Preprocessing and its cache key (the JSON text the coordinator ships).
-struct Prep {
-    prep: Preprocessing,
-    key: String,
+pub struct Prep {
+    pub prep: Preprocessing,
+    pub key: String,
 }
 
 impl Prep {
-    fn from_stats(schema: &DatasetSchema, stats: &[f64]) -> Result<Self, CompareError> {
-        let prep = Preprocessing::from_aggregate(schema, stats)?;
+    /// The coordinator's preprocessing from exact summed statistics.
+    pub fn from_stats(schema: &DatasetSchema, stats: &[f64]) -> Result<Self, CompareError> {
+        Self::keyed(Preprocessing::from_aggregate(schema, stats)?)
+    }
+
+    /// `prep` with its cache key.
+    pub fn keyed(prep: Preprocessing) -> Result<Self, CompareError> {
         let key = serde_json::to_string(&prep).map_err(|e| CompareError::Invalid(e.to_string()))?;
         Ok(Self { prep, key })
     }
 }
 
-fn add_into(acc: &mut Vec<f64>, v: &[f64]) {
+/// Adds `v` into `acc` element-wise (an empty `acc` takes `v`'s length).
+pub fn add_into(acc: &mut Vec<f64>, v: &[f64]) {
     if acc.is_empty() {
         acc.resize(v.len(), 0.0);
     }
@@ -245,13 +283,13 @@ fn add_into(acc: &mut Vec<f64>, v: &[f64]) {
 
 /// The worker's per-job user-state store, which only recommendation models use; tabular
 /// models never read or write it.
-fn tabular_users() -> UserStateStore {
+pub fn tabular_users() -> UserStateStore {
     UserStateStore::new(&std::env::temp_dir().join("confide-comparison-unused"))
 }
 
 /// The summed evaluation of `params` over the test splits of `banks`: what the coordinator
 /// reads from the securely aggregated evaluation vectors.
-fn pooled_eval(
+pub fn pooled_eval(
     spec: &ModelSpec,
     params: &ModelParams,
     prep: &Prep,
@@ -326,22 +364,7 @@ fn run_one(
     folder: &Path,
     seed: u64,
 ) -> Result<PartitionResult, CompareError> {
-    let banks: Vec<Institution> = summary
-        .institutions
-        .iter()
-        .map(|i| {
-            let config = DatasetConfig {
-                name: schema.name.clone(),
-                schema: study.schema.clone(),
-                train: folder.join(&i.name).join("train.csv"),
-                test: folder.join(&i.name).join("test.csv"),
-            };
-            Ok(Institution {
-                name: i.name.clone(),
-                data: LocalDataset::open(config)?,
-            })
-        })
-        .collect::<Result<_, CompareError>>()?;
+    let banks = open_institutions(schema, &study.schema, summary, folder)?;
 
     let train_rows: usize = summary.institutions.iter().map(|i| i.train_rows).sum();
     let train_positives: usize = summary.institutions.iter().map(|i| i.train_positives).sum();
@@ -544,7 +567,7 @@ pub fn run_study(study: &Study) -> Result<Vec<PartitionResult>, CompareError> {
 }
 
 /// Mean and sample standard deviation.
-fn mean_sd(values: &[f64]) -> (f64, f64) {
+pub fn mean_sd(values: &[f64]) -> (f64, f64) {
     let n = values.len() as f64;
     let mean = values.iter().sum::<f64>() / n.max(1.0);
     let var = if values.len() > 1 {
@@ -734,7 +757,7 @@ fn within_target(gap: f64) -> &'static str {
 }
 
 /// A string usable in a file name.
-fn file_part(s: &str) -> String {
+pub fn file_part(s: &str) -> String {
     let mut out = String::new();
     for c in s.chars() {
         if c.is_ascii_alphanumeric() || c == '.' {

@@ -3,6 +3,7 @@
 //! numbers in `RESULTS.md`.
 
 pub mod comparison;
+pub mod dp;
 pub mod secagg;
 pub mod sim;
 pub mod speed;

@@ -331,6 +331,10 @@ fn count_at(summed: &[f64], index: usize, names: &[String]) -> Result<f64, Stats
     Ok(value.round().max(0.0))
 }
 
+/// A noisy numeric std is at least (high − low)/this, so an encoded in-range value stays within
+/// ±this of 0 whatever the noise did to the variance.
+pub const NOISY_STD_FLOOR_DIVISOR: f64 = 16.0;
+
 impl Preprocessing {
     /// Derives means, standard deviations and modes from the federation-wide sum of
     /// [`local_stats`] vectors.
@@ -427,30 +431,37 @@ impl Preprocessing {
 
     /// [`Self::from_aggregate`] for a sum that carries differential-privacy noise: counts are
     /// clamped at zero rather than refused, and a numeric column's mean is clamped into its
-    /// declared range (noise can push a small column's mean outside it).
+    /// declared range (noise can push a small column's mean outside it). Its std is kept within
+    /// [(high − low)/[`NOISY_STD_FLOOR_DIVISOR`], high − low]: the sum of squares carries noise
+    /// scaled by max(|low|, |high|)², which for a wide declared range can swamp the true value and
+    /// leave a variance near or below zero; unfloored, encoded values would then be raw units
+    /// (a std of 1) and training diverges.
     pub fn from_noisy_aggregate(schema: &DatasetSchema, summed: &[f64]) -> Result<Self, StatsError> {
         let sensitivity = stats_sensitivity(schema)?;
         if summed.len() != sensitivity.per_slot.len() {
             return Err(StatsError::Length { schema: schema.name.clone(), found: summed.len(), expected: sensitivity.per_slot.len() });
         }
         let mut clamped = summed.to_vec();
-        let mut is_count = vec![true];
+        // The least each slot may be after noise: counts 0; a numeric column's value count 1, so a
+        // small bank's noise cannot leave a column "without values" (its mean is then clamped
+        // into the range below).
+        let mut floor = vec![Some(0.0)];
         for c in schema.feature_columns() {
             match c.kind {
-                ColumnType::Categorical => is_count.extend(std::iter::repeat_n(true, c.level_names().len() + 1)),
-                _ => is_count.extend([true, false, false]),
+                ColumnType::Categorical => floor.extend(std::iter::repeat_n(Some(0.0), c.level_names().len() + 1)),
+                _ => floor.extend([Some(1.0), None, None]),
             }
         }
-        for (v, count) in clamped.iter_mut().zip(&is_count) {
-            if *count && v.is_finite() {
-                *v = v.max(0.0);
+        for (v, floor) in clamped.iter_mut().zip(&floor) {
+            if let (Some(f), true) = (floor, v.is_finite()) {
+                *v = v.max(*f);
             }
         }
         let mut prep = Self::from_aggregate(schema, &clamped)?;
         for (transform, spec) in prep.columns.iter_mut().zip(schema.feature_columns()) {
             if let (ColumnTransform::Numeric { mean, std, .. }, Some([low, high])) = (transform, spec.range) {
                 *mean = mean.clamp(low, high);
-                *std = std.min(high - low).max(1e-8 * (high - low));
+                *std = std.min(high - low).max((high - low) / NOISY_STD_FLOOR_DIVISOR);
             }
         }
         Ok(prep)
@@ -706,5 +717,28 @@ type = "numeric"
         let mut other = table(A);
         other.schema_fingerprint = "0".repeat(64);
         assert!(matches!(p.encode(&other), Err(StatsError::SchemaMismatch { .. })));
+    }
+
+    #[test]
+    fn a_noisy_variance_below_zero_gives_a_floored_std_not_raw_units() {
+        let ranged = SCHEMA.replacen("name = \"x\"\ntype = \"numeric\"", "name = \"x\"\ntype = \"numeric\"\nrange = [0, 1000]", 1)
+            .replacen("name = \"k\"\ntype = \"numeric\"", "name = \"k\"\ntype = \"numeric\"\nrange = [0, 10]", 1);
+        let s = DatasetSchema::parse(&ranged, "s.toml").expect("valid");
+        let t = load_csv_from_reader(format!("x,c,k,y\n{A}{B}").as_bytes(), "t.csv", &s).expect("loads");
+        let mut noisy = clipped_local_stats(&t, &s).expect("ranged");
+        // Noise drove x's sum of squares (slot 3) far below sum²/n.
+        noisy[3] = -1e6;
+        let prep = Preprocessing::from_noisy_aggregate(&s, &noisy).expect("noisy prep");
+        match &prep.columns[0] {
+            ColumnTransform::Numeric { std, .. } => assert_eq!(*std, 1000.0 / NOISY_STD_FLOOR_DIVISOR),
+            other => panic!("{other:?}"),
+        }
+        // Noise drove k's value count (slot 8) below zero: a mean inside the range, not an error.
+        noisy[8] = -3.0;
+        let prep = Preprocessing::from_noisy_aggregate(&s, &noisy).expect("noisy prep");
+        match &prep.columns[2] {
+            ColumnTransform::Numeric { mean, .. } => assert!((0.0..=10.0).contains(mean), "{mean}"),
+            other => panic!("{other:?}"),
+        }
     }
 }
