@@ -5,7 +5,7 @@
 //! - Jobs are real [`JobSpec`]s with a `[privacy]` section; σ comes from
 //!   [`confide_core::spend::resolve`] (statistics, every DP-SGD step or round, all in the spend).
 //! - Preprocessing under DP: every bank clips its statistics into the schema's declared ranges
-//!   ([`clipped_local_stats`]) and adds its own Gaussian noise per [`StatsSensitivity`] (a bank
+//!   (`confide_datasets::clipped_local_stats`) and adds its own Gaussian noise per `confide_datasets::stats_sensitivity` (a bank
 //!   does not count on the others' noise); the coordinator's step is
 //!   [`Preprocessing::from_noisy_aggregate`] on the sum.
 //! - Record level: each bank runs the worker's DP-SGD ([`train_local_dp`], Poisson rate
@@ -26,13 +26,12 @@ use confide_core::job::JobSpec;
 use confide_core::model::ModelParams;
 use confide_core::spend::{self, Plan};
 use confide_core::strategy::ServerOptimizer;
-use confide_datasets::{DatasetSchema, Encoded, Preprocessing, StatsSensitivity, clipped_local_stats};
+use confide_datasets::{DatasetSchema, Encoded, Preprocessing};
 use confide_worker::ml::dp_sgd::{DpSgd, train_local_dp};
 use confide_worker::ml::{self, Device, TrainConfig};
 use confide_worker::tasks::Split;
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
-use rand_distr::StandardNormal;
 
 use crate::comparison::{CompareError, Institution, Prep, Scores, add_into, pooled_eval};
 
@@ -126,15 +125,11 @@ pub fn preprocessing(schema: &DatasetSchema, banks: &[Institution], job: &JobSpe
         }
         return Prep::from_stats(schema, &sum);
     };
-    let sensitivity = StatsSensitivity::of(schema)?;
-    let spread = privacy.statistics_noise_multiplier * (sensitivity.slots_per_row as f64).sqrt();
+    // Each bank's real DP statistics (clipped into the declared ranges, its own Gaussian noise).
+    let dp = confide_core::spend::DpJob::of(job).ok_or_else(|| CompareError::Invalid("a DP job without [privacy]".into()))?;
+    let _ = privacy;
     for (k, bank) in banks.iter().enumerate() {
-        let mut rng = ChaCha20Rng::seed_from_u64(job.seed ^ 0x5747_4154_u64 ^ (k as u64).wrapping_mul(0x9E37_79B9));
-        let mut stats = clipped_local_stats(bank.data.table(Split::Train)?.as_ref(), schema)?;
-        for (v, m) in stats.iter_mut().zip(&sensitivity.per_slot) {
-            *v += rng.sample::<f64, _>(StandardNormal) * spread * m;
-        }
-        add_into(&mut sum, &stats);
+        add_into(&mut sum, &bank.data.dp_stats(&dp, job.seed ^ 0x5747_4154_u64 ^ (k as u64).wrapping_mul(0x9E37_79B9))?);
     }
     Prep::keyed(Preprocessing::from_noisy_aggregate(schema, &sum)?)
 }
