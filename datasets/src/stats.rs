@@ -210,7 +210,7 @@ pub fn stats_sensitivity(schema: &DatasetSchema) -> Result<Sensitivity, StatsErr
 }
 
 /// [`local_stats`] with every numeric value clipped into its column's declared range, so one
-/// row's effect is bounded by [`StatsSensitivity`]; an error naming a numeric feature without one.
+/// row's effect is bounded by [`stats_sensitivity`]; an error naming a numeric feature without one.
 pub fn clipped_local_stats(table: &RawTable, schema: &DatasetSchema) -> Result<Vec<f64>, StatsError> {
     stats_sensitivity(schema)?;
     let mut clipped = table.clone();
