@@ -330,12 +330,12 @@ fn run_one(
         .institutions
         .iter()
         .map(|i| {
-            let config = DatasetConfig {
-                name: schema.name.clone(),
-                schema: study.schema.clone(),
-                train: folder.join(&i.name).join("train.csv"),
-                test: folder.join(&i.name).join("test.csv"),
-            };
+            let config = DatasetConfig::files(
+                schema.name.clone(),
+                study.schema.clone(),
+                folder.join(&i.name).join("train.csv"),
+                folder.join(&i.name).join("test.csv"),
+            );
             Ok(Institution {
                 name: i.name.clone(),
                 data: LocalDataset::open(config)?,
