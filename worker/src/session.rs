@@ -529,17 +529,24 @@ fn charge<C: Compute>(bank: &Bank<C>, request: &task::AdmissionRequest, task_id:
         participants: Vec::new(),
         threshold: None,
         failure: None,
-        privacy_budget_spent: Some(charged.epsilon),
+        privacy_budget_spent: Some(audit_number(charged.epsilon)),
         budget: Some(audit::BudgetNote {
             dataset: request.dataset.clone(),
             delta: charged.delta,
-            epsilon: charged.epsilon,
-            cumulative: charged.cumulative,
-            remaining: charged.remaining,
+            epsilon: audit_number(charged.epsilon),
+            cumulative: audit_number(charged.cumulative),
+            remaining: charged.remaining.map(audit_number),
         }),
     };
     // Conservative: the charge stands even if it cannot be recorded, and the task is refused.
     record(bank.audit.as_ref(), entry).map(|_| ())
+}
+
+/// `x` to 9 decimals, as the audit log records an ε: the record's hash covers its parsed JSON,
+/// and a number of at most 15 significant digits reads back as exactly the same f64 (a full
+/// 17-digit one may not, and the record would then fail its own hash check).
+fn audit_number(x: f64) -> f64 {
+    (x * 1e9).round() / 1e9
 }
 
 /// Describes `submission`, about to be uploaded by `machine`, for the audit log at `time`
@@ -748,5 +755,41 @@ mod tests {
         let records = audit::read_records(&path).expect("read");
         assert_eq!((records.len(), &records[0].hash, &records[0].entry), (1, &head, &e));
         assert_eq!(record(None, e).expect("no log"), "", "a simulated bank sends an empty head");
+    }
+
+    #[test]
+    fn a_budget_charge_record_reads_back_to_its_own_hash() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join(audit::FILE_NAME);
+        let log = AuditLog::open(&path, testing::identity(1)).expect("open");
+        // Numbers of 17 significant digits, as the accountant produces them.
+        for (i, x) in [2.165715659029443, 3.1889915626335874, 0.7697577522920178, 1.0125506277526433].into_iter().enumerate() {
+            let note = audit::BudgetNote {
+                dataset: "telco".into(),
+                delta: 1e-5,
+                epsilon: audit_number(x),
+                cumulative: audit_number(x * 3.0),
+                remaining: Some(audit_number(x / 7.0)),
+            };
+            let entry = audit::Entry {
+                time: "2025-01-01T00:00:00Z".into(),
+                job: format!("job-{i}"),
+                round: 1,
+                task: "t".into(),
+                phase: Phase::Train,
+                sent: Sent::BudgetCharge,
+                vector_len: None,
+                model_hash: None,
+                participants: Vec::new(),
+                threshold: None,
+                failure: None,
+                privacy_budget_spent: Some(note.epsilon),
+                budget: Some(note),
+            };
+            record(Some(&log), entry).expect("recorded");
+        }
+        drop(log);
+        AuditLog::open(&path, testing::identity(1)).expect("the chain verifies when reopened");
+        audit::verify(&path, &testing::identity(1).verifying_key()).expect("verify");
     }
 }
