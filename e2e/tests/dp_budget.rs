@@ -227,3 +227,40 @@ fn two_dp_jobs_submitted_at_once_never_charge_more_than_the_budget_together() {
     let _ = (a, b);
 }
 
+
+#[test]
+fn bad_budget_keys_stop_the_worker_naming_the_field_and_a_corrupt_ledger_is_never_reset() {
+    let cluster = Cluster::start();
+    let partition = partition_telco(&cluster.dir.path().join("partition"), 4, 25);
+    let (_, schema) = telco();
+    let dir = partition.join("bank4");
+    let run = |keys: &str| {
+        let config = cluster.write_worker_config("bank4", &[("telco_churn", &schema, &dir.join("train.csv"), &dir.join("test.csv"))], "");
+        let text = std::fs::read_to_string(&config).expect("config") + keys;
+        std::fs::write(&config, text).expect("config");
+        let out = Command::new(binary("confide-worker")).arg("--config").arg(&config).output().expect("confide-worker");
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).to_string(), config)
+    };
+    for (keys, field) in [
+        ("epsilon_budget = -1.0\n", "datasets.epsilon_budget"),
+        ("epsilon_budget = nan\n", "datasets.epsilon_budget"),
+        ("delta = 1.5\n", "datasets.delta"),
+        ("delta = 0.0\n", "datasets.delta"),
+    ] {
+        let (code, err, _) = run(keys);
+        assert_eq!(code, Some(2), "{keys}: {err}");
+        assert!(err.contains(field) && err.contains("telco_churn"), "{keys}: {err}");
+    }
+    // A ledger that is not this bank's, or not JSON, stops the start (never a fresh budget).
+    let ledger = cluster.worker_data_dir("bank4").join("privacy_budget.json");
+    std::fs::create_dir_all(ledger.parent().expect("dir")).expect("data dir");
+    for text in ["{not json", "{\"datasets\": {}}"] {
+        std::fs::write(&ledger, text).expect("ledger");
+        let (code, err, config) = run("epsilon_budget = 1.0\n");
+        assert_eq!(code, Some(1), "{err}");
+        assert!(err.contains("privacy budget") && err.contains("privacy_budget.json"), "{err}");
+        assert_eq!(std::fs::read_to_string(&ledger).expect("kept"), text, "the file is left for the operator");
+        let (ok, _, err) = worker_cli(&["budget", "show"], &config);
+        assert!(!ok && err.contains("privacy_budget.json"), "budget show refuses it too: {err}");
+    }
+}

@@ -987,6 +987,31 @@ mod tests {
     }
 
     #[test]
+    fn audit_heads_from_before_dp_gain_the_spent_epsilon_column_as_zero() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (h1, h2) = ("1".repeat(64), "2".repeat(64));
+        {
+            let conn = Connection::open(dir.path().join("state.sqlite3")).expect("create");
+            conn.execute_batch(SCHEMA).expect("old schema");
+            conn.execute(
+                "INSERT INTO jobs (id, name, spec_json, schema_toml, status, created_at, updated_at)
+                 VALUES ('old', 'churn', '{}', '', 'completed', 't', 't')",
+                [],
+            )
+            .expect("old job");
+            conn.execute("INSERT INTO audit_heads (job_id, worker_id, round, head, recorded_at) VALUES ('old', 'bank1', 1, ?1, 't')", [&h1])
+                .expect("old head");
+        }
+        let store = Store::open(dir.path()).expect("opens and migrates");
+        let heads = store.audit_heads("old").expect("heads");
+        assert_eq!((heads[0].head.as_str(), heads[0].dp_spent_epsilon), (h1.as_str(), 0.0), "a head from before is not DP");
+        store.set_audit_head("old", "bank1", 2, &h2, 1.25).expect("a later upload");
+        assert_eq!(store.audit_heads("old").expect("heads")[0].dp_spent_epsilon, 1.25);
+        drop(store);
+        Store::open(dir.path()).expect("a migrated database reopens");
+    }
+
+    #[test]
     fn completed_rounds_survive_reopening() {
         let dir = tempfile::tempdir().expect("tempdir");
         {
