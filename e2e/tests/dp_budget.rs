@@ -140,6 +140,11 @@ fn a_bank_that_requires_dp_refuses_a_job_that_is_not_and_the_view_names_both() {
     assert!(text.contains("bank4 refused") && text.contains("require_dp"), "{text}");
     let b = budget(&config);
     assert_eq!((b["charges"].as_u64(), b["void"].as_bool()), (Some(0), Some(false)), "a refused job spends nothing: {b:#}");
+    // bank1 has no rules: the plain job ran there, and its ledger says the bound is void.
+    let bank1 = cluster.dir.path().join("bank1.toml");
+    assert_eq!(budget(&bank1)["void"], true);
+    let (ok, text, err) = worker_cli(&["budget", "show"], &bank1);
+    assert!(ok && text.contains("BOUND VOID") && text.contains(&job), "{text}{err}");
 }
 
 #[test]
@@ -171,6 +176,9 @@ fn a_budget_for_one_job_refuses_the_next_keeps_its_spend_across_restarts_and_is_
     assert!(log.contains("remaining"), "the remaining budget is in the bank's own log");
     let refused = budget(&config);
     assert_eq!(refused["charges"], after_one["charges"], "a refused job is not charged");
+    let (ok, text, _) = worker_cli(&["budget", "show"], &config);
+    assert!(ok && text.contains(&format!("budget     ε = {limit}")) && text.contains(&format!("job {first}: ε = ")), "{text}");
+    assert!(!text.contains("VOID"), "{text}");
     // The coordinator got the kind and a reference, not the remaining budget.
     let view = String::from_utf8_lossy(&cluster.confide(&["job", "get", &second, "--json"]).stdout).to_string();
     assert!(!view.contains("remaining"), "{view}");
