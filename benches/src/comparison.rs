@@ -238,12 +238,12 @@ pub fn open_institutions(
         .institutions
         .iter()
         .map(|i| {
-            let config = DatasetConfig {
-                name: schema.name.clone(),
-                schema: schema_path.to_path_buf(),
-                train: folder.join(&i.name).join("train.csv"),
-                test: folder.join(&i.name).join("test.csv"),
-            };
+            let config = DatasetConfig::files(
+                schema.name.clone(),
+                schema_path.to_path_buf(),
+                folder.join(&i.name).join("train.csv"),
+                folder.join(&i.name).join("test.csv"),
+            );
             Ok(Institution {
                 name: i.name.clone(),
                 data: LocalDataset::open(config)?,

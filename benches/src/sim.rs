@@ -30,6 +30,11 @@ impl Compute for SimCompute {
         vec![self.offer.clone()]
     }
 
+    fn rows(&self, _dataset: &str) -> Option<confide_core::spend::BankRows> {
+        // The statistics start with the training rows; evaluations score 200 synthetic rows.
+        Some(confide_core::spend::BankRows { train: *self.stats.first()? as u64, test: 200 })
+    }
+
     fn compute(&self, request: ComputeRequest) -> Result<Vec<f64>, Failure> {
         match request.kind {
             TaskKind::Stats { .. } => Ok(self.stats.as_ref().clone()),
@@ -83,6 +88,7 @@ pub fn sim_bank(
         profile,
         compute: SimCompute { stats, offer },
         ledger: confide_worker::ledger::Ledger::in_memory(policy.protect_counts),
+        budget: confide_worker::budget::Budget::in_memory(id, Default::default()),
         policy: Policy::in_memory(policy),
         coordinator: url.into(),
         tls,

@@ -77,11 +77,16 @@ pub enum FailureKind {
     /// The bank's training labels are all one class, so its local training would teach the
     /// model nothing but that class (the bank says no more: not which class, nor how many).
     OneClassLabels,
+    /// The task would take the bank's privacy budget for its dataset past `epsilon_budget` (the
+    /// remaining budget is in the bank's own log; the coordinator learns only this kind).
+    BudgetExhausted,
+    /// The bank requires differential privacy on the dataset (`require_dp`) and the job is not DP.
+    DpRequired,
 }
 
 impl FailureKind {
     /// Every kind, in declaration order.
-    pub const ALL: [FailureKind; 8] = [
+    pub const ALL: [FailureKind; 10] = [
         FailureKind::Data,
         FailureKind::Policy,
         FailureKind::Training,
@@ -90,6 +95,8 @@ impl FailureKind {
         FailureKind::OutOfRange,
         FailureKind::DatasetUnavailable,
         FailureKind::OneClassLabels,
+        FailureKind::BudgetExhausted,
+        FailureKind::DpRequired,
     ];
 
     /// The lower-case name.
@@ -103,6 +110,8 @@ impl FailureKind {
             FailureKind::OutOfRange => "out_of_range",
             FailureKind::DatasetUnavailable => "dataset_unavailable",
             FailureKind::OneClassLabels => "one_class_labels",
+            FailureKind::BudgetExhausted => "budget_exhausted",
+            FailureKind::DpRequired => "dp_required",
         }
     }
 
@@ -118,14 +127,21 @@ impl FailureKind {
             FailureKind::OutOfRange => "value out of range",
             FailureKind::DatasetUnavailable => "dataset unavailable",
             FailureKind::OneClassLabels => "all training labels are one class",
+            FailureKind::BudgetExhausted => "privacy budget exhausted",
+            FailureKind::DpRequired => "differential privacy required",
         }
     }
 
     /// The participant status a failure of this kind gives: a policy failure, an unavailable
-    /// dataset and one-class labels are the bank's refusals; the rest are failures.
+    /// dataset, one-class labels, an exhausted privacy budget and a required DP are the bank's
+    /// refusals; the rest are failures.
     pub fn status(self) -> ParticipantStatus {
         match self {
-            FailureKind::Policy | FailureKind::DatasetUnavailable | FailureKind::OneClassLabels => ParticipantStatus::Refused,
+            FailureKind::Policy
+            | FailureKind::DatasetUnavailable
+            | FailureKind::OneClassLabels
+            | FailureKind::BudgetExhausted
+            | FailureKind::DpRequired => ParticipantStatus::Refused,
             _ => ParticipantStatus::Failed,
         }
     }
@@ -133,7 +149,9 @@ impl FailureKind {
     /// True when the same task sent to the same bank again would fail the same way, so the
     /// coordinator does not retry it: the bank's data (`data`, `dataset_unavailable`,
     /// `one_class_labels`) and rules (`policy`) change only when its operator acts, and a value
-    /// outside the task's range (`out_of_range`) stays outside it for the same task. Training,
+    /// outside the task's range (`out_of_range`) stays outside it for the same task; a spent
+    /// privacy budget (`budget_exhausted`) is never refunded and `require_dp` (`dp_required`)
+    /// does not change with a retry. Training,
     /// protocol and internal failures may pass on a retry (a numerical accident, a dropped
     /// connection, a busy or restarted worker).
     pub fn is_deterministic(self) -> bool {
@@ -142,7 +160,9 @@ impl FailureKind {
             | FailureKind::Policy
             | FailureKind::DatasetUnavailable
             | FailureKind::OneClassLabels
-            | FailureKind::OutOfRange => true,
+            | FailureKind::OutOfRange
+            | FailureKind::BudgetExhausted
+            | FailureKind::DpRequired => true,
             FailureKind::Training | FailureKind::Protocol | FailureKind::Internal => false,
         }
     }
@@ -251,7 +271,9 @@ mod tests {
                 FailureKind::Policy,
                 FailureKind::OutOfRange,
                 FailureKind::DatasetUnavailable,
-                FailureKind::OneClassLabels
+                FailureKind::OneClassLabels,
+                FailureKind::BudgetExhausted,
+                FailureKind::DpRequired
             ]
         );
     }

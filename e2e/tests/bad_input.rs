@@ -54,6 +54,7 @@ fn header_for(task: &pb::Task, worker: &str, payload: &[u8]) -> SubmitHeader {
         total_bytes: payload.len() as u64,
         sha256: confide_core::sha256_hex(payload),
         audit_head: String::new(),
+        dp_spent_epsilon: 0.0,
     }
 }
 
@@ -141,6 +142,14 @@ async fn malformed_contributions_are_refused_and_the_round_survives() {
         .await
         .expect_err("oversized message");
     assert!(matches!(err.code(), tonic::Code::ResourceExhausted | tonic::Code::OutOfRange | tonic::Code::Internal), "{err}");
+    // A reported privacy spend that is not a number, or negative.
+    for bad in [f64::NAN, f64::INFINITY, -1.0] {
+        let mut h = header_for(&task, "mallory", &p);
+        h.dp_spent_epsilon = bad;
+        let err = submit_raw(&mut client, h, p.clone()).await.expect_err("dp_spent_epsilon");
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{bad}: {err}");
+        assert!(err.message().contains("dp_spent_epsilon"), "{err}");
+    }
     // Announced size and content disagree.
     let mut h = header_for(&task, "mallory", &p);
     h.sha256 = "0".repeat(64);

@@ -57,6 +57,8 @@ impl From<FailureKind> for pb::FailureKind {
             FailureKind::OutOfRange => pb::FailureKind::OutOfRange,
             FailureKind::DatasetUnavailable => pb::FailureKind::DatasetUnavailable,
             FailureKind::OneClassLabels => pb::FailureKind::OneClassLabels,
+            FailureKind::BudgetExhausted => pb::FailureKind::BudgetExhausted,
+            FailureKind::DpRequired => pb::FailureKind::DpRequired,
         }
     }
 }
@@ -79,6 +81,8 @@ impl pb::TaskFailure {
             pb::FailureKind::OutOfRange => Some(FailureKind::OutOfRange),
             pb::FailureKind::DatasetUnavailable => Some(FailureKind::DatasetUnavailable),
             pb::FailureKind::OneClassLabels => Some(FailureKind::OneClassLabels),
+            pb::FailureKind::BudgetExhausted => Some(FailureKind::BudgetExhausted),
+            pb::FailureKind::DpRequired => Some(FailureKind::DpRequired),
         }
     }
 }

@@ -164,6 +164,9 @@ pub enum Sent {
     PlainVector,
     /// Why the task failed or was refused.
     FailureReport,
+    /// Nothing left the bank: a DP task was admitted and charged to the dataset's privacy
+    /// budget (recorded before anything of the task is sent; see [`BudgetNote`]).
+    BudgetCharge,
 }
 
 impl From<MessageKind> for Sent {
@@ -191,6 +194,7 @@ impl Sent {
             Sent::OtherSecagg => "other_secagg",
             Sent::PlainVector => "plain_vector",
             Sent::FailureReport => "failure_report",
+            Sent::BudgetCharge => "budget_charge",
         }
     }
 }
@@ -229,8 +233,27 @@ pub struct Entry {
     pub threshold: Option<u64>,
     /// For a failure report: why (also a refusal by the bank's policy).
     pub failure: Option<FailureNote>,
-    /// Differential-privacy budget spent by this upload (not accounted yet: always None).
+    /// For a [`Sent::BudgetCharge`]: the ε this task spent on the dataset (at its δ).
     pub privacy_budget_spent: Option<f64>,
+    /// For a [`Sent::BudgetCharge`]: the dataset's budget after the charge. Absent from other
+    /// records (and from logs written before the ledger), so their hashes are unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<BudgetNote>,
+}
+
+/// A privacy-budget charge as the audit log records it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BudgetNote {
+    /// The dataset charged.
+    pub dataset: String,
+    /// The δ the dataset's ε is stated at.
+    pub delta: f64,
+    /// The ε this task spent.
+    pub epsilon: f64,
+    /// The dataset's cumulative ε after it.
+    pub cumulative: f64,
+    /// What is left of `epsilon_budget` (None: no budget configured).
+    pub remaining: Option<f64>,
 }
 
 /// One line of the log.
@@ -538,6 +561,7 @@ mod tests {
             threshold: Some(2),
             failure: None,
             privacy_budget_spent: None,
+            budget: None,
         }
     }
 

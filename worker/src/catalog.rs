@@ -251,12 +251,7 @@ type = "numeric"
     }
 
     fn config(dir: &Path) -> DatasetConfig {
-        DatasetConfig {
-            name: "toy".into(),
-            schema: dir.join("schema.toml"),
-            train: dir.join("train.csv"),
-            test: dir.join("test.csv"),
-        }
+        DatasetConfig::files("toy", dir.join("schema.toml"), dir.join("train.csv"), dir.join("test.csv"))
     }
 
     const GOOD: &str = "x,y\n1.5,1\n2.5,0\n3.5,1\n";

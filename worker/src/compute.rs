@@ -13,7 +13,8 @@ use crate::catalog::Catalog;
 use crate::config::{DatasetConfig, DeviceChoice};
 use crate::failure::Failure;
 use crate::task::{ComputeRequest, DatasetRef, ModelRef, Prep, TaskKind, UnavailableDataset};
-use crate::tasks::{self, ModelInput, UserStateStore};
+use crate::tasks::{self, ModelInput, Split, UserStateStore};
+use confide_core::spend::BankRows;
 
 /// A bank's local computation.
 pub trait Compute: Send + Sync + 'static {
@@ -40,6 +41,14 @@ pub trait Compute: Send + Sync + 'static {
 
     /// The hardware announced at registration (None: not announced).
     fn capabilities(&self) -> Option<pb::Capabilities> {
+        None
+    }
+
+    /// The bank's own row counts of an offered dataset (what its privacy-budget ledger charges
+    /// DP tasks by; never a number from the coordinator). None: unknown, and DP tasks on it are
+    /// refused.
+    fn rows(&self, dataset: &str) -> Option<BankRows> {
+        let _ = dataset;
         None
     }
 
@@ -132,6 +141,16 @@ impl Compute for TorchCompute {
             cuda_devices: tch::Cuda::device_count().max(0) as u32,
             worker_version: env!("CARGO_PKG_VERSION").into(),
         })
+    }
+
+    fn rows(&self, dataset: &str) -> Option<BankRows> {
+        let data = self.catalog.get(dataset).ok()?;
+        // A recommendation dataset's records are its ratings.
+        let count = |split| match data.schema.recommendation {
+            Some(_) => data.ratings(split).ok().map(|r| r.len() as u64),
+            None => data.table(split).ok().map(|t| t.rows as u64),
+        };
+        Some(BankRows { train: count(Split::Train)?, test: count(Split::Test)? })
     }
 
     fn compute(&self, request: ComputeRequest) -> Result<Vec<f64>, Failure> {

@@ -57,6 +57,32 @@ pub struct DatasetConfig {
     pub train: PathBuf,
     /// Held-out split (CSV or Parquet) for federated evaluation.
     pub test: PathBuf,
+    /// The record-level ε this bank lets all jobs together spend on this dataset, at `delta`
+    /// (see [`crate::budget`]); None = no limit (spends are still accounted and shown).
+    #[serde(default)]
+    pub epsilon_budget: Option<f64>,
+    /// The δ the budget is stated at, in (0, 1): jobs of a larger δ are refused, and so are
+    /// jobs whose δ is not below 1/(training rows). Default 1e-5 ([`DEFAULT_DELTA`]).
+    #[serde(default = "default_delta")]
+    pub delta: f64,
+    /// Refuse every job that is not differentially private on this dataset (`dp_required`).
+    #[serde(default)]
+    pub require_dp: bool,
+}
+
+/// The δ a dataset's budget is stated at unless configured: the customary 10⁻⁵, below
+/// 1/rows for any dataset of fewer than 100 000 rows (a larger bank should set a smaller one).
+pub const DEFAULT_DELTA: f64 = 1e-5;
+
+fn default_delta() -> f64 {
+    DEFAULT_DELTA
+}
+
+impl DatasetConfig {
+    /// A dataset of these files with no privacy budget, the default δ and DP not required.
+    pub fn files(name: impl Into<String>, schema: PathBuf, train: PathBuf, test: PathBuf) -> Self {
+        Self { name: name.into(), schema, train, test, epsilon_budget: None, delta: DEFAULT_DELTA, require_dp: false }
+    }
 }
 
 /// The bank's own rules, enforced by the worker.
@@ -387,6 +413,16 @@ impl WorkerConfig {
         }
         if p.max_evaluations_per_round == 0 {
             return Err("field `policy.max_evaluations_per_round`: must be at least 1".into());
+        }
+        for d in &self.datasets {
+            if let Some(b) = d.epsilon_budget
+                && !(b.is_finite() && b > 0.0)
+            {
+                return Err(format!("field `datasets.epsilon_budget` of dataset `{}`: must be a positive number, got {b}", d.name));
+            }
+            if !(d.delta > 0.0 && d.delta < 1.0) {
+                return Err(format!("field `datasets.delta` of dataset `{}`: must be in (0, 1), got {}", d.name, d.delta));
+            }
         }
         if self.policy.min_participants < 3 {
             return Err("field `policy.min_participants`: must be at least 3 (a bank never joins a round where it could be singled out)".into());

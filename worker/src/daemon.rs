@@ -38,6 +38,9 @@ pub enum StartError {
     /// The audit log could not be opened, or its chain is broken.
     #[error(transparent)]
     Audit(#[from] crate::audit::AuditError),
+    /// The privacy-budget ledger is unreadable, foreign or inconsistent (never reset).
+    #[error("privacy budget: {0}")]
+    Budget(#[from] crate::budget::BudgetError),
 }
 
 /// Checks the datasets (see [`crate::catalog`]), loads the identity key and the policy state,
@@ -62,6 +65,7 @@ pub fn start(config: WorkerConfig) -> Result<Arc<Worker>, StartError> {
     let policy =
         crate::policy::Policy::load(config.policy.clone(), &config.data_dir).map_err(StartError::Policy)?.with_membership(membership);
     let ledger = crate::ledger::Ledger::load(&config.data_dir, config.policy.protect_counts).map_err(StartError::Policy)?;
+    let budget = crate::budget::Budget::load(&config.data_dir, &config.institution_id, budget_limits(&config))?;
     let profile = BankProfile {
         institution_id: config.institution_id.clone(),
         identity,
@@ -79,6 +83,7 @@ pub fn start(config: WorkerConfig) -> Result<Arc<Worker>, StartError> {
         compute,
         policy,
         ledger,
+        budget,
         coordinator: config.coordinator,
         tls: config.tls,
         fault: crate::fault::Fault::from_env(),
@@ -101,6 +106,16 @@ impl StartError {
                 | StartError::Tls(_)
         )
     }
+}
+
+/// The privacy-budget limits of each configured dataset.
+pub fn budget_limits(config: &WorkerConfig) -> std::collections::BTreeMap<String, crate::budget::Limits> {
+    config.datasets.iter().map(|d| (d.name.clone(), crate::budget::Limits::of(d))).collect()
+}
+
+/// Where the bank's privacy-budget ledger is: `data_dir/privacy_budget.json`.
+pub fn budget_path(config: &WorkerConfig) -> std::path::PathBuf {
+    config.data_dir.join(crate::budget::FILE_NAME)
 }
 
 /// Where the bank's audit log is: `data_dir/audit.log`.

@@ -15,6 +15,8 @@
 //! - [`daemon`]: the real worker assembled from its configuration.
 //! - [`config`]: the bank's configuration file (datasets, policy, compute).
 //! - [`policy`]: the bank's own rules (models, rounds per job, jobs per day).
+//! - [`budget`]: the privacy-budget ledger per dataset: each DP task's spend, charged durably
+//!   at admission, refused past `epsilon_budget`; `require_dp`.
 //! - [`ledger`]: what the bank put into which sums, so no two sums difference to one bank's input.
 //! - [`state_file`]: the small durable JSON files (usage counters, ledger), written atomically.
 //! - [`failure`]: the worker's one error type, [`failure::Failure`].
@@ -28,6 +30,7 @@
 //!   evaluation statistics.
 
 pub mod audit;
+pub mod budget;
 pub mod catalog;
 pub mod compute;
 pub mod config;

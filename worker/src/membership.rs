@@ -281,6 +281,7 @@ mod tests {
         let request = crate::task::AdmissionRequest {
             job_id: "j".into(),
             round: 1,
+            dataset: "d".into(),
             purpose: crate::task::Purpose::Statistics,
             terms: None,
             peers: forged,

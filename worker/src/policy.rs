@@ -295,6 +295,7 @@ mod tests {
         let request = |job: &str, purpose: Purpose| AdmissionRequest {
             job_id: job.into(),
             round: 1,
+            dataset: "d".into(),
             purpose,
             terms: None,
             peers: Vec::new(),
@@ -333,6 +334,7 @@ mod tests {
         let request = |terms: JobTerms| AdmissionRequest {
             job_id: "j".into(),
             round: 0,
+            dataset: "d".into(),
             purpose: Purpose::Statistics,
             terms: Some(terms),
             peers: Vec::new(),

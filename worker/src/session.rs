@@ -43,6 +43,8 @@ pub struct Bank<C> {
     pub policy: Policy,
     /// What it put into which sums.
     pub ledger: crate::ledger::Ledger,
+    /// The privacy budget each dataset has left: DP tasks are charged here at admission.
+    pub budget: crate::budget::Budget,
     /// Coordinator URL (`https://` with `tls`, else `http://`).
     pub coordinator: String,
     /// Mutual TLS files (None: plaintext, development only).
@@ -406,7 +408,9 @@ impl<C: Compute> Session<C> {
             let task_name = m.task_name();
             match effect {
                 Effect::Admit(request) => {
-                    let result = self.bank.policy.admit_request(&request);
+                    // The policy first (a task it refuses is not charged), then the budget: the
+                    // charge is on disk and in the audit log before the machine sends anything.
+                    let result = self.bank.policy.admit_request(&request).and_then(|()| charge(&self.bank, &request, &id.task_id));
                     m.handle_admission(result);
                 }
                 Effect::Ledger(check) => {
@@ -434,6 +438,8 @@ impl<C: Compute> Session<C> {
                 }
                 Effect::Submit(mut submission) => {
                     let (bank, mut client) = (self.bank.clone(), self.client.clone());
+                    let dp_spent_epsilon =
+                        m.task().map_or(0.0, |t| self.bank.budget.job_epsilon(&t.kind.dataset().name, &id.job_id));
                     let entry = audit_entry(m, &submission, now_rfc3339());
                     let addr =
                         TaskAddress { worker_id: self.worker_id.clone(), task_id: id.task_id, job_id: id.job_id, round: id.round };
@@ -464,7 +470,7 @@ impl<C: Compute> Session<C> {
                         if let Some((fault, kind)) = drill {
                             fault.check(task_name, kind, false).await;
                         }
-                        let result = transport::submit(&mut client, &addr, &submission.contribution, &audit_head)
+                        let result = transport::submit(&mut client, &addr, &submission.contribution, &audit_head, dp_spent_epsilon)
                             .await
                             .map_err(Failure::protocol);
                         if let (Some((fault, kind)), Ok(())) = (drill, &result) {
@@ -481,6 +487,66 @@ impl<C: Compute> Session<C> {
             }
         }
     }
+}
+
+/// Charges an admitted task to its dataset's privacy budget ([`crate::budget::Budget::charge`],
+/// with the bank's own row counts) and records a DP task's charge in the audit log. A refusal
+/// is logged here with its full reason (the remaining budget); the coordinator gets its kind.
+fn charge<C: Compute>(bank: &Bank<C>, request: &task::AdmissionRequest, task_id: &str) -> Result<(), Failure> {
+    use crate::budget::{ChargeRequest, TaskClass};
+    let (class, phase) = match request.purpose {
+        task::Purpose::Statistics => (TaskClass::Stats, audit::Phase::Stats),
+        task::Purpose::Training { .. } => (TaskClass::Train, audit::Phase::Train),
+        task::Purpose::Evaluation { .. } => (TaskClass::Evaluate, audit::Phase::Evaluate),
+    };
+    let dp = request.terms.as_ref().and_then(|t| t.dp.as_ref());
+    let charged = bank.budget.charge(&ChargeRequest {
+        job_id: &request.job_id,
+        round: request.round,
+        dataset: &request.dataset,
+        task: class,
+        dp,
+        rows: dp.and_then(|_| bank.compute.rows(&request.dataset)),
+    });
+    let charged = match charged {
+        Ok(Some(c)) => c,
+        Ok(None) => return Ok(()),
+        Err(e) => {
+            tracing::warn!(job = %request.job_id, round = request.round, dataset = %request.dataset, kind = %e.kind, reason = %e.reason, "privacy budget: task refused");
+            return Err(e);
+        }
+    };
+    tracing::info!(job = %request.job_id, round = request.round, dataset = %request.dataset, epsilon = charged.epsilon, cumulative = charged.cumulative, remaining = ?charged.remaining, "privacy budget: task charged");
+    let entry = audit::Entry {
+        time: now_rfc3339(),
+        job: request.job_id.clone(),
+        round: request.round,
+        task: task_id.to_string(),
+        phase,
+        sent: audit::Sent::BudgetCharge,
+        vector_len: None,
+        model_hash: None,
+        participants: Vec::new(),
+        threshold: None,
+        failure: None,
+        privacy_budget_spent: Some(audit_number(charged.epsilon)),
+        budget: Some(audit::BudgetNote {
+            dataset: request.dataset.clone(),
+            delta: charged.delta,
+            epsilon: audit_number(charged.epsilon),
+            cumulative: audit_number(charged.cumulative),
+            remaining: charged.remaining.map(audit_number),
+        }),
+    };
+    // Conservative: the charge stands even if it cannot be recorded, and the task is refused.
+    record(bank.audit.as_ref(), entry).map(|_| ())
+}
+
+/// `x` to 9 decimals, as the audit log records an ε: the record's hash covers its parsed JSON,
+/// and a number of at most 15 significant digits reads back as exactly the same f64 (a full
+/// 17-digit one may not, and the record would then fail its own hash check).
+fn audit_number(x: f64) -> f64 {
+    (x * 1e9).round() / 1e9
 }
 
 /// Describes `submission`, about to be uploaded by `machine`, for the audit log at `time`
@@ -522,6 +588,7 @@ pub fn audit_entry(machine: &TaskMachine, submission: &Submission, time: String)
         threshold: secure.map(|s| s.params.threshold as u64),
         failure,
         privacy_budget_spent: None,
+        budget: None,
     }
 }
 
@@ -688,5 +755,41 @@ mod tests {
         let records = audit::read_records(&path).expect("read");
         assert_eq!((records.len(), &records[0].hash, &records[0].entry), (1, &head, &e));
         assert_eq!(record(None, e).expect("no log"), "", "a simulated bank sends an empty head");
+    }
+
+    #[test]
+    fn a_budget_charge_record_reads_back_to_its_own_hash() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join(audit::FILE_NAME);
+        let log = AuditLog::open(&path, testing::identity(1)).expect("open");
+        // Numbers of 17 significant digits, as the accountant produces them.
+        for (i, x) in [2.165715659029443, 3.1889915626335874, 0.7697577522920178, 1.0125506277526433].into_iter().enumerate() {
+            let note = audit::BudgetNote {
+                dataset: "telco".into(),
+                delta: 1e-5,
+                epsilon: audit_number(x),
+                cumulative: audit_number(x * 3.0),
+                remaining: Some(audit_number(x / 7.0)),
+            };
+            let entry = audit::Entry {
+                time: "2025-01-01T00:00:00Z".into(),
+                job: format!("job-{i}"),
+                round: 1,
+                task: "t".into(),
+                phase: Phase::Train,
+                sent: Sent::BudgetCharge,
+                vector_len: None,
+                model_hash: None,
+                participants: Vec::new(),
+                threshold: None,
+                failure: None,
+                privacy_budget_spent: Some(note.epsilon),
+                budget: Some(note),
+            };
+            record(Some(&log), entry).expect("recorded");
+        }
+        drop(log);
+        AuditLog::open(&path, testing::identity(1)).expect("the chain verifies when reopened");
+        audit::verify(&path, &testing::identity(1).verifying_key()).expect("verify");
     }
 }

@@ -455,6 +455,8 @@ pub struct AdmissionRequest {
     pub job_id: String,
     /// The round.
     pub round: u64,
+    /// The dataset the task reads (its privacy budget is charged).
+    pub dataset: String,
     /// What the task does with the bank's data.
     pub purpose: Purpose,
     /// The whole job's terms, checked against the bank's policy at every task.
@@ -772,6 +774,7 @@ impl TaskMachine {
         m.effects.push_back(Effect::Admit(AdmissionRequest {
             job_id: m.id.job_id.clone(),
             round: m.id.round,
+            dataset: task.kind.dataset().name.clone(),
             purpose,
             terms: task.terms.clone(),
             peers,

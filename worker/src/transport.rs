@@ -132,13 +132,15 @@ pub struct TaskAddress {
 }
 
 /// Uploads one contribution in chunks, its header carrying `audit_head` (the hash of the bank's
-/// audit record of this upload; empty without an audit log). Errors carry the coordinator's
+/// audit record of this upload; empty without an audit log) and `dp_spent_epsilon` (the bank's
+/// cumulative ε for the job on the task's dataset, 0 when not DP). Errors carry the coordinator's
 /// reason for a refusal.
 pub async fn submit(
     client: &mut FederationClient<Channel>,
     to: &TaskAddress,
     contribution: &Contribution,
     audit_head: &str,
+    dp_spent_epsilon: f64,
 ) -> Result<(), TransferError> {
     let bytes = contribution.encode_to_vec();
     let header = SubmitHeader {
@@ -149,6 +151,7 @@ pub async fn submit(
         total_bytes: bytes.len() as u64,
         sha256: confide_core::sha256_hex(&bytes),
         audit_head: audit_head.to_string(),
+        dp_spent_epsilon,
     };
     let mut chunks = vec![SubmitChunk { part: Some(Part::Header(header)) }];
     chunks.extend(bytes.chunks(confide_proto::CHUNK_SIZE).map(|c| SubmitChunk { part: Some(Part::Data(c.to_vec())) }));

@@ -28,6 +28,7 @@ fn entry(job: &str, round: u64, sent: Sent, failure: Option<FailureNote>) -> Ent
         threshold: Some(2),
         failure,
         privacy_budget_spent: None,
+        budget: None,
     }
 }
 

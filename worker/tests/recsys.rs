@@ -68,7 +68,7 @@ fn write_bank(dir: &Path) -> DatasetConfig {
     }
     std::fs::write(dir.join("train.csv"), train).expect("train");
     std::fs::write(dir.join("test.csv"), test).expect("test");
-    DatasetConfig { name: "movielens_latest_small".into(), schema: schema_path(), train: dir.join("train.csv"), test: dir.join("test.csv") }
+    DatasetConfig::files("movielens_latest_small", schema_path(), dir.join("train.csv"), dir.join("test.csv"))
 }
 
 #[test]

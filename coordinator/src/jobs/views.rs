@@ -90,7 +90,12 @@ pub fn job_proto(job: &JobRecord, rounds: &[RoundRecord], failed: &[(u64, u32, P
 
 /// The API view of the banks' audit heads for a job.
 pub fn audit_heads_proto(heads: &[AuditHeadRecord]) -> Vec<pb::AuditHead> {
-    heads.iter().map(|h| pb::AuditHead { worker_id: h.worker_id.clone(), round: h.round, head: h.head.clone() }).collect()
+    heads.iter().map(|h| pb::AuditHead {
+            worker_id: h.worker_id.clone(),
+            round: h.round,
+            head: h.head.clone(),
+            dp_spent_epsilon: h.dp_spent_epsilon,
+        }).collect()
 }
 
 /// One job's view with its banks' audit heads (four queries), None when there is no such job.

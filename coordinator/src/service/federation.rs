@@ -188,6 +188,9 @@ impl Federation for FederationService {
         {
             return Err(Status::invalid_argument("audit_head must be empty or a SHA-256 (64 hexadecimal digits)"));
         }
+        if !(header.dp_spent_epsilon.is_finite() && header.dp_spent_epsilon >= 0.0) {
+            return Err(Status::invalid_argument("dp_spent_epsilon must be a finite number >= 0"));
+        }
         let limit = self.shared.config.max_contribution_bytes;
         if header.total_bytes > limit {
             return Err(Status::resource_exhausted(format!(
@@ -226,7 +229,7 @@ impl Federation for FederationService {
             // contribution: it is logged, not refused.
             let (shared, h) = (self.shared.clone(), header.clone());
             let stored = tokio::task::spawn_blocking(move || {
-                shared.store.set_audit_head(&h.job_id, &h.worker_id, h.round, &h.audit_head.to_ascii_lowercase())
+                shared.store.set_audit_head(&h.job_id, &h.worker_id, h.round, &h.audit_head.to_ascii_lowercase(), h.dp_spent_epsilon)
             })
             .await;
             if let Err(e) = stored.map_err(|e| e.to_string()).and_then(|r| r.map_err(|e| e.to_string())) {

@@ -226,7 +226,7 @@ pub struct WorkerRecord {
 
 /// A bank's latest audit head for a job: the hash of the bank's own audit record of its last
 /// upload, as its submission header carried it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct AuditHeadRecord {
     /// Worker (institution) id.
     pub worker_id: String,
@@ -234,6 +234,9 @@ pub struct AuditHeadRecord {
     pub round: u64,
     /// SHA-256 hex of the bank's audit record.
     pub head: String,
+    /// The bank's cumulative ε for the job with that upload, as its budget ledger computed it
+    /// (0: not DP, or a bank that does not report it).
+    pub dp_spent_epsilon: f64,
     /// RFC 3339 time the coordinator received it.
     pub recorded_at: String,
 }
@@ -340,15 +343,24 @@ CREATE UNIQUE INDEX IF NOT EXISTS jobs_by_idempotency_key ON jobs(idempotency_ke
 CREATE INDEX IF NOT EXISTS jobs_by_submission ON jobs(submission_sha256);
 ";
 
+/// Columns added to `audit_heads` after it was introduced.
+const ADDED_AUDIT_HEAD_COLUMNS: [(&str, &str); 1] = [("dp_spent_epsilon", "REAL NOT NULL DEFAULT 0")];
+
 fn add_missing_columns(conn: &Connection) -> rusqlite::Result<()> {
-    let mut st = conn.prepare("SELECT name FROM pragma_table_info('jobs')")?;
+    add_columns(conn, "jobs", &ADDED_JOB_COLUMNS)?;
+    add_columns(conn, "audit_heads", &ADDED_AUDIT_HEAD_COLUMNS)?;
+    conn.execute_batch(ADDED_INDEXES)
+}
+
+fn add_columns(conn: &Connection, table: &str, columns: &[(&str, &str)]) -> rusqlite::Result<()> {
+    let mut st = conn.prepare(&format!("SELECT name FROM pragma_table_info('{table}')"))?;
     let present: Vec<String> = st.query_map([], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
-    for (name, kind) in ADDED_JOB_COLUMNS {
+    for (name, kind) in columns {
         if !present.iter().any(|p| p == name) {
-            conn.execute_batch(&format!("ALTER TABLE jobs ADD COLUMN {name} {kind}"))?;
+            conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {name} {kind}"))?;
         }
     }
-    conn.execute_batch(ADDED_INDEXES)
+    Ok(())
 }
 
 /// A stored participant status; an unknown name is an error, never a default.
@@ -711,17 +723,18 @@ impl Store {
         })
     }
 
-    /// Keeps `head` as `worker_id`'s latest audit head for `job_id`, unless one of a later round
-    /// is already stored (uploads of one round may arrive in any order; later rounds win).
-    pub fn set_audit_head(&self, job_id: &str, worker_id: &str, round: u64, head: &str) -> Result<(), StoreError> {
+    /// Keeps `head` (with the bank's cumulative ε `dp_spent_epsilon`) as `worker_id`'s latest
+    /// audit head for `job_id`, unless one of a later round is already stored (uploads of one
+    /// round may arrive in any order; later rounds win).
+    pub fn set_audit_head(&self, job_id: &str, worker_id: &str, round: u64, head: &str, dp_spent_epsilon: f64) -> Result<(), StoreError> {
         let now = now_rfc3339();
         self.write(|c| {
             c.execute(
-                "INSERT INTO audit_heads (job_id, worker_id, round, head, recorded_at) VALUES (?1, ?2, ?3, ?4, ?5)
+                "INSERT INTO audit_heads (job_id, worker_id, round, head, recorded_at, dp_spent_epsilon) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
                  ON CONFLICT(job_id, worker_id) DO UPDATE SET round = excluded.round, head = excluded.head,
-                     recorded_at = excluded.recorded_at
+                     recorded_at = excluded.recorded_at, dp_spent_epsilon = excluded.dp_spent_epsilon
                  WHERE excluded.round >= audit_heads.round",
-                params![job_id, worker_id, round as i64, head, now],
+                params![job_id, worker_id, round as i64, head, now, dp_spent_epsilon],
             )
             .map(|_| ())
         })
@@ -731,7 +744,7 @@ impl Store {
     pub fn audit_heads(&self, job_id: &str) -> Result<Vec<AuditHeadRecord>, StoreError> {
         self.with(|c| {
             let mut st = c.prepare(
-                "SELECT worker_id, round, head, recorded_at FROM audit_heads WHERE job_id = ?1 ORDER BY worker_id",
+                "SELECT worker_id, round, head, recorded_at, dp_spent_epsilon FROM audit_heads WHERE job_id = ?1 ORDER BY worker_id",
             )?;
             let rows = st.query_map(params![job_id], |r| {
                 Ok(AuditHeadRecord {
@@ -739,6 +752,7 @@ impl Store {
                     round: r.get::<_, i64>(1)?.max(0) as u64,
                     head: r.get(2)?,
                     recorded_at: r.get(3)?,
+                    dp_spent_epsilon: r.get(4)?,
                 })
             })?;
             rows.collect()
@@ -973,6 +987,31 @@ mod tests {
     }
 
     #[test]
+    fn audit_heads_from_before_dp_gain_the_spent_epsilon_column_as_zero() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (h1, h2) = ("1".repeat(64), "2".repeat(64));
+        {
+            let conn = Connection::open(dir.path().join("state.sqlite3")).expect("create");
+            conn.execute_batch(SCHEMA).expect("old schema");
+            conn.execute(
+                "INSERT INTO jobs (id, name, spec_json, schema_toml, status, created_at, updated_at)
+                 VALUES ('old', 'churn', '{}', '', 'completed', 't', 't')",
+                [],
+            )
+            .expect("old job");
+            conn.execute("INSERT INTO audit_heads (job_id, worker_id, round, head, recorded_at) VALUES ('old', 'bank1', 1, ?1, 't')", [&h1])
+                .expect("old head");
+        }
+        let store = Store::open(dir.path()).expect("opens and migrates");
+        let heads = store.audit_heads("old").expect("heads");
+        assert_eq!((heads[0].head.as_str(), heads[0].dp_spent_epsilon), (h1.as_str(), 0.0), "a head from before is not DP");
+        store.set_audit_head("old", "bank1", 2, &h2, 1.25).expect("a later upload");
+        assert_eq!(store.audit_heads("old").expect("heads")[0].dp_spent_epsilon, 1.25);
+        drop(store);
+        Store::open(dir.path()).expect("a migrated database reopens");
+    }
+
+    #[test]
     fn completed_rounds_survive_reopening() {
         let dir = tempfile::tempdir().expect("tempdir");
         {
@@ -1020,17 +1059,19 @@ mod tests {
             let store = Store::open(dir.path()).expect("open");
             store.insert_job("j1", "churn", "{}", "").expect("insert");
             store.insert_job("j2", "churn", "{}", "").expect("insert");
-            store.set_audit_head("j1", "bank2", 1, &h1).expect("bank2 round 1");
-            store.set_audit_head("j1", "bank1", 1, &h1).expect("bank1 round 1");
-            store.set_audit_head("j1", "bank1", 2, &h2).expect("bank1 round 2");
-            store.set_audit_head("j1", "bank1", 1, &h3).expect("a late upload of round 1");
-            store.set_audit_head("j2", "bank1", 1, &h3).expect("another job");
-            assert!(store.set_audit_head("nope", "bank1", 1, &h1).is_err(), "only for a stored job");
+            store.set_audit_head("j1", "bank2", 1, &h1, 0.0).expect("bank2 round 1");
+            store.set_audit_head("j1", "bank1", 1, &h1, 0.5).expect("bank1 round 1");
+            store.set_audit_head("j1", "bank1", 2, &h2, 0.75).expect("bank1 round 2");
+            store.set_audit_head("j1", "bank1", 1, &h3, 0.6).expect("a late upload of round 1");
+            store.set_audit_head("j2", "bank1", 1, &h3, 0.0).expect("another job");
+            assert!(store.set_audit_head("nope", "bank1", 1, &h1, 0.0).is_err(), "only for a stored job");
         }
         let store = Store::open(dir.path()).expect("reopen");
         let heads: Vec<(String, u64, String)> =
             store.audit_heads("j1").expect("heads").into_iter().map(|h| (h.worker_id, h.round, h.head)).collect();
         assert_eq!(heads, vec![("bank1".into(), 2, h2), ("bank2".into(), 1, h1)]);
+        let spent: Vec<f64> = store.audit_heads("j1").expect("heads").iter().map(|h| h.dp_spent_epsilon).collect();
+        assert_eq!(spent, [0.75, 0.0], "the ε of the latest upload, with its head");
         assert_eq!(store.audit_heads("j2").expect("heads")[0].head, h3);
         assert!(store.audit_heads("j3").expect("none").is_empty());
     }
