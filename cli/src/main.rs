@@ -412,7 +412,12 @@ fn job_export(job: &pb::Job, model: &[u8]) -> Result<confide_export::JobExport, 
         audit_heads: job
             .audit_heads
             .iter()
-            .map(|h| confide_export::AuditHead { institution: h.worker_id.clone(), round: h.round, head: h.head.clone(), dp_epsilon: None })
+            .map(|h| confide_export::AuditHead {
+                institution: h.worker_id.clone(),
+                round: h.round,
+                head: h.head.clone(),
+                dp_epsilon: (h.dp_spent_epsilon > 0.0).then_some(h.dp_spent_epsilon),
+            })
             .collect(),
     };
     let rounds = job

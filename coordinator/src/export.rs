@@ -78,7 +78,7 @@ fn export_now(shared: &Shared, job_id: &str, stop_reason: Option<String>) -> Res
             .audit_heads(job_id)
             .map_err(|e| e.to_string())?
             .into_iter()
-            .map(|h| AuditHead { institution: h.worker_id, round: h.round, head: h.head, dp_epsilon: None })
+            .map(|h| AuditHead { institution: h.worker_id, round: h.round, head: h.head, dp_epsilon: (h.dp_spent_epsilon > 0.0).then_some(h.dp_spent_epsilon) })
             .collect(),
     };
     let export = JobExport::from_stored(

@@ -54,6 +54,11 @@ fn the_documented_dp_job_runs_from_the_cli_and_its_card_states_the_guarantee() {
     assert!((dp.noise_multiplier - sigma).abs() < 1e-12 && dp.epsilon <= 4.0 && dp.epsilon > 3.9, "{dp:?}");
     assert_eq!((dp.delta, dp.clip_norm, dp.rounds, dp.planned_rows), (1e-5, 1.0, 15, Some(1800)));
     assert!(card.privacy.differential_privacy.starts_with("record-level DP-SGD in every bank: ε = "), "{}", card.privacy.differential_privacy);
+    // Each bank's own spend, as it computed and reported it: about the planned ε (the banks hold
+    // about the planned 1,800 training rows), evaluations on the test rows included.
+    let banks: Vec<&str> = dp.bank_spend.iter().map(|b| b.institution.as_str()).collect();
+    assert_eq!(banks, ["bank1", "bank2", "bank3"], "{dp:?}");
+    assert!(dp.bank_spend.iter().all(|b| b.epsilon > 3.0 && b.epsilon < 5.0), "{dp:?}");
 }
 
 #[test]

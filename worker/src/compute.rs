@@ -13,7 +13,7 @@ use crate::catalog::Catalog;
 use crate::config::{DatasetConfig, DeviceChoice};
 use crate::failure::Failure;
 use crate::task::{ComputeRequest, DatasetRef, ModelRef, Prep, TaskKind, UnavailableDataset};
-use crate::tasks::{self, ModelInput, Split, UserStateStore};
+use crate::tasks::{self, ModelInput, UserStateStore};
 use confide_core::spend::BankRows;
 
 /// A bank's local computation.
@@ -144,13 +144,7 @@ impl Compute for TorchCompute {
     }
 
     fn rows(&self, dataset: &str) -> Option<BankRows> {
-        let data = self.catalog.get(dataset).ok()?;
-        // A recommendation dataset's records are its ratings.
-        let count = |split| match data.schema.recommendation {
-            Some(_) => data.ratings(split).ok().map(|r| r.len() as u64),
-            None => data.table(split).ok().map(|t| t.rows as u64),
-        };
-        Some(BankRows { train: count(Split::Train)?, test: count(Split::Test)? })
+        self.catalog.get(dataset).ok()?.rows().ok()
     }
 
     fn compute(&self, request: ComputeRequest) -> Result<Vec<f64>, Failure> {

@@ -250,7 +250,8 @@ impl LocalDataset {
         Ok(v)
     }
 
-    /// The bank's training and test rows (what its own DP accounting reads).
+    /// The bank's training and test rows (what its own DP accounting reads; a recommendation
+    /// dataset's records are its ratings).
     pub fn rows(&self) -> Result<spend::BankRows, Failure> {
         if self.schema.recommendation.is_some() {
             let (train, test) = (self.ratings(Split::Train)?, self.ratings(Split::Test)?);
