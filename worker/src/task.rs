@@ -974,9 +974,11 @@ impl TaskMachine {
                         ));
                     }
                 }
-                // An institution-DP vector's weight is the constant 1, not the bank's row count:
-                // differencing sums of it reveals nothing, so it is no count to protect.
-                let counts = if self.noise.is_some() { Vec::new() } else { counts_of(&task, &vector) };
+                // A DP job's vectors carry no exact count: a training vector's weight is the
+                // constant 1, and the counts in statistics and evaluations carry the bank's
+                // noise, so differencing sums reveals only what the bank's budget accounts for.
+                let dp = task.terms.as_ref().is_some_and(|t| t.dp.is_some());
+                let counts = if dp || self.noise.is_some() { Vec::new() } else { counts_of(&task, &vector) };
                 self.contributed = Some((crate::ledger::SumCheck::digest_of(&vector), counts));
                 let Some(client) = self.client.as_mut() else { return };
                 if let Err(e) = client.set_input(&vector) {
