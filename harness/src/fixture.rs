@@ -14,7 +14,8 @@ use confide_core::outcome::FailureKind;
 use confide_datasets::{DatasetSchema, RawTable};
 use confide_proto::v1::{self as pb, task::Kind};
 
-/// The harness's dataset schema: two numeric features, one categorical, a 0/1 target.
+/// The harness's dataset schema: two numeric features (with declared ranges, for DP jobs), one
+/// categorical, a 0/1 target.
 pub const SCHEMA: &str = r#"
 name = "toy"
 missing = "fail"
@@ -27,10 +28,12 @@ negative = "0"
 [[columns]]
 name = "x1"
 type = "numeric"
+range = [0, 100]
 
 [[columns]]
 name = "x2"
 type = "numeric"
+range = [0, 17]
 
 [[columns]]
 name = "c"
