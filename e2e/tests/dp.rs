@@ -33,15 +33,15 @@ fn the_documented_dp_job_runs_from_the_cli_and_its_card_states_the_guarantee() {
     assert!(plan.contains(&format!("σ = {sigma:.4}")), "{plan} vs stored σ {sigma}");
 
     let rounds = done["rounds"].as_array().expect("rounds");
-    assert_eq!(rounds.len(), 15);
+    assert_eq!(rounds.len(), 20);
     for r in rounds {
         let m = r["metrics"].as_object().expect("metrics");
         assert!(!m.contains_key("train_loss") && !m.contains_key("train_examples"), "a DP round reports no loss or row count: {m:?}");
         assert_eq!(m["contributors"], 3.0);
     }
-    // Evaluated every 5 rounds on noisy histograms; DP-SGD at ε = 4 still learns churn (the
-    // non-DP demo job reaches about 0.84).
-    let auc = rounds[14]["metrics"]["auc"].as_f64().expect("final auc");
+    // Evaluated every 5 rounds on noisy 20-bucket histograms; DP-SGD at ε = 4 still learns churn
+    // (the non-DP demo job reaches about 0.84).
+    let auc = rounds[19]["metrics"]["auc"].as_f64().expect("final auc");
     eprintln!("record-level DP job: final AUC {auc}");
     assert!(auc > 0.7, "final AUC {auc}");
 
@@ -52,7 +52,7 @@ fn the_documented_dp_job_runs_from_the_cli_and_its_card_states_the_guarantee() {
     let dp = card.privacy.dp.as_ref().expect("the card has the DP section");
     assert_eq!(dp.mode, "record");
     assert!((dp.noise_multiplier - sigma).abs() < 1e-12 && dp.epsilon <= 4.0 && dp.epsilon > 3.9, "{dp:?}");
-    assert_eq!((dp.delta, dp.clip_norm, dp.rounds, dp.planned_rows), (1e-5, 1.0, 15, Some(1800)));
+    assert_eq!((dp.delta, dp.clip_norm, dp.rounds, dp.planned_rows), (1e-5, 3.0, 20, Some(1800)));
     assert!(card.privacy.differential_privacy.starts_with("record-level DP-SGD in every bank: ε = "), "{}", card.privacy.differential_privacy);
     // Each bank's own spend, as it computed and reported it: about the planned ε (the banks hold
     // about the planned 1,800 training rows), evaluations on the test rows included.
@@ -83,7 +83,7 @@ fn an_institution_level_dp_job_adds_distributed_noise_and_still_learns() {
     // σ·C = 0.6 of noise on a sum of three updates of norm ≤ 2 per round: a scorecard still ranks churners.
     let auc = rounds[7]["metrics"]["auc"].as_f64().expect("auc");
     eprintln!("institution-level DP job: final AUC {auc}");
-    assert!(auc > 0.65, "final AUC {auc}");
+    assert!(auc > 0.6, "final AUC {auc}");
     for bank in ["bank1", "bank2", "bank3"] {
         let log = cluster.read_log(bank);
         assert!(!log.contains("panicked"), "{bank}: {log}");
