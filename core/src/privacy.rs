@@ -179,31 +179,39 @@ pub fn dp_sgd_epsilon(q: f64, sigma: f64, steps: u64, delta: f64) -> Result<f64,
     Ok(acc.epsilon(delta)?.0)
 }
 
-/// The smallest noise multiplier (to a relative precision of 1e-4) for which `steps` steps at
-/// sampling rate `q` stay within (`epsilon`, `delta`): what a job plans before it runs.
-pub fn noise_for_epsilon(epsilon: f64, delta: f64, q: f64, steps: u64) -> Result<f64, PrivacyError> {
-    const MAX_SIGMA: f64 = 1e4;
-    if !(epsilon.is_finite() && epsilon > 0.0) {
-        return Err(PrivacyError::Epsilon(epsilon));
+/// Largest noise multiplier a search tries.
+pub const MAX_NOISE_MULTIPLIER: f64 = 1e4;
+
+/// The smallest noise multiplier σ in [1e-3, [`MAX_NOISE_MULTIPLIER`]] (to a relative precision
+/// of 1e-4) with `eps_at(σ) ≤ target`, for an ε that falls as σ grows (a bisection on log σ);
+/// None when even the largest misses the target.
+pub fn smallest_sigma<E>(target: f64, eps_at: impl Fn(f64) -> Result<f64, E>) -> Result<Option<f64>, E> {
+    if eps_at(MAX_NOISE_MULTIPLIER)? > target {
+        return Ok(None);
     }
-    let eps_at = |sigma: f64| dp_sgd_epsilon(q, sigma, steps, delta);
-    if eps_at(MAX_SIGMA)? > epsilon {
-        return Err(PrivacyError::Unreachable { epsilon, delta, steps, q, max_sigma: MAX_SIGMA });
-    }
-    // ε falls as σ grows: bisect on log σ between a σ that is too small and one that reaches it.
-    let (mut lo, mut hi) = (1e-3_f64, MAX_SIGMA);
-    if eps_at(lo)? <= epsilon {
-        return Ok(lo);
+    let (mut lo, mut hi) = (1e-3_f64, MAX_NOISE_MULTIPLIER);
+    if eps_at(lo)? <= target {
+        return Ok(Some(lo));
     }
     while hi / lo > 1.0 + 1e-4 {
         let mid = (lo * hi).sqrt();
-        if eps_at(mid)? <= epsilon {
+        if eps_at(mid)? <= target {
             hi = mid;
         } else {
             lo = mid;
         }
     }
-    Ok(hi)
+    Ok(Some(hi))
+}
+
+/// The smallest noise multiplier (to a relative precision of 1e-4) for which `steps` steps at
+/// sampling rate `q` stay within (`epsilon`, `delta`): what a job plans before it runs.
+pub fn noise_for_epsilon(epsilon: f64, delta: f64, q: f64, steps: u64) -> Result<f64, PrivacyError> {
+    if !(epsilon.is_finite() && epsilon > 0.0) {
+        return Err(PrivacyError::Epsilon(epsilon));
+    }
+    smallest_sigma(epsilon, |sigma| dp_sgd_epsilon(q, sigma, steps, delta))?
+        .ok_or(PrivacyError::Unreachable { epsilon, delta, steps, q, max_sigma: MAX_NOISE_MULTIPLIER })
 }
 
 /// log(a + b) from log a and log b.

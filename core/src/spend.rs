@@ -142,8 +142,7 @@ pub enum SpendError {
     },
 }
 
-/// Largest noise multiplier a plan tries.
-pub const MAX_NOISE_MULTIPLIER: f64 = 1e4;
+pub use crate::privacy::MAX_NOISE_MULTIPLIER;
 
 /// DP-SGD's Poisson sampling rate at a bank of `rows` training rows: `batch_size / rows`, at most 1.
 pub fn sampling_rate(batch_size: usize, rows: u64) -> f64 {
@@ -292,25 +291,12 @@ fn headline(job: &DpJob, sigma: f64) -> Result<f64, SpendError> {
     }
 }
 
-/// The smallest σ (to a relative 1e-4) whose ε is at most `target`; ε falls as σ grows.
+/// The smallest σ whose ε is at most `target` ([`crate::privacy::smallest_sigma`]).
 fn solve(target: f64, rounds: u64, eps_at: impl Fn(f64) -> Result<f64, SpendError>) -> Result<f64, SpendError> {
-    let floor = eps_at(MAX_NOISE_MULTIPLIER)?;
-    if floor > target {
-        return Err(SpendError::Unreachable { target, rounds, floor, max: MAX_NOISE_MULTIPLIER });
+    match crate::privacy::smallest_sigma(target, &eps_at)? {
+        Some(sigma) => Ok(sigma),
+        None => Err(SpendError::Unreachable { target, rounds, floor: eps_at(MAX_NOISE_MULTIPLIER)?, max: MAX_NOISE_MULTIPLIER }),
     }
-    let (mut lo, mut hi) = (1e-3_f64, MAX_NOISE_MULTIPLIER);
-    if eps_at(lo)? <= target {
-        return Ok(lo);
-    }
-    while hi / lo > 1.0 + 1e-4 {
-        let mid = (lo * hi).sqrt();
-        if eps_at(mid)? <= target {
-            hi = mid;
-        } else {
-            lo = mid;
-        }
-    }
-    Ok(hi)
 }
 
 /// One row of the per-round table: after `round` rounds, the training split's ε at the bank.

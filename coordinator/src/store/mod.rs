@@ -960,20 +960,24 @@ mod tests {
         }
     }
 
+    /// A database of the first release's tables (SCHEMA still creates them; only migrations
+    /// add columns) holding one completed job `old`.
+    fn first_release_database(dir: &std::path::Path) -> Connection {
+        let conn = Connection::open(dir.join("state.sqlite3")).expect("create");
+        conn.execute_batch(SCHEMA).expect("old schema");
+        conn.execute(
+            "INSERT INTO jobs (id, name, spec_json, schema_toml, status, created_at, updated_at)
+             VALUES ('old', 'churn', '{}', '', 'completed', 't', 't')",
+            [],
+        )
+        .expect("old job");
+        conn
+    }
+
     #[test]
     fn a_database_from_before_exports_gains_the_export_columns() {
         let dir = tempfile::tempdir().expect("tempdir");
-        {
-            // SCHEMA still creates the first release's tables; only the migration adds columns.
-            let conn = Connection::open(dir.path().join("state.sqlite3")).expect("create");
-            conn.execute_batch(SCHEMA).expect("old schema");
-            conn.execute(
-                "INSERT INTO jobs (id, name, spec_json, schema_toml, status, created_at, updated_at)
-                 VALUES ('old', 'churn', '{}', '', 'completed', 't', 't')",
-                [],
-            )
-            .expect("old job");
-        }
+        drop(first_release_database(dir.path()));
         let store = Store::open(dir.path()).expect("opens and migrates");
         let job = store.job("old").expect("query").expect("kept");
         assert_eq!((job.export_dir, job.export_error), (None, None));
@@ -991,14 +995,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let (h1, h2) = ("1".repeat(64), "2".repeat(64));
         {
-            let conn = Connection::open(dir.path().join("state.sqlite3")).expect("create");
-            conn.execute_batch(SCHEMA).expect("old schema");
-            conn.execute(
-                "INSERT INTO jobs (id, name, spec_json, schema_toml, status, created_at, updated_at)
-                 VALUES ('old', 'churn', '{}', '', 'completed', 't', 't')",
-                [],
-            )
-            .expect("old job");
+            let conn = first_release_database(dir.path());
             conn.execute("INSERT INTO audit_heads (job_id, worker_id, round, head, recorded_at) VALUES ('old', 'bank1', 1, ?1, 't')", [&h1])
                 .expect("old head");
         }
