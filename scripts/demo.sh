@@ -60,7 +60,9 @@ done
 echo "demo: workers bank1, bank2, bank3 started (logs: $demo/bank*.log)"
 
 export CONFIDE_COORDINATOR="$url" CONFIDE_CA="$pki/ca.pem" CONFIDE_CERT="$pki/analyst.pem" CONFIDE_KEY="$pki/analyst.key"
-job=$("$bin/confide" job submit examples/local_federation/churn_job.toml)
+# CONFIDE_DEMO_JOB picks another job file, e.g. the same model with differential privacy:
+# CONFIDE_DEMO_JOB=examples/local_federation/churn_job_dp.toml bash scripts/demo.sh
+job=$("$bin/confide" job submit "${CONFIDE_DEMO_JOB:-examples/local_federation/churn_job.toml}")
 echo "demo: submitted job $job"
 "$bin/confide" job watch "$job"
 "$bin/confide" job get "$job" --json >"$demo/job.json"
