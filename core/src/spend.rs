@@ -63,6 +63,30 @@ impl DpJob {
     pub fn sigma(&self) -> Result<f64, SpendError> {
         self.privacy.noise_multiplier.ok_or(SpendError::Unresolved)
     }
+
+    /// Checks what a bank reads from a task before relying on it (the coordinator is not
+    /// trusted to have validated the job): a resolved, positive σ, positive C and noise
+    /// multipliers, δ in (0, 1), at least one round, epoch and row per batch. The first bad
+    /// field, named.
+    pub fn validate(&self) -> Result<(), String> {
+        let p = &self.privacy;
+        let positive = |x: f64| x.is_finite() && x > 0.0;
+        let checks = [
+            ("privacy.noise_multiplier", p.noise_multiplier.is_some_and(positive)),
+            ("privacy.clip_norm", positive(p.clip_norm)),
+            ("privacy.delta", p.delta > 0.0 && p.delta < 1.0),
+            ("privacy.statistics_noise_multiplier", positive(p.statistics_noise_multiplier)),
+            ("privacy.evaluation_noise_multiplier", positive(p.evaluation_noise_multiplier)),
+            ("training.rounds", self.rounds > 0),
+            ("training.local_epochs", self.local_epochs > 0),
+            ("training.batch_size", self.batch_size > 0),
+            ("evaluation.every", self.evaluate_every > 0),
+        ];
+        match checks.iter().find(|(_, ok)| !ok) {
+            Some((field, _)) => Err(format!("differential privacy terms: `{field}` is missing or out of range")),
+            None => Ok(()),
+        }
+    }
 }
 
 /// A bank's rows in the two splits of a dataset.
@@ -381,6 +405,25 @@ mod tests {
         four.absorb(&stats);
         let (a, b) = (record.train.epsilon(1e-5).expect("eps").0, four.epsilon(1e-5).expect("eps").0);
         assert!((a - b).abs() < 1e-9, "{a} vs {b}");
+    }
+
+    #[test]
+    fn terms_a_bank_cannot_rely_on_are_named() {
+        let mut spec = job("mode = \"record\"\nnoise_multiplier = 1.0\nplanned_rows = 100");
+        resolve(&mut spec).expect("given");
+        let dp = DpJob::of(&spec).expect("dp");
+        dp.validate().expect("valid");
+        for (field, tamper) in [
+            ("privacy.noise_multiplier", (|d: &mut DpJob| d.privacy.noise_multiplier = Some(0.0)) as fn(&mut DpJob)),
+            ("privacy.noise_multiplier", |d| d.privacy.noise_multiplier = None),
+            ("privacy.clip_norm", |d| d.privacy.clip_norm = f64::NAN),
+            ("privacy.statistics_noise_multiplier", |d| d.privacy.statistics_noise_multiplier = -1.0),
+            ("training.batch_size", |d| d.batch_size = 0),
+        ] {
+            let mut bad = dp.clone();
+            tamper(&mut bad);
+            assert!(bad.validate().expect_err(field).contains(field));
+        }
     }
 
     #[test]

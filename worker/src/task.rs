@@ -400,7 +400,12 @@ fn job_terms(t: pb::JobTerms) -> Result<JobTerms, Failure> {
     let dp = if t.dp_json.is_empty() {
         None
     } else {
-        Some(serde_json::from_str(&t.dp_json).map_err(|e| Failure::protocol(format!("job terms: differential privacy: {e}")))?)
+        let dp: confide_core::spend::DpJob =
+            serde_json::from_str(&t.dp_json).map_err(|e| Failure::protocol(format!("job terms: differential privacy: {e}")))?;
+        // A coordinator could send σ = 0 (or NaN) and call it DP: nothing is computed from terms
+        // the bank cannot rely on.
+        dp.validate().map_err(|e| Failure::protocol(format!("job terms: {e}")))?;
+        Some(dp)
     };
     Ok(JobTerms { rounds: t.rounds, model, score_buckets: t.score_buckets as usize, dp })
 }
@@ -1864,6 +1869,24 @@ mod tests {
         assert!(report.reason.contains("20000 score buckets") && report.reason.contains("policy.max_score_buckets"), "{}", report.reason);
         let garbled = pb::Task { terms: Some(pb::JobTerms { model_spec_json: "{".into(), ..terms(100) }), ..wire(1, stats(plain(2))) };
         assert_eq!(first_report(&profile(1), garbled).typed_kind(), Some(FailureKind::Protocol));
+    }
+
+    #[test]
+    fn dp_terms_a_bank_cannot_rely_on_are_refused_before_anything_leaves() {
+        let params = params(3, 2);
+        let dp = |sigma: f64| {
+            format!(
+                r#"{{"privacy":{{"mode":"record","noise_multiplier":{sigma},"delta":1e-5,"clip_norm":1.0,"dropout_allowance":1,"statistics_noise_multiplier":10.0,"evaluation_noise_multiplier":5.0}},"rounds":3,"local_epochs":1,"batch_size":64,"evaluate_every":1}}"#
+            )
+        };
+        let terms = |dp_json: String| pb::JobTerms { rounds: 3, model_spec_json: r#"{"kind":"logistic_regression"}"#.into(), score_buckets: 100, dp_json };
+        let honest = pb::Task { terms: Some(terms(dp(1.1))), ..wire(1, stats(secure(&params, 1))) };
+        let Effect::Admit(request) = first_effect_of(&profile(1), honest) else { panic!("admission first") };
+        assert_eq!(request.terms.and_then(|t| t.dp).and_then(|d| d.privacy.noise_multiplier), Some(1.1));
+        // A coordinator calling σ = 0 "differential privacy": refused as a protocol fault, first.
+        let report = first_report(&profile(1), pb::Task { terms: Some(terms(dp(0.0))), ..wire(1, stats(secure(&params, 1))) });
+        assert_eq!(report.typed_kind(), Some(FailureKind::Protocol));
+        assert!(report.reason.contains("privacy.noise_multiplier"), "{}", report.reason);
     }
 
     fn first_effect_of(profile: &BankProfile, task: pb::Task) -> Effect {
