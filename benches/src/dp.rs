@@ -120,15 +120,13 @@ pub fn job(
 /// statistics plus its own Gaussian noise of multiplier `job`'s `statistics_noise_multiplier`.
 pub fn preprocessing(schema: &DatasetSchema, banks: &[Institution], job: &JobSpec) -> Result<Prep, CompareError> {
     let mut sum = Vec::new();
-    let Some(privacy) = &job.privacy else {
+    let Some(dp) = confide_core::spend::DpJob::of(job) else {
         for bank in banks {
             add_into(&mut sum, &bank.data.stats()?);
         }
         return Prep::from_stats(schema, &sum);
     };
     // Each bank's real DP statistics (clipped into the declared ranges, its own Gaussian noise).
-    let dp = confide_core::spend::DpJob::of(job).ok_or_else(|| CompareError::Invalid("a DP job without [privacy]".into()))?;
-    let _ = privacy;
     for (k, bank) in banks.iter().enumerate() {
         add_into(&mut sum, &bank.data.dp_stats(&dp, job.seed ^ 0x5747_4154_u64 ^ (k as u64).wrapping_mul(0x9E37_79B9))?);
     }

@@ -381,20 +381,10 @@ pub fn eval_contribution(
     device: Device,
 ) -> Result<Vec<f64>, Failure> {
     let params = model.params()?;
-    if let Some((dp, noise_seed)) = dp {
-        if model.spec.is_recommendation() {
+    if model.spec.is_recommendation() {
+        if dp.is_some() {
             return Err(Failure::policy(format!("differential privacy is not available for `{}` models", model.spec.kind_name())));
         }
-        let enc = data.encoded(Split::Test, model.prep, model.prep_key)?;
-        let mut net = model.build(&params, enc.dim, device)?;
-        let probs = ml::predict_with(net.as_mut(), &enc.features, enc.rows, enc.dim, device).map_err(Failure::training)?;
-        let floor = record_noise::DP_EVAL_MIN_PROBABILITY;
-        let mut v = ml::EvalContribution::from_predictions_with_floor(&probs, &enc.labels, buckets, floor).to_vec();
-        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(noise_seed);
-        record_noise::add_gaussian(&mut v, &record_noise::eval_sensitivity(buckets), dp.privacy.evaluation_noise_multiplier, &mut rng);
-        return Ok(v);
-    }
-    if model.spec.is_recommendation() {
         let (user_side, train, test) = rec_data(data, model, users, true)?;
         let rec = recommendation_prep(model.prep)?;
         let range = data.schema.recommendation.as_ref().map_or((f64::MIN, f64::MAX), |r| (r.min_rating, r.max_rating));
@@ -408,8 +398,15 @@ pub fn eval_contribution(
     }
     let enc = data.encoded(Split::Test, model.prep, model.prep_key)?;
     let mut net = model.build(&params, enc.dim, device)?;
-    let c = ml::evaluate_with(net.as_mut(), &enc, buckets, device).map_err(Failure::training)?;
-    Ok(c.to_vec())
+    let Some((dp, noise_seed)) = dp else {
+        return Ok(ml::evaluate_with(net.as_mut(), &enc, buckets, device).map_err(Failure::training)?.to_vec());
+    };
+    let probs = ml::predict_with(net.as_mut(), &enc.features, enc.rows, enc.dim, device).map_err(Failure::training)?;
+    let floor = record_noise::DP_EVAL_MIN_PROBABILITY;
+    let mut v = ml::EvalContribution::from_predictions_with_floor(&probs, &enc.labels, buckets, floor).to_vec();
+    let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(noise_seed);
+    record_noise::add_gaussian(&mut v, &record_noise::eval_sensitivity(buckets), dp.privacy.evaluation_noise_multiplier, &mut rng);
+    Ok(v)
 }
 
 fn recommendation_prep(prep: &Preprocessing) -> Result<&confide_datasets::RecommendationPrep, Failure> {
