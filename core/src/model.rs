@@ -39,6 +39,82 @@ pub enum ModelSpec {
         /// Width of each tower layer, input side first; the last is the scoring space.
         hidden: Vec<usize>,
     },
+    /// Gradient-boosted decision trees (binary logistic objective), grown level by level from
+    /// securely summed gradient histograms; see [`GbdtSpec`]. One tree per round: the job's
+    /// `[training] rounds` is the number of trees and `learning_rate` the shrinkage (XGBoost's
+    /// `eta`). Its checkpoint is a tree ensemble (`confide-gbdt`), not a parameter vector.
+    Gbdt(GbdtSpec),
+}
+
+/// Tree-growing hyper-parameters of a `gbdt` model, named as XGBoost names them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GbdtSpec {
+    /// Deepest level a split may sit on: a tree has at most `2^max_depth` leaves (1..=12).
+    #[serde(default = "gbdt_defaults::max_depth")]
+    pub max_depth: u32,
+    /// L2 penalty on leaf weights (XGBoost's `lambda`, ≥ 0).
+    #[serde(default = "gbdt_defaults::lambda")]
+    pub lambda: f64,
+    /// Smallest loss reduction a split must bring (XGBoost's `gamma`, ≥ 0).
+    #[serde(default)]
+    pub gamma: f64,
+    /// Smallest hessian sum a child may have (XGBoost's `min_child_weight`, ≥ 0).
+    #[serde(default = "gbdt_defaults::min_child_weight")]
+    pub min_child_weight: f64,
+    /// Fraction of its training rows each bank samples per tree (0 < subsample ≤ 1).
+    #[serde(default = "gbdt_defaults::one")]
+    pub subsample: f64,
+    /// Fraction of the features each tree may split on, drawn from the job's seed (0 < · ≤ 1).
+    #[serde(default = "gbdt_defaults::one")]
+    pub colsample_bytree: f64,
+    /// Most bins per numeric feature (2..=1024); cut points are quantiles of the federation's
+    /// securely summed fine histograms.
+    #[serde(default = "gbdt_defaults::max_bin")]
+    pub max_bin: u32,
+    /// Fewest rows, summed over banks, a leaf may describe: a split whose child would hold fewer
+    /// is not made, so no leaf describes a handful of customers (≥ 1).
+    #[serde(default = "gbdt_defaults::min_leaf_rows")]
+    pub min_leaf_rows: u64,
+}
+
+// f64 fields: equality is only used to compare validated (finite) specs.
+impl Eq for GbdtSpec {}
+
+impl Default for GbdtSpec {
+    fn default() -> Self {
+        Self {
+            max_depth: gbdt_defaults::max_depth(),
+            lambda: gbdt_defaults::lambda(),
+            gamma: 0.0,
+            min_child_weight: gbdt_defaults::min_child_weight(),
+            subsample: 1.0,
+            colsample_bytree: 1.0,
+            max_bin: gbdt_defaults::max_bin(),
+            min_leaf_rows: gbdt_defaults::min_leaf_rows(),
+        }
+    }
+}
+
+mod gbdt_defaults {
+    pub fn max_depth() -> u32 {
+        6
+    }
+    pub fn lambda() -> f64 {
+        1.0
+    }
+    pub fn min_child_weight() -> f64 {
+        1.0
+    }
+    pub fn one() -> f64 {
+        1.0
+    }
+    pub fn max_bin() -> u32 {
+        256
+    }
+    pub fn min_leaf_rows() -> u64 {
+        50
+    }
 }
 
 /// Tensor names of the recommendation models' shared (federated) item side.
@@ -92,7 +168,7 @@ pub struct TorchScriptSpec {
 }
 
 /// Every model kind's name, as [`ModelSpec::kind_name`] gives it (bank policies list these).
-pub const MODEL_KINDS: &[&str] = &["logistic_regression", "mlp", "matrix_factorization", "two_tower", "torchscript"];
+pub const MODEL_KINDS: &[&str] = &["logistic_regression", "mlp", "matrix_factorization", "two_tower", "torchscript", "gbdt"];
 
 impl ModelSpec {
     /// Widths of the hidden layers (empty for logistic regression).
@@ -100,7 +176,8 @@ impl ModelSpec {
         match self {
             ModelSpec::LogisticRegression
             | ModelSpec::MatrixFactorization { .. }
-            | ModelSpec::TorchScript(_) => &[],
+            | ModelSpec::TorchScript(_)
+            | ModelSpec::Gbdt(_) => &[],
             ModelSpec::Mlp { hidden } | ModelSpec::TwoTower { hidden, .. } => hidden,
         }
     }
@@ -109,6 +186,14 @@ impl ModelSpec {
     /// whose evaluation is [`crate::metrics::RecommendationEval`].
     pub fn is_recommendation(&self) -> bool {
         matches!(self, ModelSpec::MatrixFactorization { .. } | ModelSpec::TwoTower { .. })
+    }
+
+    /// The tree hyper-parameters of a `gbdt` model (None for the parameter-vector families).
+    pub fn gbdt(&self) -> Option<&GbdtSpec> {
+        match self {
+            ModelSpec::Gbdt(g) => Some(g),
+            _ => None,
+        }
     }
 
     /// Embedding width of a recommendation model (None for tabular models).
@@ -125,6 +210,10 @@ impl ModelSpec {
     pub fn layout(&self, input_dim: usize) -> ParamLayout {
         if let ModelSpec::TorchScript(t) = self {
             return t.layout.clone();
+        }
+        if let ModelSpec::Gbdt(_) = self {
+            // A tree ensemble has no parameter vector (its checkpoint is `confide-gbdt`'s JSON).
+            return ParamLayout { tensors: Vec::new() };
         }
         if let Some(dim) = self.embedding_dim() {
             return self.item_side_layout(input_dim, dim);
@@ -179,6 +268,7 @@ impl ModelSpec {
             ModelSpec::TorchScript(_) => "torchscript",
             ModelSpec::MatrixFactorization { .. } => "matrix_factorization",
             ModelSpec::TwoTower { .. } => "two_tower",
+            ModelSpec::Gbdt(_) => "gbdt",
         }
     }
 
@@ -190,6 +280,7 @@ impl ModelSpec {
             ModelSpec::Mlp { hidden } => format!("mlp[{}]", widths(hidden)),
             ModelSpec::MatrixFactorization { dim } => format!("matrix_factorization[{dim}]"),
             ModelSpec::TwoTower { dim, hidden } => format!("two_tower[{dim};{}]", widths(hidden)),
+            ModelSpec::Gbdt(g) => format!("gbdt[depth {}]", g.max_depth),
             ModelSpec::TorchScript(t) => {
                 let hash = t.module_sha256.as_deref().unwrap_or("unresolved");
                 format!("torchscript[{}]", hash.chars().take(12).collect::<String>())
