@@ -435,6 +435,18 @@ impl JobSpec {
                 return bad("model.module_sha256", "must be 64 hexadecimal digits");
             }
         }
+        if let ModelSpec::Gbdt(g) = &self.model {
+            Self::validate_gbdt(g)?;
+            if !(self.training.learning_rate.is_finite() && self.training.learning_rate > 0.0 && self.training.learning_rate <= 1.0) {
+                return bad("training.learning_rate", format!("is a tree model's shrinkage (eta): must be in (0, 1], got {}", self.training.learning_rate));
+            }
+            if self.training.rounds > 10_000 {
+                return bad("training.rounds", format!("is a tree model's number of trees: must be in 1..=10000, got {}", self.training.rounds));
+            }
+            if self.strategy != StrategySpec::default() {
+                return bad("strategy", "a tree model has no server optimizer: each round's tree is chosen from the summed histograms");
+            }
+        }
         if let Some(dim) = self.model.embedding_dim() {
             if !(1..=4096).contains(&dim) {
                 return bad("model.dim", "must be in 1..=4096");
@@ -567,6 +579,40 @@ impl JobSpec {
         Ok(())
     }
 
+    /// A tree model's hyper-parameters, each against its documented range.
+    fn validate_gbdt(g: &crate::model::GbdtSpec) -> Result<(), JobError> {
+        fn bad(field: &'static str, reason: impl Into<String>) -> Result<(), JobError> {
+            Err(JobError::Invalid { field, reason: reason.into() })
+        }
+        let non_negative = |x: f64| x.is_finite() && x >= 0.0;
+        let fraction = |x: f64| x.is_finite() && x > 0.0 && x <= 1.0;
+        if !(1..=12).contains(&g.max_depth) {
+            return bad("model.max_depth", format!("must be in 1..=12, got {}", g.max_depth));
+        }
+        if !non_negative(g.lambda) {
+            return bad("model.lambda", format!("must be ≥ 0, got {}", g.lambda));
+        }
+        if !non_negative(g.gamma) {
+            return bad("model.gamma", format!("must be ≥ 0, got {}", g.gamma));
+        }
+        if !non_negative(g.min_child_weight) {
+            return bad("model.min_child_weight", format!("must be ≥ 0, got {}", g.min_child_weight));
+        }
+        if !fraction(g.subsample) {
+            return bad("model.subsample", format!("must be in (0, 1], got {}", g.subsample));
+        }
+        if !fraction(g.colsample_bytree) {
+            return bad("model.colsample_bytree", format!("must be in (0, 1], got {}", g.colsample_bytree));
+        }
+        if !(2..=1024).contains(&g.max_bin) {
+            return bad("model.max_bin", format!("must be in 2..=1024, got {}", g.max_bin));
+        }
+        if g.min_leaf_rows == 0 || g.min_leaf_rows > 1_000_000 {
+            return bad("model.min_leaf_rows", format!("must be in 1..=1000000, got {}", g.min_leaf_rows));
+        }
+        Ok(())
+    }
+
     fn validate_privacy(&self, p: &PrivacySpec) -> Result<(), JobError> {
         fn bad(field: &'static str, reason: impl Into<String>) -> Result<(), JobError> {
             Err(JobError::Invalid { field, reason: reason.into() })
@@ -581,6 +627,13 @@ impl JobSpec {
                      so no bound could be stated",
                     self.model.kind_name()
                 ),
+            );
+        }
+        if let ModelSpec::Gbdt(_) = self.model {
+            return bad(
+                "privacy",
+                "gradient-boosted trees cannot be trained with differential privacy yet: noise on the level histograms \
+                 and its accounting are not implemented, so no bound could be stated",
             );
         }
         if p.mode == PrivacyMode::Record && matches!(self.model, ModelSpec::TorchScript(_)) {

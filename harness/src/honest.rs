@@ -132,6 +132,7 @@ impl HonestBank {
         }
         match &req.kind {
             TaskKind::Stats { .. } => Ok(confide_datasets::local_stats(&self.compute.table, &fixture::schema())),
+            TaskKind::Grow { .. } => Err(Failure::policy("this harness's banks train parameter-vector models only")),
             TaskKind::Train { local, .. } => {
                 let params = req.vector_len.checked_sub(TRAIN_EXTRAS).ok_or_else(|| Failure::protocol("vector too short"))?;
                 let global = vec![0.0f32; params];

@@ -225,6 +225,9 @@ pub fn submit(
         }
         (false, false) => None,
     };
+    if let Some(g) = spec.model.gbdt() {
+        check_trees(g, &schema)?;
+    }
     let privacy = plan_privacy(&mut spec, &schema)?;
     let size = JobSize::of(&spec, input_dim);
     size.check(&spec, &shared.config)?;
@@ -254,6 +257,32 @@ pub fn submit(
     }
     super::start(shared, &id);
     Ok(Submitted::New { job_id: id, identical, privacy })
+}
+
+/// Largest tree-level histogram vector a job may ask banks for (values).
+const MAX_LEVEL_VALUES: usize = 64 << 20;
+
+/// A tree model's federated binning needs a declared range on every numeric column, and its
+/// deepest level's histograms must stay a sensible size.
+fn check_trees(g: &confide_core::model::GbdtSpec, schema: &DatasetSchema) -> Result<(), SubmitError> {
+    if let Some(column) = confide_datasets::first_unranged_column(schema) {
+        return Err(SubmitError::Model(format!(
+            "schema `{}`: numeric column `{column}` has no `range = [low, high]`; gradient-boosted trees bin every numeric column \
+             from fine histograms over its declared range",
+            schema.name
+        )));
+    }
+    let slots: usize = schema
+        .feature_columns()
+        .map(|c| if c.kind == confide_datasets::ColumnType::Categorical { 3 * c.level_names().len() } else { g.max_bin as usize + 1 })
+        .sum();
+    let level = confide_gbdt::hist::STATS * slots << (g.max_depth - 1);
+    if level > MAX_LEVEL_VALUES {
+        return Err(SubmitError::Model(format!(
+            "job file: field `model.max_depth`: the deepest level's histograms would hold {level} values per bank (at most {MAX_LEVEL_VALUES}); lower max_depth or max_bin"
+        )));
+    }
+    Ok(())
 }
 
 /// A DP job's plan: the schema must declare a range for every numeric feature (DP statistics
