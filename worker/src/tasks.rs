@@ -60,7 +60,7 @@ pub struct LocalDataset {
     encoded: Mutex<HashMap<(&'static str, String), Arc<Encoded>>>,
     ratings: Mutex<HashMap<&'static str, Arc<Ratings>>>,
     /// Tree jobs' boosters (see [`crate::trees`]).
-    pub(crate) boosters: crate::trees::Boosters,
+    pub boosters: crate::trees::Boosters,
 }
 
 /// Which split of a dataset.

@@ -15,10 +15,10 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
 use confide_core::metrics::EvalContribution;
+use confide_datasets::{DatasetSchema, RawTable};
 use confide_gbdt::{GbdtModel, GrowingTree, LocalBooster};
 
 use crate::failure::Failure;
-use crate::tasks::{LocalDataset, Split};
 
 /// Jobs whose boosters a dataset keeps (the oldest is dropped beyond this).
 const KEPT_JOBS: usize = 4;
@@ -33,7 +33,7 @@ struct JobBooster {
     sample_seed: u64,
 }
 
-/// A dataset's boosters, by job.
+/// A dataset's boosters, by job (what [`level_contribution`] keeps between levels).
 #[derive(Debug, Default)]
 pub struct Boosters {
     jobs: Mutex<VecDeque<Arc<Mutex<JobBooster>>>>,
@@ -48,19 +48,22 @@ fn model_of(checkpoint: &[u8]) -> Result<GbdtModel, Failure> {
     GbdtModel::from_bytes(checkpoint).map_err(|e| Failure::protocol(e.to_string()))
 }
 
-/// The preprocessing statistics followed by the fine histograms of federated binning.
-pub fn binning_stats(data: &LocalDataset) -> Result<Vec<f64>, Failure> {
-    let mut v = data.stats()?;
-    let table = data.table(Split::Train)?;
+/// The preprocessing statistics of the training rows `table` followed by the fine histograms of
+/// federated binning.
+pub fn binning_stats(table: &RawTable, schema: &DatasetSchema) -> Result<Vec<f64>, Failure> {
+    let mut v = confide_datasets::local_stats(table, schema);
     // A schema without ranges names only its own column (public), never a value.
-    let fine = confide_gbdt::features::local_fine_histograms(&table, &data.schema).map_err(|e| Failure::policy(e.to_string()))?;
+    let fine = confide_gbdt::features::local_fine_histograms(table, schema).map_err(|e| Failure::policy(e.to_string()))?;
     v.extend(fine);
     Ok(v)
 }
 
-/// This bank's histograms for a tree level of job `job_id`.
+/// This bank's histograms of its training rows `table` for a tree level of job `job_id`.
+#[allow(clippy::too_many_arguments)]
 pub fn level_contribution(
-    data: &LocalDataset,
+    boosters: &Boosters,
+    table: &RawTable,
+    schema: &DatasetSchema,
     job_id: &str,
     checkpoint: &[u8],
     tree: &GrowingTree,
@@ -71,7 +74,7 @@ pub fn level_contribution(
     if tree.features.iter().any(|&f| f >= model.features.len()) {
         return Err(Failure::protocol("the growing tree names a feature the model does not have"));
     }
-    let entry = booster(data, job_id, &model, pos_weight)?;
+    let entry = booster(boosters, table, schema, job_id, &model, pos_weight)?;
     let mut entry = lock(&entry);
     entry.booster.sync(&model);
     let JobBooster { booster, sample_seed, .. } = &*entry;
@@ -79,16 +82,22 @@ pub fn level_contribution(
 }
 
 /// The job's booster, built on first use (or when the feature space changed).
-fn booster(data: &LocalDataset, job_id: &str, model: &GbdtModel, pos_weight: f64) -> Result<Arc<Mutex<JobBooster>>, Failure> {
-    let mut jobs = lock(&data.boosters.jobs);
+fn booster(
+    boosters: &Boosters,
+    table: &RawTable,
+    schema: &DatasetSchema,
+    job_id: &str,
+    model: &GbdtModel,
+    pos_weight: f64,
+) -> Result<Arc<Mutex<JobBooster>>, Failure> {
+    let mut jobs = lock(&boosters.jobs);
     if let Some(found) = jobs.iter().find(|j| {
         let j = lock(j);
         j.job_id == job_id && j.features == model.features && j.booster.pos_weight == pos_weight
     }) {
         return Ok(found.clone());
     }
-    let table = data.table(Split::Train)?;
-    let raw = model.features.raw_matrix(&table, &data.schema).map_err(|e| Failure::data(e.to_string()))?;
+    let raw = model.features.raw_matrix(table, schema).map_err(|e| Failure::data(e.to_string()))?;
     let booster = LocalBooster::new(&model.features, raw, table.labels.clone(), model.base_margin, pos_weight);
     let entry = Arc::new(Mutex::new(JobBooster {
         job_id: job_id.to_string(),
@@ -104,11 +113,10 @@ fn booster(data: &LocalDataset, job_id: &str, model: &GbdtModel, pos_weight: f64
     Ok(entry)
 }
 
-/// The ensemble's evaluation vector on the test split.
-pub fn eval_contribution(data: &LocalDataset, checkpoint: &[u8], buckets: usize) -> Result<Vec<f64>, Failure> {
+/// The ensemble's evaluation vector on the test rows `table`.
+pub fn eval_contribution(table: &RawTable, schema: &DatasetSchema, checkpoint: &[u8], buckets: usize) -> Result<Vec<f64>, Failure> {
     let model = model_of(checkpoint)?;
-    let table = data.table(Split::Test)?;
-    let raw = model.features.raw_matrix(&table, &data.schema).map_err(|e| Failure::data(e.to_string()))?;
+    let raw = model.features.raw_matrix(table, schema).map_err(|e| Failure::data(e.to_string()))?;
     let probs: Vec<f32> = model.predict_proba(raw.view()).into_iter().map(|p| p as f32).collect();
     Ok(EvalContribution::from_predictions(&probs, &table.labels, buckets).to_vec())
 }
