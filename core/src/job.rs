@@ -797,6 +797,45 @@ mod tests {
         assert!(spec.evaluates(10));
     }
 
+    fn gbdt(model: &str, training: &str) -> Result<JobSpec, JobError> {
+        JobSpec::from_toml(&format!(
+            "name = \"trees\"\ndataset = \"d\"\n[model]\nkind = \"gbdt\"\n{model}\n[training]\nrounds = 100\nlearning_rate = 0.3\n{training}\n"
+        ))
+    }
+
+    #[test]
+    fn a_tree_model_takes_xgboost_defaults_and_refuses_out_of_range_values_by_name() {
+        let spec = gbdt("", "").expect("defaults are valid");
+        assert_eq!(spec.model.gbdt(), Some(&crate::model::GbdtSpec::default()));
+        assert_eq!(spec.model.gbdt().map(|g| (g.max_depth, g.max_bin, g.min_leaf_rows)), Some((6, 256, 50)));
+        for (model, field) in [
+            ("max_depth = 0", "model.max_depth"),
+            ("max_depth = 13", "model.max_depth"),
+            ("lambda = -1.0", "model.lambda"),
+            ("gamma = nan", "model.gamma"),
+            ("min_child_weight = -0.5", "model.min_child_weight"),
+            ("subsample = 0.0", "model.subsample"),
+            ("subsample = 1.5", "model.subsample"),
+            ("colsample_bytree = 0.0", "model.colsample_bytree"),
+            ("max_bin = 1", "model.max_bin"),
+            ("max_bin = 5000", "model.max_bin"),
+            ("min_leaf_rows = 0", "model.min_leaf_rows"),
+        ] {
+            let err = gbdt(model, "").expect_err(model);
+            assert!(err.to_string().contains(field), "{model}: {err}");
+        }
+        let err = gbdt("", "").and_then(|_| JobSpec::from_toml(&format!(
+            "name = \"t\"\ndataset = \"d\"\n[model]\nkind = \"gbdt\"\n[training]\nrounds = 10\nlearning_rate = 1.5\n"
+        ))).expect_err("eta above 1");
+        assert!(err.to_string().contains("training.learning_rate"), "{err}");
+        let err = gbdt("", "[strategy]\nkind = \"fedadam\"").expect_err("no server optimizer for trees");
+        assert!(err.to_string().contains("strategy"), "{err}");
+        let err = gbdt("", "[privacy]\nmode = \"record\"\ntarget_epsilon = 4.0\nclip_norm = 1.0").expect_err("no DP for trees yet");
+        assert!(err.to_string().contains("privacy") && err.to_string().contains("trees"), "{err}");
+        let err = gbdt("max_dept = 3", "").expect_err("unknown tree field");
+        assert!(err.to_string().contains("max_dept"), "{err}");
+    }
+
     #[test]
     fn unknown_field_is_named() {
         let err = JobSpec::from_toml(&format!("{MINIMAL}\nlearnin_rate = 1")).expect_err("unknown");

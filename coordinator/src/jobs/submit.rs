@@ -226,7 +226,7 @@ pub fn submit(
         (false, false) => None,
     };
     if let Some(g) = spec.model.gbdt() {
-        check_trees(g, &schema)?;
+        check_trees(g, &schema, shared.config.max_contribution_bytes)?;
     }
     let privacy = plan_privacy(&mut spec, &schema)?;
     let size = JobSize::of(&spec, input_dim);
@@ -259,12 +259,10 @@ pub fn submit(
     Ok(Submitted::New { job_id: id, identical, privacy })
 }
 
-/// Largest tree-level histogram vector a job may ask banks for (values).
-const MAX_LEVEL_VALUES: usize = 64 << 20;
-
 /// A tree model's federated binning needs a declared range on every numeric column, and its
-/// deepest level's histograms must stay a sensible size.
-fn check_trees(g: &confide_core::model::GbdtSpec, schema: &DatasetSchema) -> Result<(), SubmitError> {
+/// deepest level's histograms (64-bit ring elements under secure aggregation) must fit the
+/// coordinator's contribution limit.
+fn check_trees(g: &confide_core::model::GbdtSpec, schema: &DatasetSchema, max_contribution_bytes: u64) -> Result<(), SubmitError> {
     if let Some(column) = confide_datasets::first_unranged_column(schema) {
         return Err(SubmitError::Model(format!(
             "schema `{}`: numeric column `{column}` has no `range = [low, high]`; gradient-boosted trees bin every numeric column \
@@ -272,14 +270,15 @@ fn check_trees(g: &confide_core::model::GbdtSpec, schema: &DatasetSchema) -> Res
             schema.name
         )));
     }
-    let slots: usize = schema
+    let slots: u64 = schema
         .feature_columns()
-        .map(|c| if c.kind == confide_datasets::ColumnType::Categorical { 3 * c.level_names().len() } else { g.max_bin as usize + 1 })
+        .map(|c| if c.kind == confide_datasets::ColumnType::Categorical { 3 * c.level_names().len() as u64 } else { u64::from(g.max_bin) + 1 })
         .sum();
-    let level = confide_gbdt::hist::STATS * slots << (g.max_depth - 1);
-    if level > MAX_LEVEL_VALUES {
+    let bytes = (confide_gbdt::hist::STATS as u64 * slots * 8).saturating_mul(1 << (g.max_depth - 1));
+    if bytes > max_contribution_bytes {
         return Err(SubmitError::Model(format!(
-            "job file: field `model.max_depth`: the deepest level's histograms would hold {level} values per bank (at most {MAX_LEVEL_VALUES}); lower max_depth or max_bin"
+            "job file: field `model.max_depth`: the deepest level's histograms would be {bytes} bytes per bank, above this \
+             coordinator's max_contribution_bytes = {max_contribution_bytes}; lower max_depth or max_bin"
         )));
     }
     Ok(())
