@@ -276,13 +276,38 @@ pub struct GradSums {
     pub n: f64,
 }
 
-impl GradSums {
+/// Sums of histogram slots in fixed point (2⁻⁶⁴ resolution, i128), so a side's sums depend on
+/// which slots it holds, not on the order they were added in. Candidates that split the node's
+/// rows the same way (through empty bins, or "missing vs the rest" seen from either side) then
+/// get bit-identical gains and the tie-break decides, whichever way the rows were spread over
+/// banks; floating-point sums would let last-bit noise pick between them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct ExactSums {
+    g: i128,
+    h: i128,
+    n: i128,
+}
+
+/// 2⁶⁴: the fixed-point scale of [`ExactSums`] (histogram sums stay far below 2⁶³ in magnitude).
+const EXACT_SCALE: f64 = 18_446_744_073_709_551_616.0;
+
+impl ExactSums {
     fn add(self, s: &[f64]) -> Self {
-        Self { g: self.g + s[0], h: self.h + s[1], n: self.n + s[2] }
+        // `as` saturates; the sums were checked finite.
+        let q = |x: f64| (x * EXACT_SCALE).round() as i128;
+        Self { g: self.g + q(s[0]), h: self.h + q(s[1]), n: self.n + q(s[2]) }
+    }
+
+    fn plus(self, o: Self) -> Self {
+        Self { g: self.g + o.g, h: self.h + o.h, n: self.n + o.n }
     }
 
     fn minus(self, o: Self) -> Self {
         Self { g: self.g - o.g, h: self.h - o.h, n: self.n - o.n }
+    }
+
+    fn to_sums(self) -> GradSums {
+        GradSums { g: self.g as f64 / EXACT_SCALE, h: self.h as f64 / EXACT_SCALE, n: self.n as f64 / EXACT_SCALE }
     }
 }
 
@@ -305,8 +330,12 @@ pub struct SplitCandidate {
     pub right: GradSums,
 }
 
+fn exact_total(layout: &HistLayout, block: &[f64], i: usize) -> ExactSums {
+    (0..layout.slots[i]).fold(ExactSums::default(), |acc, s| acc.add(layout.stats(block, i, s)))
+}
+
 fn feature_total(layout: &HistLayout, block: &[f64], i: usize) -> GradSums {
-    (0..layout.slots[i]).fold(GradSums::default(), |acc, s| acc.add(layout.stats(block, i, s)))
+    exact_total(layout, block, i).to_sums()
 }
 
 /// XGBoost's `CalcGain` without L1 or `max_delta_step`: G²/(H+λ) (no ½).
@@ -333,15 +362,15 @@ pub fn best_split(layout: &HistLayout, block: &[f64], total: GradSums, set: &Fea
         if layout.slots[i] != cuts.len() + 2 {
             continue;
         }
-        let own_total = feature_total(layout, block, i);
-        let missing = GradSums::default().add(layout.stats(block, i, MISSING_SLOT as usize));
-        let mut prefix = GradSums::default();
+        let own_total = exact_total(layout, block, i);
+        let missing = ExactSums::default().add(layout.stats(block, i, MISSING_SLOT as usize));
+        let mut prefix = ExactSums::default();
         for k in 1..=cuts.len() {
             // Bins 0..k are slots 1..=k.
             prefix = prefix.add(layout.stats(block, i, k));
             for default_left in [false, true] {
-                let left = if default_left { GradSums { g: prefix.g + missing.g, h: prefix.h + missing.h, n: prefix.n + missing.n } } else { prefix };
-                let right = own_total.minus(left);
+                let left_exact = if default_left { prefix.plus(missing) } else { prefix };
+                let (left, right) = (left_exact.to_sums(), own_total.minus(left_exact).to_sums());
                 if !valid(left) || !valid(right) {
                     continue;
                 }
