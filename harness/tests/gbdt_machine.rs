@@ -121,13 +121,52 @@ fn a_leaf_floor_the_federations_rows_cannot_meet_fails_the_job_with_that_reason(
 fn count_protection_refuses_root_histograms_over_a_set_differing_by_one_bank() {
     // A root level's per-bin row counts are the same for every tree: after a tree over banks
     // 1–4, root histograms over banks 1–3 would give bank 4's counts by subtraction, so the
-    // honest banks refuse to unmask that sum and the tree is not grown without bank 4.
-    assert!(PolicyConfig::default().protect_counts);
-    let mut f = Federation::new(fixture::job(&gbdt_toml(3, "max_depth = 2\nmin_leaf_rows = 10")), honest(4));
-    f.run_until(|f| f.store.rounds.len() == 1);
+    // honest banks refuse to unmask that sum and no tree is grown without bank 4.
+    let run = |policy: PolicyConfig| {
+        let banks = (1..=4).map(|i| HonestBank::new(&format!("bank{i}"), compute(i), policy.clone()).boxed()).collect();
+        let mut f = Federation::new(fixture::job(&gbdt_toml(3, "max_depth = 2\nmin_leaf_rows = 10")), banks);
+        f.run_until(|f| f.store.rounds.len() == 1);
+        f.disconnect("bank4");
+        f.run();
+        f
+    };
+    let protected = run(PolicyConfig::default());
+    assert_eq!(protected.store.rounds.len(), 1, "no tree grown over the smaller set");
+    let reasons = protected.failed_attempt_reasons().join("\n");
+    assert!(reasons.contains("tree level 0") && reasons.contains("bank1 refused: policy refusal"), "{reasons}");
+    // Without count protection the same dropout only shrinks the federation.
+    let tolerant = run(PolicyConfig { protect_counts: false, ..PolicyConfig::default() });
+    tolerant.completed();
+    assert_eq!(tolerant.store.rounds.len(), 3);
+    assert_eq!(tolerant.store.rounds[2].participants.iter().filter(|p| p.status.contributed()).count(), 3);
+}
+
+#[test]
+fn a_bank_dropping_mid_tree_is_left_out_of_the_later_levels_and_shown_as_dropped() {
+    let policy = PolicyConfig { protect_counts: false, ..PolicyConfig::default() };
+    let banks = (1..=4).map(|i| HonestBank::new(&format!("bank{i}"), compute(i), policy.clone()).boxed()).collect();
+    let mut f = Federation::new(fixture::job(&gbdt_toml(2, "max_depth = 3\nmin_leaf_rows = 10")), banks);
+    let at_level = |f: &Federation, depth: u32| {
+        f.assigned.iter().any(|(bank, t)| {
+            bank == "bank4"
+                && matches!(&t.kind, Some(Kind::TreeLevel(l)) if serde_json::from_str::<confide_gbdt::GrowingTree>(&l.tree_json).is_ok_and(|g| g.depth == depth))
+        })
+    };
+    f.run_until(|f| at_level(f, 1));
     f.disconnect("bank4");
     f.run();
-    assert_eq!(f.store.rounds.len(), 1, "no tree grown over the smaller set");
-    let reasons = f.failed_attempt_reasons().join("\n");
-    assert!(reasons.contains("count"), "the refusal names the count protection: {reasons}");
+    f.completed();
+    let first = &f.store.rounds[0];
+    let status = |bank: &str| first.participants.iter().find(|p| p.worker_id == bank).map(|p| p.status);
+    assert_eq!(status("bank4"), Some(confide_core::outcome::ParticipantStatus::Dropped), "{:?}", first.participants);
+    assert!(["bank1", "bank2", "bank3"].iter().all(|b| status(b).is_some_and(|s| s.contributed())), "{:?}", first.participants);
+    // The levels after the dropout were asked of the three banks whose histograms were in the sum.
+    let level2: Vec<&str> = f
+        .assigned
+        .iter()
+        .filter(|(_, t)| t.round == 1 && matches!(&t.kind, Some(Kind::TreeLevel(l)) if l.tree_json.contains("\"depth\":2")))
+        .map(|(b, _)| b.as_str())
+        .collect();
+    assert!(!level2.is_empty() && !level2.contains(&"bank4"), "{level2:?}");
+    assert_eq!(head(&f).trees.len(), 2);
 }
