@@ -106,6 +106,12 @@ impl GrowingTree {
         Self { index, features, nodes: vec![GrowNode::Open], frontier: vec![0], sent: vec![0], depth: 0, derived: Vec::new() }
     }
 
+    /// True when some open node's histograms are to be derived from its parent's: a level sum
+    /// that misses a bank's histograms cannot be used then (see [`GrowingTree::send_all`]).
+    pub fn derives(&self) -> bool {
+        !self.derived.is_empty()
+    }
+
     /// Asks the next level for every open node's histograms (no derivation): what the
     /// coordinator does when the banks in the last sum are not all those in the next, since a
     /// parent summed over other banks than its child cannot be subtracted.

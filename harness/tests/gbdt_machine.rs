@@ -174,5 +174,18 @@ fn a_bank_dropping_mid_tree_is_left_out_of_the_later_levels_and_shown_as_dropped
         .map(|(b, _)| b.as_str())
         .collect();
     assert!(!level2.is_empty() && !level2.contains(&"bank4"), "{level2:?}");
+    // Level 1 derived one child from the root's sum over four banks: without bank 4's part it
+    // was asked again of the three, for every open node.
+    let level1: Vec<confide_gbdt::GrowingTree> = f
+        .assigned
+        .iter()
+        .filter(|(b, t)| b == "bank1" && t.round == 1)
+        .filter_map(|(_, t)| match &t.kind {
+            Some(Kind::TreeLevel(l)) => serde_json::from_str::<confide_gbdt::GrowingTree>(&l.tree_json).ok().filter(|g| g.depth == 1),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(level1.len(), 2, "level 1 asked twice");
+    assert!(level1[0].sent.len() < level1[0].frontier.len() && level1[1].sent == level1[1].frontier, "{level1:?}");
     assert_eq!(head(&f).trees.len(), 2);
 }
