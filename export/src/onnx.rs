@@ -164,37 +164,9 @@ pub fn tabular(
                     dtype: "string",
                     missing,
                 });
-                let mut keys: Vec<String> = levels.clone();
-                let mut values: Vec<i64> = (0..levels.len() as i64).collect();
-                if impute {
-                    for marker in std::iter::once(String::new()).chain(schema.na_values.clone()) {
-                        if !keys.contains(&marker) {
-                            keys.push(marker);
-                            values.push(i64::from(*mode));
-                        }
-                    }
-                }
-                let index = g.node(
-                    "CategoryMapper",
-                    &[name],
-                    &format!("{p}/index"),
-                    vec![
-                        attr_strings("cats_strings", &keys),
-                        attr_ints("cats_int64s", &values),
-                        attr_int("default_int64", -1),
-                    ],
-                );
-                g.ml_node_last();
-                let width = levels.len() as i64;
-                let all_levels: Vec<i64> = (0..width).collect();
-                let range = g.int_const(&format!("{p}/levels"), &[1, width], &all_levels);
-                let hits = g.node("Equal", &[&index, &range], &format!("{p}/hits"), vec![]);
-                let onehot = g.node(
-                    "Cast",
-                    &[&hits],
-                    &format!("{p}/onehot"),
-                    vec![attr_int("to", pb::tensor_proto::DataType::Float as i64)],
-                );
+                // Blank and `na_values` cells take the mode's index when imputed.
+                let markers = if impute { missing_markers(schema) } else { Vec::new() };
+                let (index, onehot) = g.category_onehot(&p, name, levels, &markers, i64::from(*mode));
                 encoded.push(onehot);
                 let zero = g.int_const(&format!("{p}/zero"), &[], &[0]);
                 refusals.push(g.node("Less", &[&index, &zero], &format!("{p}/unknown"), vec![]));
@@ -329,31 +301,7 @@ pub fn gbdt(
                 };
                 g.input(name, pb::tensor_proto::DataType::String, &missing);
                 signature.inputs.push(GraphInput { name: name.into(), dtype: "string", missing });
-                let mut keys: Vec<String> = levels.to_vec();
-                let mut values: Vec<i64> = (0..levels.len() as i64).collect();
-                for marker in std::iter::once(String::new()).chain(schema.na_values.clone()) {
-                    if !keys.contains(&marker) {
-                        keys.push(marker);
-                        values.push(-2);
-                    }
-                }
-                let index = g.node(
-                    "CategoryMapper",
-                    &[name],
-                    &format!("{p}/index"),
-                    vec![attr_strings("cats_strings", &keys), attr_ints("cats_int64s", &values), attr_int("default_int64", -1)],
-                );
-                g.ml_node_last();
-                let l = levels.len() as i64;
-                let all_levels: Vec<i64> = (0..l).collect();
-                let range = g.int_const(&format!("{p}/levels"), &[1, l], &all_levels);
-                let hits = g.node("Equal", &[&index, &range], &format!("{p}/hits"), vec![]);
-                let onehot = g.node(
-                    "Cast",
-                    &[&hits],
-                    &format!("{p}/onehot"),
-                    vec![attr_int("to", pb::tensor_proto::DataType::Float as i64)],
-                );
+                let (index, onehot) = g.category_onehot(&p, name, levels, &missing_markers(schema), -2);
                 let missing_code = g.int_const(&format!("{p}/missing_code"), &[], &[-2]);
                 let is_missing = g.node("Equal", &[&index, &missing_code], &format!("{p}/is_missing"), vec![]);
                 let nan = g.float_const(&format!("{p}/nan"), &[], &[f32::NAN]);
@@ -361,7 +309,7 @@ pub fn gbdt(
                 let unknown_code = g.int_const(&format!("{p}/unknown_code"), &[], &[-1]);
                 let unknown = g.node("Equal", &[&index, &unknown_code], &format!("{p}/unknown"), vec![]);
                 refusals.push(if impute { unknown } else { g.node("Or", &[&unknown, &is_missing], &format!("{p}/is_bad"), vec![]) });
-                width += l;
+                width += levels.len() as i64;
             }
             _ => {
                 let missing = if impute {
@@ -683,6 +631,11 @@ pub fn recommendation(
     })
 }
 
+/// Cells the loader reads as missing: blank and the schema's `na_values`.
+fn missing_markers(schema: &DatasetSchema) -> Vec<String> {
+    std::iter::once(String::new()).chain(schema.na_values.iter().cloned()).collect()
+}
+
 /// The `ModelProto` around a built graph (`ai.onnx.ml` imported only when `ml` is set).
 fn model_proto(
     spec: &ModelSpec,
@@ -771,6 +724,37 @@ impl GraphBuilder {
             ..Default::default()
         });
         out.to_string()
+    }
+
+    /// A categorical column's level index (CategoryMapper: level → 0..L, each of `markers` that
+    /// is not a level → `marker_code`, anything else → −1) and its one-hot float `[N, L]`.
+    fn category_onehot(&mut self, p: &str, name: &str, levels: &[String], markers: &[String], marker_code: i64) -> (String, String) {
+        let mut keys: Vec<String> = levels.to_vec();
+        let mut values: Vec<i64> = (0..levels.len() as i64).collect();
+        for marker in markers {
+            if !keys.contains(marker) {
+                keys.push(marker.clone());
+                values.push(marker_code);
+            }
+        }
+        let index = self.node(
+            "CategoryMapper",
+            &[name],
+            &format!("{p}/index"),
+            vec![attr_strings("cats_strings", &keys), attr_ints("cats_int64s", &values), attr_int("default_int64", -1)],
+        );
+        self.ml_node_last();
+        let width = levels.len() as i64;
+        let all_levels: Vec<i64> = (0..width).collect();
+        let range = self.int_const(&format!("{p}/levels"), &[1, width], &all_levels);
+        let hits = self.node("Equal", &[&index, &range], &format!("{p}/hits"), vec![]);
+        let onehot = self.node(
+            "Cast",
+            &[&hits],
+            &format!("{p}/onehot"),
+            vec![attr_int("to", pb::tensor_proto::DataType::Float as i64)],
+        );
+        (index, onehot)
     }
 
     /// Moves the last node into the `ai.onnx.ml` domain.
