@@ -6,6 +6,10 @@
 //! feature the coefficient and odds ratio, and for numeric features the coefficient on the raw
 //! (unstandardised) scale, with the matching raw-scale intercept.
 //!
+//! For a gradient-boosted tree ensemble a [`TreeCard`] gives the number of trees, their depth
+//! and leaves, the base score, and every feature's importance by gain and by cover (summed over
+//! its splits, as XGBoost's `total_gain` and `total_cover`).
+//!
 //! For a recommendation model the card's target is the rating column and its range, and a
 //! [`RecommendationCard`] describes the catalogue, the embedding width, the towers and how the
 //! model was evaluated (the per-round RMSE / HR@k / NDCG@k are in the rounds table).
@@ -16,6 +20,7 @@ use std::fmt::Write as _;
 use confide_core::job::JobSpec;
 use confide_core::model::ModelSpec;
 use confide_datasets::{ColumnTransform, ColumnType, MissingPolicy};
+use confide_gbdt::{FeatureImportance, GbdtModel};
 use serde::{Deserialize, Serialize};
 
 use crate::onnx::GraphSignature;
@@ -44,6 +49,9 @@ pub struct ModelCard {
     /// Recommendation models only: catalogue, embeddings, towers and evaluation settings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recommendation: Option<RecommendationCard>,
+    /// Gradient-boosted trees only: trees, depth and feature importance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trees: Option<TreeCard>,
     /// Logistic regression only: the coefficient table.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub coefficients: Option<CoefficientTable>,
@@ -138,6 +146,49 @@ pub struct RecommendationCard {
     pub top_k: usize,
     /// Sampled unrated items each relevant held-out item was ranked against.
     pub ranking_negatives: usize,
+}
+
+/// What a tree ensemble is.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TreeCard {
+    /// Trees in the ensemble (one per round).
+    pub trees: usize,
+    /// Depth of the deepest tree (a lone leaf has depth 0).
+    pub max_depth: u32,
+    /// Mean depth over the trees.
+    pub mean_depth: f64,
+    /// Leaves over all trees.
+    pub leaves: usize,
+    /// Splits over all trees.
+    pub splits: usize,
+    /// Margin before any tree.
+    pub base_margin: f32,
+    /// `sigmoid(base_margin)`: XGBoost's `base_score`.
+    pub base_score: f64,
+    /// Features the trees may split on (numeric columns, then one indicator per level).
+    pub features: usize,
+    /// Per feature with at least one split, most total gain first.
+    pub importance: Vec<FeatureImportance>,
+}
+
+impl TreeCard {
+    /// The card section of `model`.
+    pub fn of(model: &GbdtModel) -> Self {
+        let depths: Vec<u32> = model.trees.iter().map(confide_gbdt::Tree::depth).collect();
+        let nodes = model.trees.iter().flat_map(|t| &t.nodes);
+        let splits = model.trees.iter().flat_map(|t| &t.nodes).filter(|n| matches!(n, confide_gbdt::Node::Split { .. })).count();
+        TreeCard {
+            trees: model.trees.len(),
+            max_depth: depths.iter().copied().max().unwrap_or(0),
+            mean_depth: if depths.is_empty() { 0.0 } else { depths.iter().map(|&d| f64::from(d)).sum::<f64>() / depths.len() as f64 },
+            leaves: nodes.count() - splits,
+            splits,
+            base_margin: model.base_margin,
+            base_score: 1.0 / (1.0 + (-f64::from(model.base_margin)).exp()),
+            features: model.features.len(),
+            importance: model.importance(),
+        }
+    }
 }
 
 /// Rounds and institutions.
@@ -331,6 +382,16 @@ impl ModelCard {
             })
             .collect();
         let secure = &job.spec.secure_aggregation;
+        let trees = job.trees.as_ref().map(TreeCard::of);
+        let (input_dim, parameters, encoded_features) = match &job.trees {
+            // A tree's scalars are its thresholds and leaf values: one per node.
+            Some(m) => (
+                m.features.len(),
+                m.trees.iter().map(|t| t.nodes.len()).sum(),
+                m.features.features.iter().map(|f| f.name.clone()).collect(),
+            ),
+            None => (prep.input_dim(), job.params.values.len(), prep.feature_names()),
+        };
         ModelCard {
             card_version: CARD_VERSION,
             job: job.job.clone(),
@@ -338,9 +399,9 @@ impl ModelCard {
             model: ModelSummary {
                 spec: job.spec.model.clone(),
                 label: job.spec.model.label(),
-                input_dim: prep.input_dim(),
-                parameters: job.params.values.len(),
-                encoded_features: prep.feature_names(),
+                input_dim,
+                parameters,
+                encoded_features,
             },
             data: DataSummary {
                 dataset: job.schema.name.clone(),
@@ -379,6 +440,7 @@ impl ModelCard {
                 dp,
             },
             recommendation: recommendation_card(job),
+            trees,
             coefficients: coefficient_table(job),
             onnx_signature: signature.and_then(|s| serde_json::to_value(s).ok()),
             files: files.to_vec(),
@@ -398,11 +460,14 @@ impl ModelCard {
         writeln!(md, "# Model card: {}\n", j.name)?;
         writeln!(md, "| | |\n|---|---|")?;
         writeln!(md, "| job | `{}` ({}) |", j.id, j.status)?;
-        writeln!(
-            md,
-            "| model | {} — {} inputs, {} parameters |",
-            self.model.label, self.model.input_dim, self.model.parameters
-        )?;
+        match &self.trees {
+            Some(t) => writeln!(md, "| model | {} — {} trees over {} features |", self.model.label, t.trees, t.features)?,
+            None => writeln!(
+                md,
+                "| model | {} — {} inputs, {} parameters |",
+                self.model.label, self.model.input_dim, self.model.parameters
+            )?,
+        }
         writeln!(
             md,
             "| dataset | `{}` (schema `{}`) |",
@@ -565,6 +630,11 @@ impl ModelCard {
                 .and_then(|v| v.as_str().map(String::from))
                 .unwrap_or_default();
             let prep = match (c.mean, c.std, &c.levels, &c.mode) {
+                // Trees read raw values; missing cells take each split's default direction.
+                (Some(_), Some(_), _, _) if self.trees.is_some() => "raw value (NaN = missing)".into(),
+                (_, _, Some(levels), Some(_)) if self.trees.is_some() => {
+                    format!("one indicator per level of {levels:?} (NaN when missing)")
+                }
                 (Some(m), Some(s), _, _) => format!("(x − {m:.6}) / {s:.6}"),
                 (_, _, Some(levels), Some(mode)) => {
                     format!("one-hot over {levels:?}; mode `{mode}`")
@@ -596,6 +666,35 @@ impl ModelCard {
                 r.ranking_negatives,
                 k = r.top_k
             )?;
+        }
+
+        if let Some(t) = &self.trees {
+            writeln!(md, "\n## Trees\n")?;
+            writeln!(md, "| | |\n|---|---|")?;
+            writeln!(md, "| trees | {} |", t.trees)?;
+            writeln!(md, "| depth | deepest {}, mean {:.2} |", t.max_depth, t.mean_depth)?;
+            writeln!(md, "| leaves / splits | {} / {} |", t.leaves, t.splits)?;
+            writeln!(md, "| base score | {:.6} (margin {}) |", t.base_score, t.base_margin)?;
+            writeln!(md, "| features | {} (numeric raw values, then one indicator per categorical level) |", t.features)?;
+            writeln!(md, "\n### Feature importance\n")?;
+            writeln!(md, "Summed over each feature's splits: gain is the loss reduction, cover the hessian of the rows split (XGBoost's `total_gain`, `total_cover`).\n")?;
+            writeln!(md, "| feature | total gain | gain share | total cover | splits | mean gain | mean cover |\n|---|---|---|---|---|---|---|")?;
+            let all_gain: f64 = t.importance.iter().map(|f| f.total_gain).sum();
+            for f in &t.importance {
+                let share = if all_gain > 0.0 { f.total_gain / all_gain } else { 0.0 };
+                let per = |v: f64| v / f.splits.max(1) as f64;
+                writeln!(
+                    md,
+                    "| `{}` | {:.4} | {:.1}% | {:.4} | {} | {:.4} | {:.4} |",
+                    f.feature,
+                    f.total_gain,
+                    100.0 * share,
+                    f.total_cover,
+                    f.splits,
+                    per(f.total_gain),
+                    per(f.total_cover)
+                )?;
+            }
         }
 
         if let Some(t) = &self.coefficients {

@@ -20,6 +20,16 @@
 //! | `items.csv` | `item_id,row`: the catalogue row of every item id |
 //! | `preprocessing.json`, model card | as above, with a recommendation section in the card |
 //!
+//! A gradient-boosted tree ensemble (`gbdt`) is written as trees, not weights:
+//!
+//! | file | what |
+//! | --- | --- |
+//! | `model.onnx` | the trees as an `ai.onnx.ml` tree ensemble behind the raw columns' feature space ([`onnx::gbdt`]): raw columns in, `probability` and `logit` out |
+//! | `model.json` | XGBoost's JSON model format ([`xgboost`]), for `xgboost.Booster(model_file=...)` over the tree features |
+//! | `preprocessing.json`, model card | as above, with a trees section in the card (trees, depth, importance by gain and cover) |
+//!
+//! Safetensors and TorchScript do not apply to trees ([`ExportError::NotApplicable`]).
+//!
 //! TorchScript is not written for recommendation models: asking for it alone is an
 //! [`ExportError::Unsupported`], and `--format all` and the automatic export after a job
 //! completes write the formats [`Family::formats`] lists.
@@ -32,6 +42,8 @@
 pub mod card;
 pub mod onnx;
 pub mod torchscript;
+pub mod trees;
+pub mod xgboost;
 
 /// Protobuf types generated from the vendored `proto/onnx/onnx.proto` (package `onnx`).
 #[allow(clippy::all, missing_docs, unreachable_pub)]
@@ -45,6 +57,7 @@ use std::path::{Path, PathBuf};
 use confide_core::job::JobSpec;
 use confide_core::model::{ModelParams, ModelSpec};
 use confide_datasets::{DatasetSchema, Preprocessing};
+use confide_gbdt::GbdtModel;
 use serde::{Deserialize, Serialize};
 
 /// Errors exporting a model.
@@ -78,6 +91,16 @@ pub enum ExportError {
         /// Model label.
         family: String,
     },
+    /// The format cannot hold this kind of model (weights for trees, trees for a network).
+    #[error("{format} export does not apply to {family} models: {reason}")]
+    NotApplicable {
+        /// Format name.
+        format: &'static str,
+        /// Model label.
+        family: String,
+        /// Why, and what to export instead.
+        reason: &'static str,
+    },
     /// The TorchScript archive could not be built.
     #[error(transparent)]
     TorchScript(#[from] torchscript::TorchScriptError),
@@ -102,12 +125,15 @@ pub enum Format {
     /// `model.pt`, a TorchScript archive.
     #[serde(rename = "torchscript")]
     TorchScript,
+    /// `model.json` in XGBoost's JSON model format (tree ensembles).
+    #[serde(rename = "xgboost")]
+    XgboostJson,
 }
 
 impl Format {
     /// Every format this build can write; a family writes those of them it supports
     /// ([`Family::formats`], what `--format all` and the automatic export produce).
-    pub const AVAILABLE: &'static [Format] = &[Format::Onnx, Format::Safetensors, Format::TorchScript];
+    pub const AVAILABLE: &'static [Format] = &[Format::Onnx, Format::Safetensors, Format::TorchScript, Format::XgboostJson];
 
     /// Lower-case name, as on the command line.
     pub fn name(self) -> &'static str {
@@ -115,6 +141,7 @@ impl Format {
             Format::Onnx => "onnx",
             Format::Safetensors => "safetensors",
             Format::TorchScript => "torchscript",
+            Format::XgboostJson => "xgboost",
         }
     }
 }
@@ -132,6 +159,8 @@ pub enum Family {
     /// names (safetensors, ready for `load_state_dict` into the owner's module) and the card.
     /// The graph is the owner's code, so no ONNX or TorchScript file is generated for it.
     Custom,
+    /// Gradient-boosted trees (`gbdt`): the trees as ONNX (raw columns in) and as XGBoost JSON.
+    Trees,
 }
 
 impl Family {
@@ -144,6 +173,7 @@ impl Family {
                 Ok(Family::Recommendation)
             }
             ModelSpec::TorchScript(_) => Ok(Family::Custom),
+            ModelSpec::Gbdt(_) => Ok(Family::Trees),
             other => Err(ExportError::Unsupported {
                 format: "any",
                 family: other.label(),
@@ -166,9 +196,10 @@ impl Family {
     /// True when `format` can be written for this family.
     pub fn supports(self, format: Format) -> bool {
         match self {
-            Family::Tabular => true,
-            Family::Recommendation => format != Format::TorchScript,
+            Family::Tabular => format != Format::XgboostJson,
+            Family::Recommendation => matches!(format, Format::Onnx | Format::Safetensors),
             Family::Custom => format == Format::Safetensors,
+            Family::Trees => matches!(format, Format::Onnx | Format::XgboostJson),
         }
     }
 }
@@ -251,15 +282,18 @@ pub struct JobExport {
     pub schema: DatasetSchema,
     /// The federated preprocessing the model was trained with.
     pub preprocessing: Preprocessing,
-    /// The final global model.
+    /// The final global model (no tensors for a tree ensemble: see [`JobExport::trees`]).
     pub params: ModelParams,
+    /// A `gbdt` job's final tree ensemble (None for the parameter-vector families).
+    pub trees: Option<GbdtModel>,
     /// Completed rounds, in order.
     pub rounds: Vec<RoundReport>,
 }
 
 impl JobExport {
     /// Parses the stored texts: the spec (JSON), schema (TOML), preprocessing (JSON) and the
-    /// global model checkpoint (safetensors), checking they fit together.
+    /// global model checkpoint (safetensors; a `gbdt` job's is `confide-gbdt`'s JSON), checking
+    /// they fit together.
     pub fn from_stored(
         job: JobInfo,
         spec_json: &str,
@@ -291,14 +325,22 @@ impl JobExport {
             .filter(|m| !m.is_empty())
             .ok_or_else(|| not_trained("model"))?;
         let layout = spec.model.layout(preprocessing.input_dim());
-        let params = ModelParams::from_safetensors(model, &layout)
-            .map_err(|e| input("model checkpoint")(e.to_string()))?;
+        let (params, trees) = if spec.model.gbdt().is_some() {
+            let trees = GbdtModel::from_bytes(model).map_err(|e| input("model checkpoint")(e.to_string()))?;
+            trees::check_features(&trees, &schema)?;
+            (ModelParams { layout, values: Vec::new() }, Some(trees))
+        } else {
+            let params = ModelParams::from_safetensors(model, &layout)
+                .map_err(|e| input("model checkpoint")(e.to_string()))?;
+            (params, None)
+        };
         Ok(Self {
             job,
             spec,
             schema,
             preprocessing,
             params,
+            trees,
             rounds,
         })
     }
@@ -326,7 +368,11 @@ impl JobExport {
             ),
             (
                 "confide.feature_names".into(),
-                self.preprocessing.feature_names().join("\t"),
+                match &self.trees {
+                    // The trees' feature space (model.json's feature order).
+                    Some(m) => m.features.features.iter().map(|f| f.name.as_str()).collect::<Vec<_>>().join("\t"),
+                    None => self.preprocessing.feature_names().join("\t"),
+                },
             ),
         ]
     }
@@ -364,6 +410,8 @@ pub mod names {
     pub const SAFETENSORS: &str = "model.safetensors";
     /// TorchScript archive.
     pub const TORCHSCRIPT: &str = "model.pt";
+    /// XGBoost JSON model (tree ensembles).
+    pub const XGBOOST: &str = "model.json";
     /// Federated preprocessing.
     pub const PREPROCESSING: &str = "preprocessing.json";
     /// Recommendation models: `item_id,row` for every catalogue item.
@@ -407,7 +455,7 @@ pub fn export_job(
                 signature = Some(model.signature);
                 (names::ONNX, model.bytes)
             }
-            (Format::Safetensors, _) => {
+            (Format::Safetensors, Family::Tabular | Family::Recommendation | Family::Custom) => {
                 let meta: HashMap<String, String> = job.metadata().into_iter().collect();
                 (names::SAFETENSORS, job.params.to_safetensors(Some(meta)))
             }
@@ -420,8 +468,18 @@ pub fn export_job(
                 names::TORCHSCRIPT,
                 torchscript::torchscript_archive(&job.spec.model, &job.params, &job.preprocessing)?,
             ),
+            (Format::Onnx, Family::Trees) => {
+                let model = onnx::gbdt(&job.spec.model, &job.schema, trees_of(job)?, &job.metadata())?;
+                signature = Some(model.signature);
+                (names::ONNX, model.bytes)
+            }
+            (Format::XgboostJson, Family::Trees) => {
+                (names::XGBOOST, xgboost::model_json(trees_of(job)?, job.spec.training.pos_weight.unwrap_or(1.0))?)
+            }
             (Format::TorchScript, Family::Recommendation)
-            | (Format::Onnx | Format::TorchScript, Family::Custom) => {
+            | (Format::Onnx | Format::TorchScript, Family::Custom)
+            | (Format::XgboostJson, Family::Tabular | Family::Recommendation | Family::Custom)
+            | (Format::Safetensors | Format::TorchScript, Family::Trees) => {
                 return Err(unsupported(job, format));
             }
         };
@@ -457,8 +515,33 @@ pub fn export_job(
     })
 }
 
+/// A `gbdt` job's trees (present whenever [`JobExport::from_stored`] read a gbdt checkpoint).
+fn trees_of(job: &JobExport) -> Result<&GbdtModel, ExportError> {
+    job.trees
+        .as_ref()
+        .ok_or_else(|| ExportError::Inconsistent(format!("{} has no tree ensemble", job.spec.model.label())))
+}
+
 /// The error for a format the job's family is not written in.
 fn unsupported(job: &JobExport, format: Format) -> ExportError {
+    let label = job.spec.model.label();
+    match (format, job.spec.model.gbdt().is_some()) {
+        (Format::Safetensors | Format::TorchScript, true) => {
+            return ExportError::NotApplicable {
+                format: format.name(),
+                family: format!("gradient-boosted tree ({label})"),
+                reason: "a tree ensemble has no weight tensors or network graph; export `onnx` (model.onnx) or `xgboost` (model.json)",
+            };
+        }
+        (Format::XgboostJson, false) => {
+            return ExportError::NotApplicable {
+                format: format.name(),
+                family: label,
+                reason: "XGBoost's JSON model format holds tree ensembles only (gbdt jobs)",
+            };
+        }
+        _ => {}
+    }
     let family = match job.spec.model {
         ModelSpec::TorchScript(_) => "custom TorchScript",
         _ => "recommendation",

@@ -22,6 +22,9 @@
 //! trim surrounding whitespace before feeding them, as the CSV loader does. Only operators both
 //! onnxruntime and tract implement are used (opset 13, `ai.onnx.ml` 1).
 //!
+//! A `gbdt` tree ensemble gets the same raw-column inputs in front of an `ai.onnx.ml` tree
+//! ensemble ([`gbdt`]).
+//!
 //! The recommendation families get a scoring graph instead ([`recommendation`]): the federated
 //! item side is in the graph, the bank's own user side is fed in.
 
@@ -29,14 +32,16 @@ use std::collections::HashSet;
 
 use confide_core::model::{ModelParams, ModelSpec};
 use confide_datasets::{ColumnTransform, DatasetSchema, MissingPolicy, Preprocessing};
+use confide_gbdt::{FeatureKind, GbdtModel, Node};
 use prost::Message;
 
 use crate::ExportError;
 use crate::pb;
+use crate::trees::FlatTree;
 
 /// Default-domain opset the graph is written for.
 pub const OPSET: i64 = 13;
-/// `ai.onnx.ml` opset (CategoryMapper).
+/// `ai.onnx.ml` opset (CategoryMapper, TreeEnsembleClassifier).
 pub const ML_OPSET: i64 = 1;
 /// ONNX IR version matching [`OPSET`].
 pub const IR_VERSION: i64 = 7;
@@ -159,37 +164,9 @@ pub fn tabular(
                     dtype: "string",
                     missing,
                 });
-                let mut keys: Vec<String> = levels.clone();
-                let mut values: Vec<i64> = (0..levels.len() as i64).collect();
-                if impute {
-                    for marker in std::iter::once(String::new()).chain(schema.na_values.clone()) {
-                        if !keys.contains(&marker) {
-                            keys.push(marker);
-                            values.push(i64::from(*mode));
-                        }
-                    }
-                }
-                let index = g.node(
-                    "CategoryMapper",
-                    &[name],
-                    &format!("{p}/index"),
-                    vec![
-                        attr_strings("cats_strings", &keys),
-                        attr_ints("cats_int64s", &values),
-                        attr_int("default_int64", -1),
-                    ],
-                );
-                g.ml_node_last();
-                let width = levels.len() as i64;
-                let all_levels: Vec<i64> = (0..width).collect();
-                let range = g.int_const(&format!("{p}/levels"), &[1, width], &all_levels);
-                let hits = g.node("Equal", &[&index, &range], &format!("{p}/hits"), vec![]);
-                let onehot = g.node(
-                    "Cast",
-                    &[&hits],
-                    &format!("{p}/onehot"),
-                    vec![attr_int("to", pb::tensor_proto::DataType::Float as i64)],
-                );
+                // Blank and `na_values` cells take the mode's index when imputed.
+                let markers = if impute { missing_markers(schema) } else { Vec::new() };
+                let (index, onehot) = g.category_onehot(&p, name, levels, &markers, i64::from(*mode));
                 encoded.push(onehot);
                 let zero = g.int_const(&format!("{p}/zero"), &[], &[0]);
                 refusals.push(g.node("Less", &[&index, &zero], &format!("{p}/unknown"), vec![]));
@@ -268,6 +245,201 @@ pub fn tabular(
         bytes: model.encode_to_vec(),
         signature,
     })
+}
+
+/// Builds the ONNX graph of a `gbdt` tree ensemble with its feature space in-graph: raw
+/// columns in, `probability` and `logit` `[N]` out.
+///
+/// ```text
+/// numeric column x (float [N,1], NaN = missing)     the feature is x itself (trees handle NaN)
+///     refused if IsInf(x), or if IsNaN(x) and the column's policy is fail/drop
+/// categorical column s (string [N,1])
+///     i = CategoryMapper(s): level → index; blank / na_values → −2 (missing); anything else → −1
+///     indicators = Where(i = −2, NaN, Cast(Equal(i, [0..L))))     one per level, NaN when missing
+///     refused if i = −1 (a level the federation never agreed), or missing under fail/drop
+/// X = Concat(columns, axis 1)      (the trees' feature indices map onto X's columns)
+/// margin = TreeEnsembleClassifier(X) score column 1 (BRANCH_LT, NaN follows default_left) + base margin
+/// logit = Reshape(Where(refused, NaN, margin), [N]);  probability = Reshape(Where(refused, NaN, Sigmoid(margin)), [N])
+/// ```
+///
+/// The ensemble is `ai.onnx.ml`'s TreeEnsembleClassifier with two class labels and every leaf
+/// weight on class 0: both onnxruntime and tract then report the raw sum of leaf values as the
+/// second score column (onnxruntime's binary layout, tract's copy of it), which is the margin
+/// before the base. TreeEnsembleRegressor would be the plainer operator, but tract does not
+/// implement it; the base margin is added outside the operator because the runtimes treat
+/// `base_values` of a binary classifier differently.
+pub fn gbdt(
+    spec: &ModelSpec,
+    schema: &DatasetSchema,
+    model: &GbdtModel,
+    metadata: &[(String, String)],
+) -> Result<OnnxModel, ExportError> {
+    crate::trees::check_features(model, schema)?;
+    let trees = crate::trees::flatten_all(model)?;
+    let mut g = GraphBuilder::default();
+    let mut signature = GraphSignature { inputs: Vec::new(), outputs: vec![PROBABILITY.into(), LOGIT.into()] };
+    let read: HashSet<&str> = model.features.features.iter().map(|f| f.column.as_str()).collect();
+    let mut blocks = Vec::new();
+    let mut offsets: Vec<(&str, i64)> = Vec::new();
+    let mut width = 0i64;
+    let mut refusals: Vec<String> = Vec::new();
+    for (i, column) in schema.feature_columns().filter(|c| read.contains(c.name.as_str())).enumerate() {
+        let name = column.name.as_str();
+        if name == PROBABILITY || name == LOGIT || name.starts_with("confide/") {
+            return Err(ExportError::Inconsistent(format!("column `{name}` clashes with a name the exported graph uses")));
+        }
+        let impute = schema.policy_for(column) == MissingPolicy::Impute;
+        let p = format!("confide/c{i}");
+        offsets.push((name, width));
+        match column.kind {
+            confide_datasets::ColumnType::Categorical => {
+                let levels = column.level_names();
+                let missing = if impute {
+                    format!("blank or {:?} → missing (NaN indicators, the trees' default directions); unknown level → NaN score", schema.na_values)
+                } else {
+                    "blank or unknown level → NaN score (schema refuses missing cells)".into()
+                };
+                g.input(name, pb::tensor_proto::DataType::String, &missing);
+                signature.inputs.push(GraphInput { name: name.into(), dtype: "string", missing });
+                let (index, onehot) = g.category_onehot(&p, name, levels, &missing_markers(schema), -2);
+                let missing_code = g.int_const(&format!("{p}/missing_code"), &[], &[-2]);
+                let is_missing = g.node("Equal", &[&index, &missing_code], &format!("{p}/is_missing"), vec![]);
+                let nan = g.float_const(&format!("{p}/nan"), &[], &[f32::NAN]);
+                blocks.push(g.node("Where", &[&is_missing, &nan, &onehot], &format!("{p}/indicators"), vec![]));
+                let unknown_code = g.int_const(&format!("{p}/unknown_code"), &[], &[-1]);
+                let unknown = g.node("Equal", &[&index, &unknown_code], &format!("{p}/unknown"), vec![]);
+                refusals.push(if impute { unknown } else { g.node("Or", &[&unknown, &is_missing], &format!("{p}/is_bad"), vec![]) });
+                width += levels.len() as i64;
+            }
+            _ => {
+                let missing = if impute {
+                    "NaN → missing (the trees' default directions)".to_string()
+                } else {
+                    "NaN → NaN score (schema refuses missing cells)".into()
+                };
+                g.input(name, pb::tensor_proto::DataType::Float, &missing);
+                signature.inputs.push(GraphInput { name: name.into(), dtype: "float", missing });
+                let inf = g.node("IsInf", &[name], &format!("{p}/is_infinite"), vec![]);
+                refusals.push(if impute {
+                    inf
+                } else {
+                    let nan = g.node("IsNaN", &[name], &format!("{p}/is_missing"), vec![]);
+                    g.node("Or", &[&nan, &inf], &format!("{p}/is_bad"), vec![])
+                });
+                blocks.push(name.to_string());
+                width += 1;
+            }
+        }
+    }
+    // Column of X each tree feature reads.
+    let mut column_of = Vec::with_capacity(model.features.len());
+    for f in &model.features.features {
+        let base = offsets
+            .iter()
+            .find(|(name, _)| *name == f.column)
+            .map(|(_, o)| *o)
+            .ok_or_else(|| ExportError::Inconsistent(format!("tree feature `{}` reads no graph input", f.name)))?;
+        column_of.push(match f.kind {
+            FeatureKind::Numeric { .. } => base,
+            FeatureKind::Indicator { level } => base + i64::from(level),
+        });
+    }
+    let refs: Vec<&str> = blocks.iter().map(String::as_str).collect();
+    let x = g.node("Concat", &refs, "confide/features", vec![attr_int("axis", 1)]);
+    let ensemble = tree_ensemble_attributes(&trees, &column_of)?;
+    g.nodes.push(pb::NodeProto {
+        input: vec![x],
+        output: vec!["confide/label".into(), "confide/scores".into()],
+        name: Some("confide/trees".into()),
+        op_type: Some("TreeEnsembleClassifier".into()),
+        domain: Some("ai.onnx.ml".into()),
+        attribute: ensemble,
+        ..Default::default()
+    });
+    let second = g.int_const("confide/second_score", &[1], &[1]);
+    let sum = g.node("Gather", &["confide/scores", &second], "confide/leaf_sum", vec![attr_int("axis", 1)]);
+    let base = g.float_const("confide/base_margin", &[], &[model.base_margin]);
+    let margin = g.node("Add", &[&sum, &base], "confide/margin", vec![]);
+    let mut refused = refusals.first().cloned().ok_or_else(|| ExportError::Inconsistent("the tree model reads no column".into()))?;
+    for (i, r) in refusals.iter().enumerate().skip(1) {
+        refused = g.node("Or", &[&refused, r], &format!("confide/refused{i}"), vec![]);
+    }
+    let nan = g.float_const("confide/nan", &[], &[f32::NAN]);
+    let flat = g.int_const("confide/flat_shape", &[1], &[-1]);
+    let logit = g.node("Where", &[&refused, &nan, &margin], "confide/logit", vec![]);
+    g.node("Reshape", &[&logit, &flat], LOGIT, vec![]);
+    let sigmoid = g.node("Sigmoid", &[&margin], "confide/sigmoid", vec![]);
+    let probability = g.node("Where", &[&refused, &nan, &sigmoid], "confide/probability", vec![]);
+    g.node("Reshape", &[&probability, &flat], PROBABILITY, vec![]);
+    g.output(PROBABILITY);
+    g.output(LOGIT);
+    let doc = format!(
+        "{} ({} trees) over raw `{}` columns with the tree feature space in-graph; outputs `{PROBABILITY}` and `{LOGIT}` [N]",
+        spec.label(),
+        model.trees.len(),
+        schema.name
+    );
+    Ok(OnnxModel { bytes: model_proto(spec, g, doc, metadata, true).encode_to_vec(), signature })
+}
+
+/// TreeEnsembleClassifier's attributes for the flattened trees (`column_of`: feature → column of
+/// the graph's feature matrix). A model without trees gets one leaf of value 0, since the
+/// operator needs a node.
+fn tree_ensemble_attributes(trees: &[FlatTree], column_of: &[i64]) -> Result<Vec<pb::AttributeProto>, ExportError> {
+    let lone_leaf = FlatTree { nodes: vec![Node::Leaf { value: 0.0, cover: 0.0 }], parents: vec![None] };
+    let trees: Vec<&FlatTree> = if trees.is_empty() { vec![&lone_leaf] } else { trees.iter().collect() };
+    let (mut tree_ids, mut node_ids, mut feature_ids, mut modes, mut values) = (vec![], vec![], vec![], vec![], vec![]);
+    let (mut true_ids, mut false_ids, mut missing_true) = (vec![], vec![], vec![]);
+    let (mut leaf_tree, mut leaf_node, mut leaf_weight) = (vec![], vec![], vec![]);
+    for (t, tree) in trees.iter().enumerate() {
+        for (n, node) in tree.nodes.iter().enumerate() {
+            tree_ids.push(t as i64);
+            node_ids.push(n as i64);
+            match node {
+                Node::Split { feature, threshold, default_left, left, right, .. } => {
+                    let column = column_of
+                        .get(*feature as usize)
+                        .copied()
+                        .ok_or_else(|| ExportError::Inconsistent(format!("tree {t} splits on feature {feature}, which the model lacks")))?;
+                    feature_ids.push(column);
+                    // `x < threshold` is the true branch, Confide's left child.
+                    modes.push("BRANCH_LT".to_string());
+                    values.push(*threshold);
+                    true_ids.push(i64::from(*left));
+                    false_ids.push(i64::from(*right));
+                    missing_true.push(i64::from(*default_left));
+                }
+                Node::Leaf { value, .. } => {
+                    feature_ids.push(0);
+                    modes.push("LEAF".to_string());
+                    values.push(0.0);
+                    true_ids.push(0);
+                    false_ids.push(0);
+                    missing_true.push(0);
+                    leaf_tree.push(t as i64);
+                    leaf_node.push(n as i64);
+                    leaf_weight.push(*value);
+                }
+            }
+        }
+    }
+    let leaves = leaf_tree.len();
+    Ok(vec![
+        attr_ints("classlabels_int64s", &[0, 1]),
+        attr_ints("class_ids", &vec![0; leaves]),
+        attr_ints("class_nodeids", &leaf_node),
+        attr_ints("class_treeids", &leaf_tree),
+        attr_floats("class_weights", &leaf_weight),
+        attr_ints("nodes_falsenodeids", &false_ids),
+        attr_ints("nodes_featureids", &feature_ids),
+        attr_ints("nodes_missing_value_tracks_true", &missing_true),
+        attr_strings("nodes_modes", &modes),
+        attr_ints("nodes_nodeids", &node_ids),
+        attr_ints("nodes_treeids", &tree_ids),
+        attr_ints("nodes_truenodeids", &true_ids),
+        attr_floats("nodes_values", &values),
+        attr_string("post_transform", "NONE"),
+    ])
 }
 
 /// Name of the recommendation graph's user-embedding input, float `[N, dim]`.
@@ -459,6 +631,11 @@ pub fn recommendation(
     })
 }
 
+/// Cells the loader reads as missing: blank and the schema's `na_values`.
+fn missing_markers(schema: &DatasetSchema) -> Vec<String> {
+    std::iter::once(String::new()).chain(schema.na_values.iter().cloned()).collect()
+}
+
 /// The `ModelProto` around a built graph (`ai.onnx.ml` imported only when `ml` is set).
 fn model_proto(
     spec: &ModelSpec,
@@ -549,6 +726,37 @@ impl GraphBuilder {
         out.to_string()
     }
 
+    /// A categorical column's level index (CategoryMapper: level → 0..L, each of `markers` that
+    /// is not a level → `marker_code`, anything else → −1) and its one-hot float `[N, L]`.
+    fn category_onehot(&mut self, p: &str, name: &str, levels: &[String], markers: &[String], marker_code: i64) -> (String, String) {
+        let mut keys: Vec<String> = levels.to_vec();
+        let mut values: Vec<i64> = (0..levels.len() as i64).collect();
+        for marker in markers {
+            if !keys.contains(marker) {
+                keys.push(marker.clone());
+                values.push(marker_code);
+            }
+        }
+        let index = self.node(
+            "CategoryMapper",
+            &[name],
+            &format!("{p}/index"),
+            vec![attr_strings("cats_strings", &keys), attr_ints("cats_int64s", &values), attr_int("default_int64", -1)],
+        );
+        self.ml_node_last();
+        let width = levels.len() as i64;
+        let all_levels: Vec<i64> = (0..width).collect();
+        let range = self.int_const(&format!("{p}/levels"), &[1, width], &all_levels);
+        let hits = self.node("Equal", &[&index, &range], &format!("{p}/hits"), vec![]);
+        let onehot = self.node(
+            "Cast",
+            &[&hits],
+            &format!("{p}/onehot"),
+            vec![attr_int("to", pb::tensor_proto::DataType::Float as i64)],
+        );
+        (index, onehot)
+    }
+
     /// Moves the last node into the `ai.onnx.ml` domain.
     fn ml_node_last(&mut self) {
         if let Some(n) = self.nodes.last_mut() {
@@ -623,6 +831,24 @@ fn attr_ints(name: &str, ints: &[i64]) -> pb::AttributeProto {
         name: Some(name.into()),
         r#type: Some(pb::attribute_proto::AttributeType::Ints as i32),
         ints: ints.to_vec(),
+        ..Default::default()
+    }
+}
+
+fn attr_floats(name: &str, floats: &[f32]) -> pb::AttributeProto {
+    pb::AttributeProto {
+        name: Some(name.into()),
+        r#type: Some(pb::attribute_proto::AttributeType::Floats as i32),
+        floats: floats.to_vec(),
+        ..Default::default()
+    }
+}
+
+fn attr_string(name: &str, value: &str) -> pb::AttributeProto {
+    pb::AttributeProto {
+        name: Some(name.into()),
+        r#type: Some(pb::attribute_proto::AttributeType::String as i32),
+        s: Some(value.as_bytes().to_vec()),
         ..Default::default()
     }
 }

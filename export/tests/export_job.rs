@@ -70,7 +70,7 @@ fn job(spec: ModelSpec, seed: u64) -> JobExport {
 fn writes_every_format_and_a_card_whose_hashes_match_the_files() {
     let dir = tempfile::tempdir().expect("tempdir");
     let job = job(ModelSpec::Mlp { hidden: vec![4] }, 1);
-    let manifest = export_job(&job, dir.path(), Format::AVAILABLE).expect("export");
+    let manifest = export_job(&job, dir.path(), &job.available_formats().expect("formats")).expect("export");
     let card: ModelCard =
         serde_json::from_slice(&std::fs::read(dir.path().join(names::CARD_JSON)).expect("card"))
             .expect("card json");

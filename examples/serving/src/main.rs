@@ -11,6 +11,10 @@
 //! (imputation, standardisation, one-hot) runs inside the graph. The output CSV holds
 //! `id,probability`; `NaN` marks a row the model refuses (a missing cell the schema does not
 //! impute, or a category outside the agreed levels).
+//!
+//! A gradient-boosted tree export (`gbdt`) is served the same way: its graph reads the same raw
+//! columns and runs the trees as `ai.onnx.ml` TreeEnsembleClassifier, which tract implements
+//! (tract has no TreeEnsembleRegressor, which is why the exporter uses the classifier).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

@@ -1,4 +1,4 @@
-//! The fixture both export test files build jobs with: a completed two-round job record around
+//! The fixture the export test files build jobs with: a completed two-round job record around
 //! a schema, its preprocessing and a checkpoint, parsed as the coordinator's stored texts are.
 
 use confide_core::model::{ModelParams, ModelSpec};
@@ -6,6 +6,7 @@ use confide_datasets::Preprocessing;
 use confide_export::{AuditHead, JobExport, JobInfo, RoundReport};
 
 /// The completed job `job-1` named `name` over `dataset`, trained for `rounds`.
+#[allow(dead_code)] // each test file uses the half it needs
 pub fn completed_job(
     name: &str,
     dataset: &str,
@@ -15,6 +16,22 @@ pub fn completed_job(
     params: &ModelParams,
     rounds: Vec<RoundReport>,
 ) -> JobExport {
+    completed_job_from_checkpoint(name, dataset, spec, schema_toml, prep, &params.to_safetensors(None), rounds)
+        .expect("inputs fit together")
+}
+
+/// The same job around raw checkpoint bytes (a tree ensemble's JSON, or a corrupt file), as
+/// [`JobExport::from_stored`] reads them.
+#[allow(dead_code)] // each test file uses the half it needs
+pub fn completed_job_from_checkpoint(
+    name: &str,
+    dataset: &str,
+    spec: &ModelSpec,
+    schema_toml: &str,
+    prep: &Preprocessing,
+    checkpoint: &[u8],
+    rounds: Vec<RoundReport>,
+) -> Result<JobExport, confide_export::ExportError> {
     let spec_json = format!(
         r#"{{"name":"{name}","dataset":"{dataset}","model":{},"training":{{"rounds":2,"learning_rate":0.1}}}}"#,
         serde_json::to_string(spec).expect("spec")
@@ -39,8 +56,7 @@ pub fn completed_job(
         &serde_json::to_string(&spec).expect("json"),
         schema_toml,
         Some(&serde_json::to_string(prep).expect("prep json")),
-        Some(&params.to_safetensors(None)),
+        Some(checkpoint),
         rounds,
     )
-    .expect("inputs fit together")
 }
