@@ -196,16 +196,17 @@ enum JobCommand {
 
 #[derive(Debug, Subcommand)]
 enum ModelCommand {
-    /// Download a job's latest global model (safetensors).
+    /// Download a job's latest global model (safetensors; a tree model's ensemble as JSON).
     Pull {
         /// Job id.
         id: String,
-        /// Output file (default: <job id>.safetensors).
+        /// Output file (default: <job id>.safetensors, or <job id>.json for a tree model).
         #[arg(long, short)]
         output: Option<PathBuf>,
     },
     /// Export a job's model for serving, with its model card: ONNX (raw columns in, the
-    /// federated preprocessing in-graph), safetensors (+ preprocessing.json), TorchScript.
+    /// federated preprocessing in-graph), safetensors (+ preprocessing.json), TorchScript;
+    /// tree models as ONNX and XGBoost JSON.
     Export {
         /// Job id.
         id: String,
@@ -226,7 +227,10 @@ enum ExportFormat {
     Safetensors,
     /// model.pt
     Torchscript,
-    /// Every format this build writes for the model's family (recommendation: no TorchScript).
+    /// model.json in XGBoost's JSON model format (tree models)
+    Xgboost,
+    /// Every format this build writes for the model's family (recommendation: no TorchScript;
+    /// trees: ONNX and XGBoost JSON).
     All,
 }
 
@@ -237,6 +241,7 @@ impl ExportFormat {
             ExportFormat::Onnx => vec![Format::Onnx],
             ExportFormat::Safetensors => vec![Format::Safetensors],
             ExportFormat::Torchscript => vec![Format::TorchScript],
+            ExportFormat::Xgboost => vec![Format::XgboostJson],
             ExportFormat::All => Format::AVAILABLE.to_vec(),
         }
     }
@@ -659,7 +664,9 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
         }
         Command::Model(ModelCommand::Pull { id, output }) => {
             let bytes = fetch_model(&mut client, &id).await?;
-            let path = output.unwrap_or_else(|| PathBuf::from(format!("{id}.safetensors")));
+            // A tree model's checkpoint is the ensemble as JSON (confide-gbdt), not safetensors.
+            let extension = if bytes.first() == Some(&b'{') && confide_core::model::ModelParams::read_safetensors_any(&bytes).is_err() { "json" } else { "safetensors" };
+            let path = output.unwrap_or_else(|| PathBuf::from(format!("{id}.{extension}")));
             std::fs::write(&path, &bytes).with_context(|| format!("writing {}", path.display()))?;
             outln!("{} ({} bytes, sha256 {})", path.display(), bytes.len(), confide_core::sha256_hex(&bytes))?;
         }
