@@ -142,8 +142,6 @@ fn credit_default_gbdt_grows_trees_from_securely_summed_histograms() {
     let csv = shared_datasets().join("uci_credit_card_default/UCI_Credit_Card.csv");
     let (_cluster, job) = run_family("uci_credit_card_default", csv, Scheme::Iid, 7, "credit_default_gbdt.toml");
     let rounds = job["rounds"].as_array().expect("rounds");
-    let durations: Vec<f64> = rounds.iter().map(|r| r["duration_secs"].as_f64().unwrap_or(-1.0)).collect();
-    eprintln!("TIMING {durations:?}");
     assert_eq!(rounds.len(), 50, "one round per tree");
     for r in rounds {
         assert_eq!(r["participants"].as_array().map(Vec::len), Some(3), "{r:#}");
