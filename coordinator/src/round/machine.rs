@@ -2,6 +2,15 @@
 //! preprocessing statistics → round after round of select → train → server optimizer step →
 //! evaluate → commit, until the round budget or early stopping.
 //!
+//! A tree model (`kind = "gbdt"`) runs the same life with one tree per round: its statistics
+//! carry the fine histograms of federated binning (the feature space and its cut points come
+//! from their sum), and its round is one secure sum per tree level instead of
+//! one training sum — the level's splits are chosen from the summed gradient histograms
+//! ([`confide_gbdt::GrowingTree::apply_level`]), and the next level goes to the banks whose
+//! histograms were in the sum. The finished tree joins the ensemble, which is evaluated and
+//! committed like any round's model. A leaf floor the federation's rows cannot meet fails the
+//! job with that reason.
+//!
 //! [`JobMachine`] has no sockets, no tokio, no database, no wall clock and no OS randomness (in
 //! the style of `quinn-proto`, like `confide-secagg` below it). Time comes in as the caller's
 //! `now`, randomness (task ids, secure-aggregation session ids) from the seed it is built with,
