@@ -17,6 +17,10 @@ fuzz_target!(|data: &[u8]| {
         }
         Some(Kind::Evaluate(t)) => (t.model.clone(), Some(t.preprocessing_json.clone()), t.aggregation.clone()),
         Some(Kind::Stats(t)) => (None, None, t.aggregation.clone()),
+        Some(Kind::TreeLevel(t)) => {
+            let _ = serde_json::from_str::<confide_gbdt::GrowingTree>(&t.tree_json);
+            (t.model.clone(), None, t.aggregation.clone())
+        }
         _ => (None, None, None),
     };
     if let Some(m) = model {
