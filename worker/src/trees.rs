@@ -71,9 +71,9 @@ pub fn level_contribution(
     subsample: f64,
 ) -> Result<Vec<f64>, Failure> {
     let model = model_of(checkpoint)?;
-    if tree.features.iter().any(|&f| f >= model.features.len()) {
-        return Err(Failure::protocol("the growing tree names a feature the model does not have"));
-    }
+    // The coordinator's tree must fit the model: features, splits, children and the nodes it
+    // asks histograms for (a malformed one is a protocol fault, not a crash or a wrong sum).
+    tree.check(&model.features).map_err(|e| Failure::protocol(e.to_string()))?;
     let entry = booster(boosters, table, schema, job_id, &model, pos_weight)?;
     let mut entry = lock(&entry);
     entry.booster.sync(&model);
