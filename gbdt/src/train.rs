@@ -20,10 +20,11 @@ use crate::{FeatureSet, GbdtError, GbdtModel, GrowParams, GrowingTree, hist};
 /// XGBoost's floor on the logistic hessian (`kRtEps`-style guard against p(1 − p) = 0).
 const MIN_HESS: f64 = 1e-16;
 
-/// Resolution of the gradients and hessians a bank sums: 2⁻¹⁶, secure aggregation's resolution
-/// for histograms (`Encoding::Counts` in the coordinator). Histogram sums stay below 2³⁶, so
-/// sums of multiples of it are exact in `f64`.
-pub const GRID: f64 = 1.0 / 65_536.0;
+/// Resolution of the gradients and hessians a bank sums: 2⁻²⁴, secure aggregation's resolution
+/// for tree histograms (`Encoding::Histograms` in the coordinator). Histogram sums stay far
+/// below 2²⁹, so sums of multiples of it are exact in `f64`; the rounding (6·10⁻⁸ per row) is
+/// far below what moves a split.
+pub const GRID: f64 = 1.0 / 16_777_216.0;
 
 fn on_grid(x: f64) -> f64 {
     (x / GRID).round() * GRID

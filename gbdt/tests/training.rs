@@ -197,7 +197,7 @@ fn gradients_are_the_weighted_logistic_loss() {
     bank.margins = vec![0.0, 2.0];
     let (g, h) = bank.gradients();
     let p = 1.0 / (1.0 + (-2.0f64).exp());
-    // Exact where the values are on the 2⁻¹⁶ grid, within half a grid step elsewhere.
+    // Exact where the values are on the 2⁻²⁴ grid, within half a grid step elsewhere.
     assert_eq!((g[0], h[0]), (3.0 * (0.5 - 1.0), 3.0 * 0.25));
     assert!((g[1] - p).abs() <= confide_gbdt::train::GRID / 2.0 && (h[1] - p * (1.0 - p)).abs() <= confide_gbdt::train::GRID / 2.0);
     assert!([g[1], h[1]].iter().all(|v| (v / confide_gbdt::train::GRID).fract() == 0.0), "on the grid: {g:?} {h:?}");

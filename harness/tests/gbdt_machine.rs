@@ -72,7 +72,7 @@ fn a_tree_job_grows_the_reference_trees_level_by_level_under_secure_aggregation(
     let spec = GbdtSpec { max_depth: 3, min_leaf_rows: 10, ..GbdtSpec::default() };
     let expected = reference(&federated.features, 3, 4, &spec);
     assert_eq!(splits(&federated), splits(&expected), "the same splits as the in-process reference");
-    // Banks sum gradients on secure aggregation's own 2⁻¹⁶ grid, so the masked sums carry them
+    // Banks sum gradients on secure aggregation's own 2⁻²⁴ grid, so the masked sums carry them
     // without rounding: the federation's leaves are the reference's, bit for bit.
     assert_eq!(leaf_values(&federated), leaf_values(&expected));
     let gains = |m: &GbdtModel| -> Vec<f64> {

@@ -785,7 +785,7 @@ impl JobMachine {
             }
             Step::Grow(growth) => {
                 let len = trained.and_then(|t| t.trees.as_ref()).map_or(0, |m| growth.tree.vector_len(&m.features));
-                (len, Encoding::Counts)
+                (len, Encoding::Histograms)
             }
             Step::Train => {
                 let params = trained.map_or(0, |t| t.layout.len());

@@ -37,6 +37,10 @@ pub enum Encoding {
     },
     /// Histogram counts and metric sums.
     Counts,
+    /// A tree level's gradient, hessian and row-count histograms, on the grid banks round their
+    /// gradients to ([`confide_gbdt::train::GRID`]): every bank's sums are exact grid values,
+    /// so the masked sum is the pooled rows' sum without rounding.
+    Histograms,
     /// Institution-level DP: each bank's clipped update on the grid plus its discrete Gaussian
     /// noise share, then weight 1 and loss 0 (see [`confide_core::discrete_noise`]).
     NoisyUpdate,
@@ -45,6 +49,9 @@ pub enum Encoding {
 /// Resolution (1/scale) of the 64-bit encodings.
 const STATISTICS_SCALE: f64 = 256.0;
 const COUNTS_SCALE: f64 = 65_536.0;
+/// 1 / [`confide_gbdt::train::GRID`]: with 64-bit ring elements the range stays above the banks'
+/// default `min_exact_clip` (10⁹) up to 256 banks.
+const HISTOGRAM_SCALE: f64 = 1.0 / confide_gbdt::train::GRID;
 
 impl Encoding {
     /// Modulus bits and fixed-point encoding for `n` participants and vectors of `vector_len`.
@@ -54,6 +61,7 @@ impl Encoding {
         Ok(match self {
             Encoding::Statistics => (64, wide(STATISTICS_SCALE)),
             Encoding::Counts => (64, wide(COUNTS_SCALE)),
+            Encoding::Histograms => (64, wide(HISTOGRAM_SCALE)),
             Encoding::WeightedUpdate { rows } => {
                 let bits = spec.secure_aggregation.modulus_bits;
                 let clip = rows.max(1) as f64 * spec.secure_aggregation.update_clip;
