@@ -4,6 +4,7 @@
 
 pub mod comparison;
 pub mod dp;
+pub mod gbdt;
 pub mod secagg;
 pub mod sim;
 pub mod speed;
