@@ -9,11 +9,21 @@
 //! `min_leaf_rows`, gain above γ) or makes it a leaf with value `−η·G/(H+λ)`. Children at
 //! `max_depth` become leaves at once from the split's left and right sums.
 
+use rand::SeedableRng;
+use rand_chacha::ChaCha20Rng;
 use serde::{Deserialize, Serialize};
 
 use confide_core::model::GbdtSpec;
 
+use crate::features::MISSING_SLOT;
 use crate::{FeatureSet, GbdtError, HistLayout, Node, Tree};
+
+/// Splits must reduce the loss by more than this (XGBoost's `kRtEps`).
+const MIN_LOSS_CHG: f64 = 1e-6;
+
+/// Row counts come back from fixed-point sums (1/65536 resolution): a count this close below
+/// the floor meets it.
+const COUNT_SLACK: f64 = 0.5;
 
 /// The hyper-parameters split finding uses.
 #[derive(Debug, Clone, PartialEq)]
@@ -96,27 +106,525 @@ impl GrowingTree {
     /// The frontier position a row (its slots, one per feature of the set) reaches, or None when
     /// it ends in a decided leaf.
     pub fn route(&self, row_slots: &[u16]) -> Option<u32> {
-        let _ = row_slots;
-        unimplemented!("gbdt helper")
+        self.route_with(row_slots, &self.frontier_positions())
+    }
+
+    /// Number of open nodes (the current level's histogram blocks).
+    pub fn frontier_len(&self) -> usize {
+        self.frontier.len()
+    }
+
+    /// For every node index, its frontier position (None for decided nodes): what
+    /// [`GrowingTree::route_with`] looks up, computed once per level.
+    pub fn frontier_positions(&self) -> Vec<Option<u32>> {
+        let mut at = vec![None; self.nodes.len()];
+        for (p, &n) in self.frontier.iter().enumerate() {
+            if let Some(slot) = at.get_mut(n as usize) {
+                *slot = Some(p as u32);
+            }
+        }
+        at
+    }
+
+    /// [`GrowingTree::route`] with the frontier positions precomputed.
+    pub fn route_with(&self, row_slots: &[u16], positions: &[Option<u32>]) -> Option<u32> {
+        let mut at = 0usize;
+        // Children come after their parent (checked), so a walk takes fewer than `nodes.len()` steps.
+        for _ in 0..self.nodes.len() {
+            match self.nodes.get(at)? {
+                GrowNode::Open => return positions.get(at).copied().flatten(),
+                GrowNode::Done(Node::Leaf { .. }) => return None,
+                GrowNode::Done(Node::Split { feature, bin_split, default_left, left, right, .. }) => {
+                    let slot = row_slots.get(*feature as usize).copied().unwrap_or(MISSING_SLOT);
+                    // Slot b + 1 holds bin b; bins below `bin_split` go left (`x < cuts[bin_split − 1]`).
+                    let go_left = if slot == MISSING_SLOT { *default_left } else { slot <= *bin_split };
+                    at = if go_left { *left } else { *right } as usize;
+                }
+            }
+        }
+        None
+    }
+
+    /// Checks a tree received from elsewhere against the feature set: sampled features exist,
+    /// ascending, at least one; splits name existing features, valid bins and children after
+    /// them; the frontier lists exactly the open nodes, in node order.
+    pub fn check(&self, set: &FeatureSet) -> Result<(), GbdtError> {
+        let bad = |why: String| Err(GbdtError::Model(format!("growing tree {}: {why}", self.index)));
+        if self.features.is_empty() {
+            return bad("samples no feature".into());
+        }
+        if self.features.windows(2).any(|w| w[0] >= w[1]) || self.features.iter().any(|&f| f >= set.len()) {
+            return bad("its feature sample is not ascending indices into the feature set".into());
+        }
+        if self.nodes.is_empty() {
+            return bad("has no nodes".into());
+        }
+        let mut open = Vec::new();
+        for (i, node) in self.nodes.iter().enumerate() {
+            match node {
+                GrowNode::Open => open.push(i as u32),
+                GrowNode::Done(Node::Split { feature, threshold, bin_split, left, right, .. }) => {
+                    let child_ok = |c: u32| (c as usize) > i && (c as usize) < self.nodes.len();
+                    let cuts = set.features.get(*feature as usize).map(|f| f.cuts());
+                    let bin_ok = cuts.is_some_and(|c| *bin_split >= 1 && (*bin_split as usize) <= c.len() && c[*bin_split as usize - 1] == *threshold);
+                    if !bin_ok || !child_ok(*left) || !child_ok(*right) || left == right {
+                        return bad(format!("node {i} is not a valid split"));
+                    }
+                }
+                GrowNode::Done(Node::Leaf { .. }) => {}
+            }
+        }
+        if open != self.frontier {
+            return bad("its frontier does not list its open nodes in order".into());
+        }
+        Ok(())
     }
 
     /// Decides every frontier node from the level's summed histograms (see the module docs).
     /// At the root, fails with [`GbdtError::LeafFloor`] when the federation has fewer rows than
     /// `min_leaf_rows`.
     pub fn apply_level(&mut self, summed: &[f64], set: &FeatureSet, params: &GrowParams) -> Result<(), GbdtError> {
-        let _ = (summed, set, params);
-        unimplemented!("gbdt helper")
+        self.check(set)?;
+        let layout = self.layout(set);
+        let expected = layout.vector_len(self.frontier.len());
+        if summed.len() != expected {
+            return Err(GbdtError::Length { what: "summed level histograms", found: summed.len(), expected });
+        }
+        if summed.iter().any(|v| !v.is_finite()) {
+            return Err(GbdtError::NotFinite);
+        }
+        let floor = params.min_leaf_rows as f64 - COUNT_SLACK;
+        let child_depth = self.depth + 1;
+        let mut next = Vec::new();
+        for (p, &node) in self.frontier.clone().iter().enumerate() {
+            let block = &summed[p * layout.node_len..(p + 1) * layout.node_len];
+            // Every feature's slots hold all the node's rows; take the totals from the first.
+            let total = feature_total(&layout, block, 0);
+            if self.depth == 0 && total.n < floor {
+                return Err(GbdtError::LeafFloor { rows: total.n, floor: params.min_leaf_rows });
+            }
+            let best = if self.depth < params.max_depth { best_split(&layout, block, total, set, params) } else { None };
+            let decided = match best {
+                Some(split) if split.loss_chg > params.gamma && split.loss_chg > MIN_LOSS_CHG => {
+                    let left = self.nodes.len() as u32;
+                    for side in [split.left, split.right] {
+                        if child_depth >= params.max_depth {
+                            self.nodes.push(GrowNode::Done(leaf(side, params)));
+                        } else {
+                            next.push(self.nodes.len() as u32);
+                            self.nodes.push(GrowNode::Open);
+                        }
+                    }
+                    Node::Split {
+                        feature: split.feature as u32,
+                        threshold: split.threshold,
+                        bin_split: split.bin_split,
+                        default_left: split.default_left,
+                        left,
+                        right: left + 1,
+                        gain: split.loss_chg,
+                        cover: total.h,
+                    }
+                }
+                _ => leaf(total, params),
+            };
+            self.nodes[node as usize] = GrowNode::Done(decided);
+        }
+        self.frontier = next;
+        self.depth = child_depth;
+        Ok(())
     }
 
     /// The finished tree (None while nodes are open).
     pub fn finish(&self) -> Option<Tree> {
-        unimplemented!("gbdt helper")
+        if !self.frontier.is_empty() {
+            return None;
+        }
+        let nodes = self
+            .nodes
+            .iter()
+            .map(|n| match n {
+                GrowNode::Done(node) => Some(node.clone()),
+                GrowNode::Open => None,
+            })
+            .collect::<Option<Vec<Node>>>()?;
+        Some(Tree { nodes })
     }
+
+    /// The tree as JSON, as it travels with a level's task.
+    pub fn to_json(&self) -> Vec<u8> {
+        // Plain data with string keys: serialisation cannot fail.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// Reads a tree sent as JSON and checks it against the feature set ([`GrowingTree::check`]).
+    pub fn from_json(bytes: &[u8], set: &FeatureSet) -> Result<Self, GbdtError> {
+        let tree: Self = serde_json::from_slice(bytes).map_err(|e| GbdtError::Model(e.to_string()))?;
+        tree.check(set)?;
+        Ok(tree)
+    }
+}
+
+/// Σ gradient, Σ hessian and rows of a set of rows.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct GradSums {
+    /// Σ gradient.
+    pub g: f64,
+    /// Σ hessian.
+    pub h: f64,
+    /// Rows (summed counts).
+    pub n: f64,
+}
+
+/// Sums of histogram slots in fixed point (2⁻⁶⁴ resolution, i128), so a side's sums depend on
+/// which slots it holds, not on the order they were added in. Candidates that split the node's
+/// rows the same way (through empty bins, or "missing vs the rest" seen from either side) then
+/// get bit-identical gains and the tie-break decides, whichever way the rows were spread over
+/// banks; floating-point sums would let last-bit noise pick between them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct ExactSums {
+    g: i128,
+    h: i128,
+    n: i128,
+}
+
+/// 2⁶⁴: the fixed-point scale of [`ExactSums`] (histogram sums stay far below 2⁶³ in magnitude).
+const EXACT_SCALE: f64 = 18_446_744_073_709_551_616.0;
+
+impl ExactSums {
+    fn add(self, s: &[f64]) -> Self {
+        // `as` saturates; the sums were checked finite.
+        let q = |x: f64| (x * EXACT_SCALE).round() as i128;
+        Self { g: self.g + q(s[0]), h: self.h + q(s[1]), n: self.n + q(s[2]) }
+    }
+
+    fn plus(self, o: Self) -> Self {
+        Self { g: self.g + o.g, h: self.h + o.h, n: self.n + o.n }
+    }
+
+    fn minus(self, o: Self) -> Self {
+        Self { g: self.g - o.g, h: self.h - o.h, n: self.n - o.n }
+    }
+
+    fn to_sums(self) -> GradSums {
+        GradSums { g: self.g as f64 / EXACT_SCALE, h: self.h as f64 / EXACT_SCALE, n: self.n as f64 / EXACT_SCALE }
+    }
+}
+
+/// The best split candidate of a node.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SplitCandidate {
+    /// Feature index into the set.
+    pub feature: usize,
+    /// Bins `0..bin_split` go left.
+    pub bin_split: u16,
+    /// `cuts[bin_split − 1]`.
+    pub threshold: f32,
+    /// Where missing values go.
+    pub default_left: bool,
+    /// XGBoost's `loss_chg`.
+    pub loss_chg: f64,
+    /// The left child's sums.
+    pub left: GradSums,
+    /// The right child's sums.
+    pub right: GradSums,
+}
+
+fn exact_total(layout: &HistLayout, block: &[f64], i: usize) -> ExactSums {
+    (0..layout.slots[i]).fold(ExactSums::default(), |acc, s| acc.add(layout.stats(block, i, s)))
+}
+
+fn feature_total(layout: &HistLayout, block: &[f64], i: usize) -> GradSums {
+    exact_total(layout, block, i).to_sums()
+}
+
+/// XGBoost's `CalcGain` without L1 or `max_delta_step`: G²/(H+λ) (no ½).
+fn calc_gain(s: GradSums, lambda: f64) -> f64 {
+    s.g * s.g / (s.h + lambda)
+}
+
+/// XGBoost's leaf weight `−G/(H+λ)` (0 where the hessian is below `min_child_weight` or not
+/// positive), times the shrinkage, as the `f32` XGBoost stores.
+fn leaf(s: GradSums, params: &GrowParams) -> Node {
+    let weight = if s.h < params.min_child_weight || s.h <= 0.0 { 0.0 } else { -s.g / (s.h + params.lambda) };
+    Node::Leaf { value: (params.eta * weight) as f32, cover: s.h }
+}
+
+/// The highest-`loss_chg` valid split of one node's block, ties to the lowest feature, then the
+/// lowest boundary, then missing-right (the scan order, replacing only on a strictly higher gain).
+pub fn best_split(layout: &HistLayout, block: &[f64], total: GradSums, set: &FeatureSet, params: &GrowParams) -> Option<SplitCandidate> {
+    let floor = params.min_leaf_rows as f64 - COUNT_SLACK;
+    let parent_gain = calc_gain(total, params.lambda);
+    let valid = |s: GradSums| s.h >= params.min_child_weight && s.n >= floor && s.h + params.lambda > 0.0;
+    let mut best: Option<SplitCandidate> = None;
+    for (i, &feature) in layout.features.iter().enumerate() {
+        let Some(cuts) = set.features.get(feature).map(|f| f.cuts()) else { continue };
+        if layout.slots[i] != cuts.len() + 2 {
+            continue;
+        }
+        let own_total = exact_total(layout, block, i);
+        let missing = ExactSums::default().add(layout.stats(block, i, MISSING_SLOT as usize));
+        let mut prefix = ExactSums::default();
+        for k in 1..=cuts.len() {
+            // Bins 0..k are slots 1..=k.
+            prefix = prefix.add(layout.stats(block, i, k));
+            for default_left in [false, true] {
+                let left_exact = if default_left { prefix.plus(missing) } else { prefix };
+                let (left, right) = (left_exact.to_sums(), own_total.minus(left_exact).to_sums());
+                if !valid(left) || !valid(right) {
+                    continue;
+                }
+                let loss_chg = calc_gain(left, params.lambda) + calc_gain(right, params.lambda) - parent_gain;
+                if best.is_none_or(|b| loss_chg > b.loss_chg) {
+                    best = Some(SplitCandidate { feature, bin_split: k as u16, threshold: cuts[k - 1], default_left, loss_chg, left, right });
+                }
+            }
+        }
+    }
+    best
 }
 
 /// The features tree `index` may split on: `max(1, round(rate · n))` of `0..n`, drawn from the
 /// job's seed and the tree index (every party computes the same sample), ascending.
 pub fn column_sample(seed: u64, index: u64, n: usize, rate: f64) -> Vec<usize> {
-    let _ = (seed, index, n, rate);
-    unimplemented!("gbdt helper")
+    if rate >= 1.0 || n == 0 {
+        return (0..n).collect();
+    }
+    let take = ((rate * n as f64).round() as usize).clamp(1, n);
+    let mut rng = ChaCha20Rng::from_seed(stream_seed(b"gbdt.colsample\0\0", seed, index));
+    let mut chosen = rand::seq::index::sample(&mut rng, n, take).into_vec();
+    chosen.sort_unstable();
+    chosen
+}
+
+/// A ChaCha20 key for one named stream of `(seed, index)`: the name keeps the column sample,
+/// the row sample and any later stream apart for the same seed.
+pub(crate) fn stream_seed(domain: &[u8; 16], seed: u64, index: u64) -> [u8; 32] {
+    let mut key = [0u8; 32];
+    key[..16].copy_from_slice(domain);
+    key[16..24].copy_from_slice(&seed.to_le_bytes());
+    key[24..32].copy_from_slice(&index.to_le_bytes());
+    key
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::features::{FeatureKind, TreeFeature};
+    use crate::{LocalBooster, hist};
+    use ndarray::Array2;
+    use proptest::prelude::*;
+
+    fn numeric_set(cuts: Vec<Vec<f32>>) -> FeatureSet {
+        let features = cuts
+            .into_iter()
+            .enumerate()
+            .map(|(i, c)| TreeFeature { name: format!("f{i}"), column: format!("f{i}"), kind: FeatureKind::Numeric { cuts: c } })
+            .collect();
+        FeatureSet { features }
+    }
+
+    fn params(min_leaf_rows: u64, max_depth: u32) -> GrowParams {
+        GrowParams { eta: 0.3, lambda: 1.0, gamma: 0.0, min_child_weight: 0.5, min_leaf_rows, max_depth }
+    }
+
+    /// Strictly increasing cuts from positive steps.
+    fn cuts_strategy() -> impl Strategy<Value = Vec<f32>> {
+        proptest::collection::vec(0.1f32..3.0, 1..6).prop_map(|steps| {
+            let mut at = -5.0f32;
+            steps.into_iter().map(|s| {
+                at += s;
+                at
+            }).collect()
+        })
+    }
+
+    /// A value near the cuts: missing, exactly a cut, just beside one, or anywhere.
+    fn value_strategy() -> impl Strategy<Value = (u8, usize, f32)> {
+        (0u8..5, 0usize..8, -8.0f32..12.0)
+    }
+
+    fn value_of(cuts: &[f32], (kind, i, x): (u8, usize, f32)) -> f32 {
+        let c = cuts[i % cuts.len()];
+        match kind {
+            0 => f32::NAN,
+            1 => c,
+            2 => c - f32::EPSILON * c.abs().max(1.0),
+            3 => c + f32::EPSILON * c.abs().max(1.0),
+            _ => x,
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// (3) Routing on slots reaches the node that `Tree::predict` reaches on the raw values.
+        #[test]
+        fn route_agrees_with_predict(
+            cuts in proptest::collection::vec(cuts_strategy(), 1..4),
+            decisions in proptest::collection::vec((0u8..3, 0usize..4, 0usize..8, any::<bool>()), 1..40),
+            rows in proptest::collection::vec(proptest::collection::vec(value_strategy(), 4), 1..40),
+        ) {
+            let set = numeric_set(cuts.clone());
+            // Nodes in breadth-first order from the decisions; splits below depth 4.
+            let mut nodes: Vec<GrowNode> = vec![GrowNode::Open];
+            let mut queue = std::collections::VecDeque::from([(0usize, 0u32)]);
+            let mut d = decisions.iter().cycle().take(64);
+            while let Some((at, depth)) = queue.pop_front() {
+                let Some(&(kind, f, k, default_left)) = d.next() else { break };
+                match kind {
+                    0 if depth < 4 => {
+                        let f = f % cuts.len();
+                        let k = k % cuts[f].len() + 1;
+                        let left = nodes.len() as u32;
+                        nodes.push(GrowNode::Open);
+                        nodes.push(GrowNode::Open);
+                        queue.push_back((left as usize, depth + 1));
+                        queue.push_back((left as usize + 1, depth + 1));
+                        nodes[at] = GrowNode::Done(Node::Split {
+                            feature: f as u32, threshold: cuts[f][k - 1], bin_split: k as u16, default_left,
+                            left, right: left + 1, gain: 1.0, cover: 1.0,
+                        });
+                    }
+                    1 => nodes[at] = GrowNode::Done(Node::Leaf { value: -1.0 - at as f32, cover: 1.0 }),
+                    _ => {}
+                }
+            }
+            let frontier: Vec<u32> = (0..nodes.len() as u32).filter(|&i| nodes[i as usize] == GrowNode::Open).collect();
+            let tree = GrowingTree { index: 0, features: (0..cuts.len()).collect(), nodes: nodes.clone(), frontier: frontier.clone(), depth: 1 };
+            prop_assert!(tree.check(&set).is_ok());
+            // Open nodes as leaves that name their frontier position.
+            let as_tree = Tree {
+                nodes: nodes.iter().enumerate().map(|(i, n)| match n {
+                    GrowNode::Open => Node::Leaf { value: 1000.0 + frontier.iter().position(|&o| o as usize == i).unwrap_or(0) as f32, cover: 0.0 },
+                    GrowNode::Done(n) => n.clone(),
+                }).collect(),
+            };
+            for row in &rows {
+                let raw: Vec<f32> = (0..cuts.len()).map(|f| value_of(&cuts[f], row[f])).collect();
+                let slots: Vec<u16> = raw.iter().zip(&set.features).map(|(&x, f)| f.slot_of(x)).collect();
+                let reached = as_tree.predict(&raw);
+                match tree.route(&slots) {
+                    Some(p) => prop_assert_eq!(reached, 1000.0 + p as f32),
+                    None => prop_assert!(reached < 0.0, "route found no open node, predict reached {}", reached),
+                }
+            }
+        }
+
+        /// (4) Every decided node's split has the largest gain over all candidate splits computed
+        /// directly from the node's rows (or the node is a leaf when none is worth making).
+        #[test]
+        fn chosen_split_is_the_brute_force_best(
+            cuts in proptest::collection::vec(cuts_strategy(), 1..4),
+            rows in proptest::collection::vec((proptest::collection::vec(value_strategy(), 4), any::<bool>(), -1.0f64..1.0), 20..120),
+            min_leaf_rows in 1u64..12,
+            gamma in prop_oneof![Just(0.0), 0.0f64..2.0],
+        ) {
+            let set = numeric_set(cuts.clone());
+            let nf = cuts.len();
+            let raw = Array2::from_shape_fn((rows.len(), nf), |(r, f)| value_of(&cuts[f], rows[r].0[f]));
+            let labels: Vec<f32> = rows.iter().map(|r| if r.1 { 1.0 } else { 0.0 }).collect();
+            let mut bank = LocalBooster::new(&set, raw.clone(), labels, 0.0, 1.5);
+            for (m, r) in bank.margins.iter_mut().zip(&rows) {
+                *m = r.2;
+            }
+            let mut p = params(min_leaf_rows, 3);
+            p.gamma = gamma;
+            let (grad, hess) = bank.gradients();
+            let mut tree = GrowingTree::new(0, (0..nf).collect());
+            while !tree.is_done() {
+                let reach: Vec<Option<u32>> = (0..rows.len()).map(|r| tree.route(&bank.slots.row(r).to_vec())).collect();
+                let frontier = tree.frontier.clone();
+                let h = bank.level_histograms(&set, &tree, 1.0, 0);
+                tree.apply_level(&h, &set, &p).expect("level");
+                for (pos, &node) in frontier.iter().enumerate() {
+                    let mine: Vec<usize> = (0..rows.len()).filter(|&r| reach[r] == Some(pos as u32)).collect();
+                    let sums = |rs: &mut dyn Iterator<Item = usize>| rs.fold(GradSums::default(), |a, r| GradSums { g: a.g + grad[r], h: a.h + hess[r], n: a.n + 1.0 });
+                    let total = sums(&mut mine.iter().copied());
+                    let mut brute = f64::NEG_INFINITY;
+                    for f in 0..nf {
+                        for &c in &cuts[f] {
+                            for default_left in [false, true] {
+                                let goes_left = |r: usize| { let x = raw[[r, f]]; if x.is_nan() { default_left } else { x < c } };
+                                let left = sums(&mut mine.iter().copied().filter(|&r| goes_left(r)));
+                                let right = sums(&mut mine.iter().copied().filter(|&r| !goes_left(r)));
+                                let ok = |s: GradSums| s.h >= p.min_child_weight && s.n >= min_leaf_rows as f64;
+                                if ok(left) && ok(right) {
+                                    brute = brute.max(calc_gain(left, p.lambda) + calc_gain(right, p.lambda) - calc_gain(total, p.lambda));
+                                }
+                            }
+                        }
+                    }
+                    let depth_allows = tree.depth - 1 < p.max_depth;
+                    match &tree.nodes[node as usize] {
+                        GrowNode::Done(Node::Split { gain, cover, .. }) => {
+                            prop_assert!(depth_allows);
+                            prop_assert!((gain - brute).abs() <= 1e-9 * brute.abs().max(1.0), "chosen {} brute {}", gain, brute);
+                            prop_assert!(*gain > gamma);
+                            prop_assert!((cover - total.h).abs() < 1e-9);
+                        }
+                        GrowNode::Done(Node::Leaf { value, cover }) => {
+                            prop_assert!(!(brute > gamma && brute > MIN_LOSS_CHG), "leaf although a split gains {}", brute);
+                            prop_assert!((cover - total.h).abs() < 1e-9);
+                            let w = if total.h < p.min_child_weight { 0.0 } else { -total.g / (total.h + p.lambda) };
+                            prop_assert!((f64::from(*value) - p.eta * w).abs() < 1e-6);
+                        }
+                        GrowNode::Open => prop_assert!(false, "a frontier node stayed open"),
+                    }
+                }
+            }
+            let finished = tree.finish().expect("finished");
+            prop_assert!(finished.depth() <= p.max_depth);
+        }
+
+        /// Column samples: the right size, distinct, ascending, reproducible, seed-dependent.
+        #[test]
+        fn column_sample_is_a_reproducible_subset(seed in any::<u64>(), index in 0u64..1000, n in 1usize..60, rate in 0.01f64..1.2) {
+            let s = column_sample(seed, index, n, rate);
+            let want = if rate >= 1.0 { n } else { ((rate * n as f64).round() as usize).clamp(1, n) };
+            prop_assert_eq!(s.len(), want);
+            prop_assert!(s.windows(2).all(|w| w[0] < w[1]) && s.iter().all(|&f| f < n));
+            prop_assert_eq!(&s, &column_sample(seed, index, n, rate));
+        }
+    }
+
+    #[test]
+    fn column_samples_differ_between_trees() {
+        let samples: std::collections::BTreeSet<Vec<usize>> = (0..20).map(|i| column_sample(7, i, 30, 0.5)).collect();
+        assert!(samples.len() > 15);
+    }
+
+    #[test]
+    fn the_root_refuses_a_federation_below_the_leaf_floor_and_bad_vectors() {
+        let set = numeric_set(vec![vec![0.0, 1.0]]);
+        let mut tree = GrowingTree::new(0, vec![0]);
+        let layout = tree.layout(&set);
+        let slots = Array2::from_shape_vec((3, 1), vec![1u16, 2, 3]).expect("shape");
+        let h = hist::build(&layout, slots.view(), &[0.1, 0.2, -0.3], &[0.25; 3], &[Some(0); 3], 1);
+        let e = tree.apply_level(&h, &set, &params(50, 3)).expect_err("floor");
+        assert!(matches!(e, GbdtError::LeafFloor { rows, floor: 50 } if rows == 3.0), "{e}");
+        let e = tree.apply_level(&h[1..], &set, &params(1, 3)).expect_err("length");
+        assert!(matches!(e, GbdtError::Length { .. }));
+        let mut bad = h.clone();
+        bad[4] = f64::INFINITY;
+        assert!(matches!(tree.apply_level(&bad, &set, &params(1, 3)), Err(GbdtError::NotFinite)));
+        // A count just under the floor from fixed-point rounding still meets it.
+        let mut rounded = h.clone();
+        rounded.iter_mut().skip(2).step_by(3).for_each(|n| *n -= 1.0 / 65536.0);
+        tree.apply_level(&rounded, &set, &params(3, 3)).expect("meets the floor");
+        assert!(tree.finish().is_some(), "three rows cannot be split into children of three");
+    }
+
+    #[test]
+    fn a_growing_tree_travels_as_checked_json() {
+        let set = numeric_set(vec![vec![0.0, 1.0]]);
+        let tree = GrowingTree::new(4, vec![0]);
+        assert_eq!(GrowingTree::from_json(&tree.to_json(), &set).expect("reads"), tree);
+        let bad = GrowingTree::new(4, vec![3]);
+        assert!(matches!(GrowingTree::from_json(&bad.to_json(), &set), Err(GbdtError::Model(_))));
+        let mut bad = GrowingTree::new(4, vec![0]);
+        bad.frontier = vec![];
+        assert!(matches!(GrowingTree::from_json(&bad.to_json(), &set), Err(GbdtError::Model(_))));
+        assert!(matches!(GrowingTree::from_json(b"{", &set), Err(GbdtError::Model(_))));
+    }
 }
