@@ -39,6 +39,7 @@ impl Compute for SimCompute {
         match request.kind {
             TaskKind::Stats { .. } => Ok(self.stats.as_ref().clone()),
             TaskKind::Train { .. } => Ok(synthetic_update(request.vector_len, request.round)),
+            TaskKind::Grow { .. } => Err(Failure::policy("the simulated institutions train parameter-vector models only")),
             TaskKind::Evaluate { buckets, .. } => {
                 let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(request.round);
                 let probs: Vec<f32> = (0..200).map(|_| rng.random::<f32>()).collect();

@@ -111,6 +111,7 @@ pub fn blobs_of(task: &Task) -> Vec<String> {
     let model = match &task.kind {
         Some(Kind::Train(t)) => t.model.as_ref(),
         Some(Kind::Evaluate(t)) => t.model.as_ref(),
+        Some(Kind::TreeLevel(t)) => t.model.as_ref(),
         _ => None,
     };
     let Some(model) = model else { return Vec::new() };

@@ -435,6 +435,18 @@ impl JobSpec {
                 return bad("model.module_sha256", "must be 64 hexadecimal digits");
             }
         }
+        if let ModelSpec::Gbdt(g) = &self.model {
+            Self::validate_gbdt(g)?;
+            if !(self.training.learning_rate.is_finite() && self.training.learning_rate > 0.0 && self.training.learning_rate <= 1.0) {
+                return bad("training.learning_rate", format!("is a tree model's shrinkage (eta): must be in (0, 1], got {}", self.training.learning_rate));
+            }
+            if self.training.rounds > 10_000 {
+                return bad("training.rounds", format!("is a tree model's number of trees: must be in 1..=10000, got {}", self.training.rounds));
+            }
+            if self.strategy != StrategySpec::default() {
+                return bad("strategy", "a tree model has no server optimizer: each round's tree is chosen from the summed histograms");
+            }
+        }
         if let Some(dim) = self.model.embedding_dim() {
             if !(1..=4096).contains(&dim) {
                 return bad("model.dim", "must be in 1..=4096");
@@ -567,6 +579,40 @@ impl JobSpec {
         Ok(())
     }
 
+    /// A tree model's hyper-parameters, each against its documented range.
+    fn validate_gbdt(g: &crate::model::GbdtSpec) -> Result<(), JobError> {
+        fn bad(field: &'static str, reason: impl Into<String>) -> Result<(), JobError> {
+            Err(JobError::Invalid { field, reason: reason.into() })
+        }
+        let non_negative = |x: f64| x.is_finite() && x >= 0.0;
+        let fraction = |x: f64| x.is_finite() && x > 0.0 && x <= 1.0;
+        if !(1..=12).contains(&g.max_depth) {
+            return bad("model.max_depth", format!("must be in 1..=12, got {}", g.max_depth));
+        }
+        if !non_negative(g.lambda) {
+            return bad("model.lambda", format!("must be ≥ 0, got {}", g.lambda));
+        }
+        if !non_negative(g.gamma) {
+            return bad("model.gamma", format!("must be ≥ 0, got {}", g.gamma));
+        }
+        if !non_negative(g.min_child_weight) {
+            return bad("model.min_child_weight", format!("must be ≥ 0, got {}", g.min_child_weight));
+        }
+        if !fraction(g.subsample) {
+            return bad("model.subsample", format!("must be in (0, 1], got {}", g.subsample));
+        }
+        if !fraction(g.colsample_bytree) {
+            return bad("model.colsample_bytree", format!("must be in (0, 1], got {}", g.colsample_bytree));
+        }
+        if !(2..=1024).contains(&g.max_bin) {
+            return bad("model.max_bin", format!("must be in 2..=1024, got {}", g.max_bin));
+        }
+        if g.min_leaf_rows == 0 || g.min_leaf_rows > 1_000_000 {
+            return bad("model.min_leaf_rows", format!("must be in 1..=1000000, got {}", g.min_leaf_rows));
+        }
+        Ok(())
+    }
+
     fn validate_privacy(&self, p: &PrivacySpec) -> Result<(), JobError> {
         fn bad(field: &'static str, reason: impl Into<String>) -> Result<(), JobError> {
             Err(JobError::Invalid { field, reason: reason.into() })
@@ -581,6 +627,13 @@ impl JobSpec {
                      so no bound could be stated",
                     self.model.kind_name()
                 ),
+            );
+        }
+        if let ModelSpec::Gbdt(_) = self.model {
+            return bad(
+                "privacy",
+                "gradient-boosted trees cannot be trained with differential privacy yet: noise on the level histograms \
+                 and its accounting are not implemented, so no bound could be stated",
             );
         }
         if p.mode == PrivacyMode::Record && matches!(self.model, ModelSpec::TorchScript(_)) {
@@ -742,6 +795,45 @@ mod tests {
         assert!(!spec.insecure_plain_aggregation);
         assert_eq!(spec.secure_aggregation.modulus_bits, 32);
         assert!(spec.evaluates(10));
+    }
+
+    fn gbdt(model: &str, training: &str) -> Result<JobSpec, JobError> {
+        JobSpec::from_toml(&format!(
+            "name = \"trees\"\ndataset = \"d\"\n[model]\nkind = \"gbdt\"\n{model}\n[training]\nrounds = 100\nlearning_rate = 0.3\n{training}\n"
+        ))
+    }
+
+    #[test]
+    fn a_tree_model_takes_xgboost_defaults_and_refuses_out_of_range_values_by_name() {
+        let spec = gbdt("", "").expect("defaults are valid");
+        assert_eq!(spec.model.gbdt(), Some(&crate::model::GbdtSpec::default()));
+        assert_eq!(spec.model.gbdt().map(|g| (g.max_depth, g.max_bin, g.min_leaf_rows)), Some((6, 256, 50)));
+        for (model, field) in [
+            ("max_depth = 0", "model.max_depth"),
+            ("max_depth = 13", "model.max_depth"),
+            ("lambda = -1.0", "model.lambda"),
+            ("gamma = nan", "model.gamma"),
+            ("min_child_weight = -0.5", "model.min_child_weight"),
+            ("subsample = 0.0", "model.subsample"),
+            ("subsample = 1.5", "model.subsample"),
+            ("colsample_bytree = 0.0", "model.colsample_bytree"),
+            ("max_bin = 1", "model.max_bin"),
+            ("max_bin = 5000", "model.max_bin"),
+            ("min_leaf_rows = 0", "model.min_leaf_rows"),
+        ] {
+            let err = gbdt(model, "").expect_err(model);
+            assert!(err.to_string().contains(field), "{model}: {err}");
+        }
+        let err = gbdt("", "").and_then(|_| JobSpec::from_toml(&format!(
+            "name = \"t\"\ndataset = \"d\"\n[model]\nkind = \"gbdt\"\n[training]\nrounds = 10\nlearning_rate = 1.5\n"
+        ))).expect_err("eta above 1");
+        assert!(err.to_string().contains("training.learning_rate"), "{err}");
+        let err = gbdt("", "[strategy]\nkind = \"fedadam\"").expect_err("no server optimizer for trees");
+        assert!(err.to_string().contains("strategy"), "{err}");
+        let err = gbdt("", "[privacy]\nmode = \"record\"\ntarget_epsilon = 4.0\nclip_norm = 1.0").expect_err("no DP for trees yet");
+        assert!(err.to_string().contains("privacy") && err.to_string().contains("trees"), "{err}");
+        let err = gbdt("max_dept = 3", "").expect_err("unknown tree field");
+        assert!(err.to_string().contains("max_dept"), "{err}");
     }
 
     #[test]

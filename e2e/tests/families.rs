@@ -4,7 +4,9 @@
 //!
 //! - credit-default scorecard (logistic regression, positives up-weighted) on the UCI Taiwan
 //!   data, with label-skewed (Dirichlet) banks;
-//! - bank churn MLP on Churn_Modelling, one bank per country (partition by `Geography`).
+//! - bank churn MLP on Churn_Modelling, one bank per country (partition by `Geography`);
+//! - credit-default gradient-boosted trees (100 trees of depth 6) on the UCI Taiwan data, IID
+//!   banks: binning, every tree level and evaluation through secure aggregation.
 //!
 //! - Telco churn from Parquet files: banks whose data sits in Parquet train with banks that
 //!   hold CSV, under the same schema and missing-value policy.
@@ -133,4 +135,21 @@ fn banks_holding_parquet_files_federate_with_a_bank_holding_csv() {
     assert_eq!(done["rounds"][0]["participants"].as_array().map(Vec::len), Some(3), "{done:#}");
     let auc = final_metric(&done, "auc");
     assert!(auc > 0.80, "Telco AUC from Parquet banks {auc}");
+}
+
+#[test]
+fn credit_default_gbdt_grows_trees_from_securely_summed_histograms() {
+    let csv = shared_datasets().join("uci_credit_card_default/UCI_Credit_Card.csv");
+    let (_cluster, job) = run_family("uci_credit_card_default", csv, Scheme::Iid, 7, "credit_default_gbdt.toml");
+    let rounds = job["rounds"].as_array().expect("rounds");
+    assert_eq!(rounds.len(), 100, "one round per tree");
+    for r in rounds {
+        assert_eq!(r["participants"].as_array().map(Vec::len), Some(3), "{r:#}");
+        let depth = r["metrics"]["tree_depth"].as_f64().expect("tree depth");
+        assert!((1.0..=6.0).contains(&depth), "a tree of depth {depth}: {r:#}");
+    }
+    // Centralised histogram GBDT reaches 0.782 on this data (5-fold CV, ../shared/datasets/README.md);
+    // LR 0.723. A broken split search or binning lands near 0.5–0.72.
+    let auc = final_metric(&job, "auc");
+    assert!(auc > 0.76, "gbdt credit AUC {auc}");
 }

@@ -87,7 +87,7 @@ impl Phase {
     pub fn of(kind: &Kind) -> Option<Phase> {
         match kind {
             Kind::Stats(_) => Some(Phase::Statistics),
-            Kind::Train(_) => Some(Phase::Train),
+            Kind::Train(_) | Kind::TreeLevel(_) => Some(Phase::Train),
             Kind::Evaluate(_) => Some(Phase::Evaluate),
             Kind::Secagg(_) | Kind::Cancel(_) => None,
         }
@@ -136,6 +136,7 @@ impl FakeCompute {
         let fail = |reason: &str| pb::TaskFailure::new(FailureKind::Protocol, reason);
         match kind {
             Kind::Stats(_) => Ok(confide_datasets::local_stats(&self.table, &schema())),
+            Kind::TreeLevel(_) => Err(fail("this fixture's banks train parameter-vector models only")),
             Kind::Train(t) => {
                 let len = t.aggregation.as_ref().ok_or_else(|| fail("no aggregation setup"))?.vector_len as usize;
                 let params = len.checked_sub(confide_core::contribution::TRAIN_EXTRAS).ok_or_else(|| fail("vector too short"))?;

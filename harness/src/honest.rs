@@ -45,6 +45,8 @@ pub struct HonestBank {
     pub fail_with: Option<Failure>,
     /// The seed the last training computation was asked to train from.
     last_training_seed: std::cell::Cell<Option<u64>>,
+    /// Tree jobs' boosters, as the worker keeps them per dataset.
+    boosters: confide_worker::trees::Boosters,
 }
 
 impl std::fmt::Debug for HonestBank {
@@ -91,6 +93,7 @@ impl HonestBank {
             sent: Wiretap::default(),
             fail_with: None,
             last_training_seed: std::cell::Cell::new(None),
+            boosters: Default::default(),
         }
     }
 
@@ -131,7 +134,20 @@ impl HonestBank {
             self.last_training_seed.set(Some(local.seed));
         }
         match &req.kind {
+            // A tree job's tasks run the worker's real tree code on the bank's table (evaluation
+            // scores the same rows: the harness has one split).
+            TaskKind::Stats { fine_histograms: true, .. } => confide_worker::trees::binning_stats(&self.compute.table, &fixture::schema()),
             TaskKind::Stats { .. } => Ok(confide_datasets::local_stats(&self.compute.table, &fixture::schema())),
+            TaskKind::Grow { model, tree, pos_weight, .. } => {
+                let checkpoint = req.checkpoint.as_deref().ok_or_else(|| Failure::internal("the checkpoint was not fetched"))?;
+                let subsample = model.spec.gbdt().map_or(1.0, |g| g.subsample);
+                let (table, schema) = (&self.compute.table, fixture::schema());
+                confide_worker::trees::level_contribution(&self.boosters, table, &schema, &req.job_id, checkpoint, tree, *pos_weight, subsample)
+            }
+            TaskKind::Evaluate { model, buckets, .. } if model.spec.gbdt().is_some() => {
+                let checkpoint = req.checkpoint.as_deref().ok_or_else(|| Failure::internal("the checkpoint was not fetched"))?;
+                confide_worker::trees::eval_contribution(&self.compute.table, &fixture::schema(), checkpoint, *buckets)
+            }
             TaskKind::Train { local, .. } => {
                 let params = req.vector_len.checked_sub(TRAIN_EXTRAS).ok_or_else(|| Failure::protocol("vector too short"))?;
                 let global = vec![0.0f32; params];

@@ -149,10 +149,33 @@ impl Compute for TorchCompute {
 
     fn compute(&self, request: ComputeRequest) -> Result<Vec<f64>, Failure> {
         match &request.kind {
-            TaskKind::Stats { dataset } => match &request.dp {
-                Some(dp) => self.catalog.get(&dataset.name)?.dp_stats(dp, request.noise_seed),
-                None => self.catalog.get(&dataset.name)?.stats(),
+            TaskKind::Stats { dataset, fine_histograms } => match (&request.dp, fine_histograms) {
+                (Some(_), true) => Err(Failure::policy("differential privacy is not available for tree models")),
+                (Some(dp), false) => self.catalog.get(&dataset.name)?.dp_stats(dp, request.noise_seed),
+                (None, true) => {
+                    let data = self.catalog.get(&dataset.name)?;
+                    crate::trees::binning_stats(&*data.table(tasks::Split::Train)?, &data.schema)
+                }
+                (None, false) => self.catalog.get(&dataset.name)?.stats(),
             },
+            TaskKind::Grow { dataset, model, tree, pos_weight } => {
+                if request.dp.is_some() {
+                    return Err(Failure::policy("differential privacy is not available for tree models"));
+                }
+                let checkpoint = request.checkpoint.as_deref().ok_or_else(|| Failure::internal("the checkpoint was not fetched"))?;
+                let subsample = model.spec.gbdt().map_or(1.0, |g| g.subsample);
+                let data = self.catalog.get(&dataset.name)?;
+                let table = data.table(tasks::Split::Train)?;
+                crate::trees::level_contribution(&data.boosters, &table, &data.schema, &request.job_id, checkpoint, tree, *pos_weight, subsample)
+            }
+            TaskKind::Evaluate { dataset, model, buckets, .. } if model.spec.gbdt().is_some() => {
+                if request.dp.is_some() {
+                    return Err(Failure::policy("differential privacy is not available for tree models"));
+                }
+                let checkpoint = request.checkpoint.as_deref().ok_or_else(|| Failure::internal("the checkpoint was not fetched"))?;
+                let data = self.catalog.get(&dataset.name)?;
+                crate::trees::eval_contribution(&*data.table(tasks::Split::Test)?, &data.schema, checkpoint, *buckets)
+            }
             TaskKind::Train { dataset, model, prep, local } => {
                 let input = model_input(&request, model, prep)?;
                 let data = self.catalog.get(&dataset.name)?;

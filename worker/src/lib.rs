@@ -21,6 +21,7 @@
 //! - [`state_file`]: the small durable JSON files (usage counters, ledger), written atomically.
 //! - [`failure`]: the worker's one error type, [`failure::Failure`].
 //! - [`tasks`]: what each task computes from local data with libtorch.
+//! - [`trees`]: what a gradient-boosted tree job's tasks compute (binning, level histograms).
 //! - [`transport`]: chunked model download and contribution upload.
 //! - [`secure`]: the federation-CA check on a round's peers.
 //! - [`membership`]: who may be a peer — pinned members, revoked certificates, no one twice.
@@ -47,4 +48,5 @@ pub mod session;
 pub mod state_file;
 pub mod task;
 pub mod tasks;
+pub mod trees;
 pub mod transport;

@@ -709,7 +709,7 @@ mod tests {
             participants: 3,
         };
         let dataset = Some(pb::DatasetRef { name: "telco".into(), schema_fingerprint: "f00d".into() });
-        let kind = Kind::Stats(pb::StatsTask { dataset, aggregation: Some(aggregation) });
+        let kind = Kind::Stats(pb::StatsTask { dataset, aggregation: Some(aggregation), fine_histograms: false });
         let wire = pb::Task { task_id: "task-1".into(), job_id: "job-1".into(), round: 7, kind: Some(kind), terms: None };
         TaskMachine::from_wire(&profile(), wire, [7; 32])
     }

@@ -243,6 +243,8 @@ pub enum TaskKind {
     Stats {
         /// The dataset.
         dataset: DatasetRef,
+        /// A tree model's job: the fine histograms of federated binning follow the statistics.
+        fine_histograms: bool,
     },
     /// Local training from the global model: the weighted update.
     Train {
@@ -254,6 +256,18 @@ pub enum TaskKind {
         prep: Prep,
         /// Local hyper-parameters.
         local: LocalTraining,
+    },
+    /// One level of a tree model's growing tree: the bank's gradient, hessian and row-count
+    /// histograms for its open nodes (see [`crate::trees`]).
+    Grow {
+        /// The dataset.
+        dataset: DatasetRef,
+        /// The committed ensemble.
+        model: ModelRef,
+        /// The growing tree, parsed once.
+        tree: Arc<confide_gbdt::GrowingTree>,
+        /// Weight of positive rows in the loss.
+        pos_weight: f64,
     },
     /// Evaluation of the model on the test split: additive metric sums.
     Evaluate {
@@ -269,11 +283,12 @@ pub enum TaskKind {
 }
 
 impl TaskKind {
-    /// `stats`, `train` or `evaluate` (the crash drills' and the logs' name).
+    /// `stats`, `train`, `grow` or `evaluate` (the crash drills' and the logs' name).
     pub fn name(&self) -> &'static str {
         match self {
             TaskKind::Stats { .. } => "stats",
             TaskKind::Train { .. } => "train",
+            TaskKind::Grow { .. } => "grow",
             TaskKind::Evaluate { .. } => "evaluate",
         }
     }
@@ -281,7 +296,10 @@ impl TaskKind {
     /// The dataset the task reads.
     pub fn dataset(&self) -> &DatasetRef {
         match self {
-            TaskKind::Stats { dataset } | TaskKind::Train { dataset, .. } | TaskKind::Evaluate { dataset, .. } => dataset,
+            TaskKind::Stats { dataset, .. }
+            | TaskKind::Train { dataset, .. }
+            | TaskKind::Grow { dataset, .. }
+            | TaskKind::Evaluate { dataset, .. } => dataset,
         }
     }
 
@@ -289,7 +307,7 @@ impl TaskKind {
     pub fn model(&self) -> Option<&ModelRef> {
         match self {
             TaskKind::Stats { .. } => None,
-            TaskKind::Train { model, .. } | TaskKind::Evaluate { model, .. } => Some(model),
+            TaskKind::Train { model, .. } | TaskKind::Grow { model, .. } | TaskKind::Evaluate { model, .. } => Some(model),
         }
     }
 }
@@ -360,7 +378,19 @@ impl Task {
         let (kind, aggregation) = match kind {
             None => return Err(Failure::protocol("task has no kind")),
             Some(Kind::Secagg(_) | Kind::Cancel(_)) => return Err(Failure::protocol("not a task: a relay or a cancellation")),
-            Some(Kind::Stats(t)) => (TaskKind::Stats { dataset: dataset(t.dataset)? }, t.aggregation),
+            Some(Kind::Stats(t)) => (TaskKind::Stats { dataset: dataset(t.dataset)?, fine_histograms: t.fine_histograms }, t.aggregation),
+            Some(Kind::TreeLevel(t)) => {
+                let tree: confide_gbdt::GrowingTree =
+                    serde_json::from_str(&t.tree_json).map_err(|e| Failure::protocol(format!("growing tree: {e}")))?;
+                if !(t.pos_weight.is_finite() && t.pos_weight > 0.0) {
+                    return Err(Failure::protocol("a tree level's positive-class weight must be a positive number"));
+                }
+                let model = model(t.model)?;
+                if model.spec.gbdt().is_none() {
+                    return Err(Failure::protocol(format!("a tree level for a `{}` model", model.spec.kind_name())));
+                }
+                (TaskKind::Grow { dataset: dataset(t.dataset)?, model, tree: Arc::new(tree), pos_weight: t.pos_weight }, t.aggregation)
+            }
             Some(Kind::Train(t)) => {
                 let local = serde_json::from_str(&t.train_config_json).map_err(|e| Failure::protocol(format!("training config: {e}")))?;
                 let kind = TaskKind::Train { dataset: dataset(t.dataset)?, model: model(t.model)?, prep: prep(&t.preprocessing_json)?, local };
@@ -769,7 +799,7 @@ impl TaskMachine {
         }
         let purpose = match &task.kind {
             TaskKind::Stats { .. } => Purpose::Statistics,
-            TaskKind::Train { model, .. } => Purpose::Training { model: model.spec.clone() },
+            TaskKind::Train { model, .. } | TaskKind::Grow { model, .. } => Purpose::Training { model: model.spec.clone() },
             TaskKind::Evaluate { model, .. } => Purpose::Evaluation { model: model.spec.clone() },
         };
         let peers = match &task.aggregation {
@@ -1290,6 +1320,15 @@ fn counts_of(task: &Task, vector: &[f64]) -> Vec<String> {
     let key = |what: &str, v: f64| format!("{}/{}/{what}={v}", d.name, d.schema_fingerprint);
     match &task.kind {
         TaskKind::Stats { .. } => vector.first().map(|&rows| vec![key("train-rows", rows)]).unwrap_or_default(),
+        // A root level's row counts per slot are the same for every tree (without a row
+        // sample): summed over two sets of banks differing by one, they would give that bank's
+        // counts, so the root's count histogram is kept like a count.
+        TaskKind::Grow { tree, .. } if tree.depth == 0 => {
+            let counts: Vec<f64> = vector.iter().skip(2).step_by(confide_gbdt::hist::STATS).copied().collect();
+            let digest = crate::ledger::SumCheck::digest_of(&counts);
+            vec![format!("{}/{}/gbdt-root-counts={digest}", d.name, d.schema_fingerprint)]
+        }
+        TaskKind::Grow { .. } => Vec::new(),
         TaskKind::Train { .. } => {
             let n = vector.len().checked_sub(confide_core::contribution::TRAIN_EXTRAS).and_then(|i| vector.get(i));
             n.map(|&n| vec![key("train-rows", n)]).unwrap_or_default()
@@ -1399,7 +1438,7 @@ fn bank_rules(profile: &BankProfile, task: &Task) -> Result<(), Failure> {
             wanted.name, wanted.schema_fingerprint, offered.schema_fingerprint
         )));
     }
-    if matches!(task.kind, TaskKind::Stats { .. } | TaskKind::Train { .. }) && profile.one_class.contains(&wanted.name) {
+    if matches!(task.kind, TaskKind::Stats { .. } | TaskKind::Train { .. } | TaskKind::Grow { .. }) && profile.one_class.contains(&wanted.name) {
         // A fixed text: not which class, nor how many rows.
         return Err(Failure::new(FailureKind::OneClassLabels, FailureKind::OneClassLabels.describe()).shareable());
     }
@@ -1481,7 +1520,7 @@ fn session_floors(floors: &Floors, kind: &TaskKind, params: &SessionParams) -> R
             "update range ±{clip:e}; this bank encodes at most ±{:e} (policy.max_update_clip)",
             floors.max_update_clip
         ))),
-        TaskKind::Stats { .. } | TaskKind::Evaluate { .. } if clip < floors.min_exact_clip => Err(Failure::policy(format!(
+        TaskKind::Stats { .. } | TaskKind::Grow { .. } | TaskKind::Evaluate { .. } if clip < floors.min_exact_clip => Err(Failure::policy(format!(
             "exact range ±{clip:e}; this bank requires at least ±{:e} (policy.min_exact_clip)",
             floors.min_exact_clip
         ))),
@@ -1552,7 +1591,7 @@ mod tests {
     }
 
     fn stats(aggregation: pb::AggregationSetup) -> Kind {
-        Kind::Stats(pb::StatsTask { dataset: dataset_ref(), aggregation: Some(aggregation) })
+        Kind::Stats(pb::StatsTask { dataset: dataset_ref(), aggregation: Some(aggregation), fine_histograms: false })
     }
 
     const PREP: &str = r#"{"schema_fingerprint":"f00d","rows":10,"columns":[]}"#;
@@ -1815,7 +1854,7 @@ mod tests {
         let changed = pb::DatasetRef { name: DATASET.into(), schema_fingerprint: "beef".into() };
         let unoffered = pb::DatasetRef { name: "cards".into(), schema_fingerprint: FINGERPRINT.into() };
         for (dataset, kind) in [(changed, FailureKind::Data), (unoffered, FailureKind::Policy)] {
-            let task = Kind::Stats(pb::StatsTask { dataset: Some(dataset), aggregation: Some(secure(&params, 1)) });
+            let task = Kind::Stats(pb::StatsTask { dataset: Some(dataset), aggregation: Some(secure(&params, 1)), fine_histograms: false });
             let mut f = Federation::default();
             f.start(1, wire(1, task));
             f.run();
@@ -2009,7 +2048,7 @@ mod tests {
             ("no kind", pb::Task { kind: None, ..wire(1, stats(plain(1))) }, "no kind"),
             ("spec", wire(1, train_with(plain(2), "{not json", PREP)), "model spec"),
             ("prep", wire(1, train_with(plain(2), MLP, "[1, 2]")), "preprocessing"),
-            ("no setup", wire(1, Kind::Stats(pb::StatsTask { dataset: dataset_ref(), aggregation: None })), "no aggregation setup"),
+            ("no setup", wire(1, Kind::Stats(pb::StatsTask { dataset: dataset_ref(), aggregation: None, fine_histograms: false })), "no aggregation setup"),
             ("bad session", wire(1, stats(bad_setup)), "session id"),
             ("buckets", wire(1, Kind::Evaluate(pb::EvaluateTask {
                 dataset: dataset_ref(),

@@ -59,6 +59,8 @@ pub struct LocalDataset {
     tables: Mutex<HashMap<&'static str, Arc<RawTable>>>,
     encoded: Mutex<HashMap<(&'static str, String), Arc<Encoded>>>,
     ratings: Mutex<HashMap<&'static str, Arc<Ratings>>>,
+    /// Tree jobs' boosters (see [`crate::trees`]).
+    pub boosters: crate::trees::Boosters,
 }
 
 /// Which split of a dataset.
@@ -146,6 +148,7 @@ impl LocalDataset {
             tables: Mutex::default(),
             encoded: Mutex::default(),
             ratings: Mutex::default(),
+            boosters: Default::default(),
         })
     }
 

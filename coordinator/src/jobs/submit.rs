@@ -225,6 +225,9 @@ pub fn submit(
         }
         (false, false) => None,
     };
+    if let Some(g) = spec.model.gbdt() {
+        check_trees(g, &schema, shared.config.max_contribution_bytes)?;
+    }
     let privacy = plan_privacy(&mut spec, &schema)?;
     let size = JobSize::of(&spec, input_dim);
     size.check(&spec, &shared.config)?;
@@ -254,6 +257,31 @@ pub fn submit(
     }
     super::start(shared, &id);
     Ok(Submitted::New { job_id: id, identical, privacy })
+}
+
+/// A tree model's federated binning needs a declared range on every numeric column, and its
+/// deepest level's histograms (64-bit ring elements under secure aggregation) must fit the
+/// coordinator's contribution limit.
+fn check_trees(g: &confide_core::model::GbdtSpec, schema: &DatasetSchema, max_contribution_bytes: u64) -> Result<(), SubmitError> {
+    if let Some(column) = confide_datasets::first_unranged_column(schema) {
+        return Err(SubmitError::Model(format!(
+            "schema `{}`: numeric column `{column}` has no `range = [low, high]`; gradient-boosted trees bin every numeric column \
+             from fine histograms over its declared range",
+            schema.name
+        )));
+    }
+    let slots: u64 = schema
+        .feature_columns()
+        .map(|c| if c.kind == confide_datasets::ColumnType::Categorical { 3 * c.level_names().len() as u64 } else { u64::from(g.max_bin) + 1 })
+        .sum();
+    let bytes = (confide_gbdt::hist::STATS as u64 * slots * 8).saturating_mul(1 << (g.max_depth - 1));
+    if bytes > max_contribution_bytes {
+        return Err(SubmitError::Model(format!(
+            "job file: field `model.max_depth`: the deepest level's histograms would be {bytes} bytes per bank, above this \
+             coordinator's max_contribution_bytes = {max_contribution_bytes}; lower max_depth or max_bin"
+        )));
+    }
+    Ok(())
 }
 
 /// A DP job's plan: the schema must declare a range for every numeric feature (DP statistics

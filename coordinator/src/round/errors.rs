@@ -111,6 +111,9 @@ pub enum JobError {
     /// The federation's summed statistics do not give a usable preprocessing.
     #[error("federated statistics: {0}")]
     Statistics(#[from] confide_datasets::StatsError),
+    /// A tree model cannot go on (its leaf floor cannot be met on the federation's rows, say).
+    #[error("gradient-boosted trees: {0}")]
+    Trees(#[from] confide_gbdt::GbdtError),
     /// The initial model could not be built (a custom module's parameters, say).
     #[error("initial model: {0}")]
     Model(String),

@@ -67,6 +67,7 @@ use confide_core::model::{ModelParams, ModelSpec, ParamLayout, rec_names};
 use confide_core::outcome::ParticipantStatus;
 use confide_core::strategy::{ServerOptimizer, ServerState};
 use confide_datasets::{DatasetSchema, Preprocessing};
+use confide_gbdt::{GbdtModel, GrowParams, GrowingTree};
 use confide_proto::v1::{self as pb, contribution::Body, task::Kind};
 use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
@@ -253,14 +254,28 @@ enum Step {
     Statistics,
     /// Local training; sums weighted updates.
     Train,
+    /// One level of a tree model's current tree; sums the banks' gradient histograms for its
+    /// open nodes. A round runs one per level until the tree is complete.
+    Grow(Box<Growth>),
     /// Evaluation of the advanced model; sums metric histograms.
     Evaluate(Box<Advanced>),
+}
+
+/// A tree model's round between levels.
+#[derive(Debug)]
+struct Growth {
+    tree: GrowingTree,
+    /// Outcomes of the banks an earlier level of this tree went on without (they dropped or
+    /// failed); the next levels are asked of the banks whose histograms were in the sum.
+    left_out: Vec<ParticipantRecord>,
 }
 
 /// A round's model after the server step, not yet committed.
 #[derive(Debug)]
 struct Advanced {
     global: ModelParams,
+    /// A tree model's ensemble with the round's tree (None for parameter-vector models).
+    trees: Option<GbdtModel>,
     optimizer: ServerOptimizer,
     model: Blob,
     metrics: BTreeMap<String, f64>,
@@ -274,6 +289,9 @@ struct Trained {
     prep_json: String,
     layout: ParamLayout,
     global: ModelParams,
+    /// A tree model's committed ensemble (None for parameter-vector models; their `global`
+    /// and `optimizer` are empty for a tree model).
+    trees: Option<GbdtModel>,
     optimizer: ServerOptimizer,
     /// The committed global model as shipped in training tasks.
     model_ref: pb::ModelRef,
@@ -399,7 +417,14 @@ impl JobMachine {
             return Ok(machine);
         };
         let layout = machine.spec.model.layout(head.prep.input_dim());
-        let global = ModelParams::from_safetensors(&head.model, &layout).map_err(|e| JobError::StoredState(format!("model checkpoint: {e}")))?;
+        let (global, trees) = if machine.spec.model.gbdt().is_some() {
+            let trees = GbdtModel::from_bytes(&head.model).map_err(|e| JobError::StoredState(format!("model checkpoint: {e}")))?;
+            (ModelParams::init(layout.clone(), machine.spec.seed), Some(trees))
+        } else {
+            let global =
+                ModelParams::from_safetensors(&head.model, &layout).map_err(|e| JobError::StoredState(format!("model checkpoint: {e}")))?;
+            (global, None)
+        };
         let optimizer = match head.optimizer_state {
             Some(bytes) if ServerOptimizer::is_adaptive(&machine.spec.strategy) => {
                 let state = ServerState::from_bytes(&bytes, layout.len())
@@ -410,7 +435,7 @@ impl JobMachine {
         };
         let prep_json = serde_json::to_string(&head.prep).map_err(|e| JobError::StoredState(e.to_string()))?;
         let model_ref = machine.model_ref(&Blob::new(head.model));
-        machine.trained = Some(Box::new(Trained { prep: head.prep, prep_json, layout, global, optimizer, model_ref }));
+        machine.trained = Some(Box::new(Trained { prep: head.prep, prep_json, layout, global, trees, optimizer, model_ref }));
         if let Some(reason) = machine.early.should_stop() {
             machine.finish(JobEnd::Completed { stop_reason: Some(reason) });
         } else if rounds_completed >= machine.spec.training.rounds {
@@ -700,7 +725,17 @@ impl JobMachine {
                 rounds_total: self.spec.training.rounds,
             });
             self.effects.push_back(Effect::Publish { round: at.round, event });
-            self.start_phase(now, Step::Train, at, &participants);
+            let step = match (&self.spec.model, self.trained.as_deref().and_then(|t| t.trees.as_ref())) {
+                (confide_core::model::ModelSpec::Gbdt(g), Some(trees)) => {
+                    // Tree r − 1 of the ensemble; its column sample is the job's seed's, so a
+                    // retry grows it on the same features.
+                    let index = at.round - 1;
+                    let features = confide_gbdt::grow::column_sample(self.spec.seed, index, trees.features.len(), g.colsample_bytree);
+                    Step::Grow(Box::new(Growth { tree: GrowingTree::new(index, features), left_out: Vec::new() }))
+                }
+                _ => Step::Train,
+            };
+            self.start_phase(now, step, at, &participants);
         }
         true
     }
@@ -735,7 +770,14 @@ impl JobMachine {
     fn vector_of(&self, step: &Step) -> (usize, Encoding) {
         let trained = self.trained.as_deref();
         match step {
-            Step::Statistics => (confide_datasets::stats_len(&self.schema), Encoding::Statistics),
+            Step::Statistics => {
+                let binning = if self.spec.model.gbdt().is_some() { confide_gbdt::features::fine_histogram_len(&self.schema) } else { 0 };
+                (confide_datasets::stats_len(&self.schema) + binning, Encoding::Statistics)
+            }
+            Step::Grow(growth) => {
+                let len = trained.and_then(|t| t.trees.as_ref()).map_or(0, |m| growth.tree.vector_len(&m.features));
+                (len, Encoding::Counts)
+            }
             Step::Train => {
                 let params = trained.map_or(0, |t| t.layout.len());
                 let institution_dp = self.spec.privacy.as_ref().is_some_and(|p| p.mode == confide_core::job::PrivacyMode::Institution);
@@ -753,7 +795,16 @@ impl JobMachine {
         let dataset = Some(self.dataset_ref());
         let aggregation = Some(aggregation);
         match (step, self.trained.as_deref()) {
-            (Step::Statistics, _) | (_, None) => Kind::Stats(pb::StatsTask { dataset, aggregation }),
+            (Step::Statistics, _) | (_, None) => {
+                Kind::Stats(pb::StatsTask { dataset, aggregation, fine_histograms: self.spec.model.gbdt().is_some() })
+            }
+            (Step::Grow(growth), Some(t)) => Kind::TreeLevel(pb::TreeLevelTask {
+                dataset,
+                model: Some(t.model_ref.clone()),
+                tree_json: serde_json::to_string(&growth.tree).unwrap_or_default(),
+                pos_weight: self.spec.training.pos_weight.unwrap_or(1.0),
+                aggregation,
+            }),
             (Step::Train, Some(t)) => Kind::Train(pb::TrainTask {
                 dataset,
                 model: Some(t.model_ref.clone()),
@@ -858,6 +909,13 @@ impl JobMachine {
                 Ok(sum) => self.server_step(now, at, &sum, participants),
                 Err(f) => self.attempt_failed(at, f.reason, participants),
             },
+            Step::Grow(growth) => match sum {
+                Ok(sum) => self.grow_step(now, at, *growth, &sum, participants),
+                Err(f) => {
+                    let participants = merge_left_out(participants, growth.left_out);
+                    self.attempt_failed(at, format!("tree level {}: {}", growth.tree.depth, f.reason), participants)
+                }
+            },
             Step::Evaluate(mut adv) => {
                 let participants = merge(std::mem::take(&mut adv.train_participants), participants);
                 match sum.map_err(|f| f.reason).and_then(|s| self.eval_metrics(&s)) {
@@ -875,6 +933,11 @@ impl JobMachine {
     /// The preprocessing from the summed statistics, the initial model and optimizer.
     fn start_training(&self, summed: &[f64]) -> Result<(Persist, Box<Trained>), JobError> {
         // A DP job's statistics carry each bank's Gaussian noise: counts may come out negative.
+        // A tree model's statistics end with the fine histograms of federated binning.
+        let (summed, binning) = match self.spec.model.gbdt() {
+            Some(_) => summed.split_at(confide_datasets::stats_len(&self.schema).min(summed.len())),
+            None => (summed, &[][..]),
+        };
         let mut prep = if self.spec.privacy.is_some() {
             Preprocessing::from_noisy_aggregate(&self.schema, summed)?
         } else {
@@ -908,13 +971,26 @@ impl JobMachine {
             // The global bias starts at the federation's mean rating (securely summed).
             bias[0] = rec.mean_rating as f32;
         }
+        let trees = match self.spec.model.gbdt() {
+            Some(g) => {
+                if (prep.rows) < g.min_leaf_rows {
+                    return Err(JobError::Trees(confide_gbdt::GbdtError::LeafFloor { rows: prep.rows as f64, floor: g.min_leaf_rows }));
+                }
+                let features = confide_gbdt::FeatureSet::from_fine_histograms(&self.schema, binning, g.max_bin as usize)?;
+                Some(GbdtModel { base_margin: 0.0, features, trees: Vec::new() })
+            }
+            None => None,
+        };
         let optimizer = ServerOptimizer::new(self.spec.strategy.clone(), layout.len());
         let prep_json = serde_json::to_string(&prep).map_err(|e| JobError::StoredState(e.to_string()))?;
-        let model = Blob::new(self.checkpoint_bytes(&global, 0));
+        let model = Blob::new(match &trees {
+            Some(t) => t.to_bytes(),
+            None => self.checkpoint_bytes(&global, 0),
+        });
         let optimizer_state = Blob::new(optimizer.state().to_bytes());
         let model_ref = self.model_ref(&model);
         let write = Persist::Start { prep_json: prep_json.clone(), model, optimizer_state };
-        Ok((write, Box::new(Trained { prep, prep_json, layout, global, optimizer, model_ref })))
+        Ok((write, Box::new(Trained { prep, prep_json, layout, global, trees, optimizer, model_ref })))
     }
 
     fn checkpoint_bytes(&self, params: &ModelParams, round: u64) -> Vec<u8> {
@@ -948,7 +1024,65 @@ impl JobMachine {
             metrics.insert("train_examples".to_string(), summed.weight.round());
         }
         let model = Blob::new(self.checkpoint_bytes(&global, at.round));
-        let adv = Box::new(Advanced { global, optimizer, model, metrics, train_participants: participants });
+        let adv = Box::new(Advanced { global, trees: None, optimizer, model, metrics, train_participants: participants });
+        self.evaluate_or_commit(now, at, adv, contributors);
+    }
+
+    /// Applies a tree level's summed histograms (see [`GrowingTree::apply_level`]): the next
+    /// level goes to the banks whose histograms are in this sum; a finished tree joins the
+    /// ensemble and is evaluated and committed like a training round's model. A leaf floor the
+    /// federation's rows cannot meet fails the job with that reason.
+    fn grow_step(&mut self, now: Instant, at: Attempt, growth: Growth, sum: &[f64], participants: Vec<ParticipantRecord>) {
+        let Growth { mut tree, left_out } = growth;
+        let (Some(trained), Some(g)) = (self.trained.as_deref(), self.spec.model.gbdt()) else {
+            return self.finish(JobEnd::Failed(JobError::StoredState("a tree level without a tree model".into())));
+        };
+        let Some(ensemble) = trained.trees.as_ref() else {
+            return self.finish(JobEnd::Failed(JobError::StoredState("a tree level before binning".into())));
+        };
+        let params = GrowParams::new(g, self.spec.training.learning_rate);
+        let depth = tree.depth;
+        match tree.apply_level(sum, &ensemble.features, &params) {
+            Ok(()) => {}
+            Err(e @ confide_gbdt::GbdtError::LeafFloor { .. }) => return self.finish(JobEnd::Failed(JobError::Trees(e))),
+            Err(e) => return self.attempt_failed(at, format!("tree level {depth}: {e}"), merge_left_out(participants, left_out)),
+        }
+        let (contributed, dropped): (Vec<ParticipantRecord>, Vec<ParticipantRecord>) =
+            participants.into_iter().partition(|p| p.status.contributed());
+        let contributors: Vec<String> = contributed.iter().map(|p| p.worker_id.clone()).collect();
+        let mut left_out = left_out;
+        left_out.extend(dropped);
+        if !tree.is_done() {
+            let growth = Growth { tree, left_out };
+            return self.start_phase(now, Step::Grow(Box::new(growth)), at, &contributors);
+        }
+        let Some(finished) = tree.finish() else {
+            return self.finish(JobEnd::Failed(JobError::StoredState("a complete tree with open nodes".into())));
+        };
+        let mut model = ensemble.clone();
+        let leaves = finished.nodes.iter().filter(|n| matches!(n, confide_gbdt::Node::Leaf { .. })).count();
+        let tree_depth = finished.depth();
+        model.trees.push(finished);
+        let metrics = BTreeMap::from([
+            ("contributors".to_string(), contributors.len() as f64),
+            ("tree_leaves".to_string(), leaves as f64),
+            ("tree_depth".to_string(), f64::from(tree_depth)),
+        ]);
+        let blob = Blob::new(model.to_bytes());
+        let participants = merge_left_out(contributed, left_out);
+        let adv = Box::new(Advanced {
+            global: trained.global.clone(),
+            trees: Some(model),
+            optimizer: trained.optimizer.clone(),
+            model: blob,
+            metrics,
+            train_participants: participants,
+        });
+        self.evaluate_or_commit(now, at, adv, contributors);
+    }
+
+    /// Evaluates a round's model when the job evaluates this round, else commits it.
+    fn evaluate_or_commit(&mut self, now: Instant, at: Attempt, adv: Box<Advanced>, contributors: Vec<String>) {
         if self.spec.evaluates(at.round) {
             // The evaluated model is written first: workers download it by hash.
             self.persist(Persist::Checkpoint(adv.model.clone()), Then::Evaluate(adv, at, contributors));
@@ -1071,9 +1205,10 @@ impl JobMachine {
                         size_bytes: adv.model.bytes.len() as u64,
                         spec_json: self.model_spec_json.clone(),
                     };
-                    let Advanced { global, optimizer, .. } = *adv;
+                    let Advanced { global, optimizer, trees, .. } = *adv;
                     t.global = global;
                     t.optimizer = optimizer;
+                    t.trees = trees;
                 }
                 if let Some(reason) = self.early.should_stop() {
                     self.finish(JobEnd::Completed { stop_reason: Some(reason) });
@@ -1111,6 +1246,17 @@ fn loss(v: f64) -> String {
 
 fn record(worker: &str, status: ParticipantStatus, reason: &str) -> ParticipantRecord {
     ParticipantRecord { worker_id: worker.to_string(), status, reason: reason.to_string() }
+}
+
+/// A tree round's outcomes: the last level's, then those of the banks earlier levels went on
+/// without (by worker id).
+fn merge_left_out(mut participants: Vec<ParticipantRecord>, left_out: Vec<ParticipantRecord>) -> Vec<ParticipantRecord> {
+    for record in left_out {
+        if !participants.iter().any(|p| p.worker_id == record.worker_id) {
+            participants.push(record);
+        }
+    }
+    participants
 }
 
 /// Combines train and evaluation outcomes: the status is the training one (whether the
