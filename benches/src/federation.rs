@@ -101,8 +101,10 @@ impl ProcessFederation {
     }
 
     /// Starts bank `id`'s worker offering dataset `name` (schema file `schema`) from
-    /// `train`/`test`, with its own institution certificate and `threads` compute threads.
-    pub fn add_worker(&mut self, id: &str, name: &str, schema: &Path, train: &Path, test: &Path, threads: usize) -> Result<(), FederationError> {
+    /// `train`/`test`, with its own institution certificate, `threads` compute threads and
+    /// extra configuration `extra_toml` (e.g. a `[policy]` table).
+    #[allow(clippy::too_many_arguments)]
+    pub fn add_worker(&mut self, id: &str, name: &str, schema: &Path, train: &Path, test: &Path, threads: usize, extra_toml: &str) -> Result<(), FederationError> {
         let pki = self.pki();
         confide_tls::issue(&pki, Role::Institution, id, &[], 1, &pki)?;
         let t = tls_files(&pki, id);
@@ -110,7 +112,7 @@ impl ProcessFederation {
         std::fs::write(
             &config,
             format!(
-                "coordinator = \"{}\"\ninstitution_id = \"{id}\"\ndata_dir = {:?}\n\n[compute]\ndevice = \"cpu\"\nthreads = {threads}\n\n\
+                "coordinator = \"{}\"\ninstitution_id = \"{id}\"\ndata_dir = {:?}\n\n{extra_toml}\n\n[compute]\ndevice = \"cpu\"\nthreads = {threads}\n\n\
                  [tls]\nca = {:?}\ncert = {:?}\nkey = {:?}\n\n[[datasets]]\nname = \"{name}\"\nschema = {:?}\ntrain = {:?}\ntest = {:?}\n",
                 self.url,
                 self.dir.path().join(id),

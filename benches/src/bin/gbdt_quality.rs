@@ -18,7 +18,9 @@
 //! effect of the federated cut points from that of the training algorithm.
 //!
 //! Hyper-parameters are the job defaults (max_depth 6, λ 1, γ 0, min_child_weight 1, max_bin 256,
-//! no row or column subsampling) with η = 0.3 and 100 trees; `--quick` runs one seed and 10 trees.
+//! no row or column subsampling) with η = 0.3 (`CONFIDE_GBDT_ETA` overrides it) and 100 trees;
+//! `--quick` runs one seed, 10 trees and one split per dataset (Taiwan IID, Churn_Modelling by
+//! Geography, Telco Dirichlet), for a CI smoke run.
 //!
 //! Writes `gbdt_quality.{csv,md}` and one PNG per dataset × split (AUC after each tree) into the
 //! output folder (default `benches/results`).
@@ -36,6 +38,7 @@ use confide_report::{Series, Table, line_chart_png};
 
 /// Target: federated (`min_leaf_rows = 1`) within this AUC of centralised XGBoost.
 const TARGET_GAP: f64 = 0.003;
+/// The job default shrinkage the comparison uses; `CONFIDE_GBDT_ETA` overrides it.
 const ETA: f64 = 0.3;
 
 struct Split {
@@ -52,6 +55,8 @@ struct Study {
     schema: PathBuf,
     min_rows: usize,
     splits: Vec<Split>,
+    /// The one split `--quick` runs (IID, Dirichlet and by-column each once over the datasets).
+    quick: usize,
 }
 
 fn studies() -> Vec<Study> {
@@ -66,6 +71,7 @@ fn studies() -> Vec<Study> {
             schema: schemas.join("uci_credit_card_default.toml"),
             min_rows: 500,
             splits: vec![iid(), dirichlet(0.3, "Dirichlet α=0.3")],
+            quick: 0,
         },
         Study {
             dataset: "Bank Churn_Modelling",
@@ -77,6 +83,7 @@ fn studies() -> Vec<Study> {
                 dirichlet(0.3, "Dirichlet α=0.3"),
                 Split { label: "by Geography", banks: None, scheme: Scheme::ByColumn { column: "Geography".into() }, non_iid: true },
             ],
+            quick: 2,
         },
         Study {
             dataset: "Telco churn",
@@ -84,6 +91,7 @@ fn studies() -> Vec<Study> {
             schema: schemas.join("telco_churn.toml"),
             min_rows: 200,
             splits: vec![iid(), dirichlet(0.5, "Dirichlet α=0.5")],
+            quick: 1,
         },
     ]
 }
@@ -134,11 +142,12 @@ impl Run {
     }
 }
 
-fn run_one(schema: &DatasetSchema, folder: &Path, names: &[String], study: &Study, split: &Split, seed: u64, trees: u64) -> Result<Run, CompareError> {
+#[allow(clippy::too_many_arguments)]
+fn run_one(schema: &DatasetSchema, folder: &Path, names: &[String], study: &Study, split: &Split, seed: u64, trees: u64, eta: f64) -> Result<Run, CompareError> {
     let banks = gbdt::load_banks(schema, folder, names)?;
     let train: Vec<_> = banks.iter().map(|b| &b.train).collect();
     let test: Vec<_> = banks.iter().map(|b| &b.test).collect();
-    let hyper = |floor: &str| TreeHyper::from_toml(&gbdt::job_toml(&schema.name, seed, trees, ETA, floor, "", ""));
+    let hyper = |floor: &str| TreeHyper::from_toml(&gbdt::job_toml(&schema.name, seed, trees, eta, floor, "", ""));
     let (floor1, default) = (hyper("min_leaf_rows = 1")?, hyper("")?);
 
     let set = gbdt::federated_features(schema, &train, default.spec.max_bin)?;
@@ -295,12 +304,19 @@ fn mean_curve(g: &[&Run], f: impl Fn(&Run) -> Vec<f64>) -> Vec<(f64, f64)> {
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (out, quick) = gbdt::bench_args();
     let (seeds, trees): (Vec<u64>, u64) = if quick { (vec![1], 10) } else { (comparison::seeds_from_env(&[1, 2, 3])?, 100) };
+    let eta = match std::env::var("CONFIDE_GBDT_ETA") {
+        Ok(v) => v.parse::<f64>().map_err(|e| format!("CONFIDE_GBDT_ETA={v:?}: {e}"))?,
+        Err(_) => ETA,
+    };
     let started = Instant::now();
     let scratch = tempfile::tempdir()?;
     let mut runs = Vec::new();
     for study in studies() {
         let schema = DatasetSchema::from_file(&study.schema)?;
-        for split in &study.splits {
+        for (index, split) in study.splits.iter().enumerate() {
+            if quick && index != study.quick {
+                continue;
+            }
             for &seed in &seeds {
                 let folder = scratch.path().join(format!("{}-{}-{seed}", file_part(study.dataset), file_part(split.label)));
                 let config = PartitionConfig {
@@ -313,7 +329,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 };
                 let partition = partition_csv(&study.csv, &schema, &folder, &config, false)?;
                 let names: Vec<String> = partition.institutions.iter().map(|i| i.name.clone()).collect();
-                let r = run_one(&schema, &folder, &names, &study, split, seed, trees)?;
+                let r = run_one(&schema, &folder, &names, &study, split, seed, trees, eta)?;
                 eprintln!(
                     "{} / {} / seed {seed}: XGBoost {:.4}  fed(1) {:.4} ({:+.4})  fed(50) {:.4}  local-only mean {:.4}  [fed {:.1}s + {:.1}s, xgb {:.1}s]",
                     r.dataset,
@@ -336,7 +352,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     std::fs::create_dir_all(&out)?;
     let summary = summary(&runs)?;
     let detail = detail(&runs)?;
-    println!("\nTrees: federated vs XGBoost ({trees} trees, seeds {seeds:?})\n\n{summary}");
+    println!("\nTrees: federated vs XGBoost ({trees} trees, η = {eta}, seeds {seeds:?})\n\n{summary}");
     detail.write_csv(&out.join("gbdt_quality.csv"))?;
     let mut pngs = Vec::new();
     for g in groups(&runs) {
@@ -356,8 +372,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         pngs.push(png);
     }
     let md = format!(
-        "# Trees: federated histogram GBDT vs XGBoost\n\nGenerated by `cargo run --release -p confide-benches --bin gbdt_quality{}` \
-         in {:.0} s (xgboost {xgb_version}). {trees} trees, η = {ETA}, every other hyper-parameter the job default (max_depth 6, \
+        "# Trees: federated histogram GBDT vs XGBoost\n\nGenerated by `{}cargo run --release -p confide-benches --bin gbdt_quality{}` \
+         in {:.0} s (xgboost {xgb_version}). {trees} trees, η = {eta}, every other hyper-parameter the job default (max_depth 6, \
          λ 1, γ 0, min_child_weight 1, max_bin 256, subsample 1, colsample_bytree 1), XGBoost with the same values, \
          `tree_method = \"hist\"`, `base_score = 0.5`. AUC is exact (midranks) on the pooled test set (the union of the banks' \
          20 % test splits); means over seeds {seeds:?}. `fed(1)` = federated with `min_leaf_rows = 1` (the setting with XGBoost's \
@@ -365,6 +381,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
          counterpart for. `XGBoost on federated bins` trains XGBoost centrally on the federation's histogram slots instead of the \
          raw values. Local-only: XGBoost trained by each bank on its own training split, scored on the pooled test set, averaged \
          over banks. Every seed's settings are in `gbdt_quality.csv`.\n\n## Summary\n\n{}\n{}\n",
+        if eta == ETA { String::new() } else { format!("CONFIDE_GBDT_ETA={eta} ") },
         if quick { " -- --quick" } else { "" },
         started.elapsed().as_secs_f64(),
         summary.to_markdown(),

@@ -5,12 +5,14 @@
 //! job's completion (federated binning, one secure sum per tree level, the final evaluation and
 //! the coordinator's export of the model), next to centralised XGBoost (`tree_method = "hist"`,
 //! the same hyper-parameters) on the pooled training rows, measured in the same run on the
-//! same machine (median of 5 runs; DMatrix construction, XGBoost's binning, included).
+//! same machine (median of 5 runs after one untimed warm-up; DMatrix construction, XGBoost's binning, included).
 //!
 //! Hyper-parameters: the job defaults (max_depth 6, λ 1, min_child_weight 1, max_bin 256,
 //! min_leaf_rows 50), η = 0.3. The federation runs `CONFIDE_GBDT_SPEED_RUNS` times (default 3),
-//! each on a fresh federation (processes started and connected before the clock starts).
-//! `--quick`: 10 trees, one federation run, 3 XGBoost runs.
+//! each on a fresh federation (processes started and connected before the clock starts), then
+//! `CONFIDE_GBDT_SPEED_PLAIN_RUNS` times (default 1) with plain sums instead of secure
+//! aggregation (`insecure_plain_aggregation`, mutual TLS still on), which shows what the secure
+//! sums cost. `--quick`: 10 trees, one secure federation run, no plain run, 3 XGBoost runs.
 //!
 //! Writes `gbdt_speed.{csv,md}` into the output folder (default `benches/results`).
 //!
@@ -40,11 +42,11 @@ struct FedRun {
     auc: Option<f64>,
 }
 
-async fn federated_run(schema_path: &Path, folder: &Path, names: &[String], job_toml: &str) -> Result<FedRun, Box<dyn std::error::Error>> {
+async fn federated_run(schema_path: &Path, folder: &Path, names: &[String], job_toml: &str, worker_toml: &str) -> Result<FedRun, Box<dyn std::error::Error>> {
     let mut federation = ProcessFederation::start()?;
     for name in names {
         let bank = folder.join(name);
-        federation.add_worker(name, "uci_credit_card_default", schema_path, &bank.join("train.csv"), &bank.join("test.csv"), 1)?;
+        federation.add_worker(name, "uci_credit_card_default", schema_path, &bank.join("train.csv"), &bank.join("test.csv"), 1, worker_toml)?;
     }
     federation.wait_workers(names.len(), Duration::from_secs(60)).await?;
     let job_file = federation.dir.path().join("job.toml");
@@ -77,12 +79,9 @@ fn machine() -> String {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (out, quick) = gbdt::bench_args();
-    let (trees, fed_runs, xgb_runs) = if quick {
-        (10, 1, 3)
-    } else {
-        let runs = std::env::var("CONFIDE_GBDT_SPEED_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(3usize);
-        (100, runs.max(1), 5)
-    };
+    let runs_env = |name: &str, default: usize| std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default);
+    let (trees, fed_runs, plain_runs, xgb_runs) =
+        if quick { (10, 1, runs_env("CONFIDE_GBDT_SPEED_PLAIN_RUNS", 0), 3) } else { (100, runs_env("CONFIDE_GBDT_SPEED_RUNS", 3).max(1), runs_env("CONFIDE_GBDT_SPEED_PLAIN_RUNS", 1), 5) };
     let machine_before = machine();
     let csv = comparison::shared_datasets().join("uci_credit_card_default/UCI_Credit_Card.csv");
     let schema_path = comparison::repo_root().join("datasets/schemas/uci_credit_card_default.toml");
@@ -98,6 +97,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let tables = format!("[selection]\nmin_workers = {BANKS}\nround_deadline_secs = 600\n\n[evaluation]\nevery = {trees}\nscore_buckets = 10000\n");
     let job_toml = gbdt::job_toml(&schema.name, 42, trees, ETA, "", &top, &tables);
     let hyper = TreeHyper::from_toml(&job_toml)?;
+    // The same job with plain sums instead of secure aggregation (mutual TLS still on): what the secure sums cost.
+    let plain_toml = gbdt::job_toml(&schema.name, 42, trees, ETA, "", &format!("{top}\ninsecure_plain_aggregation = true"), &tables);
 
     // Centralised XGBoost on the pooled training rows (the trees' own features), in this run.
     let banks = gbdt::load_banks(&schema, &folder, &names)?;
@@ -114,29 +115,43 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let mut fed = Vec::new();
     for run in 1..=fed_runs {
-        let r = federated_run(&schema_path, &folder, &names, &job_toml).await?;
+        let r = federated_run(&schema_path, &folder, &names, &job_toml, "").await?;
         eprintln!("federation run {run}/{fed_runs}: {:.1} s for {trees} trees (AUC {:?})", r.seconds, r.auc);
         fed.push(r);
+    }
+    let mut plain = Vec::new();
+    for run in 1..=plain_runs {
+        let r = federated_run(&schema_path, &folder, &names, &plain_toml, "[policy]\nallow_plain_aggregation = true").await?;
+        eprintln!("plain-sum federation run {run}/{plain_runs}: {:.1} s for {trees} trees (AUC {:?})", r.seconds, r.auc);
+        plain.push(r);
     }
     let machine_after = machine();
 
     let fed_median = median(fed.iter().map(|r| r.seconds).collect());
     let xgb_median = median(xgb_fit.seconds.clone());
     let xgb_train_median = median(xgb_fit.train_seconds.clone());
-    let per_tree = median(fed.iter().flat_map(|r| r.tree_seconds.iter().copied()).collect());
     let fmt_list = |v: &[f64]| v.iter().map(|s| format!("{s:.2}")).collect::<Vec<_>>().join(", ");
     let mut table = Table::new(["setting", "trees", "training rows", "runs", "median s", "every run (s)", "median s per tree", "pooled test AUC", "vs XGBoost"]);
-    table.push_row([
-        format!("federated, {BANKS} banks, mTLS + secure aggregation (submit → completed)"),
-        trees.to_string(),
-        train_rows.to_string(),
-        fed.len().to_string(),
-        format!("{fed_median:.2}"),
-        fmt_list(&fed.iter().map(|r| r.seconds).collect::<Vec<_>>()),
-        format!("{per_tree:.3}"),
-        fed.last().and_then(|r| r.auc).map_or_else(String::new, |a| format!("{a:.4}")),
-        format!("{:.1}x", fed_median / xgb_median),
-    ])?;
+    for (setting, runs) in [
+        (format!("federated, {BANKS} banks, mTLS + secure aggregation (submit → completed)"), &fed),
+        (format!("federated, {BANKS} banks, mTLS, plain sums (insecure_plain_aggregation)"), &plain),
+    ] {
+        if runs.is_empty() {
+            continue;
+        }
+        let m = median(runs.iter().map(|r| r.seconds).collect());
+        table.push_row([
+            setting,
+            trees.to_string(),
+            train_rows.to_string(),
+            runs.len().to_string(),
+            format!("{m:.2}"),
+            fmt_list(&runs.iter().map(|r| r.seconds).collect::<Vec<_>>()),
+            format!("{:.3}", median(runs.iter().flat_map(|r| r.tree_seconds.iter().copied()).collect())),
+            runs.last().and_then(|r| r.auc).map_or_else(String::new, |a| format!("{a:.4}")),
+            format!("{:.0}x", m / xgb_median),
+        ])?;
+    }
     table.push_row([
         format!("XGBoost {} hist, centralised (DMatrix + training, {} CPUs)", xgb.version, xgb.cpus),
         trees.to_string(),
@@ -157,7 +172,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         fmt_list(&xgb_fit.train_seconds),
         format!("{:.3}", xgb_train_median / trees as f64),
         String::new(),
-        format!("{:.1}x", xgb_train_median / xgb_median),
+        String::new(),
     ])?;
     let verdict = if trees == 100 {
         format!("Target: 100 trees in ≤ {TARGET_SECS:.0} s end to end: {} (median {fed_median:.1} s).", if fed_median <= TARGET_SECS { "met" } else { "not met" })
