@@ -5,7 +5,9 @@
 //! job's completion (federated binning, one secure sum per tree level, the final evaluation and
 //! the coordinator's export of the model), next to centralised XGBoost (`tree_method = "hist"`,
 //! the same hyper-parameters) on the pooled training rows, measured in the same run on the
-//! same machine (median of 5 runs after one untimed warm-up; DMatrix construction, XGBoost's binning, included).
+//! same machine: 5 runs (after one untimed warm-up) before the federation runs and 5 after, with
+//! XGBoost's default threads (all CPUs), median of the 10, and 5 with `nthread = 1`; DMatrix
+//! construction (XGBoost's binning) included.
 //!
 //! Hyper-parameters: the job defaults (max_depth 6, λ 1, min_child_weight 1, max_bin 256,
 //! min_leaf_rows 50), η = 0.3. The federation runs `CONFIDE_GBDT_SPEED_RUNS` times (default 3),
@@ -108,10 +110,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (x, y) = gbdt::pooled_raw(&set, &schema, &train)?;
     let (tx, ty) = gbdt::pooled_raw(&set, &schema, &test)?;
     let fit = XgbFit { name: "central".into(), train: x.view(), labels: &y, test: Some(tx.view()) };
-    let xgb = gbdt::run_xgboost(&hyper.xgboost_params(None), trees, xgb_runs, std::slice::from_ref(&fit))?;
-    let xgb_fit = xgb.fits.first().ok_or_else(|| CompareError::Invalid("no XGBoost result".into()))?;
-    let xgb_auc = xgb_fit.test_curve.last().map(|p| gbdt::auc_of(p.iter().map(|&v| f64::from(v)), &ty));
-    eprintln!("XGBoost hist: {:.2?} s (DMatrix + training), {:.2?} s training", xgb_fit.seconds, xgb_fit.train_seconds);
+    // XGBoost's own threads (all CPUs) before and after the federation runs, and one thread, so a
+    // busy host shows in the spread rather than in one batch.
+    let xgb_batch = |nthread: Option<usize>| -> Result<(gbdt::XgbRun, gbdt::XgbResult), CompareError> {
+        let run = gbdt::run_xgboost(&hyper.xgboost_params(nthread), trees, xgb_runs, std::slice::from_ref(&fit))?;
+        let result = run.fits.first().cloned().ok_or_else(|| CompareError::Invalid("no XGBoost result".into()))?;
+        eprintln!("XGBoost hist (nthread {nthread:?}): {:.2?} s (DMatrix + training), {:.2?} s training", result.seconds, result.train_seconds);
+        Ok((run, result))
+    };
+    let (xgb, before) = xgb_batch(None)?;
+    let (_, one_thread) = xgb_batch(Some(1))?;
+    let xgb_auc = before.test_curve.last().map(|p| gbdt::auc_of(p.iter().map(|&v| f64::from(v)), &ty));
 
     let mut fed = Vec::new();
     for run in 1..=fed_runs {
@@ -125,11 +134,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         eprintln!("plain-sum federation run {run}/{plain_runs}: {:.1} s for {trees} trees (AUC {:?})", r.seconds, r.auc);
         plain.push(r);
     }
+    let (_, after) = xgb_batch(None)?;
     let machine_after = machine();
+    let xgb_seconds: Vec<f64> = before.seconds.iter().chain(&after.seconds).copied().collect();
+    let xgb_train_seconds: Vec<f64> = before.train_seconds.iter().chain(&after.train_seconds).copied().collect();
 
     let fed_median = median(fed.iter().map(|r| r.seconds).collect());
-    let xgb_median = median(xgb_fit.seconds.clone());
-    let xgb_train_median = median(xgb_fit.train_seconds.clone());
+    let xgb_median = median(xgb_seconds.clone());
+    let xgb_train_median = median(xgb_train_seconds.clone());
+    let one_median = median(one_thread.seconds.clone());
     let fmt_list = |v: &[f64]| v.iter().map(|s| format!("{s:.2}")).collect::<Vec<_>>().join(", ");
     let mut table = Table::new(["setting", "trees", "training rows", "runs", "median s", "every run (s)", "median s per tree", "pooled test AUC", "vs XGBoost"]);
     for (setting, runs) in [
@@ -153,23 +166,34 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         ])?;
     }
     table.push_row([
-        format!("XGBoost {} hist, centralised (DMatrix + training, {} CPUs)", xgb.version, xgb.cpus),
+        format!("XGBoost {} hist, centralised, its default threads ({} CPUs), DMatrix + training, before and after", xgb.version, xgb.cpus),
         trees.to_string(),
         train_rows.to_string(),
-        xgb_fit.seconds.len().to_string(),
+        xgb_seconds.len().to_string(),
         format!("{xgb_median:.2}"),
-        fmt_list(&xgb_fit.seconds),
+        fmt_list(&xgb_seconds),
         format!("{:.3}", xgb_median / trees as f64),
         xgb_auc.map_or_else(String::new, |a| format!("{a:.4}")),
-        "1.0x".into(),
+        "1x".into(),
     ])?;
     table.push_row([
-        "XGBoost hist, centralised (training alone)".to_string(),
+        "XGBoost hist, centralised, nthread = 1, DMatrix + training".to_string(),
         trees.to_string(),
         train_rows.to_string(),
-        xgb_fit.train_seconds.len().to_string(),
+        one_thread.seconds.len().to_string(),
+        format!("{one_median:.2}"),
+        fmt_list(&one_thread.seconds),
+        format!("{:.3}", one_median / trees as f64),
+        String::new(),
+        format!("{:.1}x", one_median / xgb_median),
+    ])?;
+    table.push_row([
+        "XGBoost hist, centralised, default threads, training alone".to_string(),
+        trees.to_string(),
+        train_rows.to_string(),
+        xgb_train_seconds.len().to_string(),
         format!("{xgb_train_median:.2}"),
-        fmt_list(&xgb_fit.train_seconds),
+        fmt_list(&xgb_train_seconds),
         format!("{:.3}", xgb_train_median / trees as f64),
         String::new(),
         String::new(),
