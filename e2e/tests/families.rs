@@ -5,7 +5,7 @@
 //! - credit-default scorecard (logistic regression, positives up-weighted) on the UCI Taiwan
 //!   data, with label-skewed (Dirichlet) banks;
 //! - bank churn MLP on Churn_Modelling, one bank per country (partition by `Geography`);
-//! - credit-default gradient-boosted trees (100 trees of depth 6) on the UCI Taiwan data, IID
+//! - credit-default gradient-boosted trees (50 trees of depth 5) on the UCI Taiwan data, IID
 //!   banks: binning, every tree level and evaluation through secure aggregation.
 //!
 //! - Telco churn from Parquet files: banks whose data sits in Parquet train with banks that
@@ -142,11 +142,13 @@ fn credit_default_gbdt_grows_trees_from_securely_summed_histograms() {
     let csv = shared_datasets().join("uci_credit_card_default/UCI_Credit_Card.csv");
     let (_cluster, job) = run_family("uci_credit_card_default", csv, Scheme::Iid, 7, "credit_default_gbdt.toml");
     let rounds = job["rounds"].as_array().expect("rounds");
-    assert_eq!(rounds.len(), 100, "one round per tree");
+    let durations: Vec<f64> = rounds.iter().map(|r| r["duration_secs"].as_f64().unwrap_or(-1.0)).collect();
+    eprintln!("TIMING {durations:?}");
+    assert_eq!(rounds.len(), 50, "one round per tree");
     for r in rounds {
         assert_eq!(r["participants"].as_array().map(Vec::len), Some(3), "{r:#}");
         let depth = r["metrics"]["tree_depth"].as_f64().expect("tree depth");
-        assert!((1.0..=6.0).contains(&depth), "a tree of depth {depth}: {r:#}");
+        assert!((1.0..=5.0).contains(&depth), "a tree of depth {depth}: {r:#}");
     }
     // Centralised histogram GBDT reaches 0.782 on this data (5-fold CV, ../shared/datasets/README.md);
     // LR 0.723. A broken split search or binning lands near 0.5–0.72.

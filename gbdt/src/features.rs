@@ -219,7 +219,11 @@ fn quantile_cuts(grid: &FineGrid, summed: &[f64], max_bin: usize) -> Vec<f32> {
 impl FeatureSet {
     /// The feature space from the federation's summed fine histograms: quantile cuts per
     /// numeric column (at most `max_bin − 1` cuts, fewer where the column has fewer distinct
-    /// fine bins), indicators per categorical level.
+    /// fine bins), indicators per categorical level. Negative (noised) counts count as 0. A
+    /// column with at most `max_bin` populated fine bins gets a cut at the lower edge of every
+    /// populated fine bin but the first; otherwise cut `k` is the first fine-bin edge with at
+    /// least `k·N/max_bin` of the column's `N` rows below it (k = 1..max_bin−1, deduplicated,
+    /// strictly inside the populated range).
     pub fn from_fine_histograms(schema: &DatasetSchema, summed: &[f64], max_bin: usize) -> Result<Self, GbdtError> {
         let expected = fine_histogram_len(schema);
         if summed.len() != expected {

@@ -76,16 +76,48 @@ pub struct GrowingTree {
     pub features: Vec<usize>,
     /// Nodes so far (0 = root).
     pub nodes: Vec<GrowNode>,
-    /// Open node indices, in the order their histograms appear in a level's vector.
+    /// Open node indices, in node order.
     pub frontier: Vec<u32>,
+    /// The open nodes whose histograms a level's vector holds, in vector order (a subset of
+    /// the frontier, in node order). After a split whose children are both open, only the child
+    /// with fewer rows (by the summed counts) is sent: its sibling's histograms are the parent's
+    /// minus its own, derived by the coordinator ([`GrowingTree::apply_level`]), which halves
+    /// what the banks send below the root. All of the frontier at the root and after
+    /// [`GrowingTree::send_all`].
+    pub sent: Vec<u32>,
     /// Depth of the frontier's nodes.
     pub depth: u32,
+    /// Coordinator side only (never travels): how to derive each open node that is not sent.
+    #[serde(skip)]
+    derived: Vec<Derived>,
+}
+
+/// An open node whose histograms are its parent's minus its sibling's.
+#[derive(Debug, Clone, PartialEq)]
+struct Derived {
+    node: u32,
+    sibling: u32,
+    parent: Vec<f64>,
 }
 
 impl GrowingTree {
     /// A tree with an open root.
     pub fn new(index: u64, features: Vec<usize>) -> Self {
-        Self { index, features, nodes: vec![GrowNode::Open], frontier: vec![0], depth: 0 }
+        Self { index, features, nodes: vec![GrowNode::Open], frontier: vec![0], sent: vec![0], depth: 0, derived: Vec::new() }
+    }
+
+    /// True when some open node's histograms are to be derived from its parent's: a level sum
+    /// that misses a bank's histograms cannot be used then (see [`GrowingTree::send_all`]).
+    pub fn derives(&self) -> bool {
+        !self.derived.is_empty()
+    }
+
+    /// Asks the next level for every open node's histograms (no derivation): what the
+    /// coordinator does when the banks in the last sum are not all those in the next, since a
+    /// parent summed over other banks than its child cannot be subtracted.
+    pub fn send_all(&mut self) {
+        self.sent = self.frontier.clone();
+        self.derived.clear();
     }
 
     /// True when no node is open (the tree is complete).
@@ -100,7 +132,7 @@ impl GrowingTree {
 
     /// Length of the current level's histogram vector.
     pub fn vector_len(&self, set: &FeatureSet) -> usize {
-        self.layout(set).vector_len(self.frontier.len())
+        self.layout(set).vector_len(self.sent.len())
     }
 
     /// The frontier position a row (its slots, one per feature of the set) reaches, or None when
@@ -109,16 +141,17 @@ impl GrowingTree {
         self.route_with(row_slots, &self.frontier_positions())
     }
 
-    /// Number of open nodes (the current level's histogram blocks).
+    /// Number of histogram blocks in the current level's vector (the sent open nodes).
     pub fn frontier_len(&self) -> usize {
-        self.frontier.len()
+        self.sent.len()
     }
 
-    /// For every node index, its frontier position (None for decided nodes): what
-    /// [`GrowingTree::route_with`] looks up, computed once per level.
+    /// For every node index, its block in the level's vector (None for decided nodes and for
+    /// open nodes that are not sent): what [`GrowingTree::route_with`] looks up, computed once
+    /// per level.
     pub fn frontier_positions(&self) -> Vec<Option<u32>> {
         let mut at = vec![None; self.nodes.len()];
-        for (p, &n) in self.frontier.iter().enumerate() {
+        for (p, &n) in self.sent.iter().enumerate() {
             if let Some(slot) = at.get_mut(n as usize) {
                 *slot = Some(p as u32);
             }
@@ -177,6 +210,9 @@ impl GrowingTree {
         if open != self.frontier {
             return bad("its frontier does not list its open nodes in order".into());
         }
+        if self.sent.windows(2).any(|w| w[0] >= w[1]) || self.sent.iter().any(|n| !self.frontier.contains(n)) {
+            return bad("the nodes it asks histograms for are not open nodes in order".into());
+        }
         Ok(())
     }
 
@@ -186,18 +222,20 @@ impl GrowingTree {
     pub fn apply_level(&mut self, summed: &[f64], set: &FeatureSet, params: &GrowParams) -> Result<(), GbdtError> {
         self.check(set)?;
         let layout = self.layout(set);
-        let expected = layout.vector_len(self.frontier.len());
+        let expected = layout.vector_len(self.sent.len());
         if summed.len() != expected {
             return Err(GbdtError::Length { what: "summed level histograms", found: summed.len(), expected });
         }
         if summed.iter().any(|v| !v.is_finite()) {
             return Err(GbdtError::NotFinite);
         }
+        let blocks = self.frontier_blocks(summed, layout.node_len)?;
         let floor = params.min_leaf_rows as f64 - COUNT_SLACK;
         let child_depth = self.depth + 1;
         let mut next = Vec::new();
-        for (p, &node) in self.frontier.clone().iter().enumerate() {
-            let block = &summed[p * layout.node_len..(p + 1) * layout.node_len];
+        let (mut sent, mut derived) = (Vec::new(), Vec::new());
+        for (&node, block) in self.frontier.clone().iter().zip(&blocks) {
+            let block = block.as_slice();
             // Every feature's slots hold all the node's rows; take the totals from the first.
             let total = feature_total(&layout, block, 0);
             if self.depth == 0 && total.n < floor {
@@ -215,6 +253,12 @@ impl GrowingTree {
                             self.nodes.push(GrowNode::Open);
                         }
                     }
+                    if child_depth < params.max_depth {
+                        // The child with fewer rows is sent; its sibling is derived.
+                        let (small, large) = if split.left.n <= split.right.n { (left, left + 1) } else { (left + 1, left) };
+                        sent.push(small);
+                        derived.push(Derived { node: large, sibling: small, parent: block.to_vec() });
+                    }
                     Node::Split {
                         feature: split.feature as u32,
                         threshold: split.threshold,
@@ -230,9 +274,41 @@ impl GrowingTree {
             };
             self.nodes[node as usize] = GrowNode::Done(decided);
         }
+        sent.sort_unstable();
         self.frontier = next;
+        self.sent = sent;
+        self.derived = derived;
         self.depth = child_depth;
         Ok(())
+    }
+
+    /// Every frontier node's summed block, in frontier order: a sent node's from the level's
+    /// vector, a derived node's as its parent's minus its sibling's.
+    fn frontier_blocks(&self, summed: &[f64], node_len: usize) -> Result<Vec<Vec<f64>>, GbdtError> {
+        let block_of = |node: u32| {
+            self.sent.iter().position(|&n| n == node).map(|p| &summed[p * node_len..(p + 1) * node_len])
+        };
+        self.frontier
+            .iter()
+            .map(|&node| {
+                if let Some(block) = block_of(node) {
+                    return Ok(block.to_vec());
+                }
+                let d = self.derived.iter().find(|d| d.node == node).ok_or_else(|| {
+                    GbdtError::Model(format!("growing tree {}: node {node} is neither sent nor derivable", self.index))
+                })?;
+                let sibling = block_of(d.sibling).ok_or_else(|| GbdtError::Model(format!("growing tree {}: node {node}'s sibling was not sent", self.index)))?;
+                let mut block: Vec<f64> = d.parent.iter().zip(sibling).map(|(p, c)| p - c).collect();
+                // A slot without rows has no gradient: counts subtract exactly, G and H leave
+                // rounding residue that would let noise pick between equivalent splits.
+                for slot in block.chunks_exact_mut(crate::hist::STATS) {
+                    if slot[2] < COUNT_SLACK {
+                        slot.fill(0.0);
+                    }
+                }
+                Ok(block)
+            })
+            .collect()
     }
 
     /// The finished tree (None while nodes are open).
@@ -491,7 +567,7 @@ mod tests {
                 }
             }
             let frontier: Vec<u32> = (0..nodes.len() as u32).filter(|&i| nodes[i as usize] == GrowNode::Open).collect();
-            let tree = GrowingTree { index: 0, features: (0..cuts.len()).collect(), nodes: nodes.clone(), frontier: frontier.clone(), depth: 1 };
+            let tree = GrowingTree { index: 0, features: (0..cuts.len()).collect(), nodes: nodes.clone(), frontier: frontier.clone(), sent: frontier.clone(), depth: 1, derived: Vec::new() };
             prop_assert!(tree.check(&set).is_ok());
             // Open nodes as leaves that name their frontier position.
             let as_tree = Tree {
@@ -533,7 +609,12 @@ mod tests {
             let (grad, hess) = bank.gradients();
             let mut tree = GrowingTree::new(0, (0..nf).collect());
             while !tree.is_done() {
-                let reach: Vec<Option<u32>> = (0..rows.len()).map(|r| tree.route(&bank.slots.row(r).to_vec())).collect();
+                // Every open node's rows, sent or derived (routing by frontier position).
+                let mut every_open = vec![None; tree.nodes.len()];
+                for (p, &n) in tree.frontier.iter().enumerate() {
+                    every_open[n as usize] = Some(p as u32);
+                }
+                let reach: Vec<Option<u32>> = (0..rows.len()).map(|r| tree.route_with(&bank.slots.row(r).to_vec(), &every_open)).collect();
                 let frontier = tree.frontier.clone();
                 let h = bank.level_histograms(&set, &tree, 1.0, 0);
                 tree.apply_level(&h, &set, &p).expect("level");

@@ -95,6 +95,9 @@ mod tests {
     use ndarray::Array2;
     use proptest::prelude::*;
 
+    /// A generated row: raw slots, gradient, hessian, frontier node, bank.
+    type Row = (Vec<u16>, f64, f64, Option<u32>, usize);
+
     fn set(cuts: &[usize]) -> FeatureSet {
         let features = cuts
             .iter()
@@ -140,7 +143,7 @@ mod tests {
             }
             let layout = HistLayout::new(&s, &features);
             let nodes = 3;
-            let one = |rs: &[&(Vec<u16>, f64, f64, Option<u32>, usize)]| {
+            let one = |rs: &[&Row]| {
                 let mut m = Array2::<u16>::zeros((rs.len(), cuts.len()));
                 for (r, row) in rs.iter().enumerate() {
                     for (j, c) in cuts.iter().enumerate() {

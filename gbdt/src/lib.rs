@@ -27,9 +27,9 @@ pub mod train;
 pub mod tree;
 
 pub use features::{FeatureKind, FeatureSet, TreeFeature};
-pub use grow::{GrowParams, GrowingTree};
+pub use grow::{GrowParams, GrowingTree, column_sample};
 pub use hist::HistLayout;
-pub use train::LocalBooster;
+pub use train::{LocalBooster, train_in_process};
 pub use tree::{FeatureImportance, GbdtModel, Node, Tree};
 
 /// Why a tree step cannot go on. Messages name what is wrong, never a bank's values.

@@ -20,6 +20,15 @@ use crate::{FeatureSet, GbdtError, GbdtModel, GrowParams, GrowingTree, hist};
 /// XGBoost's floor on the logistic hessian (`kRtEps`-style guard against p(1 − p) = 0).
 const MIN_HESS: f64 = 1e-16;
 
+/// Resolution of the gradients and hessians a bank sums: 2⁻¹⁶, secure aggregation's resolution
+/// for histograms (`Encoding::Counts` in the coordinator). Histogram sums stay below 2³⁶, so
+/// sums of multiples of it are exact in `f64`.
+pub const GRID: f64 = 1.0 / 65_536.0;
+
+fn on_grid(x: f64) -> f64 {
+    (x / GRID).round() * GRID
+}
+
 /// One bank's rows for boosting.
 #[derive(Debug, Clone)]
 pub struct LocalBooster {
@@ -79,6 +88,11 @@ impl LocalBooster {
     }
 
     /// The logistic loss's gradient and hessian of every row at the current margins.
+    ///
+    /// Each is rounded to a multiple of [`GRID`]: every sum of them is then exact in `f64`
+    /// whatever the order, so the banks' histograms add up to the pooled rows' bit for bit, and
+    /// secure aggregation's fixed point (the same resolution) carries them without rounding —
+    /// the federation grows exactly the trees the pooled rows give, ties included.
     pub fn gradients(&self) -> (Vec<f64>, Vec<f64>) {
         let rows = self.rows();
         let mut grad = Vec::with_capacity(rows);
@@ -86,8 +100,8 @@ impl LocalBooster {
         for (&m, &y) in self.margins.iter().zip(&self.labels).take(rows) {
             let p = 1.0 / (1.0 + (-m).exp());
             let (y, w) = if y > 0.5 { (1.0, self.pos_weight) } else { (0.0, 1.0) };
-            grad.push(w * (p - y));
-            hess.push(w * (p * (1.0 - p)).max(MIN_HESS));
+            grad.push(on_grid(w * (p - y)));
+            hess.push(on_grid(w * (p * (1.0 - p)).max(MIN_HESS)));
         }
         (grad, hess)
     }

@@ -100,17 +100,16 @@ proptest! {
         let many = train_in_process(&set, &mut banks, &p, 4, 1.0, colsample, seed).expect("banks");
         prop_assert_eq!(one.trees.len(), 4);
         prop_assert!(one.trees.iter().any(|t| t.nodes.len() > 1), "no tree split at all");
+        let raw = matrix(&all, 3);
         for (t, (a, b)) in one.trees.iter().zip(&many.trees).enumerate() {
             if let Err(e) = same_tree(a, b) {
                 prop_assert!(false, "tree {}: {}", t, e);
             }
         }
-        let raw = matrix(&all, 3);
         for (a, b) in one.predict_margins(raw.view()).iter().zip(many.predict_margins(raw.view())) {
             prop_assert!((a - b).abs() < 1e-5);
         }
-        // Each booster's margins are the model's margins on its rows.
-        prop_assert_eq!(&pooled[0].margins, &one.predict_margins(pooled[0].raw.view()));
+        // (The boosters' margin bookkeeping has its own test: sync_adds_new_trees_and_recomputes_after_a_shorter_model.)
     }
 
     /// (6) No leaf of a trained tree describes fewer than `min_leaf_rows` rows.
@@ -198,6 +197,8 @@ fn gradients_are_the_weighted_logistic_loss() {
     bank.margins = vec![0.0, 2.0];
     let (g, h) = bank.gradients();
     let p = 1.0 / (1.0 + (-2.0f64).exp());
-    assert_eq!(g, vec![3.0 * (0.5 - 1.0), p]);
-    assert_eq!(h, vec![3.0 * 0.25, p * (1.0 - p)]);
+    // Exact where the values are on the 2⁻¹⁶ grid, within half a grid step elsewhere.
+    assert_eq!((g[0], h[0]), (3.0 * (0.5 - 1.0), 3.0 * 0.25));
+    assert!((g[1] - p).abs() <= confide_gbdt::train::GRID / 2.0 && (h[1] - p * (1.0 - p)).abs() <= confide_gbdt::train::GRID / 2.0);
+    assert!([g[1], h[1]].iter().all(|v| (v / confide_gbdt::train::GRID).fract() == 0.0), "on the grid: {g:?} {h:?}");
 }

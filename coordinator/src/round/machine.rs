@@ -1042,6 +1042,16 @@ impl JobMachine {
         };
         let params = GrowParams::new(g, self.spec.training.learning_rate);
         let depth = tree.depth;
+        if tree.derives() && participants.iter().any(|p| !p.status.contributed()) {
+            // A node derived as parent − sibling needs the sibling summed over the banks the
+            // parent was: with one of them missing, the level is asked again for every node.
+            let (contributed, dropped): (Vec<ParticipantRecord>, Vec<ParticipantRecord>) =
+                participants.into_iter().partition(|p| p.status.contributed());
+            let contributors: Vec<String> = contributed.iter().map(|p| p.worker_id.clone()).collect();
+            tree.send_all();
+            let growth = Growth { tree, left_out: merge_left_out(dropped, left_out) };
+            return self.start_phase(now, Step::Grow(Box::new(growth)), at, &contributors);
+        }
         match tree.apply_level(sum, &ensemble.features, &params) {
             Ok(()) => {}
             Err(e @ confide_gbdt::GbdtError::LeafFloor { .. }) => return self.finish(JobEnd::Failed(JobError::Trees(e))),
