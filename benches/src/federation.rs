@@ -1,7 +1,7 @@
 //! A real federation of processes for end-to-end benches: a `confide-coordinator` and one
 //! `confide-worker` per bank on 127.0.0.1 with mutual TLS (the federation's PKI made here with
 //! `confide-tls`), jobs submitted with the `confide` CLI, exactly as a data-science team runs
-//! them. The binaries are the ones beside the bench executable (build them in the same profile:
+//! them (the load bench connects in-process simulated banks to the same coordinator instead). The binaries are the ones beside the bench executable (build them in the same profile:
 //! `cargo build --release -p confide-coordinator -p confide-worker -p confide-cli`).
 //! Processes are killed when the federation is dropped.
 
@@ -86,8 +86,14 @@ impl ProcessFederation {
         Ok(federation)
     }
 
-    fn pki(&self) -> PathBuf {
+    /// The federation's PKI folder (CA and every issued certificate).
+    pub fn pki(&self) -> PathBuf {
         self.dir.path().join("pki")
+    }
+
+    /// The coordinator's process id (e.g. to read its peak memory).
+    pub fn coordinator_pid(&self) -> u32 {
+        self.coordinator.id()
     }
 
     /// The coordinator's URL.
