@@ -57,6 +57,10 @@ pub enum CompareError {
     Privacy(#[from] confide_core::privacy::PrivacyError),
     #[error(transparent)]
     Noise(#[from] confide_core::discrete_noise::NoiseError),
+    #[error(transparent)]
+    Gbdt(#[from] confide_gbdt::GbdtError),
+    #[error("{0}")]
+    Json(#[from] serde_json::Error),
     #[error("{0}")]
     Io(#[from] std::io::Error),
     #[error("{0}")]
@@ -566,6 +570,26 @@ pub fn run_study(study: &Study) -> Result<Vec<PartitionResult>, CompareError> {
     Ok(results)
 }
 
+/// Exact area under the ROC curve of `scores` (higher = positive), ties counted half: the
+/// Mann–Whitney statistic over midranks. NaN when one class is absent.
+pub fn rank_auc(scores: &[(f64, bool)]) -> f64 {
+    let mut s: Vec<(f64, bool)> = scores.to_vec();
+    s.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let (mut rank_sum, mut i) = (0.0, 0);
+    let positives = s.iter().filter(|x| x.1).count() as f64;
+    let negatives = s.len() as f64 - positives;
+    while i < s.len() {
+        let mut j = i;
+        while j < s.len() && s[j].0 == s[i].0 {
+            j += 1;
+        }
+        let mid = (i + j + 1) as f64 / 2.0;
+        rank_sum += s[i..j].iter().filter(|x| x.1).count() as f64 * mid;
+        i = j;
+    }
+    (rank_sum - positives * (positives + 1.0) / 2.0) / (positives * negatives)
+}
+
 /// Mean and sample standard deviation.
 pub fn mean_sd(values: &[f64]) -> (f64, f64) {
     let n = values.len() as f64;
@@ -881,6 +905,16 @@ pub fn seeds_from_env(default: &[u64]) -> Result<Vec<u64>, CompareError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn auc_counts_ties_half_and_orders_positives_first() {
+        assert_eq!(rank_auc(&[(2.0, true), (1.0, false)]), 1.0);
+        assert_eq!(rank_auc(&[(1.0, true), (2.0, false)]), 0.0);
+        assert_eq!(rank_auc(&[(1.0, true), (1.0, false)]), 0.5);
+        // One positive above two of three negatives, tied with none: 2/3.
+        assert!((rank_auc(&[(0.1, false), (0.5, true), (0.2, false), (0.9, false)]) - 2.0 / 3.0).abs() < 1e-12);
+        assert!(rank_auc(&[(0.1, false), (0.2, false)]).is_nan());
+    }
 
     #[test]
     fn mean_and_sample_standard_deviation() {

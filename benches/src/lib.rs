@@ -4,6 +4,8 @@
 
 pub mod comparison;
 pub mod dp;
+pub mod federation;
+pub mod gbdt;
 pub mod secagg;
 pub mod sim;
 pub mod speed;

@@ -23,7 +23,7 @@
 
 use std::time::Instant;
 
-use confide_benches::comparison::{self, CompareError, Institution, Prep, mean_sd, open_institutions};
+use confide_benches::comparison::{self, CompareError, Institution, Prep, mean_sd, open_institutions, rank_auc as auc};
 use confide_benches::dp::{self, Mode, Privacy};
 use confide_core::job::JobSpec;
 use confide_core::model::ModelParams;
@@ -92,25 +92,6 @@ fn target_rows(banks: &[Institution]) -> Result<Vec<(bool, std::sync::Arc<confid
         rows.push((false, bank.data.table(Split::Test)?));
     }
     Ok(rows)
-}
-
-/// Area under the ROC of `scores` (higher = member), ties counted half.
-fn auc(scores: &[(f64, bool)]) -> f64 {
-    let mut s: Vec<(f64, bool)> = scores.to_vec();
-    s.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let (mut rank_sum, mut i) = (0.0, 0);
-    let positives = s.iter().filter(|x| x.1).count() as f64;
-    let negatives = s.len() as f64 - positives;
-    while i < s.len() {
-        let mut j = i;
-        while j < s.len() && s[j].0 == s[i].0 {
-            j += 1;
-        }
-        let mid = (i + j + 1) as f64 / 2.0;
-        rank_sum += s[i..j].iter().filter(|x| x.1).count() as f64 * mid;
-        i = j;
-    }
-    (rank_sum - positives * (positives + 1.0) / 2.0) / (positives * negatives)
 }
 
 /// (FPR, TPR) at every threshold, from the strictest.
@@ -371,13 +352,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn auc_counts_ties_half_and_orders_members_first() {
-        assert_eq!(auc(&[(2.0, true), (1.0, false)]), 1.0);
-        assert_eq!(auc(&[(1.0, true), (2.0, false)]), 0.0);
-        assert_eq!(auc(&[(1.0, true), (1.0, false)]), 0.5);
-    }
 
     #[test]
     fn the_dp_bound_is_chance_at_zero_epsilon_and_grows_with_it() {
