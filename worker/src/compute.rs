@@ -150,7 +150,10 @@ impl Compute for TorchCompute {
     fn compute(&self, request: ComputeRequest) -> Result<Vec<f64>, Failure> {
         match &request.kind {
             TaskKind::Stats { dataset, fine_histograms } => match (&request.dp, fine_histograms) {
-                (Some(_), true) => Err(Failure::policy("differential privacy is not available for tree models")),
+                (Some(dp), true) => {
+                    let data = self.catalog.get(&dataset.name)?;
+                    crate::trees::dp_binning_stats(&*data.table(tasks::Split::Train)?, &data.schema, dp, request.noise_seed)
+                }
                 (Some(dp), false) => self.catalog.get(&dataset.name)?.dp_stats(dp, request.noise_seed),
                 (None, true) => {
                     let data = self.catalog.get(&dataset.name)?;
@@ -159,24 +162,30 @@ impl Compute for TorchCompute {
                 (None, false) => self.catalog.get(&dataset.name)?.stats(),
             },
             TaskKind::Grow { dataset, model, tree, pos_weight } => {
-                if request.dp.is_some() {
-                    return Err(Failure::policy("differential privacy is not available for tree models"));
-                }
                 let checkpoint = request.checkpoint.as_deref().ok_or_else(|| Failure::internal("the checkpoint was not fetched"))?;
                 let subsample = model.spec.gbdt().map_or(1.0, |g| g.subsample);
                 let data = self.catalog.get(&dataset.name)?;
                 let table = data.table(tasks::Split::Train)?;
-                crate::trees::level_contribution(&data.boosters, &table, &data.schema, &request.job_id, checkpoint, tree, *pos_weight, subsample)
+                let mut v = crate::trees::level_contribution(&data.boosters, &table, &data.schema, &request.job_id, checkpoint, tree, *pos_weight, subsample)?;
+                if let Some(dp) = &request.dp {
+                    crate::trees::add_level_noise(&mut v, tree, *pos_weight, dp, request.noise_seed)?;
+                }
+                Ok(v)
             }
             TaskKind::Evaluate { dataset, model, buckets, .. } if model.spec.gbdt().is_some() => {
-                if request.dp.is_some() {
-                    return Err(Failure::policy("differential privacy is not available for tree models"));
-                }
                 let checkpoint = request.checkpoint.as_deref().ok_or_else(|| Failure::internal("the checkpoint was not fetched"))?;
                 let data = self.catalog.get(&dataset.name)?;
-                crate::trees::eval_contribution(&*data.table(tasks::Split::Test)?, &data.schema, checkpoint, *buckets)
+                let table = data.table(tasks::Split::Test)?;
+                match &request.dp {
+                    Some(dp) => crate::trees::dp_eval_contribution(&table, &data.schema, checkpoint, *buckets, dp, request.noise_seed),
+                    None => crate::trees::eval_contribution(&table, &data.schema, checkpoint, *buckets),
+                }
             }
             TaskKind::Train { dataset, model, prep, local } => {
+                if request.dp.as_ref().is_some_and(|dp| dp.tree_levels.is_some()) {
+                    // The budget charged it as one tree level, less than a DP-SGD round spends.
+                    return Err(Failure::policy("a training round under a tree job's differential privacy terms"));
+                }
                 let input = model_input(&request, model, prep)?;
                 let data = self.catalog.get(&dataset.name)?;
                 tasks::train_contribution(&data, &input, local, request.dp.as_ref(), &self.user_state, self.device)
