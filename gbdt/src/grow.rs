@@ -236,8 +236,9 @@ impl GrowingTree {
         let (mut sent, mut derived) = (Vec::new(), Vec::new());
         for (&node, block) in self.frontier.clone().iter().zip(&blocks) {
             let block = block.as_slice();
-            // Every feature's slots hold all the node's rows; take the totals from the first.
-            let total = feature_total(&layout, block, 0);
+            // Every feature's slots hold all the node's rows, so each feature's total is the
+            // node's; under DP noise they differ, and their mean is the least noisy estimate.
+            let total = node_total(&layout, block);
             if self.depth == 0 && total.n < floor {
                 return Err(GbdtError::LeafFloor { rows: total.n, floor: params.min_leaf_rows });
             }
@@ -410,8 +411,12 @@ fn exact_total(layout: &HistLayout, block: &[f64], i: usize) -> ExactSums {
     (0..layout.slots[i]).fold(ExactSums::default(), |acc, s| acc.add(layout.stats(block, i, s)))
 }
 
-fn feature_total(layout: &HistLayout, block: &[f64], i: usize) -> GradSums {
-    exact_total(layout, block, i).to_sums()
+/// The node's sums: the mean of its sampled features' totals. Exact sums make them all equal
+/// and the integer mean returns them bit for bit; noisy sums (a DP job's) average out.
+fn node_total(layout: &HistLayout, block: &[f64]) -> GradSums {
+    let n = layout.slots.len().max(1) as i128;
+    let sum = (0..layout.slots.len()).fold(ExactSums::default(), |acc, i| acc.plus(exact_total(layout, block, i)));
+    ExactSums { g: sum.g / n, h: sum.h / n, n: sum.n / n }.to_sums()
 }
 
 /// XGBoost's `CalcGain` without L1 or `max_delta_step`: G²/(H+λ) (no ½).
@@ -428,9 +433,14 @@ fn leaf(s: GradSums, params: &GrowParams) -> Node {
 
 /// The highest-`loss_chg` valid split of one node's block, ties to the lowest feature, then the
 /// lowest boundary, then missing-right (the scan order, replacing only on a strictly higher gain).
-pub fn best_split(layout: &HistLayout, block: &[f64], total: GradSums, set: &FeatureSet, params: &GrowParams) -> Option<SplitCandidate> {
+///
+/// A candidate's gain is against its own feature's total, of which its two sides are a
+/// partition: exact sums make that `total`; with a DP job's noisy sums, where features' totals
+/// differ, comparing against one shared total would favour the features whose noise made their
+/// total small. Sides with too little hessian (H < `min_child_weight`, H + λ ≤ 0) or too few
+/// (noisy) rows are not candidates.
+pub fn best_split(layout: &HistLayout, block: &[f64], _total: GradSums, set: &FeatureSet, params: &GrowParams) -> Option<SplitCandidate> {
     let floor = params.min_leaf_rows as f64 - COUNT_SLACK;
-    let parent_gain = calc_gain(total, params.lambda);
     let valid = |s: GradSums| s.h >= params.min_child_weight && s.n >= floor && s.h + params.lambda > 0.0;
     let mut best: Option<SplitCandidate> = None;
     for (i, &feature) in layout.features.iter().enumerate() {
@@ -439,6 +449,7 @@ pub fn best_split(layout: &HistLayout, block: &[f64], total: GradSums, set: &Fea
             continue;
         }
         let own_total = exact_total(layout, block, i);
+        let parent_gain = calc_gain(own_total.to_sums(), params.lambda);
         let missing = ExactSums::default().add(layout.stats(block, i, MISSING_SLOT as usize));
         let mut prefix = ExactSums::default();
         for k in 1..=cuts.len() {
@@ -694,6 +705,63 @@ mod tests {
         rounded.iter_mut().skip(2).step_by(3).for_each(|n| *n -= 1.0 / 65536.0);
         tree.apply_level(&rounded, &set, &params(3, 3)).expect("meets the floor");
         assert!(tree.finish().is_some(), "three rows cannot be split into children of three");
+    }
+
+    #[test]
+    fn noisy_sums_with_negative_hessians_and_counts_give_no_invalid_split_and_zero_leaves() {
+        // What a DP job's sums can look like: two features over 40 rows, then every H and count
+        // pushed far below zero in some slots and up in others (noise), G arbitrary.
+        let set = numeric_set(vec![vec![0.0, 1.0, 2.0], vec![5.0]]);
+        let layout = GrowingTree::new(0, vec![0, 1]).layout(&set);
+        let rows = 40;
+        let slots = Array2::from_shape_fn((rows, 2), |(r, f)| if f == 0 { (r % 4 + 1) as u16 } else { (r % 2 + 1) as u16 });
+        let grad: Vec<f64> = (0..rows).map(|r| if r % 4 < 2 { -0.5 } else { 0.5 }).collect();
+        let exact = hist::build(&layout, slots.view(), &grad, &[0.25; 40], &[Some(0); 40], 1);
+        let noise = |i: usize| ((i * 7919) % 23) as f64 - 11.0;
+        let mut noisy: Vec<f64> = exact.iter().enumerate().map(|(i, v)| v + 3.0 * noise(i)).collect();
+        for (k, slot) in noisy.chunks_exact_mut(3).enumerate() {
+            if k % 2 == 0 {
+                slot[1] -= 100.0;
+                slot[2] -= 100.0;
+            }
+        }
+        let p = GrowParams { min_child_weight: 1.0, ..params(5, 2) };
+        let mut tree = GrowingTree::new(0, vec![0, 1]);
+        // The root floor reads the noisy counts; a floor of 5 rows is not met by counts this
+        // negative, which is the post-processed answer, not a crash.
+        let _ = tree.apply_level(&noisy, &set, &p);
+        // Every candidate split either has valid sides or is not taken.
+        let total = node_total(&layout, &noisy);
+        if let Some(split) = best_split(&layout, &noisy, total, &set, &p) {
+            for side in [split.left, split.right] {
+                assert!(side.h >= p.min_child_weight && side.h + p.lambda > 0.0 && side.n >= 5.0 - COUNT_SLACK, "{split:?}");
+            }
+        }
+        // All hessians negative: the root is a leaf of value 0 (no division by H + λ ≤ 0).
+        let all_negative: Vec<f64> = exact.chunks_exact(3).flat_map(|s| [s[0] + 1.0, -50.0, 60.0]).collect();
+        let mut tree = GrowingTree::new(0, vec![0, 1]);
+        tree.apply_level(&all_negative, &set, &p).expect("decided");
+        let t = tree.finish().expect("a single leaf");
+        assert!(matches!(t.nodes[..], [Node::Leaf { value, .. }] if value == 0.0), "{t:?}");
+    }
+
+    #[test]
+    fn a_nodes_sums_are_the_mean_of_its_features_totals_and_exact_sums_are_kept_bit_for_bit() {
+        let set = numeric_set(vec![vec![0.0], vec![0.0]]);
+        let layout = GrowingTree::new(0, vec![0, 1]).layout(&set);
+        // Feature 0 says G = 4, feature 1 says G = 8 (noise); H = 10 and 14; rows 20 and 30.
+        let block = [0.0, 0.0, 0.0, 1.0, 4.0, 5.0, 3.0, 6.0, 15.0, 0.0, 0.0, 0.0, 8.0, 14.0, 30.0, 0.0, 0.0, 0.0];
+        let t = node_total(&layout, &block);
+        assert_eq!((t.g, t.h, t.n), (6.0, 12.0, 25.0));
+        let mut tree = GrowingTree::new(0, vec![0, 1]);
+        tree.apply_level(&block, &set, &params(1, 0)).expect("leaf");
+        let leaf = tree.finish().expect("done");
+        assert!(matches!(leaf.nodes[..], [Node::Leaf { value, .. }] if value == (0.3 * -6.0 / 13.0) as f32), "{leaf:?}");
+        // Equal totals (exact sums on the 2⁻¹⁶ grid) come back unchanged.
+        let g = 1234.0 + 3.0 / 65536.0;
+        let exact = [0.0, 0.0, 0.0, g, 7.5, 9.0, 0.0, 0.0, 0.0, g - 1.0, 7.0, 8.0, 1.0, 0.5, 1.0, 0.0, 0.0, 0.0];
+        let t = node_total(&layout, &exact);
+        assert_eq!((t.g, t.h, t.n), (g, 7.5, 9.0));
     }
 
     #[test]
