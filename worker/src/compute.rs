@@ -150,15 +150,12 @@ impl Compute for TorchCompute {
     fn compute(&self, request: ComputeRequest) -> Result<Vec<f64>, Failure> {
         match &request.kind {
             TaskKind::Stats { dataset, fine_histograms } => match (&request.dp, fine_histograms) {
-                (Some(dp), true) => {
+                (dp, true) => {
                     let data = self.catalog.get(&dataset.name)?;
-                    crate::trees::dp_binning_stats(&*data.table(tasks::Split::Train)?, &data.schema, dp, request.noise_seed)
+                    let dp = dp.as_ref().map(|dp| (dp, request.noise_seed));
+                    crate::trees::binning_stats(&*data.table(tasks::Split::Train)?, &data.schema, dp)
                 }
                 (Some(dp), false) => self.catalog.get(&dataset.name)?.dp_stats(dp, request.noise_seed),
-                (None, true) => {
-                    let data = self.catalog.get(&dataset.name)?;
-                    crate::trees::binning_stats(&*data.table(tasks::Split::Train)?, &data.schema)
-                }
                 (None, false) => self.catalog.get(&dataset.name)?.stats(),
             },
             TaskKind::Grow { dataset, model, tree, pos_weight } => {
@@ -166,20 +163,15 @@ impl Compute for TorchCompute {
                 let subsample = model.spec.gbdt().map_or(1.0, |g| g.subsample);
                 let data = self.catalog.get(&dataset.name)?;
                 let table = data.table(tasks::Split::Train)?;
-                let mut v = crate::trees::level_contribution(&data.boosters, &table, &data.schema, &request.job_id, checkpoint, tree, *pos_weight, subsample)?;
-                if let Some(dp) = &request.dp {
-                    crate::trees::add_level_noise(&mut v, tree, *pos_weight, dp, request.noise_seed)?;
-                }
-                Ok(v)
+                let dp = request.dp.as_ref().map(|dp| (dp, request.noise_seed));
+                crate::trees::level_contribution(&data.boosters, &table, &data.schema, &request.job_id, checkpoint, tree, *pos_weight, subsample, dp)
             }
             TaskKind::Evaluate { dataset, model, buckets, .. } if model.spec.gbdt().is_some() => {
                 let checkpoint = request.checkpoint.as_deref().ok_or_else(|| Failure::internal("the checkpoint was not fetched"))?;
                 let data = self.catalog.get(&dataset.name)?;
                 let table = data.table(tasks::Split::Test)?;
-                match &request.dp {
-                    Some(dp) => crate::trees::dp_eval_contribution(&table, &data.schema, checkpoint, *buckets, dp, request.noise_seed),
-                    None => crate::trees::eval_contribution(&table, &data.schema, checkpoint, *buckets),
-                }
+                let dp = request.dp.as_ref().map(|dp| (dp, request.noise_seed));
+                crate::trees::eval_contribution(&table, &data.schema, checkpoint, *buckets, dp)
             }
             TaskKind::Train { dataset, model, prep, local } => {
                 if request.dp.as_ref().is_some_and(|dp| dp.tree_levels.is_some()) {

@@ -72,8 +72,12 @@ fn model_of(checkpoint: &[u8]) -> Result<GbdtModel, Failure> {
 }
 
 /// The preprocessing statistics of the training rows `table` followed by the fine histograms of
-/// federated binning.
-pub fn binning_stats(table: &RawTable, schema: &DatasetSchema) -> Result<Vec<f64>, Failure> {
+/// federated binning; for a DP job (its terms and the request's bank-secret noise seed) noised as
+/// [`dp_binning_stats`] says.
+pub fn binning_stats(table: &RawTable, schema: &DatasetSchema, dp: Option<(&DpJob, u64)>) -> Result<Vec<f64>, Failure> {
+    if let Some((dp, noise_seed)) = dp {
+        return dp_binning_stats(table, schema, dp, noise_seed);
+    }
     let mut v = confide_datasets::local_stats(table, schema);
     // A schema without ranges names only its own column (public), never a value.
     let fine = confide_gbdt::features::local_fine_histograms(table, schema).map_err(|e| Failure::policy(e.to_string()))?;
@@ -126,9 +130,30 @@ pub fn add_level_noise(values: &mut [f64], tree: &GrowingTree, pos_weight: f64, 
     Ok(())
 }
 
-/// This bank's histograms of its training rows `table` for a tree level of job `job_id`.
+/// This bank's histograms of its training rows `table` for a tree level of job `job_id`; for a
+/// DP job (its terms and the request's bank-secret noise seed) with the level's Gaussian noise
+/// ([`add_level_noise`]).
 #[allow(clippy::too_many_arguments)]
 pub fn level_contribution(
+    boosters: &Boosters,
+    table: &RawTable,
+    schema: &DatasetSchema,
+    job_id: &str,
+    checkpoint: &[u8],
+    tree: &GrowingTree,
+    pos_weight: f64,
+    subsample: f64,
+    dp: Option<(&DpJob, u64)>,
+) -> Result<Vec<f64>, Failure> {
+    let mut v = exact_level(boosters, table, schema, job_id, checkpoint, tree, pos_weight, subsample)?;
+    if let Some((dp, noise_seed)) = dp {
+        add_level_noise(&mut v, tree, pos_weight, dp, noise_seed)?;
+    }
+    Ok(v)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn exact_level(
     boosters: &Boosters,
     table: &RawTable,
     schema: &DatasetSchema,
@@ -181,8 +206,18 @@ fn booster(
     Ok(entry)
 }
 
-/// The ensemble's evaluation vector on the test rows `table`.
-pub fn eval_contribution(table: &RawTable, schema: &DatasetSchema, checkpoint: &[u8], buckets: usize) -> Result<Vec<f64>, Failure> {
+/// The ensemble's evaluation vector on the test rows `table`; for a DP job (its terms and the
+/// request's bank-secret noise seed) as [`dp_eval_contribution`] says.
+pub fn eval_contribution(
+    table: &RawTable,
+    schema: &DatasetSchema,
+    checkpoint: &[u8],
+    buckets: usize,
+    dp: Option<(&DpJob, u64)>,
+) -> Result<Vec<f64>, Failure> {
+    if let Some((dp, noise_seed)) = dp {
+        return dp_eval_contribution(table, schema, checkpoint, buckets, dp, noise_seed);
+    }
     let probs = eval_probabilities(table, schema, checkpoint)?;
     Ok(EvalContribution::from_predictions(&probs, &table.labels, buckets).to_vec())
 }
@@ -294,7 +329,7 @@ levels = ["a", "b"]
         let mut tree = GrowingTree::new(0, (0..model.features.len()).collect());
         let params = confide_gbdt::GrowParams { eta: 0.3, lambda: 1.0, gamma: 0.0, min_child_weight: 0.0, min_leaf_rows: 1, max_depth: 3 };
         let boosters = Boosters::default();
-        let root = level_contribution(&boosters, table, schema, "j", &model.to_bytes(), &tree, 2.5, 1.0).expect("root");
+        let root = level_contribution(&boosters, table, schema, "j", &model.to_bytes(), &tree, 2.5, 1.0, None).expect("root");
         tree.apply_level(&root, &model.features, &params).expect("split");
         tree.send_all();
         (model, tree)
@@ -307,11 +342,11 @@ levels = ["a", "b"]
         let (model, tree) = model_and_tree(&schema, &t);
         assert!(tree.depth == 1 && tree.frontier.len() == 2, "{tree:?}");
         let checkpoint = model.to_bytes();
-        let full = level_contribution(&Boosters::default(), &t, &schema, "j", &checkpoint, &tree, 2.5, 1.0).expect("full");
+        let full = level_contribution(&Boosters::default(), &t, &schema, "j", &checkpoint, &tree, 2.5, 1.0, None).expect("full");
         let bound = level_sensitivity(tree.features.len(), 2.5);
         let mut largest = 0.0f64;
         for r in [0, 1, 3, 10, 77, 299] {
-            let less = level_contribution(&Boosters::default(), &without(&t, r), &schema, "j", &checkpoint, &tree, 2.5, 1.0).expect("less");
+            let less = level_contribution(&Boosters::default(), &without(&t, r), &schema, "j", &checkpoint, &tree, 2.5, 1.0, None).expect("less");
             let l2 = full.iter().zip(&less).map(|(a, b)| (a - b) * (a - b)).sum::<f64>().sqrt();
             assert!(l2 <= bound, "row {r}: {l2} > {bound}");
             largest = largest.max(l2);
@@ -327,7 +362,7 @@ levels = ["a", "b"]
         let schema = schema();
         let t = table(&schema, 300);
         let (model, tree) = model_and_tree(&schema, &t);
-        let exact = level_contribution(&Boosters::default(), &t, &schema, "j", &model.to_bytes(), &tree, 2.5, 1.0).expect("exact");
+        let exact = level_contribution(&Boosters::default(), &t, &schema, "j", &model.to_bytes(), &tree, 2.5, 1.0, None).expect("exact");
         let dp = dp_job(1.7);
         let expected = 1.7 * level_sensitivity(tree.features.len(), 2.5);
         let mut diffs = Vec::new();
@@ -357,9 +392,9 @@ levels = ["a", "b"]
     fn dp_binning_statistics_cover_the_fine_histograms_with_the_statistics_noise() {
         let schema = schema();
         let t = table(&schema, 300);
-        let exact = binning_stats(&t, &schema).expect("exact");
+        let exact = binning_stats(&t, &schema, None).expect("exact");
         let dp = dp_job(1.0);
-        let noisy = dp_binning_stats(&t, &schema, &dp, 9).expect("noisy");
+        let noisy = binning_stats(&t, &schema, Some((&dp, 9))).expect("noisy");
         assert_eq!(noisy.len(), exact.len());
         // The fine histograms are the tail: every bin noised, with unit per-slot sensitivity and
         // √(statistics slots + one per numeric column) slots per row.
