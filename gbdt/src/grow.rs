@@ -90,7 +90,15 @@ pub struct GrowingTree {
     /// Coordinator side only (never travels): how to derive each open node that is not sent.
     #[serde(skip)]
     derived: Vec<Derived>,
+    /// Coordinator side only: the standard deviation of the noise on each entry of the level's
+    /// summed vector (a DP job's; 0 for exact sums), see [`GrowingTree::set_noise`].
+    #[serde(skip)]
+    noise_sd: f64,
 }
+
+/// How many standard deviations of its noise a side's Σ hessian must clear (on top of
+/// `min_child_weight`) to be a split candidate under DP noise.
+const NOISE_Z: f64 = 2.0;
 
 /// An open node whose histograms are its parent's minus its sibling's.
 #[derive(Debug, Clone, PartialEq)]
@@ -103,7 +111,16 @@ struct Derived {
 impl GrowingTree {
     /// A tree with an open root.
     pub fn new(index: u64, features: Vec<usize>) -> Self {
-        Self { index, features, nodes: vec![GrowNode::Open], frontier: vec![0], sent: vec![0], depth: 0, derived: Vec::new() }
+        Self { index, features, nodes: vec![GrowNode::Open], frontier: vec![0], sent: vec![0], depth: 0, derived: Vec::new(), noise_sd: 0.0 }
+    }
+
+    /// States the noise on each entry of the next level's summed vector (a DP job's: the banks'
+    /// σ·Δ, times √banks). Post-processing only: a side whose Σ hessian is not `NOISE_Z` noise
+    /// standard deviations (over the slots it sums; √2 more in a node derived as parent − sibling)
+    /// above `min_child_weight` is no candidate, since G²/(H + λ) of a side that is mostly noise
+    /// would beat every real split.
+    pub fn set_noise(&mut self, per_entry_sd: f64) {
+        self.noise_sd = if per_entry_sd.is_finite() { per_entry_sd.max(0.0) } else { 0.0 };
     }
 
     /// True when some open node's histograms are to be derived from its parent's: a level sum
@@ -242,7 +259,9 @@ impl GrowingTree {
             if self.depth == 0 && total.n < floor {
                 return Err(GbdtError::LeafFloor { rows: total.n, floor: params.min_leaf_rows });
             }
-            let best = if self.depth < params.max_depth { best_split(&layout, block, total, set, params) } else { None };
+            let is_derived = self.derived.iter().any(|d| d.node == node);
+            let sd = if is_derived { self.noise_sd * std::f64::consts::SQRT_2 } else { self.noise_sd };
+            let best = if self.depth < params.max_depth { best_split_noisy(&layout, block, set, params, sd) } else { None };
             let decided = match best {
                 Some(split) if split.loss_chg > params.gamma && split.loss_chg > MIN_LOSS_CHG => {
                     let left = self.nodes.len() as u32;
@@ -440,8 +459,17 @@ fn leaf(s: GradSums, params: &GrowParams) -> Node {
 /// total small. Sides with too little hessian (H < `min_child_weight`, H + λ ≤ 0) or too few
 /// (noisy) rows are not candidates.
 pub fn best_split(layout: &HistLayout, block: &[f64], _total: GradSums, set: &FeatureSet, params: &GrowParams) -> Option<SplitCandidate> {
+    best_split_noisy(layout, block, set, params, 0.0)
+}
+
+/// [`best_split`] on sums whose entries carry noise of standard deviation `sd` (see
+/// [`GrowingTree::set_noise`]; 0: exact).
+fn best_split_noisy(layout: &HistLayout, block: &[f64], set: &FeatureSet, params: &GrowParams, sd: f64) -> Option<SplitCandidate> {
     let floor = params.min_leaf_rows as f64 - COUNT_SLACK;
-    let valid = |s: GradSums| s.h >= params.min_child_weight && s.n >= floor && s.h + params.lambda > 0.0;
+    // `slots`: how many slots the side sums (its hessian's noise grows with their root).
+    let valid = |s: GradSums, slots: usize| {
+        s.h >= params.min_child_weight + NOISE_Z * sd * (slots as f64).sqrt() && s.n >= floor && s.h + params.lambda > 0.0
+    };
     let mut best: Option<SplitCandidate> = None;
     for (i, &feature) in layout.features.iter().enumerate() {
         let Some(cuts) = set.features.get(feature).map(|f| f.cuts()) else { continue };
@@ -458,7 +486,8 @@ pub fn best_split(layout: &HistLayout, block: &[f64], _total: GradSums, set: &Fe
             for default_left in [false, true] {
                 let left_exact = if default_left { prefix.plus(missing) } else { prefix };
                 let (left, right) = (left_exact.to_sums(), own_total.minus(left_exact).to_sums());
-                if !valid(left) || !valid(right) {
+                let left_slots = k + usize::from(default_left);
+                if !valid(left, left_slots) || !valid(right, layout.slots[i] - left_slots) {
                     continue;
                 }
                 let loss_chg = calc_gain(left, params.lambda) + calc_gain(right, params.lambda) - parent_gain;
@@ -578,7 +607,7 @@ mod tests {
                 }
             }
             let frontier: Vec<u32> = (0..nodes.len() as u32).filter(|&i| nodes[i as usize] == GrowNode::Open).collect();
-            let tree = GrowingTree { index: 0, features: (0..cuts.len()).collect(), nodes: nodes.clone(), frontier: frontier.clone(), sent: frontier.clone(), depth: 1, derived: Vec::new() };
+            let tree = GrowingTree { index: 0, features: (0..cuts.len()).collect(), nodes: nodes.clone(), frontier: frontier.clone(), sent: frontier.clone(), depth: 1, derived: Vec::new(), noise_sd: 0.0 };
             prop_assert!(tree.check(&set).is_ok());
             // Open nodes as leaves that name their frontier position.
             let as_tree = Tree {
@@ -743,6 +772,28 @@ mod tests {
         tree.apply_level(&all_negative, &set, &p).expect("decided");
         let t = tree.finish().expect("a single leaf");
         assert!(matches!(t.nodes[..], [Node::Leaf { value, .. }] if value == 0.0), "{t:?}");
+    }
+
+    #[test]
+    fn under_stated_noise_a_side_whose_hessian_the_noise_could_have_made_is_no_candidate() {
+        // One feature, three bins. Bin 1 holds noise only (G = 30, H = 1.5, 60 "rows"): as a side
+        // it scores 30²/2.5 = 360, far above the real split between bins 2 and 3 (G ±20, H 25).
+        let set = numeric_set(vec![vec![0.0, 1.0]]);
+        let layout = GrowingTree::new(0, vec![0]).layout(&set);
+        let block = [0.0, 0.0, 0.0, 30.0, 1.5, 60.0, -20.0, 25.0, 100.0, 20.0, 25.0, 100.0];
+        let p = params(10, 2);
+        let total = node_total(&layout, &block);
+        let exact = best_split(&layout, &block, total, &set, &p).expect("a split");
+        assert_eq!((exact.bin_split, exact.default_left), (1, false), "{exact:?}");
+        // With noise of standard deviation 2 per entry, a side must clear 2 · 2 · √slots of hessian.
+        let noisy = best_split_noisy(&layout, &block, &set, &p, 2.0).expect("a split");
+        assert_eq!(noisy.bin_split, 2, "{noisy:?}");
+        // The tree applies the stated noise; a new tree states none.
+        let mut tree = GrowingTree::new(0, vec![0]);
+        tree.set_noise(2.0);
+        tree.apply_level(&block, &set, &p).expect("level");
+        assert!(matches!(tree.nodes[0], GrowNode::Done(Node::Split { threshold, .. }) if threshold == 1.0), "{:?}", tree.nodes[0]);
+        assert_eq!(GrowingTree::new(0, vec![0]).noise_sd, 0.0);
     }
 
     #[test]

@@ -104,12 +104,11 @@ pub fn dp_binning_stats(table: &RawTable, schema: &DatasetSchema, dp: &DpJob, no
 }
 
 /// The L2 sensitivity of a level histogram vector to one row, for a tree sampling `features`
-/// features with positive rows weighted `pos_weight` (see the module docs).
+/// features with positive rows weighted `pos_weight` ([`confide_core::spend::tree_level_sensitivity`]).
 pub fn level_sensitivity(features: usize, pos_weight: f64) -> f64 {
-    let w = pos_weight.max(1.0);
-    // Gradients and hessians are rounded to the grid: one step more than the exact bound.
-    let (g, h) = (w + confide_gbdt::train::GRID, w / 4.0 + confide_gbdt::train::GRID);
-    (features as f64 * (g * g + h * h + 1.0)).sqrt()
+    // The worker's gradients are on the grid that bound allows one step of.
+    debug_assert_eq!(confide_gbdt::train::GRID, 1.0 / 65_536.0);
+    confide_core::spend::tree_level_sensitivity(features, pos_weight)
 }
 
 /// Adds the Gaussian mechanism's noise for a tree level at the job's noise multiplier to this
