@@ -144,33 +144,21 @@ pub fn level_contribution(
     subsample: f64,
     dp: Option<(&DpJob, u64)>,
 ) -> Result<Vec<f64>, Failure> {
-    let mut v = exact_level(boosters, table, schema, job_id, checkpoint, tree, pos_weight, subsample)?;
-    if let Some((dp, noise_seed)) = dp {
-        add_level_noise(&mut v, tree, pos_weight, dp, noise_seed)?;
-    }
-    Ok(v)
-}
-
-#[allow(clippy::too_many_arguments)]
-fn exact_level(
-    boosters: &Boosters,
-    table: &RawTable,
-    schema: &DatasetSchema,
-    job_id: &str,
-    checkpoint: &[u8],
-    tree: &GrowingTree,
-    pos_weight: f64,
-    subsample: f64,
-) -> Result<Vec<f64>, Failure> {
     let model = model_of(checkpoint)?;
     if tree.features.iter().any(|&f| f >= model.features.len()) {
         return Err(Failure::protocol("the growing tree names a feature the model does not have"));
     }
     let entry = booster(boosters, table, schema, job_id, &model, pos_weight)?;
-    let mut entry = lock(&entry);
-    entry.booster.sync(&model);
-    let JobBooster { booster, sample_seed, .. } = &*entry;
-    Ok(booster.level_histograms(&model.features, tree, subsample, *sample_seed))
+    let mut v = {
+        let mut entry = lock(&entry);
+        entry.booster.sync(&model);
+        let JobBooster { booster, sample_seed, .. } = &*entry;
+        booster.level_histograms(&model.features, tree, subsample, *sample_seed)
+    };
+    if let Some((dp, noise_seed)) = dp {
+        add_level_noise(&mut v, tree, pos_weight, dp, noise_seed)?;
+    }
+    Ok(v)
 }
 
 /// The job's booster, built on first use (or when the feature space changed).
