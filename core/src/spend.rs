@@ -193,8 +193,8 @@ pub use crate::privacy::MAX_NOISE_MULTIPLIER;
 /// The L2 sensitivity Δ of a tree level's histogram vector to one row, for a tree sampling
 /// `features` features with positive rows weighted `pos_weight`: the row sits in one node and,
 /// per sampled feature, in one slot, to which it adds (g, h, 1) with |g| ≤ max(1, pos_weight)
-/// and h ≤ max(1, pos_weight)/4 (|p − y| ≤ 1, p(1 − p) ≤ 1/4), each plus one step of the 2⁻¹⁶
-/// grid the gradients are rounded to: Δ = √(F·(g_max² + h_max² + 1)). Each bank adds
+/// and h ≤ max(1, pos_weight)/4 (|p − y| ≤ 1, p(1 − p) ≤ 1/4), each plus 2⁻¹⁶, more than
+/// rounding onto the gradients' grid (2⁻¹⁶ or finer) adds: Δ = √(F·(g_max² + h_max² + 1)). Each bank adds
 /// `N(0, σ²Δ²)` to every entry (the worker's `trees` module), so a level is ρ = 1/(2σ²).
 pub fn tree_level_sensitivity(features: usize, pos_weight: f64) -> f64 {
     const GRID: f64 = 1.0 / 65_536.0;

@@ -17,8 +17,8 @@
 //! - a tree level: `N(0, σ²Δ²)` on every entry ([`add_level_noise`]), Δ the level vector's L2
 //!   sensitivity to one row ([`level_sensitivity`]): a row sits in one node and, per sampled
 //!   feature, in one slot, to which it adds (g, h, 1), |g| ≤ max(1, pos_weight) and
-//!   h ≤ max(1, pos_weight)/4 (|p − y| ≤ 1, p(1 − p) ≤ 1/4), each plus one step of the gradient
-//!   grid. Δ = √(F·(g_max² + h_max² + 1)) for F sampled features: one Gaussian mechanism,
+//!   h ≤ max(1, pos_weight)/4 (|p − y| ≤ 1, p(1 − p) ≤ 1/4), each plus 2⁻¹⁶ (more than
+//!   rounding onto the gradients' grid adds). Δ = √(F·(g_max² + h_max² + 1)) for F sampled features: one Gaussian mechanism,
 //!   ρ = 1/(2σ²) per level, which the bank's budget charges at admission ([`confide_core::spend`]);
 //! - evaluation: as for any classifier, with probabilities floored for the log loss.
 //!
@@ -106,8 +106,6 @@ pub fn dp_binning_stats(table: &RawTable, schema: &DatasetSchema, dp: &DpJob, no
 /// The L2 sensitivity of a level histogram vector to one row, for a tree sampling `features`
 /// features with positive rows weighted `pos_weight` ([`confide_core::spend::tree_level_sensitivity`]).
 pub fn level_sensitivity(features: usize, pos_weight: f64) -> f64 {
-    // The worker's gradients are on the grid that bound allows one step of.
-    debug_assert_eq!(confide_gbdt::train::GRID, 1.0 / 65_536.0);
     confide_core::spend::tree_level_sensitivity(features, pos_weight)
 }
 
