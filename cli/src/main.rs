@@ -467,7 +467,12 @@ fn privacy_plan(path: &Path, rows: u64, test_rows: u64) -> Result<(), Failure> {
     if plan.delta >= 1.0 / rows as f64 {
         outln!("warning: δ = {} is not below 1/rows = {:.3e}: a bank of {rows} rows refuses this job", plan.delta, 1.0 / rows as f64)?;
     }
-    if dp.privacy.mode == confide_core::job::PrivacyMode::Record {
+    if let Some(levels) = dp.tree_levels {
+        outln!(
+            "at a bank of {rows} training and {test_rows} test rows: each round grows one tree of up to {levels} levels, each level one \
+             Gaussian mechanism (noise σ·Δ on every histogram entry; no subsampling amplification counted)"
+        )?;
+    } else if dp.privacy.mode == confide_core::job::PrivacyMode::Record {
         let q = spend::sampling_rate(dp.batch_size, rows);
         outln!(
             "at a bank of {rows} training and {test_rows} test rows: sampling rate q = {q:.5}, {} noisy steps per round",

@@ -629,11 +629,16 @@ impl JobSpec {
                 ),
             );
         }
-        if let ModelSpec::Gbdt(_) = self.model {
+        if let ModelSpec::Gbdt(_) = self.model
+            && p.mode == PrivacyMode::Institution
+        {
+            // Record mode adds the noise per bank to each level's histograms (see `spend`); an
+            // institution-level bound would need a bank's whole histogram clipped, which trees
+            // do not do.
             return bad(
-                "privacy",
-                "gradient-boosted trees cannot be trained with differential privacy yet: noise on the level histograms \
-                 and its accounting are not implemented, so no bound could be stated",
+                "privacy.mode",
+                "gradient-boosted trees support record-level DP only (`mode = \"record\"`): a bank's level histograms \
+                 grow with its rows and are not clipped, so no institution-level bound could be stated",
             );
         }
         if p.mode == PrivacyMode::Record && matches!(self.model, ModelSpec::TorchScript(_)) {
@@ -830,8 +835,9 @@ mod tests {
         assert!(err.to_string().contains("training.learning_rate"), "{err}");
         let err = gbdt("", "[strategy]\nkind = \"fedadam\"").expect_err("no server optimizer for trees");
         assert!(err.to_string().contains("strategy"), "{err}");
-        let err = gbdt("", "[privacy]\nmode = \"record\"\ntarget_epsilon = 4.0\nclip_norm = 1.0").expect_err("no DP for trees yet");
-        assert!(err.to_string().contains("privacy") && err.to_string().contains("trees"), "{err}");
+        let err = gbdt("", "[privacy]\nmode = \"institution\"\ntarget_epsilon = 4.0\nclip_norm = 1.0").expect_err("no institution DP for trees");
+        assert!(err.to_string().contains("privacy.mode") && err.to_string().contains("trees"), "{err}");
+        gbdt("", "[privacy]\nmode = \"record\"\ntarget_epsilon = 4.0\nplanned_rows = 5000").expect("record-level DP for trees");
         let err = gbdt("max_dept = 3", "").expect_err("unknown tree field");
         assert!(err.to_string().contains("max_dept"), "{err}");
     }

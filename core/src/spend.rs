@@ -15,6 +15,16 @@
 //! | training, record mode | train | DP-SGD: subsampled Gaussian, q = batch_size/rows, epochs·round(1/q) steps |
 //! | training, institution mode | train | distributed discrete Gaussian bounded as ρ = (2C)²/(2σ²C²) = 2/σ² per round |
 //! | evaluation | test | Gaussian, ρ = 1/(2σ_e²) |
+//! | tree level (gbdt, record mode) | train | Gaussian, ρ = 1/(2σ²) per level, `max_depth` levels per tree |
+//!
+//! Trees (`kind = "gbdt"`, record mode only): every level of a tree is one Gaussian mechanism.
+//! Each bank adds `N(0, σ²Δ²)` to every entry of its level histogram vector before it leaves,
+//! where Δ is the vector's L2 sensitivity to one row (one slot per sampled feature, within one
+//! node, moves by (g, h, 1); the bank computes Δ itself, see the worker's `trees` module), so a
+//! level costs ρ = 1/(2σ²) whatever its size. A tree is charged `max_depth` levels, the most it
+//! can use (trees that stop early spend less at the banks, which charge per level task), and
+//! row subsampling is not counted as amplification. The statistics phase's fine histograms of
+//! federated binning are part of the statistics vector, noised at σ_s like the rest of it.
 //!
 //! Institution mode: a bank's clipped update moves by at most 2C when one of its rows changes
 //! (both updates lie in the ball of radius C), so the record-level ρ is four times the
@@ -40,6 +50,10 @@ pub struct DpJob {
     pub batch_size: usize,
     /// Evaluations every this many rounds (and the last).
     pub evaluate_every: u64,
+    /// A tree job's Gaussian mechanisms per round (tree): its `max_depth` levels. None: not a
+    /// tree job (training rounds are DP-SGD or institution-level updates).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tree_levels: Option<u64>,
 }
 
 impl DpJob {
@@ -51,7 +65,13 @@ impl DpJob {
             local_epochs: spec.training.local_epochs,
             batch_size: spec.training.batch_size,
             evaluate_every: spec.evaluation.every.max(1),
+            tree_levels: spec.model.gbdt().map(|g| u64::from(g.max_depth)),
         })
+    }
+
+    /// Training tasks per round: a tree job's levels, otherwise one.
+    pub fn tasks_per_round(&self) -> u64 {
+        self.tree_levels.unwrap_or(1)
     }
 
     /// Whether round `round` is evaluated (as [`JobSpec::evaluates`]).
@@ -81,6 +101,8 @@ impl DpJob {
             ("training.local_epochs", self.local_epochs > 0),
             ("training.batch_size", self.batch_size > 0),
             ("evaluation.every", self.evaluate_every > 0),
+            ("model.max_depth", self.tree_levels.is_none_or(|l| l > 0)),
+            ("privacy.mode", self.tree_levels.is_none() || p.mode == PrivacyMode::Record),
         ];
         match checks.iter().find(|(_, ok)| !ok) {
             Some((field, _)) => Err(format!("differential privacy terms: `{field}` is missing or out of range")),
@@ -103,7 +125,7 @@ pub struct BankRows {
 pub enum DpTask {
     /// The preprocessing statistics of the training split.
     Statistics,
-    /// One round of local training.
+    /// One round of local training; for a tree job, one level of a tree.
     Training,
     /// One evaluation on the test split.
     Evaluation,
@@ -168,6 +190,19 @@ pub enum SpendError {
 
 pub use crate::privacy::MAX_NOISE_MULTIPLIER;
 
+/// The L2 sensitivity Δ of a tree level's histogram vector to one row, for a tree sampling
+/// `features` features with positive rows weighted `pos_weight`: the row sits in one node and,
+/// per sampled feature, in one slot, to which it adds (g, h, 1) with |g| ≤ max(1, pos_weight)
+/// and h ≤ max(1, pos_weight)/4 (|p − y| ≤ 1, p(1 − p) ≤ 1/4), each plus 2⁻¹⁶, more than
+/// rounding onto the gradients' grid (2⁻¹⁶ or finer) adds: Δ = √(F·(g_max² + h_max² + 1)). Each bank adds
+/// `N(0, σ²Δ²)` to every entry (the worker's `trees` module), so a level is ρ = 1/(2σ²).
+pub fn tree_level_sensitivity(features: usize, pos_weight: f64) -> f64 {
+    const GRID: f64 = 1.0 / 65_536.0;
+    let w = pos_weight.max(1.0);
+    let (g, h) = (w + GRID, w / 4.0 + GRID);
+    (features as f64 * (g * g + h * h + 1.0)).sqrt()
+}
+
 /// DP-SGD's Poisson sampling rate at a bank of `rows` training rows: `batch_size / rows`, at most 1.
 pub fn sampling_rate(batch_size: usize, rows: u64) -> f64 {
     (batch_size as f64 / rows.max(1) as f64).min(1.0)
@@ -190,6 +225,8 @@ fn task_spend_with(job: &DpJob, task: DpTask, rows: BankRows, sigma: f64) -> Res
     match task {
         DpTask::Statistics => spend.train.compose(gaussian(p.statistics_noise_multiplier), 1)?,
         DpTask::Evaluation => spend.test.compose(gaussian(p.evaluation_noise_multiplier), 1)?,
+        // A tree level: the Gaussian mechanism on the level histograms (see the module docs).
+        DpTask::Training if job.tree_levels.is_some() => spend.train.compose(gaussian(sigma), 1)?,
         DpTask::Training => match p.mode {
             PrivacyMode::Record => {
                 if rows.train == 0 {
@@ -221,7 +258,9 @@ fn job_spend_with(job: &DpJob, rows: BankRows, rounds: u64, sigma: f64) -> Resul
     let round = task_spend_with(job, DpTask::Training, rows, sigma)?;
     let eval = task_spend_with(job, DpTask::Evaluation, rows, sigma)?;
     for r in 1..=rounds {
-        total.absorb(&round);
+        for _ in 0..job.tasks_per_round() {
+            total.absorb(&round);
+        }
         if job.evaluates(r) {
             total.absorb(&eval);
         }
@@ -342,7 +381,9 @@ pub fn per_round(job: &DpJob, rows: BankRows) -> Result<Vec<RoundSpend>, SpendEr
     let eval = task_spend_with(job, DpTask::Evaluation, rows, sigma)?;
     let mut out = Vec::new();
     for r in 1..=job.rounds {
-        total.absorb(&round);
+        for _ in 0..job.tasks_per_round() {
+            total.absorb(&round);
+        }
         if job.evaluates(r) {
             total.absorb(&eval);
         }
@@ -355,6 +396,7 @@ pub fn per_round(job: &DpJob, rows: BankRows) -> Result<Vec<RoundSpend>, SpendEr
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::ModelSpec;
 
     fn job(privacy: &str) -> JobSpec {
         let text = format!(
@@ -424,6 +466,64 @@ mod tests {
             tamper(&mut bad);
             assert!(bad.validate().expect_err(field).contains(field));
         }
+    }
+
+    fn tree_job(privacy: &str) -> JobSpec {
+        let text = format!(
+            "name = \"trees\"\ndataset = \"d\"\n[model]\nkind = \"gbdt\"\nmax_depth = 4\n[training]\nrounds = 20\nlearning_rate = 0.3\n\
+             [evaluation]\nevery = 5\n[privacy]\n{privacy}\n"
+        );
+        JobSpec::from_toml(&text).expect("valid DP tree job")
+    }
+
+    #[test]
+    fn a_tree_job_spends_one_gaussian_per_level_and_its_target_solves_back_to_its_noise() {
+        let mut spec = tree_job("mode = \"record\"\nnoise_multiplier = 3.0\nplanned_rows = 5000");
+        resolve(&mut spec).expect("given sigma");
+        let dp = DpJob::of(&spec).expect("dp");
+        assert_eq!(dp.tree_levels, Some(4));
+        // 20 trees × 4 levels of ρ = 1/(2·3²), and the statistics at σ_s; no sampling, so the
+        // bank's rows do not matter.
+        let mut expected = Accountant::default();
+        expected.compose(Mechanism::Zcdp { rho: 1.0 / 18.0 }, 80).expect("levels");
+        expected.compose(gaussian(spec.privacy.as_ref().expect("p").statistics_noise_multiplier), 1).expect("stats");
+        let eps = expected.epsilon(1e-5).expect("eps").0;
+        for rows in [BankRows { train: 100, test: 50 }, BankRows { train: 100_000, test: 50 }] {
+            let got = job_spend(&dp, rows, 20).expect("spend").train.epsilon(1e-5).expect("eps").0;
+            assert!((got - eps).abs() < 1e-9, "{got} vs {eps}");
+        }
+        // One level task is one of those Gaussians.
+        let level = task_spend(&dp, DpTask::Training, BankRows { train: 100, test: 50 }).expect("level");
+        let mut one = Accountant::default();
+        one.compose(Mechanism::Zcdp { rho: 1.0 / 18.0 }, 1).expect("one");
+        assert!((level.train.epsilon(1e-5).expect("eps").0 - one.epsilon(1e-5).expect("eps").0).abs() < 1e-12);
+        // The per-round table ends at the job's spend; four levels a round make it grow fast.
+        let table = per_round(&dp, BankRows { train: 100, test: 50 }).expect("table");
+        assert!((table[19].train_epsilon - eps).abs() < 1e-9);
+        // Asking for that ε solves back to σ = 3.
+        let mut target = tree_job(&format!("mode = \"record\"\ntarget_epsilon = {eps}\nplanned_rows = 5000"));
+        let plan = resolve(&mut target).expect("reachable");
+        assert!((plan.noise_multiplier - 3.0).abs() < 1e-2 && plan.epsilon <= eps + 1e-9, "{plan}");
+        // Deeper trees cost more at the same noise.
+        let mut deeper = tree_job("mode = \"record\"\nnoise_multiplier = 3.0\nplanned_rows = 5000");
+        if let ModelSpec::Gbdt(g) = &mut deeper.model {
+            g.max_depth = 6;
+        }
+        let deeper = DpJob::of(&deeper).expect("dp");
+        assert!(plan_for(&deeper).expect("plan").epsilon > eps);
+    }
+
+    #[test]
+    fn a_bank_refuses_tree_terms_in_institution_mode() {
+        let mut spec = tree_job("mode = \"record\"\nnoise_multiplier = 3.0\nplanned_rows = 5000");
+        resolve(&mut spec).expect("given");
+        let mut dp = DpJob::of(&spec).expect("dp");
+        dp.validate().expect("record mode trees");
+        dp.privacy.mode = PrivacyMode::Institution;
+        assert!(dp.validate().expect_err("institution").contains("privacy.mode"));
+        dp.privacy.mode = PrivacyMode::Record;
+        dp.tree_levels = Some(0);
+        assert!(dp.validate().expect_err("no levels").contains("model.max_depth"));
     }
 
     #[test]

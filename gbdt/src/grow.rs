@@ -90,7 +90,15 @@ pub struct GrowingTree {
     /// Coordinator side only (never travels): how to derive each open node that is not sent.
     #[serde(skip)]
     derived: Vec<Derived>,
+    /// Coordinator side only: the standard deviation of the noise on each entry of the level's
+    /// summed vector (a DP job's; 0 for exact sums), see [`GrowingTree::set_noise`].
+    #[serde(skip)]
+    noise_sd: f64,
 }
+
+/// How many standard deviations of its noise a side's Σ hessian must clear (on top of
+/// `min_child_weight`) to be a split candidate under DP noise.
+const NOISE_Z: f64 = 2.0;
 
 /// An open node whose histograms are its parent's minus its sibling's.
 #[derive(Debug, Clone, PartialEq)]
@@ -103,7 +111,16 @@ struct Derived {
 impl GrowingTree {
     /// A tree with an open root.
     pub fn new(index: u64, features: Vec<usize>) -> Self {
-        Self { index, features, nodes: vec![GrowNode::Open], frontier: vec![0], sent: vec![0], depth: 0, derived: Vec::new() }
+        Self { index, features, nodes: vec![GrowNode::Open], frontier: vec![0], sent: vec![0], depth: 0, derived: Vec::new(), noise_sd: 0.0 }
+    }
+
+    /// States the noise on each entry of the next level's summed vector (a DP job's: the banks'
+    /// σ·Δ, times √banks). Post-processing only: a side whose Σ hessian is not `NOISE_Z` noise
+    /// standard deviations (over the slots it sums; √2 more in a node derived as parent − sibling)
+    /// above `min_child_weight` is no candidate, since G²/(H + λ) of a side that is mostly noise
+    /// would beat every real split.
+    pub fn set_noise(&mut self, per_entry_sd: f64) {
+        self.noise_sd = if per_entry_sd.is_finite() { per_entry_sd.max(0.0) } else { 0.0 };
     }
 
     /// True when some open node's histograms are to be derived from its parent's: a level sum
@@ -236,12 +253,15 @@ impl GrowingTree {
         let (mut sent, mut derived) = (Vec::new(), Vec::new());
         for (&node, block) in self.frontier.clone().iter().zip(&blocks) {
             let block = block.as_slice();
-            // Every feature's slots hold all the node's rows; take the totals from the first.
-            let total = feature_total(&layout, block, 0);
+            // Every feature's slots hold all the node's rows, so each feature's total is the
+            // node's; under DP noise they differ, and their mean is the least noisy estimate.
+            let total = node_total(&layout, block);
             if self.depth == 0 && total.n < floor {
                 return Err(GbdtError::LeafFloor { rows: total.n, floor: params.min_leaf_rows });
             }
-            let best = if self.depth < params.max_depth { best_split(&layout, block, total, set, params) } else { None };
+            let is_derived = self.derived.iter().any(|d| d.node == node);
+            let sd = if is_derived { self.noise_sd * std::f64::consts::SQRT_2 } else { self.noise_sd };
+            let best = if self.depth < params.max_depth { best_split_noisy(&layout, block, set, params, sd) } else { None };
             let decided = match best {
                 Some(split) if split.loss_chg > params.gamma && split.loss_chg > MIN_LOSS_CHG => {
                     let left = self.nodes.len() as u32;
@@ -410,8 +430,12 @@ fn exact_total(layout: &HistLayout, block: &[f64], i: usize) -> ExactSums {
     (0..layout.slots[i]).fold(ExactSums::default(), |acc, s| acc.add(layout.stats(block, i, s)))
 }
 
-fn feature_total(layout: &HistLayout, block: &[f64], i: usize) -> GradSums {
-    exact_total(layout, block, i).to_sums()
+/// The node's sums: the mean of its sampled features' totals. Exact sums make them all equal
+/// and the integer mean returns them bit for bit; noisy sums (a DP job's) average out.
+fn node_total(layout: &HistLayout, block: &[f64]) -> GradSums {
+    let n = layout.slots.len().max(1) as i128;
+    let sum = (0..layout.slots.len()).fold(ExactSums::default(), |acc, i| acc.plus(exact_total(layout, block, i)));
+    ExactSums { g: sum.g / n, h: sum.h / n, n: sum.n / n }.to_sums()
 }
 
 /// XGBoost's `CalcGain` without L1 or `max_delta_step`: G²/(H+λ) (no ½).
@@ -428,10 +452,24 @@ fn leaf(s: GradSums, params: &GrowParams) -> Node {
 
 /// The highest-`loss_chg` valid split of one node's block, ties to the lowest feature, then the
 /// lowest boundary, then missing-right (the scan order, replacing only on a strictly higher gain).
-pub fn best_split(layout: &HistLayout, block: &[f64], total: GradSums, set: &FeatureSet, params: &GrowParams) -> Option<SplitCandidate> {
+///
+/// A candidate's gain is against its own feature's total, of which its two sides are a
+/// partition: exact sums make that `total`; with a DP job's noisy sums, where features' totals
+/// differ, comparing against one shared total would favour the features whose noise made their
+/// total small. Sides with too little hessian (H < `min_child_weight`, H + λ ≤ 0) or too few
+/// (noisy) rows are not candidates.
+pub fn best_split(layout: &HistLayout, block: &[f64], _total: GradSums, set: &FeatureSet, params: &GrowParams) -> Option<SplitCandidate> {
+    best_split_noisy(layout, block, set, params, 0.0)
+}
+
+/// [`best_split`] on sums whose entries carry noise of standard deviation `sd` (see
+/// [`GrowingTree::set_noise`]; 0: exact).
+fn best_split_noisy(layout: &HistLayout, block: &[f64], set: &FeatureSet, params: &GrowParams, sd: f64) -> Option<SplitCandidate> {
     let floor = params.min_leaf_rows as f64 - COUNT_SLACK;
-    let parent_gain = calc_gain(total, params.lambda);
-    let valid = |s: GradSums| s.h >= params.min_child_weight && s.n >= floor && s.h + params.lambda > 0.0;
+    // `slots`: how many slots the side sums (its hessian's noise grows with their root).
+    let valid = |s: GradSums, slots: usize| {
+        s.h >= params.min_child_weight + NOISE_Z * sd * (slots as f64).sqrt() && s.n >= floor && s.h + params.lambda > 0.0
+    };
     let mut best: Option<SplitCandidate> = None;
     for (i, &feature) in layout.features.iter().enumerate() {
         let Some(cuts) = set.features.get(feature).map(|f| f.cuts()) else { continue };
@@ -439,6 +477,7 @@ pub fn best_split(layout: &HistLayout, block: &[f64], total: GradSums, set: &Fea
             continue;
         }
         let own_total = exact_total(layout, block, i);
+        let parent_gain = calc_gain(own_total.to_sums(), params.lambda);
         let missing = ExactSums::default().add(layout.stats(block, i, MISSING_SLOT as usize));
         let mut prefix = ExactSums::default();
         for k in 1..=cuts.len() {
@@ -447,7 +486,8 @@ pub fn best_split(layout: &HistLayout, block: &[f64], total: GradSums, set: &Fea
             for default_left in [false, true] {
                 let left_exact = if default_left { prefix.plus(missing) } else { prefix };
                 let (left, right) = (left_exact.to_sums(), own_total.minus(left_exact).to_sums());
-                if !valid(left) || !valid(right) {
+                let left_slots = k + usize::from(default_left);
+                if !valid(left, left_slots) || !valid(right, layout.slots[i] - left_slots) {
                     continue;
                 }
                 let loss_chg = calc_gain(left, params.lambda) + calc_gain(right, params.lambda) - parent_gain;
@@ -567,7 +607,7 @@ mod tests {
                 }
             }
             let frontier: Vec<u32> = (0..nodes.len() as u32).filter(|&i| nodes[i as usize] == GrowNode::Open).collect();
-            let tree = GrowingTree { index: 0, features: (0..cuts.len()).collect(), nodes: nodes.clone(), frontier: frontier.clone(), sent: frontier.clone(), depth: 1, derived: Vec::new() };
+            let tree = GrowingTree { index: 0, features: (0..cuts.len()).collect(), nodes: nodes.clone(), frontier: frontier.clone(), sent: frontier.clone(), depth: 1, derived: Vec::new(), noise_sd: 0.0 };
             prop_assert!(tree.check(&set).is_ok());
             // Open nodes as leaves that name their frontier position.
             let as_tree = Tree {
@@ -694,6 +734,85 @@ mod tests {
         rounded.iter_mut().skip(2).step_by(3).for_each(|n| *n -= 1.0 / 65536.0);
         tree.apply_level(&rounded, &set, &params(3, 3)).expect("meets the floor");
         assert!(tree.finish().is_some(), "three rows cannot be split into children of three");
+    }
+
+    #[test]
+    fn noisy_sums_with_negative_hessians_and_counts_give_no_invalid_split_and_zero_leaves() {
+        // What a DP job's sums can look like: two features over 40 rows, then every H and count
+        // pushed far below zero in some slots and up in others (noise), G arbitrary.
+        let set = numeric_set(vec![vec![0.0, 1.0, 2.0], vec![5.0]]);
+        let layout = GrowingTree::new(0, vec![0, 1]).layout(&set);
+        let rows = 40;
+        let slots = Array2::from_shape_fn((rows, 2), |(r, f)| if f == 0 { (r % 4 + 1) as u16 } else { (r % 2 + 1) as u16 });
+        let grad: Vec<f64> = (0..rows).map(|r| if r % 4 < 2 { -0.5 } else { 0.5 }).collect();
+        let exact = hist::build(&layout, slots.view(), &grad, &[0.25; 40], &[Some(0); 40], 1);
+        let noise = |i: usize| ((i * 7919) % 23) as f64 - 11.0;
+        let mut noisy: Vec<f64> = exact.iter().enumerate().map(|(i, v)| v + 3.0 * noise(i)).collect();
+        for (k, slot) in noisy.chunks_exact_mut(3).enumerate() {
+            if k % 2 == 0 {
+                slot[1] -= 100.0;
+                slot[2] -= 100.0;
+            }
+        }
+        let p = GrowParams { min_child_weight: 1.0, ..params(5, 2) };
+        let mut tree = GrowingTree::new(0, vec![0, 1]);
+        // The root floor reads the noisy counts; a floor of 5 rows is not met by counts this
+        // negative, which is the post-processed answer, not a crash.
+        let _ = tree.apply_level(&noisy, &set, &p);
+        // Every candidate split either has valid sides or is not taken.
+        let total = node_total(&layout, &noisy);
+        if let Some(split) = best_split(&layout, &noisy, total, &set, &p) {
+            for side in [split.left, split.right] {
+                assert!(side.h >= p.min_child_weight && side.h + p.lambda > 0.0 && side.n >= 5.0 - COUNT_SLACK, "{split:?}");
+            }
+        }
+        // All hessians negative: the root is a leaf of value 0 (no division by H + λ ≤ 0).
+        let all_negative: Vec<f64> = exact.chunks_exact(3).flat_map(|s| [s[0] + 1.0, -50.0, 60.0]).collect();
+        let mut tree = GrowingTree::new(0, vec![0, 1]);
+        tree.apply_level(&all_negative, &set, &p).expect("decided");
+        let t = tree.finish().expect("a single leaf");
+        assert!(matches!(t.nodes[..], [Node::Leaf { value, .. }] if value == 0.0), "{t:?}");
+    }
+
+    #[test]
+    fn under_stated_noise_a_side_whose_hessian_the_noise_could_have_made_is_no_candidate() {
+        // One feature, three bins. Bin 1 holds noise only (G = 30, H = 1.5, 60 "rows"): as a side
+        // it scores 30²/2.5 = 360, far above the real split between bins 2 and 3 (G ±20, H 25).
+        let set = numeric_set(vec![vec![0.0, 1.0]]);
+        let layout = GrowingTree::new(0, vec![0]).layout(&set);
+        let block = [0.0, 0.0, 0.0, 30.0, 1.5, 60.0, -20.0, 25.0, 100.0, 20.0, 25.0, 100.0];
+        let p = params(10, 2);
+        let total = node_total(&layout, &block);
+        let exact = best_split(&layout, &block, total, &set, &p).expect("a split");
+        assert_eq!((exact.bin_split, exact.default_left), (1, false), "{exact:?}");
+        // With noise of standard deviation 2 per entry, a side must clear 2 · 2 · √slots of hessian.
+        let noisy = best_split_noisy(&layout, &block, &set, &p, 2.0).expect("a split");
+        assert_eq!(noisy.bin_split, 2, "{noisy:?}");
+        // The tree applies the stated noise; a new tree states none.
+        let mut tree = GrowingTree::new(0, vec![0]);
+        tree.set_noise(2.0);
+        tree.apply_level(&block, &set, &p).expect("level");
+        assert!(matches!(tree.nodes[0], GrowNode::Done(Node::Split { threshold, .. }) if threshold == 1.0), "{:?}", tree.nodes[0]);
+        assert_eq!(GrowingTree::new(0, vec![0]).noise_sd, 0.0);
+    }
+
+    #[test]
+    fn a_nodes_sums_are_the_mean_of_its_features_totals_and_exact_sums_are_kept_bit_for_bit() {
+        let set = numeric_set(vec![vec![0.0], vec![0.0]]);
+        let layout = GrowingTree::new(0, vec![0, 1]).layout(&set);
+        // Feature 0 says G = 4, feature 1 says G = 8 (noise); H = 10 and 14; rows 20 and 30.
+        let block = [0.0, 0.0, 0.0, 1.0, 4.0, 5.0, 3.0, 6.0, 15.0, 0.0, 0.0, 0.0, 8.0, 14.0, 30.0, 0.0, 0.0, 0.0];
+        let t = node_total(&layout, &block);
+        assert_eq!((t.g, t.h, t.n), (6.0, 12.0, 25.0));
+        let mut tree = GrowingTree::new(0, vec![0, 1]);
+        tree.apply_level(&block, &set, &params(1, 0)).expect("leaf");
+        let leaf = tree.finish().expect("done");
+        assert!(matches!(leaf.nodes[..], [Node::Leaf { value, .. }] if value == (0.3 * -6.0 / 13.0) as f32), "{leaf:?}");
+        // Equal totals (exact sums on the 2⁻¹⁶ grid) come back unchanged.
+        let g = 1234.0 + 3.0 / 65536.0;
+        let exact = [0.0, 0.0, 0.0, g, 7.5, 9.0, 0.0, 0.0, 0.0, g - 1.0, 7.0, 8.0, 1.0, 0.5, 1.0, 0.0, 0.0, 0.0];
+        let t = node_total(&layout, &exact);
+        assert_eq!((t.g, t.h, t.n), (g, 7.5, 9.0));
     }
 
     #[test]

@@ -23,6 +23,10 @@ use crate::{Bank, Upload};
 /// What a bank sent, by task id, in order.
 pub type Wiretap = Arc<std::sync::Mutex<Vec<(String, pb::Contribution)>>>;
 
+/// What a bank's local computations returned, with their requests, in order: the vectors
+/// before the task machine encodes and masks them ([`HonestBank::computations`]).
+pub type ComputeTap = Arc<std::sync::Mutex<Vec<(ComputeRequest, Vec<f64>)>>>;
+
 /// Tasks one honest bank runs at once (the worker's default cap).
 const MAX_TASKS: usize = 8;
 
@@ -47,6 +51,8 @@ pub struct HonestBank {
     last_training_seed: std::cell::Cell<Option<u64>>,
     /// Tree jobs' boosters, as the worker keeps them per dataset.
     boosters: confide_worker::trees::Boosters,
+    /// Every successful computation's request and vector.
+    computed: ComputeTap,
 }
 
 impl std::fmt::Debug for HonestBank {
@@ -94,12 +100,19 @@ impl HonestBank {
             fail_with: None,
             last_training_seed: std::cell::Cell::new(None),
             boosters: Default::default(),
+            computed: Default::default(),
         }
     }
 
     /// A tap on everything this bank sends from now on (what left the bank).
     pub fn wiretap(&self) -> Wiretap {
         Arc::clone(&self.sent)
+    }
+
+    /// A tap on the vectors this bank's computations return from now on (what the task machine
+    /// then encodes, masks and sends).
+    pub fn computations(&self) -> ComputeTap {
+        Arc::clone(&self.computed)
     }
 
     /// The seed its last local training started from (the task's, mixed with the bank's secret).
@@ -133,20 +146,22 @@ impl HonestBank {
         if let TaskKind::Train { local, .. } = &req.kind {
             self.last_training_seed.set(Some(local.seed));
         }
+        // A DP tree job's banks add the worker's noise (its terms, the request's noise seed).
+        let dp = req.dp.as_ref().map(|dp| (dp, req.noise_seed));
         match &req.kind {
             // A tree job's tasks run the worker's real tree code on the bank's table (evaluation
             // scores the same rows: the harness has one split).
-            TaskKind::Stats { fine_histograms: true, .. } => confide_worker::trees::binning_stats(&self.compute.table, &fixture::schema()),
+            TaskKind::Stats { fine_histograms: true, .. } => confide_worker::trees::binning_stats(&self.compute.table, &fixture::schema(), dp),
             TaskKind::Stats { .. } => Ok(confide_datasets::local_stats(&self.compute.table, &fixture::schema())),
             TaskKind::Grow { model, tree, pos_weight, .. } => {
                 let checkpoint = req.checkpoint.as_deref().ok_or_else(|| Failure::internal("the checkpoint was not fetched"))?;
                 let subsample = model.spec.gbdt().map_or(1.0, |g| g.subsample);
                 let (table, schema) = (&self.compute.table, fixture::schema());
-                confide_worker::trees::level_contribution(&self.boosters, table, &schema, &req.job_id, checkpoint, tree, *pos_weight, subsample)
+                confide_worker::trees::level_contribution(&self.boosters, table, &schema, &req.job_id, checkpoint, tree, *pos_weight, subsample, dp)
             }
             TaskKind::Evaluate { model, buckets, .. } if model.spec.gbdt().is_some() => {
                 let checkpoint = req.checkpoint.as_deref().ok_or_else(|| Failure::internal("the checkpoint was not fetched"))?;
-                confide_worker::trees::eval_contribution(&self.compute.table, &fixture::schema(), checkpoint, *buckets)
+                confide_worker::trees::eval_contribution(&self.compute.table, &fixture::schema(), checkpoint, *buckets, dp)
             }
             TaskKind::Train { local, .. } => {
                 let params = req.vector_len.checked_sub(TRAIN_EXTRAS).ok_or_else(|| Failure::protocol("vector too short"))?;
@@ -190,6 +205,9 @@ impl HonestBank {
                 Effect::Fetch(req) => self.downloads.push_back((task_id.to_string(), req.blob, req.hash)),
                 Effect::Compute(req) => {
                     let r = self.run(&req);
+                    if let Ok(v) = &r {
+                        self.computed.lock().unwrap_or_else(|p| p.into_inner()).push((req.clone(), v.clone()));
+                    }
                     if let Some(m) = self.machines.get_mut(task_id) {
                         m.handle_computed(r);
                     }

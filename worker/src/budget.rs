@@ -502,6 +502,42 @@ mod tests {
     }
 
     #[test]
+    fn a_tree_job_is_charged_per_level_and_refused_by_a_small_budget() {
+        let text = "name = \"trees\"\ndataset = \"d\"\n[model]\nkind = \"gbdt\"\nmax_depth = 3\n[training]\nrounds = 4\nlearning_rate = 0.3\n\
+                    [privacy]\nmode = \"record\"\nnoise_multiplier = 2.0\nplanned_rows = 1000\n";
+        let dp = DpJob::of(&JobSpec::from_toml(text).expect("valid DP tree job")).expect("dp");
+        // Every level task a grow phase sends is charged as a training task: 3 per tree.
+        let levels = |b: &Budget, job: &str| -> Result<(), Failure> {
+            b.charge(&request(job, 0, TaskClass::Stats, Some(&dp)))?;
+            for round in 1..=dp.rounds {
+                for _ in 0..3 {
+                    b.charge(&request(job, round, TaskClass::Train, Some(&dp)))?;
+                }
+                if dp.evaluates(round) {
+                    b.charge(&request(job, round, TaskClass::Evaluate, Some(&dp)))?;
+                }
+            }
+            Ok(())
+        };
+        let whole = job_epsilon(&dp, 1);
+        let b = Budget::in_memory("bank1", limits(Some(whole * 1.001), false));
+        levels(&b, "j").expect("the planned levels fit");
+        let d = &b.snapshot()["d"];
+        assert!((d.epsilons(1e-5).expect("eps").2 - whole).abs() < 1e-9, "charged exactly the job's spend");
+        assert_eq!(d.charges.iter().filter(|c| c.task == TaskClass::Train).count(), 12);
+        // A level costs ρ = 1/(2σ²): a 13th level (a repeated level, say) does not fit.
+        assert_eq!(b.charge(&request("j", 4, TaskClass::Train, Some(&dp))).expect_err("over").kind, FailureKind::BudgetExhausted);
+        // A bank whose budget is below the job's planned spend refuses it at its first task.
+        let small = Budget::in_memory("bank1", limits(Some(whole * 0.9), false));
+        let err = levels(&small, "j").expect_err("refused");
+        assert_eq!(err.kind, FailureKind::BudgetExhausted);
+        assert!(small.snapshot().get("d").is_none_or(|d| d.charges.is_empty()), "nothing charged");
+        // Planned as DP-SGD rounds instead, the job would look far cheaper: levels are counted.
+        let as_rounds = DpJob { tree_levels: None, ..dp.clone() };
+        assert!(job_epsilon(&as_rounds, 1) < whole);
+    }
+
+    #[test]
     fn require_dp_refuses_other_jobs_and_without_it_they_void_the_bound() {
         let strict = Budget::in_memory("bank1", limits(Some(5.0), true));
         let err = strict.charge(&request("plain", 0, TaskClass::Stats, None)).expect_err("not DP");

@@ -150,33 +150,34 @@ impl Compute for TorchCompute {
     fn compute(&self, request: ComputeRequest) -> Result<Vec<f64>, Failure> {
         match &request.kind {
             TaskKind::Stats { dataset, fine_histograms } => match (&request.dp, fine_histograms) {
-                (Some(_), true) => Err(Failure::policy("differential privacy is not available for tree models")),
-                (Some(dp), false) => self.catalog.get(&dataset.name)?.dp_stats(dp, request.noise_seed),
-                (None, true) => {
+                (dp, true) => {
                     let data = self.catalog.get(&dataset.name)?;
-                    crate::trees::binning_stats(&*data.table(tasks::Split::Train)?, &data.schema)
+                    let dp = dp.as_ref().map(|dp| (dp, request.noise_seed));
+                    crate::trees::binning_stats(&*data.table(tasks::Split::Train)?, &data.schema, dp)
                 }
+                (Some(dp), false) => self.catalog.get(&dataset.name)?.dp_stats(dp, request.noise_seed),
                 (None, false) => self.catalog.get(&dataset.name)?.stats(),
             },
             TaskKind::Grow { dataset, model, tree, pos_weight } => {
-                if request.dp.is_some() {
-                    return Err(Failure::policy("differential privacy is not available for tree models"));
-                }
                 let checkpoint = request.checkpoint.as_deref().ok_or_else(|| Failure::internal("the checkpoint was not fetched"))?;
                 let subsample = model.spec.gbdt().map_or(1.0, |g| g.subsample);
                 let data = self.catalog.get(&dataset.name)?;
                 let table = data.table(tasks::Split::Train)?;
-                crate::trees::level_contribution(&data.boosters, &table, &data.schema, &request.job_id, checkpoint, tree, *pos_weight, subsample)
+                let dp = request.dp.as_ref().map(|dp| (dp, request.noise_seed));
+                crate::trees::level_contribution(&data.boosters, &table, &data.schema, &request.job_id, checkpoint, tree, *pos_weight, subsample, dp)
             }
             TaskKind::Evaluate { dataset, model, buckets, .. } if model.spec.gbdt().is_some() => {
-                if request.dp.is_some() {
-                    return Err(Failure::policy("differential privacy is not available for tree models"));
-                }
                 let checkpoint = request.checkpoint.as_deref().ok_or_else(|| Failure::internal("the checkpoint was not fetched"))?;
                 let data = self.catalog.get(&dataset.name)?;
-                crate::trees::eval_contribution(&*data.table(tasks::Split::Test)?, &data.schema, checkpoint, *buckets)
+                let table = data.table(tasks::Split::Test)?;
+                let dp = request.dp.as_ref().map(|dp| (dp, request.noise_seed));
+                crate::trees::eval_contribution(&table, &data.schema, checkpoint, *buckets, dp)
             }
             TaskKind::Train { dataset, model, prep, local } => {
+                if request.dp.as_ref().is_some_and(|dp| dp.tree_levels.is_some()) {
+                    // The budget charged it as one tree level, less than a DP-SGD round spends.
+                    return Err(Failure::policy("a training round under a tree job's differential privacy terms"));
+                }
                 let input = model_input(&request, model, prep)?;
                 let data = self.catalog.get(&dataset.name)?;
                 tasks::train_contribution(&data, &input, local, request.dp.as_ref(), &self.user_state, self.device)

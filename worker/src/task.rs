@@ -2233,7 +2233,7 @@ mod tests {
             statistics_noise_multiplier: 1.0,
             evaluation_noise_multiplier: 1.0,
         };
-        let dp = confide_core::spend::DpJob { privacy, rounds: 5, local_epochs: 1, batch_size: 8, evaluate_every: 1 };
+        let dp = confide_core::spend::DpJob { privacy, rounds: 5, local_epochs: 1, batch_size: 8, evaluate_every: 1, tree_levels: None };
         pb::JobTerms {
             rounds: 5,
             model_spec_json: MLP.into(),

@@ -459,4 +459,27 @@ mod tests {
         assert!(err.contains("field `privacy.delta`"), "{err}");
         assert_eq!(shared.store.jobs().expect("jobs").len(), 1, "refused jobs are not stored");
     }
+
+    #[tokio::test]
+    async fn a_dp_tree_job_is_planned_over_all_its_levels_and_institution_mode_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let shared = shared(dir.path());
+        let (schema, _) = telco_schema();
+        let privacy = "\n[privacy]\nmode = \"record\"\ntarget_epsilon = 4.0\nplanned_rows = 1800\n";
+        let spec = format!("{}{privacy}", job("kind = \"gbdt\"\nmax_depth = 3"));
+        let Submitted::New { job_id, privacy: Some(plan), .. } = submit(&shared, &spec, &schema, ModelFiles::default(), Vec::new(), None).expect("planned")
+        else {
+            panic!("no plan")
+        };
+        shared.jobs.stop_all();
+        assert!(plan.epsilon <= 4.0 && plan.epsilon > 3.99, "{plan}");
+        let stored: JobSpec = serde_json::from_str(&shared.store.job(&job_id).expect("read").expect("stored").spec_json).expect("spec");
+        let dp = confide_core::spend::DpJob::of(&stored).expect("dp");
+        assert_eq!(dp.tree_levels, Some(3), "banks are told each tree is 3 levels");
+        assert_eq!(dp.privacy.noise_multiplier, Some(plan.noise_multiplier), "banks read the solved σ");
+        let err = submit(&shared, &spec.replace("mode = \"record\"", "mode = \"institution\""), &schema, ModelFiles::default(), Vec::new(), None)
+            .expect_err("institution")
+            .to_string();
+        assert!(err.contains("privacy.mode") && err.contains("record-level DP only"), "{err}");
+    }
 }

@@ -1061,6 +1061,13 @@ impl JobMachine {
             let growth = Growth { tree, left_out: merge_left_out(dropped, left_out) };
             return self.start_phase(now, Step::Grow(Box::new(growth)), at, &contributors);
         }
+        if let Some(sigma) = self.spec.privacy.as_ref().and_then(|p| p.noise_multiplier) {
+            // A DP job's sum carries every contributing bank's noise of σ·Δ per entry: the
+            // split search keeps sides whose hessian the noise could have made (post-processing).
+            let banks = participants.iter().filter(|p| p.status.contributed()).count().max(1) as f64;
+            let delta = confide_core::spend::tree_level_sensitivity(tree.features.len(), self.spec.training.pos_weight.unwrap_or(1.0));
+            tree.set_noise(sigma * delta * banks.sqrt());
+        }
         match tree.apply_level(sum, &ensemble.features, &params) {
             Ok(()) => {}
             Err(e @ confide_gbdt::GbdtError::LeafFloor { .. }) => return self.finish(JobEnd::Failed(JobError::Trees(e))),
